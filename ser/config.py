@@ -1,0 +1,369 @@
+"""YAML -> frozen, typed, validated configuration.
+
+A config file may start with ``extends: other.yaml`` (resolved relative to the
+file) and is deep-merged over it. Then ``SER_DATA_ROOT`` overrides ``data.root``
+and command-line ``--set a.b.c=value`` overrides apply (values parsed as YAML).
+Every key is checked: an unknown key, a wrong type or an unknown choice raises
+``ConfigError`` naming the file, the key path and the valid choices, before any
+work is done. Choices are one-ofs: ``model: {type: lstm, lstm: {...}}``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+EMOTIONS: tuple[str, ...] = (
+    "neutral",
+    "calm",
+    "happy",
+    "sad",
+    "angry",
+    "fear",
+    "disgust",
+    "ps",
+    "boredom",
+)
+Emotion = Literal["neutral", "calm", "happy", "sad", "angry", "fear", "disgust", "ps", "boredom"]
+CorpusName = Literal["ravdess", "tess", "emodb", "custom"]
+ExtractorName = Literal["mfcc", "chroma", "mel", "contrast", "tonnetz"]
+DATA_ROOT_ENV = "SER_DATA_ROOT"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and key path in the message."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- data
+class RavdessOptions(Strict):
+    folder: str = "ravdess"
+    vocal_channels: list[Literal["speech", "song"]] = ["speech"]
+    intensities: list[Literal["normal", "strong"]] = ["normal", "strong"]
+
+
+class TessOptions(Strict):
+    folder: str = "tess"
+
+
+class EmodbOptions(Strict):
+    folder: str = "emodb"
+
+
+class CustomOptions(Strict):
+    folder: str = "custom"
+    # Regular expression searched in the file stem; its group "speaker" names the
+    # speaker (e.g. "^[0-9]+_[0-9]+_(?P<speaker>[^_]+)_"). Without it: "unknown".
+    speaker_pattern: str | None = None
+
+
+class DataConfig(Strict):
+    root: str = "../shared/data"
+    corpora: list[CorpusName] = Field(default=["ravdess", "tess", "emodb"], min_length=1)
+    emotions: list[Emotion] = Field(default=list(EMOTIONS), min_length=2)
+    sample_rate: int = Field(default=16000, ge=4000, le=96000)
+    # Sequence models see at most this many seconds of each clip (longer clips are
+    # centre-cropped); pooled features use the whole clip.
+    max_seconds: float = Field(default=4.0, gt=0)
+    ravdess: RavdessOptions = RavdessOptions()
+    tess: TessOptions = TessOptions()
+    emodb: EmodbOptions = EmodbOptions()
+    custom: CustomOptions = CustomOptions()
+
+
+# -------------------------------------------------------------------------- split
+class SplitConfig(Strict):
+    # speaker: test speakers drawn per corpus; explicit: the lists below;
+    # kfold / loso: speaker-grouped folds, ``fold`` picks the test fold;
+    # random: stratified by emotion, speaker-DEPENDENT (labelled so everywhere).
+    method: Literal["speaker", "explicit", "kfold", "loso", "random"] = "speaker"
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
+    test_speakers: list[str] = []
+    val_speakers: list[str] = []
+    folds: int = Field(default=5, ge=2)
+    fold: int = Field(default=0, ge=0)
+
+
+# ----------------------------------------------------------------------- features
+class FrameParams(Strict):
+    n_fft: int = Field(default=512, ge=64)
+    win_length: int = Field(default=400, ge=16)
+    hop_length: int = Field(default=160, ge=1)
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> FrameParams:
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length ({self.win_length}) must be <= n_fft ({self.n_fft})")
+        return self
+
+
+class MFCCParams(Strict):
+    n_mfcc: int = Field(default=40, ge=1, le=128)
+    n_mels: int = Field(default=64, ge=8, le=256)
+    deltas: Literal[0, 1, 2] = 0
+
+
+class ChromaParams(Strict):
+    n_chroma: int = Field(default=12, ge=1)
+
+
+class MelParams(Strict):
+    n_mels: int = Field(default=64, ge=8, le=256)
+    fmin: float = Field(default=0.0, ge=0)
+    fmax: float | None = None
+
+
+class ContrastParams(Strict):
+    n_bands: int = Field(default=6, ge=1, le=8)
+    fmin: float = Field(default=200.0, gt=0)
+
+
+class TonnetzParams(Strict):
+    # Tonnetz runs harmonic/percussive separation first (~110 ms per 3 s clip):
+    # never in a default config.
+    harmonic: bool = True
+
+
+class AugmentConfig(Strict):
+    """Train-only augmentation applied in the tf.data pipeline (sequence mode)."""
+
+    time_masks: int = Field(default=0, ge=0)
+    time_mask_width: int = Field(default=20, ge=1)
+    feature_masks: int = Field(default=0, ge=0)
+    feature_mask_width: int = Field(default=8, ge=1)
+    gaussian_noise: float = Field(default=0.0, ge=0)
+
+
+class FeaturesConfig(Strict):
+    extractors: list[ExtractorName] = Field(default=["mfcc"], min_length=1)
+    mode: Literal["sequence", "pooled"] = "sequence"
+    pooling: list[Literal["mean", "std", "min", "max"]] = ["mean", "std"]
+    frame: FrameParams = FrameParams()
+    mfcc: MFCCParams = MFCCParams()
+    chroma: ChromaParams = ChromaParams()
+    mel: MelParams = MelParams()
+    contrast: ContrastParams = ContrastParams()
+    tonnetz: TonnetzParams = TonnetzParams()
+    cache_dir: str = "data/cache"
+    workers: int = Field(default=0, ge=0)  # 0 = one per core
+
+    @model_validator(mode="after")
+    def _unique(self) -> FeaturesConfig:
+        for name in ("extractors", "pooling"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} lists a name twice: {values}")
+        return self
+
+
+# ------------------------------------------------------------------------- models
+class LSTMConfig(Strict):
+    units: list[int] = Field(default=[128, 64], min_length=1)
+    bidirectional: bool = False
+    dropout: float = Field(default=0.3, ge=0, lt=1)
+    dense_units: list[int] = [64]
+
+
+class CNNConfig(Strict):
+    filters: list[int] = Field(default=[64, 128, 128], min_length=1)
+    kernel_size: int = Field(default=5, ge=1)
+    pool_size: int = Field(default=2, ge=1)
+    dropout: float = Field(default=0.3, ge=0, lt=1)
+    dense_units: list[int] = [64]
+
+
+class DenseConfig(Strict):
+    units: list[int] = Field(default=[256, 128], min_length=1)
+    dropout: float = Field(default=0.3, ge=0, lt=1)
+
+
+class ModelConfig(Strict):
+    type: Literal["lstm", "cnn", "dense"] = "lstm"
+    lstm: LSTMConfig = LSTMConfig()
+    cnn: CNNConfig = CNNConfig()
+    dense: DenseConfig = DenseConfig()
+
+    @property
+    def params(self) -> LSTMConfig | CNNConfig | DenseConfig:
+        """The parameters of the chosen model type."""
+        return getattr(self, self.type)
+
+
+# ----------------------------------------------------------------------- training
+class EarlyStoppingConfig(Strict):
+    enabled: bool = True
+    patience: int = Field(default=12, ge=1)
+
+
+class ReduceLRConfig(Strict):
+    enabled: bool = True
+    patience: int = Field(default=5, ge=1)
+    factor: float = Field(default=0.5, gt=0, lt=1)
+    min_lr: float = Field(default=1e-5, ge=0)
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(default=60, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(default=0.0, ge=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    class_weights: bool = True
+    monitor: Literal["val_ua", "val_loss", "val_accuracy"] = "val_ua"
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    reduce_lr: ReduceLRConfig = ReduceLRConfig()
+    distribute: Literal["none", "mirrored", "multi_worker"] = "none"
+    run_name: str | None = None
+    checkpoints_dir: str = "checkpoints"
+    experiments_dir: str = "experiments"
+    confusion_images: bool = True
+    verbose: Literal[0, 1, 2] = 2
+
+
+class Config(Strict):
+    name: str = "ser"
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    features: FeaturesConfig = FeaturesConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _model_matches_features(self) -> Config:
+        wants = "pooled" if self.model.type == "dense" else "sequence"
+        if self.features.mode != wants:
+            raise ValueError(
+                f"model.type {self.model.type!r} needs features.mode {wants!r}, "
+                f"got {self.features.mode!r}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ------------------------------------------------------------------------ loading
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: must be a file name")
+    return _deep_merge(_read_yaml(path.parent / parent, (*seen, path)), raw)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {dotted}: {key!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"model.lstm.units=[64]"`` -> ``("model.lstm.units", [64])``."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=5")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return model
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return model
+    return model
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(p for p in error["loc"] if not isinstance(p, int) or True)
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        valid = ", ".join(parent.model_fields) if parent else ""
+        return f"{path}: unknown key (valid keys here: {valid})"
+    return f"{path}: {error['msg']} (got {error.get('input')!r})"
+
+
+def validate(tree: dict[str, Any], source: str = "<config>") -> Config:
+    """Validate a plain dict into a frozen ``Config``."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        lines = [_describe(e) for e in exc.errors()]
+        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+) -> Config:
+    """Read a YAML file (or the defaults), apply SER_DATA_ROOT and overrides, validate."""
+    env = os.environ if env is None else env
+    source = str(path) if path is not None else "<defaults>"
+    tree = _read_yaml(Path(path)) if path is not None else {}
+    if env.get(DATA_ROOT_ENV):
+        _set_path(tree, "data.root", env[DATA_ROOT_ENV], source)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_path(tree, key, value, f"{source} (--set {text})")
+    return validate(tree, source)
+
+
+def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
+    Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
