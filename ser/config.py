@@ -216,7 +216,6 @@ class TrainConfig(Strict):
     learning_rate: float = Field(default=1e-3, gt=0)
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = Field(default=0.0, ge=0)
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     class_weights: bool = True
     monitor: Literal["val_ua", "val_loss", "val_accuracy"] = "val_ua"
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
@@ -226,7 +225,7 @@ class TrainConfig(Strict):
     checkpoints_dir: str = "checkpoints"
     experiments_dir: str = "experiments"
     confusion_images: bool = True
-    verbose: Literal[0, 1, 2] = 2
+    verbose: Literal[0, 1, 2] = 0  # Keras progress output; one line per epoch is always printed
 
 
 class Config(Strict):
@@ -330,13 +329,17 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 
 
 def _describe(error: dict[str, Any]) -> str:
-    loc = tuple(p for p in error["loc"] if not isinstance(p, int) or True)
+    loc = tuple(error["loc"])
     path = ".".join(str(p) for p in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         parent = _model_at(loc[:-1])
         valid = ", ".join(parent.model_fields) if parent else ""
         return f"{path}: unknown key (valid keys here: {valid})"
-    return f"{path}: {error['msg']} (got {error.get('input')!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    given = error.get("input")
+    if isinstance(given, (dict, list)) and len(repr(given)) > 80:
+        return f"{path}: {message}"
+    return f"{path}: {message} (got {given!r})"
 
 
 def validate(tree: dict[str, Any], source: str = "<config>") -> Config:

@@ -1,0 +1,27 @@
+# Every target builds .venv from this project's own files first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/lstm.yaml
+
+.PHONY: venv train quick test clean-cache
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+train: venv            ## set up, then train on the default config (CONFIG=... to change)
+	$(PY) train.py --config $(CONFIG)
+
+quick: venv            ## set up, then a tiny training run (< 3 min)
+	$(PY) train.py --config configs/quick.yaml
+
+test: venv             ## set up, then run the tests
+	$(PY) -m pytest -q
+
+clean-cache:           ## delete cached features (they are recomputed on demand)
+	rm -rf data/cache

@@ -1,0 +1,161 @@
+"""The one tf.data builder, used by training, evaluation and tests.
+
+cached features -> model inputs (crop sequences / pool statistics) -> normalise
+with statistics fitted on the training split only -> (train only) augmentation
+-> seeded shuffle -> padded batch -> prefetch.
+
+Sequences are padded at the end with exact zeros; the models mask all-zero
+frames, so padding never counts. After normalisation a real frame is all-zero
+with probability ~0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ser.config import AugmentConfig
+from ser.features.extractors import pool
+
+
+@dataclass(frozen=True)
+class Normaliser:
+    """Per-dimension z-normalisation: ``(x - mean) / std``; ``mean``, ``std`` are [D]."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, inputs: Sequence[np.ndarray]) -> Normaliser:
+        """Fit on training inputs: each [frames, D] (every frame counts) or [D]."""
+        if not inputs:
+            raise ValueError("cannot fit a normaliser on an empty training set")
+        stacked = np.concatenate([np.atleast_2d(x) for x in inputs], axis=0).astype(np.float64)
+        mean = stacked.mean(axis=0)
+        std = stacked.std(axis=0)
+        # Constant dimensions (e.g. a chroma bin in silence) must not blow up.
+        std = np.where(std < 1e-8, 1.0, std)
+        return cls(mean.astype(np.float32), std.astype(np.float32))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.mean) / self.std).astype(np.float32)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[float]]) -> Normaliser:
+        return cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Normaliser:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def centre_crop(frames: np.ndarray, max_frames: int) -> np.ndarray:
+    """[T, D] -> [min(T, max_frames), D], keeping the middle of long clips."""
+    if frames.shape[0] <= max_frames:
+        return frames
+    start = (frames.shape[0] - max_frames) // 2
+    return frames[start : start + max_frames]
+
+
+def to_model_input(
+    features: np.ndarray, mode: str, pooling: Sequence[str], max_frames: int
+) -> np.ndarray:
+    """Frame-level features [T, D] -> one model input: [T', D] (sequence) or [D*k] (pooled)."""
+    if mode == "pooled":
+        return pool(features, pooling)
+    return centre_crop(features, max_frames)
+
+
+def max_frames_for(max_seconds: float, sample_rate: int, hop_length: int) -> int:
+    return int(np.ceil(max_seconds * sample_rate / hop_length)) + 1
+
+
+def _spec_augment(x, cfg: AugmentConfig, seed: int):
+    """Train-only SpecAugment-style masks and Gaussian noise on one [T, D] sequence."""
+    import tensorflow as tf
+
+    t = tf.shape(x)[0]
+    d = tf.shape(x)[1]
+    # Masked cells are set to a tiny value, not 0: an all-zero frame means padding.
+    fill = 1e-3
+    for _ in range(cfg.time_masks):
+        width = tf.random.uniform([], 0, cfg.time_mask_width + 1, dtype=tf.int32)
+        start = tf.random.uniform([], 0, tf.maximum(t - width, 0) + 1, dtype=tf.int32)
+        idx = tf.range(t)
+        hit = tf.logical_and(idx >= start, idx < start + width)[:, None]
+        x = tf.where(hit, fill * tf.ones_like(x), x)
+    for _ in range(cfg.feature_masks):
+        width = tf.random.uniform([], 0, cfg.feature_mask_width + 1, dtype=tf.int32)
+        start = tf.random.uniform([], 0, tf.maximum(d - width, 0) + 1, dtype=tf.int32)
+        idx = tf.range(d)
+        hit = tf.logical_and(idx >= start, idx < start + width)[None, :]
+        x = tf.where(hit, fill * tf.ones_like(x), x)
+    if cfg.gaussian_noise > 0:
+        x = x + tf.random.normal(tf.shape(x), stddev=cfg.gaussian_noise)
+    return x
+
+
+def augmentation_enabled(cfg: AugmentConfig | None) -> bool:
+    return cfg is not None and (cfg.time_masks > 0 or cfg.feature_masks > 0 or cfg.gaussian_noise > 0)
+
+
+def make_dataset(
+    inputs: Sequence[np.ndarray],
+    labels: np.ndarray | None,
+    *,
+    normaliser: Normaliser,
+    batch_size: int,
+    training: bool,
+    seed: int,
+    augment: AugmentConfig | None = None,
+):
+    """Build a batched ``tf.data.Dataset``.
+
+    ``inputs``: model inputs, each [T_i, D] (sequence mode: batches are zero-padded
+    to the longest clip, shape [B, T_max, D]) or [D] (pooled: [B, D]).
+    ``labels``: int class indices [N] or None (inference: the dataset yields inputs only).
+    Shuffling (seeded, reshuffled each epoch) and augmentation happen only when ``training``.
+    """
+    import tensorflow as tf
+
+    if len(inputs) == 0:
+        raise ValueError("no examples to build a dataset from")
+    normalised = [normaliser.apply(x) for x in inputs]
+    sequence = normalised[0].ndim == 2
+    if sequence:
+        lengths = np.array([x.shape[0] for x in normalised], np.int64)
+        values = np.concatenate(normalised, axis=0)
+        ragged = tf.RaggedTensor.from_row_lengths(values, lengths)
+        ds = tf.data.Dataset.from_tensor_slices(ragged)
+        ds = ds.map(lambda x: x.to_tensor() if isinstance(x, tf.RaggedTensor) else x)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(np.stack(normalised))
+    if labels is not None:
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(np.asarray(labels, np.int32))))
+    if training:
+        ds = ds.shuffle(len(normalised), seed=seed, reshuffle_each_iteration=True)
+        if sequence and augmentation_enabled(augment):
+            tf.random.set_seed(seed)
+            aug = lambda x: _spec_augment(x, augment, seed)  # noqa: E731
+            if labels is not None:
+                ds = ds.map(lambda x, y: (aug(x), y), num_parallel_calls=tf.data.AUTOTUNE)
+            else:
+                ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+    if sequence:
+        dim = normalised[0].shape[1]
+        shapes = ([None, dim], []) if labels is not None else [None, dim]
+        pads = (0.0, 0) if labels is not None else 0.0
+        ds = ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads)
+    else:
+        ds = ds.batch(batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,402 @@
+"""Training: data preparation, compile, callbacks, fit, and the run directory.
+
+A run directory ``checkpoints/<run>/`` holds everything needed to use the model
+later: ``model.keras`` (best validation epoch) and the same model unzipped
+(``config.json``, ``metadata.json``, ``model.weights.h5``) so that
+``keras.models.load_model("checkpoints/<run>")`` works on the directory itself,
+``run.yaml`` (resolved config), ``labels.json``, ``normaliser.json``,
+``split.json`` (speaker lists), ``manifest.jsonl``, ``versions.json`` (libraries
+and git commit), ``history.csv`` and ``summary.json``. TensorBoard logs go to
+``experiments/<run>/``. ``checkpoints/best`` is a symlink to the newest finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ser.config import EMOTIONS, Config, load_config, save_config
+from ser.data.corpora import Manifest, Utterance, build_manifest
+from ser.data.pipeline import Normaliser, make_dataset, max_frames_for, to_model_input
+from ser.data.splits import Split, make_split
+from ser.evaluation import classification_metrics, confusion_matrix, unweighted_accuracy
+from ser.features.cache import ExtractionReport, extract_all
+
+Log = Callable[[str], None]
+PARTS = ("train", "val", "test")
+
+
+# ------------------------------------------------------------------ data stage
+@dataclass
+class PreparedData:
+    """Everything between the config and the tf.data datasets of one split."""
+
+    manifest: Manifest
+    split: Split
+    labels: list[str]
+    rows: dict[str, list[Utterance]]
+    inputs: dict[str, list[np.ndarray]]
+    targets: dict[str, np.ndarray]
+    extraction: ExtractionReport
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.inputs["train"][0].shape[-1])
+
+
+def label_list(rows: list[Utterance], emotions: list[str]) -> list[str]:
+    """Labels in canonical order: configured emotions that occur in the data."""
+    present = {r.emotion for r in rows}
+    return [e for e in EMOTIONS if e in emotions and e in present]
+
+
+def prepare_data(
+    cfg: Config,
+    split: Split | None = None,
+    labels: list[str] | None = None,
+    manifest: Manifest | None = None,
+    log: Log = print,
+) -> PreparedData:
+    """Manifest -> split -> cached features -> model inputs and integer targets per part."""
+    manifest = manifest or build_manifest(cfg.data, log=log)
+    if not manifest.rows:
+        raise RuntimeError(
+            f"no usable utterances under {cfg.data.root} for corpora {cfg.data.corpora} "
+            f"and emotions {cfg.data.emotions}"
+        )
+    split = split or make_split(manifest.rows, cfg.split, cfg.seed)
+    log(f"split: {split.protocol()}")
+    features, report = extract_all(
+        [r.path for r in manifest.rows],
+        cfg.features,
+        cfg.data.sample_rate,
+        workers=cfg.features.workers,
+        cache_dir=cfg.features.cache_dir,
+        log=log,
+    )
+    log(report.summary())
+    labels = labels or label_list(manifest.rows, list(cfg.data.emotions))
+    index = {label: i for i, label in enumerate(labels)}
+    max_frames = max_frames_for(
+        cfg.data.max_seconds, cfg.data.sample_rate, cfg.features.frame.hop_length
+    )
+    parts = split.partition(manifest.rows)
+    rows, inputs, targets = {}, {}, {}
+    for part in PARTS:
+        kept = [r for r in parts[part] if r.path in features and r.emotion in index]
+        rows[part] = kept
+        inputs[part] = [
+            to_model_input(features[r.path], cfg.features.mode, cfg.features.pooling, max_frames)
+            for r in kept
+        ]
+        targets[part] = np.array([index[r.emotion] for r in kept], np.int32)
+    for part in PARTS:
+        if not rows[part]:
+            raise RuntimeError(f"the {part} split is empty; check data.corpora and split settings")
+    log(
+        "examples: "
+        + ", ".join(f"{p} {len(rows[p])} ({len({r.speaker for r in rows[p]})} speakers)" for p in PARTS)
+        + f"; classes: {', '.join(labels)}"
+    )
+    return PreparedData(manifest, split, labels, rows, inputs, targets, report, report.failed)
+
+
+# ------------------------------------------------------------------- callbacks
+def _confusion_image(cm: np.ndarray, cell: int = 24) -> np.ndarray:
+    """Row-normalised confusion matrix as an RGB image [H, W, 3] uint8 (viridis)."""
+    from matplotlib import colormaps
+
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    rgb = colormaps["viridis"](norm)[..., :3]
+    return (np.kron(rgb, np.ones((cell, cell, 1))) * 255).astype(np.uint8)
+
+
+def _make_epoch_callback(
+    val_ds: Any,
+    val_targets: np.ndarray,
+    labels: list[str],
+    run_dir: Path,
+    log_dir: Path | None,
+    monitor: str,
+    total_epochs: int,
+    log: Log,
+):
+    import keras
+    import tensorflow as tf
+
+    class EpochReport(keras.callbacks.Callback):
+        """Adds ``val_ua`` (balanced accuracy on the validation split) to the epoch logs,
+        writes it and a confusion-matrix image to TensorBoard, records progress for
+        ``--resume`` and prints one line per epoch. Must run before callbacks that
+        monitor ``val_ua``."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else None
+            self.started = time.time()
+            progress = run_dir / "progress.json"
+            state = json.loads(progress.read_text()) if progress.exists() else {}
+            self.best = state.get("best")
+            self.best_epoch = state.get("best_epoch")
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.started = time.time()
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            logs = logs if logs is not None else {}
+            probs = self.model.predict(val_ds, verbose=0)
+            pred = probs.argmax(axis=1)
+            ua = unweighted_accuracy(val_targets, pred, len(labels))
+            logs["val_ua"] = ua
+            if self.writer is not None:
+                with self.writer.as_default(step=epoch):
+                    tf.summary.scalar("epoch_val_ua", ua)
+                    cm = confusion_matrix(val_targets, pred, len(labels))
+                    tf.summary.image("validation_confusion", _confusion_image(cm)[None])
+                self.writer.flush()
+            value = logs.get(monitor)
+            better = value is not None and (
+                self.best is None
+                or (value < self.best if monitor == "val_loss" else value > self.best)
+            )
+            if better:
+                self.best, self.best_epoch = float(value), epoch + 1
+            (run_dir / "progress.json").write_text(
+                json.dumps({"epoch": epoch + 1, "best": self.best, "best_epoch": self.best_epoch})
+            )
+            lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            log(
+                f"epoch {epoch + 1:3d}/{total_epochs}  loss {logs.get('loss', float('nan')):.4f}"
+                f"  acc {logs.get('accuracy', float('nan')):.3f}"
+                f"  val_loss {logs.get('val_loss', float('nan')):.4f}"
+                f"  val_acc {logs.get('val_accuracy', float('nan')):.3f}  val_ua {ua:.3f}"
+                f"  lr {lr:.2g}  {time.time() - self.started:.1f}s" + ("  *" if better else "")
+            )
+
+    return EpochReport()
+
+
+# ------------------------------------------------------------------ run folder
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("tensorflow", "tensorflow-cpu", "keras", "librosa", "soundfile", "numpy", "scikit-learn"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        out["git_commit"] = sha.stdout.strip() if sha.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = "unknown"
+    return out
+
+
+def new_run_name(cfg: Config) -> str:
+    return cfg.train.run_name or f"{cfg.name}-{cfg.model.type}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def point_best(checkpoints_dir: Path, run_dir: Path) -> Path:
+    """Atomically make ``checkpoints_dir/best`` a relative symlink to ``run_dir``."""
+    link = checkpoints_dir / "best"
+    tmp = checkpoints_dir / f".best.{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(os.path.relpath(run_dir, checkpoints_dir), tmp)
+    os.replace(tmp, link)
+    return link
+
+
+def make_strategy(kind: str):
+    import tensorflow as tf
+
+    if kind == "none":
+        return tf.distribute.get_strategy()
+    if kind == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
+    return tf.distribute.MultiWorkerMirroredStrategy()
+
+
+def class_weights(targets: np.ndarray, num_classes: int) -> dict[int, float]:
+    """Inverse-frequency weights ``n / (k * count)``; absent classes get 1."""
+    counts = np.bincount(targets, minlength=num_classes)
+    present = counts > 0
+    k = int(present.sum())
+    return {i: (len(targets) / (k * counts[i]) if counts[i] else 1.0) for i in range(num_classes)}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------- train
+def train(cfg: Config, *, resume: str | Path | None = None, log: Log = print) -> dict[str, Any]:
+    """Train one model; returns the run summary (also written to ``summary.json``)."""
+    import keras
+
+    from ser.models import build_model
+
+    started = time.time()
+    checkpoints = Path(cfg.train.checkpoints_dir)
+    saved_split = None
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "run.yaml").is_file():
+            raise FileNotFoundError(f"{run_dir}: not a run directory (no run.yaml) to resume")
+        cfg = load_config(run_dir / "run.yaml", env={})
+        saved_split = Split.from_dict(json.loads((run_dir / "split.json").read_text()))
+        checkpoints = run_dir.parent
+        log(f"resuming {run_dir}")
+    else:
+        run_dir = checkpoints / new_run_name(cfg)
+        if run_dir.exists():
+            raise FileExistsError(f"{run_dir} exists; choose another train.run_name or use --resume")
+    run_name = run_dir.name
+    log_dir = Path(cfg.train.experiments_dir) / run_name
+    keras.utils.set_random_seed(cfg.seed)
+
+    data = prepare_data(cfg, split=saved_split, log=log)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "run.yaml")
+    _write_json(run_dir / "split.json", data.split.to_dict())
+    _write_json(run_dir / "labels.json", data.labels)
+    _write_json(run_dir / "versions.json", versions())
+    data.manifest.save(run_dir / "manifest.jsonl")
+    normaliser = Normaliser.fit(data.inputs["train"])
+    normaliser.save(run_dir / "normaliser.json")
+
+    batch = cfg.train.batch_size
+    train_ds = make_dataset(
+        data.inputs["train"], data.targets["train"], normaliser=normaliser, batch_size=batch,
+        training=True, seed=cfg.seed, augment=cfg.augment,
+    )
+    val_ds = make_dataset(
+        data.inputs["val"], data.targets["val"], normaliser=normaliser, batch_size=batch,
+        training=False, seed=cfg.seed,
+    )
+    val_x = make_dataset(
+        data.inputs["val"], None, normaliser=normaliser, batch_size=batch, training=False,
+        seed=cfg.seed,
+    )
+
+    strategy = make_strategy(cfg.train.distribute)
+    with strategy.scope():
+        model = build_model(cfg.model, data.input_dim, len(data.labels))
+        optimizer = {
+            "adam": lambda: keras.optimizers.Adam(cfg.train.learning_rate),
+            "adamw": lambda: keras.optimizers.AdamW(
+                cfg.train.learning_rate, weight_decay=cfg.train.weight_decay
+            ),
+            "sgd": lambda: keras.optimizers.SGD(cfg.train.learning_rate, momentum=0.9),
+        }[cfg.train.optimizer]()
+        model.compile(
+            optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        )
+    log(f"model: {model.name}, {model.count_params():,} parameters, input dim {data.input_dim}")
+
+    monitor = cfg.train.monitor
+    mode = "min" if monitor == "val_loss" else "max"
+    report = _make_epoch_callback(
+        val_x, data.targets["val"], data.labels, run_dir,
+        log_dir / "validation" if cfg.train.confusion_images else None,
+        monitor, cfg.train.epochs, log,
+    )
+    callbacks: list[Any] = [
+        report,
+        keras.callbacks.ModelCheckpoint(
+            str(run_dir / "model.keras"), monitor=monitor, mode=mode, save_best_only=True,
+            initial_value_threshold=report.best,
+        ),
+        keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume is not None),
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+    ]
+    if cfg.train.early_stopping.enabled:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, mode=mode, patience=cfg.train.early_stopping.patience
+            )
+        )
+    if cfg.train.reduce_lr.enabled:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, mode=mode, patience=cfg.train.reduce_lr.patience,
+                factor=cfg.train.reduce_lr.factor, min_lr=cfg.train.reduce_lr.min_lr,
+            )
+        )
+    weights = (
+        class_weights(data.targets["train"], len(data.labels)) if cfg.train.class_weights else None
+    )
+    fit_started = time.time()
+    model.fit(
+        train_ds, validation_data=val_ds, epochs=cfg.train.epochs, class_weight=weights,
+        callbacks=callbacks, verbose=cfg.train.verbose,
+    )
+    fit_seconds = time.time() - fit_started
+
+    best = keras.models.load_model(run_dir / "model.keras")
+    best.save(run_dir, zipped=False)  # the run directory itself loads with load_model
+    test_x = make_dataset(
+        data.inputs["test"], None, normaliser=normaliser, batch_size=batch, training=False,
+        seed=cfg.seed,
+    )
+    pred = best.predict(test_x, verbose=0).argmax(axis=1)
+    test = classification_metrics(data.targets["test"], pred, data.labels)
+    summary = {
+        "run": run_name,
+        "run_dir": str(run_dir),
+        "log_dir": str(log_dir),
+        "protocol": data.split.protocol(),
+        "speaker_independent": data.split.speaker_independent,
+        "model": cfg.model.type,
+        "parameters": int(best.count_params()),
+        "labels": data.labels,
+        "examples": {p: len(data.rows[p]) for p in PARTS},
+        "best_epoch": report.best_epoch,
+        "best_" + monitor: report.best,
+        "test": test,
+        "files": {
+            "manifest_rows": len(data.manifest.rows),
+            "skipped_unreadable": len(data.manifest.skipped),
+            "failed_extraction": len(data.failed),
+            "cache_hits": data.extraction.hits,
+            "extracted": data.extraction.extracted,
+        },
+        "seconds": {"total": time.time() - started, "fit": fit_seconds},
+    }
+    _write_json(run_dir / "summary.json", summary)
+    link = point_best(checkpoints, run_dir)
+    kind = "speaker-independent" if data.split.speaker_independent else "SPEAKER-DEPENDENT"
+    log(
+        f"test ({kind}, {len(data.rows['test'])} utterances, "
+        f"{len({r.speaker for r in data.rows['test']})} unseen speakers): "
+        f"UA {test['ua']:.3f}  WA {test['wa']:.3f}  macro-F1 {test['macro_f1']:.3f}"
+        if data.split.speaker_independent
+        else f"test ({kind}): UA {test['ua']:.3f}  WA {test['wa']:.3f}  macro-F1 {test['macro_f1']:.3f}"
+    )
+    skipped = len(data.manifest.skipped) + len(data.failed)
+    log(
+        f"best epoch {report.best_epoch} ({monitor} {report.best:.4f}); "
+        f"{skipped} file(s) skipped; run {run_dir} -> {link}; "
+        f"TensorBoard: tensorboard --logdir {cfg.train.experiments_dir}; "
+        f"{summary['seconds']['total']:.0f} s"
+    )
+    return summary
+
