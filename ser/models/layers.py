@@ -1,0 +1,147 @@
+"""Custom layers that keep padded frames out of convolutional models, and shared blocks.
+
+Sequence batches are padded at the end with all-zero frames. Keras ``Conv1D`` and
+``MaxPooling1D`` drop Keras masks, so the CNN carries its own frame mask: a float
+tensor ``[batch, frames]`` (1 = real frame, 0 = padding), the same layout as a
+Keras mask so it can be passed straight to ``BatchNormalization(mask=...)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import layers, ops
+
+POOLING_STATS = ("mean", "std", "max")
+
+
+@keras.saving.register_keras_serializable(package="ser")
+class FrameMask(layers.Layer):
+    """``[B, T, D]`` features -> ``[B, T]`` float mask, 1 where a frame has any non-zero value.
+
+    Normalised features are never exactly all zero, so an all-zero frame is padding.
+    """
+
+    def call(self, inputs):
+        return ops.cast(ops.any(ops.not_equal(inputs, 0), axis=-1), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1])
+
+
+@keras.saving.register_keras_serializable(package="ser")
+class MaskedMaxPooling1D(layers.Layer):
+    """Max-pool frames and their mask together over non-overlapping windows.
+
+    ``[x [B, T, C], mask [B, T]] -> [x [B, ceil(T/p), C], mask [B, ceil(T/p)]]``.
+    A pooled frame is real if its window holds any real frame; its value is the max
+    over the real frames only, and pooled padding frames are exactly 0. Windows
+    always start at frame 0 (the sequence is right-padded to a multiple of ``p``,
+    unlike "same" pooling, which can shift them), so appending padding to an input
+    never changes its real outputs.
+    """
+
+    def __init__(self, pool_size: int, **kwargs):
+        super().__init__(**kwargs)
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1, got {pool_size}")
+        self.pool_size = int(pool_size)
+        # BatchNorm(mask=...) attaches the frame mask to its output as a Keras mask;
+        # accept it silently and drop it; the pooled mask is an explicit output.
+        self.supports_masking = True
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return None
+
+    def call(self, inputs):
+        x, mask = inputs
+        p = self.pool_size
+        valid = ops.expand_dims(mask > 0, axis=-1)
+        x = ops.where(valid, x, float("-inf"))
+        mask = ops.expand_dims(ops.cast(mask, x.dtype), axis=-1)
+        if p > 1:
+            extra = (-ops.shape(x)[1]) % p
+            pad = [[0, 0], [0, extra], [0, 0]]
+            x = ops.pad(x, pad, constant_values=float("-inf"))
+            mask = ops.pad(mask, pad, constant_values=0)
+            x = ops.max_pool(x, pool_size=p, strides=p, padding="valid")
+            mask = ops.max_pool(mask, pool_size=p, strides=p, padding="valid")
+        # Windows of padding only hold -inf; they become 0 like the input padding,
+        # so the next "same" convolution sees what it would see past the real end.
+        x = ops.where(mask > 0, x, 0.0)
+        return x, ops.squeeze(mask, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        x_shape, _ = input_shape
+        steps = x_shape[1]
+        steps = None if steps is None else -(-steps // self.pool_size)
+        return (x_shape[0], steps, x_shape[2]), (x_shape[0], steps)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size}
+
+
+@keras.saving.register_keras_serializable(package="ser")
+class MaskedGlobalPooling(layers.Layer):
+    """Statistics over real frames only: ``[x [B, T, C], mask [B, T]] -> [B, C * len(stats)]``.
+
+    ``stats`` is an ordered subset of ``("mean", "std", "max")``, concatenated in the
+    given order. A sequence with no real frame pools to zeros instead of NaN.
+    """
+
+    def __init__(self, stats: Sequence[str] = ("mean", "max"), **kwargs):
+        super().__init__(**kwargs)
+        stats = tuple(stats)
+        unknown = [s for s in stats if s not in POOLING_STATS]
+        if not stats or unknown or len(set(stats)) != len(stats):
+            raise ValueError(
+                f"stats must be distinct names from {POOLING_STATS}, got {list(stats)}"
+            )
+        self.stats = stats
+
+    def call(self, inputs):
+        x, mask = inputs
+        weights = ops.expand_dims(ops.cast(mask, x.dtype), axis=-1)  # [B, T, 1]
+        count = ops.sum(weights, axis=1)  # [B, 1]
+        safe_count = ops.maximum(count, 1.0)
+        mean = ops.sum(x * weights, axis=1) / safe_count
+        pooled = []
+        for stat in self.stats:
+            if stat == "mean":
+                pooled.append(mean)
+            elif stat == "std":
+                centred = (x - ops.expand_dims(mean, axis=1)) * weights
+                variance = ops.sum(ops.square(centred), axis=1) / safe_count
+                # The epsilon keeps the gradient of sqrt finite for constant channels.
+                pooled.append(ops.sqrt(variance + keras.config.epsilon()))
+            else:
+                peak = ops.max(ops.where(weights > 0, x, float("-inf")), axis=1)
+                pooled.append(ops.where(count > 0, peak, 0.0))
+        return pooled[0] if len(pooled) == 1 else ops.concatenate(pooled, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        x_shape, _ = input_shape
+        channels = x_shape[-1]
+        return (x_shape[0], None if channels is None else channels * len(self.stats))
+
+    def get_config(self):
+        return {**super().get_config(), "stats": list(self.stats)}
+
+
+def dense_stack(x, units: Sequence[int], dropout: float, *, batch_norm: bool, name: str):
+    """``[B, D] -> [B, units[-1]]``: Dense (+ BatchNorm) + ReLU + Dropout per entry of ``units``."""
+    for i, width in enumerate(units, start=1):
+        # BatchNorm has its own shift, which makes a Dense bias redundant.
+        x = layers.Dense(width, use_bias=not batch_norm, name=f"{name}_{i}")(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_{i}_bn")(x)
+        x = layers.ReLU(name=f"{name}_{i}_relu")(x)
+        if dropout > 0:
+            x = layers.Dropout(dropout, name=f"{name}_{i}_dropout")(x)
+    return x
+
+
+def emotion_output(x, num_classes: int):
+    """``[B, D] -> [B, num_classes]`` probabilities; float32 even under mixed precision."""
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="emotion")(x)

@@ -1,0 +1,195 @@
+"""Shared harness for every registered model, plus known answers for the custom layers."""
+
+from __future__ import annotations
+
+import typing
+
+import keras
+import numpy as np
+import pytest
+
+from ser.config import CNNConfig, DenseConfig, LSTMConfig, ModelConfig
+from ser.models import MODELS, build_model
+from ser.models.layers import FrameMask, MaskedGlobalPooling, MaskedMaxPooling1D
+from ser.registry import UnknownNameError
+
+INPUT_DIM = 8
+NUM_CLASSES = 4
+SEQUENCE_MODELS = ("lstm", "cnn")
+
+TINY = {
+    "lstm": LSTMConfig(units=[8, 8], dense_units=[8]),
+    "cnn": CNNConfig(filters=[8, 8], kernel_size=3, dense_units=[8]),
+    "dense": DenseConfig(units=[16, 8]),
+}
+# Variants the sequence harness must also hold for: a bidirectional LSTM, and an
+# even kernel with a pool size whose "same" windows would not start at frame 0.
+VARIANTS = {
+    "lstm": TINY["lstm"],
+    "bilstm": LSTMConfig(units=[8, 8], bidirectional=True, dense_units=[8]),
+    "cnn": TINY["cnn"],
+    "cnn_pool3": CNNConfig(filters=[8, 8], kernel_size=4, pool_size=3, dense_units=[8]),
+}
+
+
+def tiny(name: str, params=None) -> keras.Model:
+    params = TINY[name] if params is None else params
+    cfg = ModelConfig(type=name, **{name: params})
+    return build_model(cfg, INPUT_DIM, NUM_CLASSES)
+
+
+def variant(key: str) -> keras.Model:
+    params = VARIANTS[key]
+    name = "lstm" if isinstance(params, LSTMConfig) else "cnn"
+    return tiny(name, params)
+
+
+def inputs_for(name: str, batch: int = 3, frames: int = 30, seed: int = 0) -> np.ndarray:
+    """Random normalised features: ``[batch, frames, INPUT_DIM]`` or ``[batch, INPUT_DIM]``."""
+    rng = np.random.default_rng(seed)
+    shape = (batch, INPUT_DIM) if name == "dense" else (batch, frames, INPUT_DIM)
+    return rng.standard_normal(shape).astype("float32")
+
+
+def randomise_weights(model: keras.Model, seed: int = 0) -> None:
+    """Replace the fresh-init weights, whose zero BatchNorm shifts and LSTM biases
+    would leave padded frames at exactly 0 and so hide any leak of padding."""
+    rng = np.random.default_rng(seed)
+    for weight in model.weights:
+        shape = tuple(weight.shape)
+        if "variance" in weight.path:
+            value = rng.uniform(0.5, 2.0, shape)
+        else:
+            value = rng.normal(0.0, 0.5, shape)
+        weight.assign(value.astype(weight.dtype))
+
+
+def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
+    return keras.ops.convert_to_numpy(model(x, training=False))
+
+
+# -------------------------------------------------------------------- registry
+def test_registry_names_equal_config_choices():
+    choices = typing.get_args(ModelConfig.model_fields["type"].annotation)
+    assert MODELS.names() == sorted(choices)
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(UnknownNameError, match="valid: cnn, dense, lstm"):
+        MODELS.get("transformer")
+    # A config that skipped validation still fails with the registry's message.
+    with pytest.raises(UnknownNameError, match="'transformer'"):
+        build_model(ModelConfig.model_construct(type="transformer"), INPUT_DIM, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("input_dim, num_classes", [(0, 4), (8, 1)])
+def test_build_model_rejects_bad_sizes(input_dim, num_classes):
+    with pytest.raises(ValueError):
+        build_model(ModelConfig(), input_dim, num_classes)
+
+
+# ------------------------------------------------------------- model harness
+@pytest.mark.parametrize("name", MODELS.names())
+def test_default_config_builds_and_outputs_probabilities(name):
+    model = build_model(ModelConfig(type=name), INPUT_DIM, NUM_CLASSES)
+    assert model.name == f"{name}_classifier"
+    assert not model.compiled
+    assert model.get_layer("emotion").dtype == "float32"
+    probs = predict(model, inputs_for(name, batch=5, frames=25))
+    assert probs.shape == (5, NUM_CLASSES)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("safe_mode", [True, False])
+@pytest.mark.parametrize("key", [*VARIANTS, "dense"])
+def test_keras_file_round_trip(key, safe_mode, tmp_path):
+    model = tiny("dense") if key == "dense" else variant(key)
+    randomise_weights(model)
+    x = inputs_for(model.name.split("_")[0])
+    if x.ndim == 3:
+        x[0, 20:] = 0.0  # one padded row, so the reloaded masks are exercised too
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=safe_mode)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+    np.testing.assert_array_equal(predict(loaded, x), predict(model, x))
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_trains_one_step(name):
+    keras.utils.set_random_seed(0)
+    model = tiny(name)
+    x = inputs_for(name, batch=8)
+    if x.ndim == 3:
+        x[::2, 17:] = 0.0  # padded rows, as the pipeline delivers them
+    y = np.arange(8) % NUM_CLASSES
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    assert np.isfinite(predict(model, x)).all()
+
+
+@pytest.mark.parametrize("key", VARIANTS)
+def test_padding_never_changes_a_prediction(key):
+    model = variant(key)
+    randomise_weights(model, seed=1)
+    lengths = [20, 33, 27, 1]
+    rng = np.random.default_rng(2)
+    clips = [rng.standard_normal((n, INPUT_DIM)).astype("float32") for n in lengths]
+    batch = np.zeros((len(clips), 40, INPUT_DIM), "float32")
+    for row, clip in zip(batch, clips):
+        row[: len(clip)] = clip
+    alone = np.concatenate([predict(model, clip[None]) for clip in clips])
+    np.testing.assert_allclose(predict(model, batch), alone, atol=1e-5)
+
+
+def test_cnn_batch_norm_statistics_ignore_padding():
+    clip = inputs_for("cnn", batch=1, frames=20)
+    padded = np.concatenate([clip, np.zeros((1, 30, INPUT_DIM), "float32")], axis=1)
+    moving = []
+    for x in (clip, padded):
+        keras.utils.set_random_seed(0)
+        model = tiny("cnn")
+        model(x, training=True)
+        moving.append([keras.ops.convert_to_numpy(w) for w in model.non_trainable_weights])
+    for a, b in zip(*moving):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# ------------------------------------------------------------- custom layers
+def test_frame_mask_marks_non_zero_frames():
+    x = np.zeros((1, 4, 3), "float32")
+    x[0, 0, 1] = 2.0
+    x[0, 2] = -1.0
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(FrameMask()(x)), [[1, 0, 1, 0]])
+
+
+def test_masked_max_pooling_ignores_padding_and_keeps_windows_at_frame_zero():
+    # 5 real frames of 7, pool 3: windows [0..2], [3..5], [6]; frame 5 and 6 are padding.
+    x = np.array([[[-3.0], [-1.0], [-2.0], [-4.0], [-5.0], [9.0], [9.0]]], "float32")
+    mask = np.array([[1, 1, 1, 1, 1, 0, 0]], "float32")
+    pooled, pooled_mask = MaskedMaxPooling1D(3)([x, mask])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(pooled)[0, :, 0], [-1.0, -4.0, 0.0])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(pooled_mask), [[1, 1, 0]])
+
+
+def test_masked_global_pooling_uses_real_frames_only():
+    x = np.array([[[1.0], [3.0], [100.0]], [[5.0], [5.0], [5.0]]], "float32")
+    mask = np.array([[1, 1, 0], [0, 0, 0]], "float32")  # second row: no real frame
+    out = keras.ops.convert_to_numpy(MaskedGlobalPooling(("mean", "std", "max"))([x, mask]))
+    np.testing.assert_allclose(out[0], [2.0, 1.0, 3.0], atol=1e-3)
+    np.testing.assert_allclose(out[1], [0.0, 0.0, 0.0], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "layer", [FrameMask(), MaskedMaxPooling1D(3), MaskedGlobalPooling(("std", "max"))]
+)
+def test_custom_layer_config_round_trip(layer):
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(clone) is type(layer)
+    assert clone.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("stats", [(), ("mean", "mean"), ("median",)])
+def test_masked_global_pooling_rejects_bad_stats(stats):
+    with pytest.raises(ValueError, match="stats"):
+        MaskedGlobalPooling(stats)
