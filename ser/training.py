@@ -347,7 +347,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, log: Log = print) ->
     fit_started = time.time()
     model.fit(
         train_ds, validation_data=val_ds, epochs=cfg.train.epochs, class_weight=weights,
-        callbacks=callbacks, verbose=cfg.train.verbose,
+        callbacks=callbacks, verbose=cfg.train.verbose, shuffle=False,  # tf.data shuffles
     )
     fit_seconds = time.time() - fit_started
 

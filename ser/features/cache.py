@@ -1,0 +1,359 @@
+"""Content-addressed on-disk feature cache and the parallel fill that uses it.
+
+An entry is keyed by a hash of the audio bytes plus everything that affects the
+frame-level features (chosen extractors and their params, frame params, sample
+rate, ``EXTRACTOR_VERSION``), so a stale entry can never be reused: change any
+of them and the key changes. Pooling, mode and worker count are not in the key,
+so pooled and sequence runs share entries. Entries are written to a temporary
+file and renamed into place, and are validated on read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ser.audio import AudioError, load_audio
+from ser.config import ConfigError, FeaturesConfig
+from ser.features.extractors import EXTRACTOR_VERSION, extract_features, feature_dims
+
+_BLOCK = 1 << 20  # bytes read per hashing step
+_MIN_FILES_PER_WORKER = 16
+
+
+class CacheError(OSError):
+    """The cache directory cannot be created or written; the message names it."""
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of the file's bytes, read in 1 MiB blocks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def cache_key(digest: str, cfg: FeaturesConfig, sample_rate: int) -> str:
+    """Hex key of the features of the audio with ``digest`` under ``cfg`` at ``sample_rate``.
+
+    Only what changes frame-level features goes in: params of extractors not chosen,
+    mode, pooling, cache_dir and workers do not.
+    """
+    spec = {
+        "audio": digest,
+        "sample_rate": int(sample_rate),
+        "version": EXTRACTOR_VERSION,
+        "frame": cfg.frame.model_dump(mode="json"),
+        "extractors": [
+            [name, getattr(cfg, name).model_dump(mode="json")] for name in cfg.extractors
+        ],
+    }
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class FeatureCache:
+    """Feature arrays on disk, one ``.npy`` per key under ``root/<key[:2]>/``.
+
+    ``log`` receives a line for every corrupt entry discarded; by default it is a
+    ``RuntimeWarning``.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], log: Callable[[str], None] | None = None):
+        self.root = Path(root)
+        self._log = log
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            # A real write, not os.access: permission bits say nothing for root or ACLs.
+            with tempfile.TemporaryFile(dir=self.root):
+                pass
+        except OSError as exc:
+            raise CacheError(
+                f"feature cache directory {self.root} is not writable ({exc.strerror or exc}); "
+                "set features.cache_dir to a writable directory"
+            ) from None
+
+    def path_for(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+    def get(self, key: str, dims: int | None = None) -> np.ndarray | None:
+        """float32 [frames, dims] stored under ``key``, or None on a miss.
+
+        A corrupt entry (unreadable, truncated, trailing bytes, wrong dtype or shape,
+        non-finite values, or not ``dims`` wide when given) is deleted and is a miss.
+        """
+        path = self.path_for(key)
+        try:
+            with open(path, "rb") as f:
+                array = np.load(f, allow_pickle=False)
+                trailing = f.read(1)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # np.load raises ValueError, EOFError, OSError, ...
+            problem = f"unreadable ({type(exc).__name__}: {exc})"
+        else:
+            problem = _problem(array, dims, trailing)
+        if problem is None:
+            return array
+        with contextlib.suppress(OSError):  # another process may have replaced it already
+            path.unlink()
+        self._warn(f"warning: discarded corrupt cache entry {path}: {problem}")
+        return None
+
+    def put(self, key: str, array: np.ndarray) -> None:
+        """Store float32 [frames, dims] atomically: readers see no entry or a whole one."""
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        if array.ndim != 2 or array.shape[0] == 0:
+            raise ValueError(f"expected features [frames >= 1, dims], got shape {array.shape}")
+        path = self.path_for(key)
+        path.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, array, allow_pickle=False)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _warn(self, message: str) -> None:
+        if self._log is None:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+        else:
+            self._log(message)
+
+
+def _problem(array: np.ndarray, dims: int | None, trailing: bytes) -> str | None:
+    if trailing:
+        return "trailing bytes after the array"
+    if array.dtype != np.float32 or array.ndim != 2 or array.shape[0] == 0:
+        return f"expected float32 [frames >= 1, dims], got {array.dtype} {array.shape}"
+    if dims is not None and array.shape[1] != dims:
+        return f"expected {dims} feature columns, got {array.shape[1]}"
+    if not np.isfinite(array).all():
+        return "contains NaN or infinite values"
+    return None
+
+
+@dataclass
+class ExtractionReport:
+    """What ``extract_all`` did; ``failed`` holds (path, reason) in input order."""
+
+    total: int
+    hits: int
+    extracted: int
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"features: {self.total} files, {self.hits} cache hits, {self.extracted} extracted, "
+            f"{len(self.failed)} failed ({self.seconds:.1f} s)"
+        )
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What a worker sends back for one file: features or the reason there are none."""
+
+    path: str
+    features: np.ndarray | None
+    error: str | None = None
+    warning: str | None = None
+
+
+def _reason(exc: BaseException, path: str) -> str:
+    """One line saying why ``path`` failed, without repeating the path."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot read ({exc.strerror})"
+    lines = str(exc).strip().splitlines()
+    text = lines[0].removeprefix(f"{path}: ") if lines else ""
+    if not isinstance(exc, AudioError):  # an unexpected failure: say what kind
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text[:300]
+
+
+def _extract_one(path: str, cfg: FeaturesConfig, sample_rate: int, cache: FeatureCache) -> _Outcome:
+    """Read, hash, decode, extract and cache one file; never raises for a bad file."""
+    try:
+        # Hashed again just before decoding rather than reusing the parent's digest:
+        # that shrinks the gap in which a rewritten file could be cached under its
+        # old key to milliseconds.
+        key = cache_key(file_digest(path), cfg, sample_rate)
+        with warnings.catch_warnings():
+            # librosa's CQT (tonnetz) warns about its low octaves on every short clip;
+            # a line per file would bury the warnings that matter.
+            warnings.filterwarnings("ignore", r"n_fft=\d+ is too large", UserWarning)
+            features = extract_features(load_audio(path, sample_rate), sample_rate, cfg)
+    except Exception as exc:
+        return _Outcome(path, None, error=_reason(exc, path))
+    try:
+        cache.put(key, features)
+    except OSError as exc:  # e.g. disk full: the features themselves are fine
+        return _Outcome(path, features, warning=f"warning: could not cache {path}: {exc}")
+    return _Outcome(path, features)
+
+
+def _init_worker() -> None:
+    # Each worker is one of N processes on N cores: BLAS threads on top of that
+    # oversubscribe the machine (measured 4x slower with 2 workers on 2 cores).
+    try:
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+    except ImportError:
+        return
+    threadpool_limits(1)
+
+
+def _extract_batch(
+    paths: list[str], cfg: FeaturesConfig, sample_rate: int, root: str
+) -> list[_Outcome]:
+    """Worker-process entry point."""
+    cache = FeatureCache(root)
+    return [_extract_one(path, cfg, sample_rate, cache) for path in paths]
+
+
+def _check_extractable(cfg: FeaturesConfig, sample_rate: int) -> None:
+    """Fail once, before any work, when the config cannot run at this sample rate.
+
+    Otherwise e.g. a spectral-contrast band above Nyquist would fail every file.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # silence is expected to trip librosa's hints
+            extract_features(np.zeros(sample_rate // 4, np.float32), sample_rate, cfg)
+    except Exception as exc:
+        raise ConfigError(
+            f"features {cfg.extractors} cannot be extracted at {sample_rate} Hz: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _batches(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _run_pool(
+    misses: list[str], cfg: FeaturesConfig, sample_rate: int, root: str, workers: int
+) -> Iterator[_Outcome]:
+    """Outcomes of ``misses`` extracted by ``workers`` processes, in completion order."""
+    # Small batches amortise inter-process overhead; a bounded window of in-flight
+    # batches keeps memory flat for any number of files.
+    size = max(1, min(16, len(misses) // (4 * workers)))
+    pending = _batches(misses, size)
+    # spawn, not fork: the parent may already run TensorFlow threads, which fork breaks.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
+        running: set[Future[list[_Outcome]]] = set()
+        while True:
+            while len(running) < 2 * workers and (batch := next(pending, None)) is not None:
+                running.add(pool.submit(_extract_batch, batch, cfg, sample_rate, root))
+            if not running:
+                return
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield from future.result()
+
+
+def extract_all(
+    paths: Sequence[str],
+    cfg: FeaturesConfig,
+    sample_rate: int,
+    *,
+    workers: int | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, np.ndarray], ExtractionReport]:
+    """Frame-level features of every readable file in ``paths``, through the cache.
+
+    Returns ``{path: float32 [frames, feature_dims(cfg)]}`` in input order for every
+    file that worked, and a report; a bad file is a warning line and a ``failed``
+    entry, never an exception. ``workers`` (default ``cfg.workers``; 0 = one per
+    core, 1 = this process) extract the cache misses, in processes started with
+    ``spawn``: a script calling this needs the ``if __name__ == "__main__":`` guard.
+    ``cache_dir`` defaults to ``cfg.cache_dir``. Raises ``CacheError`` for an
+    unwritable cache directory and ``ConfigError`` for a config that cannot run at
+    ``sample_rate``, before any work.
+    """
+    start = time.perf_counter()
+    unique = list(dict.fromkeys(str(p) for p in paths))
+    found: dict[str, np.ndarray] = {}
+    failed: list[tuple[str, str]] = []
+    quiet = not progress or not sys.stderr.isatty()
+    with tqdm(total=len(unique), desc="features", unit="file", disable=quiet) as bar:
+
+        def say(line: str) -> None:
+            with bar.external_write_mode():
+                log(line)
+
+        def fail(path: str, reason: str) -> None:
+            failed.append((path, reason))
+            say(f"warning: skipped {path}: {reason}")
+
+        cache = FeatureCache(cache_dir or cfg.cache_dir, log=say)
+        dims = feature_dims(cfg)
+        # Hashing and loading hits stay in this process: ~100 MB hashes in well under a
+        # second, and an all-hit run then never pays for starting workers.
+        misses: list[str] = []
+        for path in unique:
+            try:
+                digest = file_digest(path)
+            except OSError as exc:
+                fail(path, _reason(exc, path))
+                bar.update()
+                continue
+            array = cache.get(cache_key(digest, cfg, sample_rate), dims)
+            if array is None:
+                misses.append(path)
+            else:
+                found[path] = array
+                bar.update()
+        hits = len(found)
+
+        if misses:
+            _check_extractable(cfg, sample_rate)
+            n = workers if workers is not None else cfg.workers
+            # A worker spends ~1.5 s importing librosa: only worth it for enough files.
+            n = min(n or os.cpu_count() or 1, max(1, len(misses) // _MIN_FILES_PER_WORKER))
+            if n == 1:
+                outcomes: Iterator[_Outcome] = (
+                    _extract_one(path, cfg, sample_rate, cache) for path in misses
+                )
+            else:
+                outcomes = _run_pool(misses, cfg, sample_rate, str(cache.root), n)
+            for outcome in outcomes:
+                if outcome.warning:
+                    say(outcome.warning)
+                if outcome.features is None:
+                    fail(outcome.path, outcome.error or "unknown error")
+                else:
+                    found[outcome.path] = outcome.features
+                bar.update()
+
+    order = {path: i for i, path in enumerate(unique)}
+    report = ExtractionReport(
+        total=len(unique),
+        hits=hits,
+        extracted=len(found) - hits,
+        failed=sorted(failed, key=lambda item: order[item[0]]),
+        seconds=time.perf_counter() - start,
+    )
+    return {path: found[path] for path in unique if path in found}, report

@@ -1,0 +1,259 @@
+"""Pure frame-level feature extractors: a mono waveform -> float32 [frames, dims].
+
+Every extractor reads a shared ``Spectra`` so that one waveform gets one STFT, and
+a mel spectrogram is computed once per (n_mels, fmin, fmax) however many extractors
+use it. Frames are ``1 + samples // hop_length`` (centred STFT); waves shorter
+than ``n_fft`` are zero-padded to ``n_fft`` first. Nothing here does I/O or
+mutates global state; the filterbank caches below are memoised pure functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import cached_property, lru_cache
+
+import librosa
+import numpy as np
+
+from ser.config import (
+    ChromaParams,
+    ContrastParams,
+    FeaturesConfig,
+    FrameParams,
+    MelParams,
+    MFCCParams,
+    TonnetzParams,
+)
+from ser.registry import Registry
+
+# Part of every cache key: bump it whenever any extractor's output changes.
+EXTRACTOR_VERSION = "1"
+
+FEATURES: Registry[Callable[..., np.ndarray]] = Registry("feature extractor")
+
+DELTA_WIDTH = 9  # librosa's default delta window (frames)
+TONNETZ_DIMS = 6
+
+
+@lru_cache(maxsize=32)
+def _mel_basis(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """float32 [n_mels, 1 + n_fft // 2] Slaney mel filterbank (read-only: it is shared)."""
+    basis = librosa.filters.mel(
+        sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float32
+    )
+    basis.flags.writeable = False
+    return basis
+
+
+@lru_cache(maxsize=32)
+def _chroma_basis(sample_rate: int, n_fft: int, n_chroma: int) -> np.ndarray:
+    """float32 [n_chroma, 1 + n_fft // 2] chroma filterbank (read-only: it is shared)."""
+    basis = librosa.filters.chroma(
+        sr=sample_rate, n_fft=n_fft, n_chroma=n_chroma, tuning=0.0, dtype=np.float32
+    )
+    basis.flags.writeable = False
+    return basis
+
+
+@lru_cache(maxsize=32)
+def _hann(win_length: int) -> np.ndarray:
+    """float32 [win_length] periodic Hann window (read-only: it is shared)."""
+    window = librosa.filters.get_window("hann", win_length, fftbins=True).astype(np.float32)
+    window.flags.writeable = False
+    return window
+
+
+class Spectra:
+    """The shared analysis of one waveform; each part is computed lazily and at most once.
+
+    ``wave`` is mono float32 [samples] at ``sample_rate`` Hz. Spectrogram properties
+    are [freq, frames] with ``freq = 1 + n_fft // 2``.
+    """
+
+    def __init__(self, wave: np.ndarray, sample_rate: int, frame: FrameParams) -> None:
+        wave = np.asarray(wave, dtype=np.float32)
+        if wave.ndim != 1:
+            raise ValueError(f"expected a mono wave [samples], got shape {wave.shape}")
+        if wave.shape[0] < frame.n_fft:
+            # Shorter than one window: pad so every extractor sees at least one full frame.
+            wave = np.pad(wave, (0, frame.n_fft - wave.shape[0]))
+        self.wave = wave
+        self.sample_rate = int(sample_rate)
+        self.frame = frame
+        self._mel: dict[tuple[int, float, float], np.ndarray] = {}
+        self._log_mel: dict[tuple[int, float, float], np.ndarray] = {}
+
+    @cached_property
+    def stft_magnitude(self) -> np.ndarray:
+        """float32 [freq, frames] |STFT| (Hann window, centred, zero-padded edges)."""
+        spectrum = librosa.stft(
+            self.wave,
+            n_fft=self.frame.n_fft,
+            hop_length=self.frame.hop_length,
+            win_length=self.frame.win_length,
+            window=_hann(self.frame.win_length),
+            center=True,
+        )
+        return np.abs(spectrum)
+
+    @cached_property
+    def power(self) -> np.ndarray:
+        """float32 [freq, frames] |STFT|^2."""
+        return np.square(self.stft_magnitude)
+
+    def _mel_key(self, n_mels: int, fmin: float, fmax: float | None) -> tuple[int, float, float]:
+        # fmax=None means Nyquist; normalise so both spellings share one entry.
+        return n_mels, float(fmin), float(self.sample_rate / 2 if fmax is None else fmax)
+
+    def mel_power(self, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+        """float32 [n_mels, frames] mel-band power, memoised per (n_mels, fmin, fmax)."""
+        key = self._mel_key(n_mels, fmin, fmax)
+        if key not in self._mel:
+            basis = _mel_basis(self.sample_rate, self.frame.n_fft, *key)
+            self._mel[key] = basis @ self.power
+        return self._mel[key]
+
+    def log_mel(self, n_mels: int, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+        """float32 [n_mels, frames] mel power in dB re 1.0, memoised like ``mel_power``.
+
+        Floored at -100 dB (so silence stays finite) and at 80 dB below the clip's peak:
+        librosa's ``power_to_db`` defaults, so MFCCs equal ``librosa.feature.mfcc``'s.
+        """
+        key = self._mel_key(n_mels, fmin, fmax)
+        if key not in self._log_mel:
+            self._log_mel[key] = librosa.power_to_db(self.mel_power(*key))
+        return self._log_mel[key]
+
+
+def _frames_last_to_first(x: np.ndarray) -> np.ndarray:
+    """[dims, frames] (librosa's layout) -> C-contiguous float32 [frames, dims]."""
+    return np.ascontiguousarray(x.T, dtype=np.float32)
+
+
+def _delta(x: np.ndarray, order: int) -> np.ndarray:
+    """``order``-th time derivative of [dims, frames] (Savitzky-Golay, 9 frames)."""
+    # librosa's 'interp' edge mode needs at least DELTA_WIDTH frames; shorter clips
+    # fall back to repeating the edge frame rather than failing.
+    mode = "interp" if x.shape[-1] >= DELTA_WIDTH else "nearest"
+    return librosa.feature.delta(x, width=DELTA_WIDTH, order=order, mode=mode)
+
+
+@FEATURES.register("mfcc")
+def extract_mfcc(spectra: Spectra, params: MFCCParams) -> np.ndarray:
+    """float32 [frames, n_mfcc * (1 + deltas)]: DCT-II of log-mel, then its deltas."""
+    coeffs = librosa.feature.mfcc(S=spectra.log_mel(params.n_mels), n_mfcc=params.n_mfcc)
+    blocks = [coeffs] + [_delta(coeffs, order) for order in range(1, params.deltas + 1)]
+    return _frames_last_to_first(np.concatenate(blocks, axis=0))
+
+
+@FEATURES.register("chroma")
+def extract_chroma(spectra: Spectra, params: ChromaParams) -> np.ndarray:
+    """float32 [frames, n_chroma] in [0, 1], each frame's peak pitch class scaled to 1.
+
+    Equals ``librosa.feature.chroma_stft(S=power, tuning=0)``. The tuning is fixed
+    because a per-clip tuning estimate means nothing for speech and costs more than
+    the chroma itself.
+    """
+    basis = _chroma_basis(spectra.sample_rate, spectra.frame.n_fft, params.n_chroma)
+    chroma = librosa.util.normalize(basis @ spectra.power, norm=np.inf, axis=0)
+    return _frames_last_to_first(chroma)
+
+
+@FEATURES.register("mel")
+def extract_mel(spectra: Spectra, params: MelParams) -> np.ndarray:
+    """float32 [frames, n_mels] log-mel power in dB (see ``Spectra.log_mel``)."""
+    return _frames_last_to_first(spectra.log_mel(params.n_mels, params.fmin, params.fmax))
+
+
+@FEATURES.register("contrast")
+def extract_contrast(spectra: Spectra, params: ContrastParams) -> np.ndarray:
+    """float32 [frames, n_bands + 1] spectral peak-to-valley ratio per octave band, in dB."""
+    contrast = librosa.feature.spectral_contrast(
+        S=spectra.stft_magnitude,
+        sr=spectra.sample_rate,
+        n_fft=spectra.frame.n_fft,
+        fmin=params.fmin,
+        n_bands=params.n_bands,
+    )
+    return _frames_last_to_first(contrast)
+
+
+# librosa.effects.harmonic frames with hop 512, and its median filter (scipy 1.17)
+# returns wrong values, even NaN, on a spectrogram of two or three frames; so
+# shorter waves are zero-padded to four frames for the separation, then cut back.
+_HARMONIC_MIN_SAMPLES = 3 * 512
+
+
+def _harmonic(wave: np.ndarray) -> np.ndarray:
+    """float32 [samples]: the harmonic part of ``wave`` (median-filter HPSS)."""
+    padded = np.pad(wave, (0, max(0, _HARMONIC_MIN_SAMPLES - wave.shape[0])))
+    return librosa.effects.harmonic(padded)[: wave.shape[0]]
+
+
+@FEATURES.register("tonnetz")
+def extract_tonnetz(spectra: Spectra, params: TonnetzParams) -> np.ndarray:
+    """float32 [frames', 6] tonal centroids (fifths, minor and major thirds) from CQT chroma.
+
+    Not STFT-based: frames' may differ from the STFT frame count by one or two.
+    """
+    wave = _harmonic(spectra.wave) if params.harmonic else spectra.wave
+    tonnetz = librosa.feature.tonnetz(
+        y=wave, sr=spectra.sample_rate, hop_length=spectra.frame.hop_length
+    )
+    return _frames_last_to_first(tonnetz)
+
+
+def _column_names(name: str, cfg: FeaturesConfig) -> list[str]:
+    if name == "mfcc":
+        n = cfg.mfcc.n_mfcc
+        static = [f"mfcc_{i}" for i in range(n)]
+        return static + [f"mfcc_d{d}_{i}" for d in range(1, cfg.mfcc.deltas + 1) for i in range(n)]
+    sizes = {
+        "chroma": cfg.chroma.n_chroma,
+        "mel": cfg.mel.n_mels,
+        "contrast": cfg.contrast.n_bands + 1,
+        "tonnetz": TONNETZ_DIMS,
+    }
+    return [f"{name}_{i}" for i in range(sizes[name])]
+
+
+def feature_names(cfg: FeaturesConfig) -> list[str]:
+    """One name per frame-level feature column, in ``extract_features`` order."""
+    return [column for name in cfg.extractors for column in _column_names(name, cfg)]
+
+
+def feature_dims(cfg: FeaturesConfig) -> int:
+    """Width of ``extract_features`` output (before pooling)."""
+    return len(feature_names(cfg))
+
+
+def extract_features(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> np.ndarray:
+    """float32 [frames, feature_dims(cfg)]: ``cfg.extractors`` side by side, in that order.
+
+    ``wave`` is mono float32 [samples]. All extractors share one ``Spectra``; if their
+    frame counts differ (tonnetz), every block is cut to the shortest.
+    """
+    spectra = Spectra(wave, sample_rate, cfg.frame)
+    blocks = [FEATURES.get(name)(spectra, getattr(cfg, name)) for name in cfg.extractors]
+    frames = min(block.shape[0] for block in blocks)
+    return np.concatenate([block[:frames] for block in blocks], axis=1)
+
+
+_STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mean": lambda x: x.mean(axis=0),
+    "std": lambda x: x.std(axis=0),
+    "min": lambda x: x.min(axis=0),
+    "max": lambda x: x.max(axis=0),
+}
+
+
+def pool(features: np.ndarray, pooling: Sequence[str]) -> np.ndarray:
+    """[frames, D] -> float32 [D * len(pooling)]: each statistic over frames, in order."""
+    if features.ndim != 2 or features.shape[0] == 0:
+        raise ValueError(f"expected features [frames >= 1, dims], got shape {features.shape}")
+    unknown = [name for name in pooling if name not in _STATISTICS]
+    if unknown or not pooling:
+        raise ValueError(f"pooling must name some of {list(_STATISTICS)}, got {list(pooling)}")
+    # Accumulate in float64: float32 sums over long clips lose digits in mean/std.
+    wide = features.astype(np.float64, copy=False)
+    return np.concatenate([_STATISTICS[name](wide) for name in pooling]).astype(np.float32)

@@ -1,0 +1,281 @@
+"""The content-addressed feature cache and ``extract_all`` on tiny generated files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ser.audio import load_audio
+from ser.config import ConfigError, FeaturesConfig
+from ser.features import cache as cache_module
+from ser.features.cache import (
+    CacheError,
+    ExtractionReport,
+    FeatureCache,
+    cache_key,
+    extract_all,
+    file_digest,
+)
+from ser.features.extractors import extract_features
+
+SR = 16000
+
+
+def write_tone(path: Path, freq: float, seconds: float = 0.3, sr: int = SR) -> str:
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, 0.5 * np.sin(2 * np.pi * freq * t), sr, subtype="PCM_16")
+    return str(path)
+
+
+@pytest.fixture
+def wavs(tmp_path: Path) -> list[str]:
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    return [write_tone(folder / f"{i}.wav", 200.0 + 150 * i) for i in range(4)]
+
+
+def config(tmp_path: Path, **fields) -> FeaturesConfig:
+    return FeaturesConfig.model_validate({"cache_dir": str(tmp_path / "cache"), **fields})
+
+
+def run(paths, cfg, **kwargs):
+    lines: list[str] = []
+    kwargs = {"workers": 1, "progress": False, **kwargs}
+    features, report = extract_all(paths, cfg, SR, log=lines.append, **kwargs)
+    return features, report, lines
+
+
+def entries(cfg: FeaturesConfig) -> list[Path]:
+    return sorted(p for p in Path(cfg.cache_dir).rglob("*") if p.is_file())
+
+
+def assert_no_temp_files(cfg: FeaturesConfig) -> None:
+    for path in entries(cfg):
+        assert path.suffix == ".npy" and not path.name.startswith("."), path
+
+
+# ------------------------------------------------------------------------ keys
+def test_file_digest_is_a_hash_of_the_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    data = os.urandom(3 * (1 << 20) + 17)  # several read chunks, ragged end
+    path.write_bytes(data)
+    assert file_digest(path) == hashlib.sha256(data).hexdigest()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert file_digest(path) != hashlib.sha256(data).hexdigest()
+
+
+def test_cache_key_covers_only_what_changes_features(tmp_path: Path) -> None:
+    base = config(tmp_path, extractors=["mfcc", "mel"])
+    key = cache_key("d" * 40, base, SR)
+
+    def same(**fields) -> bool:
+        return cache_key("d" * 40, base.model_copy(update=fields), SR) == key
+
+    assert same(mode="pooled", pooling=["max"], cache_dir="elsewhere", workers=7)
+    assert same(chroma=base.chroma.model_copy(update={"n_chroma": 24}))  # not chosen
+    assert not same(extractors=["mel", "mfcc"])
+    assert not same(mfcc=base.mfcc.model_copy(update={"n_mfcc": 20}))
+    assert not same(mel=base.mel.model_copy(update={"fmin": 50.0}))
+    assert not same(frame=base.frame.model_copy(update={"hop_length": 80}))
+    assert cache_key("e" * 40, base, SR) != key
+    assert cache_key("d" * 40, base, 22050) != key
+
+
+def test_cache_key_includes_extractor_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = config(tmp_path)
+    key = cache_key("d" * 40, cfg, SR)
+    monkeypatch.setattr(cache_module, "EXTRACTOR_VERSION", "next")
+    assert cache_key("d" * 40, cfg, SR) != key
+
+
+# ---------------------------------------------------------------- FeatureCache
+def test_put_get_round_trip_and_sharding(tmp_path: Path) -> None:
+    store = FeatureCache(tmp_path / "new" / "cache")  # created on demand
+    key = "ab" + "0" * 38
+    assert store.get(key) is None
+    array = np.arange(12, dtype=np.float32).reshape(4, 3)
+    store.put(key, array)
+    assert store.path_for(key) == tmp_path / "new" / "cache" / "ab" / f"{key}.npy"
+    np.testing.assert_array_equal(store.get(key, dims=3), array)
+    assert store.get(key).dtype == np.float32
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(p.read_bytes()[:-5]),  # truncated
+        lambda p: p.write_bytes(p.read_bytes() + b"x"),  # trailing bytes
+        lambda p: p.write_bytes(b"not an npy file"),
+        lambda p: np.save(p, np.zeros((2, 2), np.float64)),  # wrong dtype
+        lambda p: np.save(p, np.full((2, 3), np.nan, np.float32)),
+    ],
+    ids=["truncated", "trailing", "garbage", "float64", "nan"],
+)
+def test_corrupt_entry_is_deleted_with_a_warning(tmp_path: Path, damage) -> None:
+    store = FeatureCache(tmp_path)
+    key = "cd" * 20
+    store.put(key, np.ones((5, 3), np.float32))
+    damage(store.path_for(key))
+    with pytest.warns(RuntimeWarning, match="corrupt cache entry"):
+        assert store.get(key) is None
+    assert not store.path_for(key).exists()
+
+
+def test_wrong_width_is_corrupt(tmp_path: Path) -> None:
+    lines: list[str] = []
+    store = FeatureCache(tmp_path, log=lines.append)
+    store.put("ef" * 20, np.ones((5, 3), np.float32))
+    assert store.get("ef" * 20, dims=4) is None
+    assert "expected 4 feature columns" in lines[0]
+
+
+def test_failed_put_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FeatureCache(tmp_path)
+
+    def broken_save(file, *args, **kwargs):
+        file.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", broken_save)
+    with pytest.raises(OSError):
+        store.put("12" * 20, np.ones((2, 2), np.float32))
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_unwritable_cache_root_is_a_clear_error(tmp_path: Path, wavs: list[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    cfg = config(tmp_path, cache_dir=str(blocker / "cache"))
+    with pytest.raises(CacheError, match="a-file/cache"):
+        extract_all(wavs, cfg, SR, workers=1, progress=False)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores permissions")
+def test_read_only_cache_root_is_a_clear_error(tmp_path: Path) -> None:
+    root = tmp_path / "ro"
+    root.mkdir()
+    root.chmod(0o500)
+    try:
+        with pytest.raises(CacheError, match="not writable"):
+            FeatureCache(root)
+    finally:
+        root.chmod(0o700)
+
+
+# ----------------------------------------------------------------- extract_all
+def test_second_run_is_all_hits_with_identical_arrays(tmp_path: Path, wavs: list[str]) -> None:
+    cfg = config(tmp_path, extractors=["mfcc", "chroma"])
+    first, report, lines = run(wavs, cfg)
+    assert (report.total, report.hits, report.extracted, report.failed) == (4, 0, 4, [])
+    assert list(first) == wavs and lines == []
+    for path, array in first.items():
+        assert array.dtype == np.float32 and array.shape == (31, 52)
+        np.testing.assert_array_equal(array, extract_features(load_audio(path, SR), SR, cfg))
+
+    second, report, _ = run(wavs, cfg)
+    assert (report.hits, report.extracted) == (4, 0)
+    for path in wavs:
+        np.testing.assert_array_equal(second[path], first[path])
+    assert len(entries(cfg)) == 4
+    assert_no_temp_files(cfg)
+
+
+def test_config_changes_that_matter_miss_and_others_hit(tmp_path: Path, wavs: list[str]) -> None:
+    cfg = config(tmp_path)
+    run(wavs, cfg)
+    _, report, _ = run(wavs, config(tmp_path, mfcc={"n_mfcc": 20}))
+    assert (report.hits, report.extracted) == (0, 4)
+    _, report, _ = run(wavs, config(tmp_path, chroma={"n_chroma": 24}))  # chroma not chosen
+    assert (report.hits, report.extracted) == (4, 0)
+    _, report, _ = run(wavs, config(tmp_path, mode="pooled", pooling=["max"]))
+    assert (report.hits, report.extracted) == (4, 0)
+
+
+def test_changed_audio_at_the_same_path_misses(tmp_path: Path, wavs: list[str]) -> None:
+    cfg = config(tmp_path)
+    before, _, _ = run(wavs, cfg)
+    write_tone(Path(wavs[0]), 3000.0)
+    after, report, _ = run(wavs, cfg)
+    assert (report.hits, report.extracted) == (3, 1)
+    assert not np.array_equal(before[wavs[0]], after[wavs[0]])
+
+
+def test_corrupt_entry_is_recomputed(tmp_path: Path, wavs: list[str]) -> None:
+    cfg = config(tmp_path)
+    before, _, _ = run(wavs, cfg)
+    victim = Path(entries(cfg)[0])
+    victim.write_bytes(victim.read_bytes()[:100])
+    after, report, lines = run(wavs, cfg)
+    assert (report.hits, report.extracted, report.failed) == (3, 1, [])
+    assert any("corrupt cache entry" in line and victim.name in line for line in lines)
+    for path in wavs:
+        np.testing.assert_array_equal(after[path], before[path])
+    _, report, _ = run(wavs, cfg)
+    assert report.hits == 4
+
+
+def test_bad_files_are_reported_and_skipped(tmp_path: Path, wavs: list[str]) -> None:
+    folder = Path(wavs[0]).parent
+    (folder / "empty.wav").write_bytes(b"")
+    (folder / "notes.wav").write_text("this is not audio\n")
+    sf.write(folder / "zero.wav", np.zeros((0,), np.float32), SR)
+    bad = [str(folder / name) for name in ("empty.wav", "notes.wav", "zero.wav", "missing.wav")]
+    paths = [wavs[0], *bad, *wavs[1:]]
+    cfg = config(tmp_path)
+
+    features, report, lines = run(paths, cfg)
+    assert list(features) == wavs
+    assert (report.total, report.extracted) == (8, 4)
+    assert [path for path, _ in report.failed] == bad
+    assert all(reason and not reason.startswith(path) for path, reason in report.failed)
+    for path in bad:
+        assert any(line.startswith(f"warning: skipped {path}: ") for line in lines)
+    assert report.summary().startswith("features: 8 files, 0 cache hits, 4 extracted, 4 failed (")
+
+    _, report, _ = run(paths, cfg)
+    assert (report.hits, report.extracted, len(report.failed)) == (4, 0, 4)
+    assert_no_temp_files(cfg)
+
+
+def test_unusable_config_fails_once_before_extracting(tmp_path: Path, wavs: list[str]) -> None:
+    # at 8 kHz the default contrast bands (200 Hz * 2**5 = 6.4 kHz) pass Nyquist
+    cfg = config(tmp_path, extractors=["contrast"])
+    with pytest.raises(ConfigError, match="8000 Hz"):
+        extract_all(wavs, cfg, 8000, workers=1, progress=False, log=pytest.fail)
+
+
+def test_duplicate_paths_are_extracted_once(tmp_path: Path, wavs: list[str]) -> None:
+    features, report, _ = run([wavs[0], wavs[1], wavs[0]], config(tmp_path))
+    assert list(features) == wavs[:2] and report.total == 2
+
+
+def test_parallel_workers_match_one_process(
+    tmp_path: Path, wavs: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_module, "_MIN_FILES_PER_WORKER", 1)  # use the pool for 5 files
+    folder = Path(wavs[0]).parent
+    (folder / "bad.wav").write_bytes(b"RIFF....")
+    paths = [*wavs, str(folder / "bad.wav")]
+    serial, _, _ = run(paths, config(tmp_path / "a"), workers=1)
+    cfg = config(tmp_path / "b")
+    parallel, report, lines = run(paths, cfg, workers=2)
+    assert (report.extracted, [p for p, _ in report.failed]) == (4, [paths[-1]])
+    assert any("bad.wav" in line for line in lines)
+    assert list(parallel) == list(serial) == wavs
+    for path in wavs:
+        np.testing.assert_array_equal(parallel[path], serial[path])
+    assert len(entries(cfg)) == 4
+    assert_no_temp_files(cfg)
+
+
+def test_report_summary() -> None:
+    report = ExtractionReport(total=4535, hits=4535, extracted=0, failed=[], seconds=1.23)
+    expected = "features: 4535 files, 4535 cache hits, 0 extracted, 0 failed (1.2 s)"
+    assert report.summary() == expected

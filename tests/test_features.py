@@ -1,0 +1,205 @@
+"""Feature extractors on tiny generated audio, with known answers where there are any."""
+
+from __future__ import annotations
+
+import librosa
+import numpy as np
+import pytest
+
+from ser.config import FeaturesConfig
+from ser.features import extractors
+from ser.features.extractors import (
+    FEATURES,
+    Spectra,
+    extract_features,
+    feature_dims,
+    feature_names,
+    pool,
+)
+
+SR = 16000
+FRAMES_1S = 1 + SR // 160  # default hop 160, centred STFT
+
+
+def tone(freq: float, seconds: float = 1.0, sr: int = SR) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def voice_like(seconds: float = 1.0) -> np.ndarray:
+    """A harmonic tone plus a little noise: nonzero in every band."""
+    rng = np.random.default_rng(0)
+    wave = sum(tone(220 * k, seconds) / k for k in range(1, 8))
+    return (wave + 0.01 * rng.standard_normal(wave.shape[0])).astype(np.float32)
+
+
+def config(*names: str, **sections: dict) -> FeaturesConfig:
+    return FeaturesConfig.model_validate({"extractors": list(names), **sections})
+
+
+def run(name: str, wave: np.ndarray, **params) -> np.ndarray:
+    cfg = config(name, **({name: params} if params else {}))
+    return FEATURES.get(name)(Spectra(wave, SR, cfg.frame), getattr(cfg, name))
+
+
+def test_registry_names() -> None:
+    assert FEATURES.names() == ["chroma", "contrast", "mel", "mfcc", "tonnetz"]
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "dims"),
+    [
+        ("mfcc", {}, 40),
+        ("mfcc", {"n_mfcc": 13, "deltas": 2}, 39),
+        ("chroma", {}, 12),
+        ("mel", {"n_mels": 32}, 32),
+        ("contrast", {}, 7),
+        ("tonnetz", {"harmonic": False}, 6),
+    ],
+)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # tonnetz's CQT: "n_fft too large"
+def test_extractor_shape_and_dtype(name: str, params: dict, dims: int) -> None:
+    out = run(name, voice_like(), **params)
+    assert out.dtype == np.float32
+    assert out.flags.c_contiguous
+    assert out.shape[1] == dims
+    # tonnetz runs its own CQT; its frame count may differ slightly
+    assert abs(out.shape[0] - FRAMES_1S) <= (2 if name == "tonnetz" else 0)
+    assert np.isfinite(out).all()
+
+
+def test_chroma_of_a440_peaks_at_a() -> None:
+    chroma = run("chroma", tone(440.0))
+    assert np.argmax(chroma.mean(axis=0)) == 9  # C, C#, D, ..., A is index 9
+
+
+def test_mel_of_1khz_peaks_in_the_band_around_1khz() -> None:
+    mel = run("mel", tone(1000.0), n_mels=40)
+    centres = librosa.mel_frequencies(n_mels=42, fmin=0.0, fmax=SR / 2)[1:-1]
+    assert np.argmax(mel.mean(axis=0)) == np.argmin(np.abs(centres - 1000.0))
+
+
+def test_deltas_of_a_stationary_tone_are_zero() -> None:
+    out = run("mfcc", tone(440.0), n_mfcc=13, deltas=2)
+    static, d1, d2 = out[:, :13], out[:, 13:26], out[:, 26:]
+    inner = slice(10, -10)  # the padded edges are not stationary
+    scale = np.abs(static[inner]).max()
+    assert np.abs(d1[inner]).max() < 1e-3 * scale
+    assert np.abs(d2[inner]).max() < 1e-3 * scale
+    assert np.allclose(out[:, :13], run("mfcc", tone(440.0), n_mfcc=13))
+
+
+def test_shared_spectrogram_gives_librosa_answers() -> None:
+    """Sharing one STFT changes nothing: each extractor equals the plain librosa call."""
+    wave = voice_like()
+    kw = {"sr": SR, "n_fft": 512, "hop_length": 160, "win_length": 400}
+    mfcc = librosa.feature.mfcc(y=wave, n_mfcc=40, n_mels=64, **kw)
+    mel = librosa.power_to_db(librosa.feature.melspectrogram(y=wave, n_mels=64, **kw))
+    chroma = librosa.feature.chroma_stft(y=wave, tuning=0.0, **kw)
+    contrast = librosa.feature.spectral_contrast(y=wave, **kw)
+    cfg = config("mfcc", "mel", "chroma", "contrast")
+    out = extract_features(wave, SR, cfg)
+    expected = np.concatenate([mfcc, mel, chroma, contrast]).T
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_extract_features_concatenates_in_config_order() -> None:
+    wave = voice_like()
+    cfg = config("mel", "mfcc", "chroma", mel={"n_mels": 48}, mfcc={"n_mfcc": 20, "deltas": 1})
+    out = extract_features(wave, SR, cfg)
+    names = feature_names(cfg)
+    assert out.dtype == np.float32
+    assert out.shape == (FRAMES_1S, feature_dims(cfg)) == (FRAMES_1S, len(names))
+    assert feature_dims(cfg) == 48 + 40 + 12
+    assert names[0] == "mel_0" and names[48] == "mfcc_0" and names[68] == "mfcc_d1_0"
+    assert names[-1] == "chroma_11"
+    np.testing.assert_array_equal(out[:, :48], run("mel", wave, n_mels=48))
+    np.testing.assert_array_equal(out[:, 48:88], run("mfcc", wave, n_mfcc=20, deltas=1))
+    np.testing.assert_array_equal(out[:, 88:], run("chroma", wave))
+
+
+def test_feature_names_ignore_extractors_not_chosen() -> None:
+    assert feature_names(config("contrast", mel={"n_mels": 100})) == [
+        f"contrast_{i}" for i in range(7)
+    ]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_frames_are_cut_to_the_shortest_extractor() -> None:
+    cfg = config("mfcc", "tonnetz", tonnetz={"harmonic": False})
+    out = extract_features(voice_like(0.5), SR, cfg)
+    assert out.shape[1] == feature_dims(cfg) == 46
+    assert abs(out.shape[0] - (1 + 8000 // 160)) <= 2
+
+
+def test_one_stft_for_all_spectral_extractors(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = librosa.stft
+
+    def counting_stft(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    # librosa.stft is what we call; core.spectrum.stft is what librosa's own
+    # features call when handed a waveform instead of a spectrogram.
+    monkeypatch.setattr(librosa, "stft", counting_stft)
+    monkeypatch.setattr(librosa.core.spectrum, "stft", counting_stft)
+    extract_features(voice_like(), SR, config("mfcc", "mel", "chroma", "contrast"))
+    assert len(calls) == 1
+
+
+def test_mel_power_is_shared_between_mfcc_and_mel() -> None:
+    spectra = Spectra(voice_like(), SR, FeaturesConfig().frame)
+    # fmax None means Nyquist: both spellings are one computation
+    assert spectra.mel_power(64) is spectra.mel_power(64, 0.0, SR / 2)
+    assert spectra.log_mel(64) is spectra.log_mel(64, 0.0, None)
+    assert spectra.mel_power(64) is not spectra.mel_power(32)
+    assert spectra.mel_power(64).dtype == np.float32
+
+
+ALL = ("mfcc", "chroma", "mel", "contrast", "tonnetz")
+
+
+@pytest.mark.parametrize(
+    "wave",
+    [np.zeros(SR, np.float32), voice_like(0.01), np.zeros(0, np.float32)],
+    ids=["silence", "shorter-than-n_fft", "empty"],
+)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # librosa: "n_fft too large", "empty set"
+def test_silence_and_short_waves_give_finite_frames(wave: np.ndarray) -> None:
+    cfg = config(*ALL, mfcc={"deltas": 2})
+    out = extract_features(wave, SR, cfg)
+    assert out.shape[0] >= 1 and out.shape[1] == feature_dims(cfg)
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("samples", [600, 1100, 1400, 2000])
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_tonnetz_of_very_short_clips_is_finite(samples: int) -> None:
+    # 2-3 HPSS frames used to come back as NaN or garbage from scipy's median filter
+    out = run("tonnetz", voice_like()[:samples])
+    assert out.shape[0] >= 1 and np.isfinite(out).all()
+
+
+def test_filterbanks_are_read_only() -> None:
+    """They are shared across calls: a caller mutating one would corrupt everyone."""
+    basis = extractors._mel_basis(SR, 512, 64, 0.0, SR / 2)
+    with pytest.raises(ValueError):
+        basis[0, 0] = 1.0
+
+
+def test_pool_statistics_in_order() -> None:
+    x = np.array([[1.0, 10.0], [3.0, 30.0]], dtype=np.float32)
+    out = pool(x, ["max", "mean", "std", "min"])
+    assert out.dtype == np.float32 and out.shape == (8,)
+    np.testing.assert_allclose(out, [3, 30, 2, 20, 1, 10, 1, 10])
+
+
+def test_pool_shapes() -> None:
+    x = np.random.default_rng(1).standard_normal((50, 7)).astype(np.float32)
+    assert pool(x, ["mean", "std"]).shape == (14,)
+    assert pool(x[:1], ["mean", "std", "min", "max"]).shape == (28,)
+    with pytest.raises(ValueError):
+        pool(x[:0], ["mean"])
+    with pytest.raises(ValueError):
+        pool(x, ["median"])

@@ -1,0 +1,97 @@
+"""The tf.data builder: normalisation, padding, shuffling, augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ser.config import AugmentConfig
+from ser.data.pipeline import Normaliser, centre_crop, make_dataset, to_model_input
+
+
+def sequences(n=5, dim=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(5.0, 2.0, size=(4 + i, dim)).astype(np.float32) for i in range(n)]
+
+
+def test_normaliser_fits_frames_and_round_trips(tmp_path):
+    xs = sequences()
+    norm = Normaliser.fit(xs)
+    frames = np.concatenate(xs)
+    np.testing.assert_allclose(norm.mean, frames.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(norm.std, frames.std(0), rtol=1e-5)
+    z = np.concatenate([norm.apply(x) for x in xs])
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(z.std(0), 1.0, atol=1e-5)
+    norm.save(tmp_path / "n.json")
+    again = Normaliser.load(tmp_path / "n.json")
+    np.testing.assert_array_equal(again.mean, norm.mean)
+    np.testing.assert_array_equal(again.std, norm.std)
+
+
+def test_normaliser_constant_dimension_stays_finite():
+    xs = [np.ones((4, 2), np.float32), np.ones((3, 2), np.float32)]
+    out = Normaliser.fit(xs).apply(xs[0])
+    assert np.isfinite(out).all()
+    with pytest.raises(ValueError, match="empty"):
+        Normaliser.fit([])
+
+
+def test_sequence_batches_are_zero_padded_at_the_end_in_order():
+    xs = sequences(n=5, dim=3)
+    labels = np.arange(5)
+    norm = Normaliser.fit(xs)
+    ds = make_dataset(xs, labels, normaliser=norm, batch_size=2, training=False, seed=0)
+    batches = list(ds.as_numpy_iterator())
+    assert [b[0].shape for b in batches] == [(2, 5, 3), (2, 7, 3), (1, 8, 3)]
+    x0, y0 = batches[0]
+    np.testing.assert_array_equal(y0, [0, 1])
+    np.testing.assert_allclose(x0[0, :4], norm.apply(xs[0]), atol=1e-6)
+    assert (x0[0, 4:] == 0).all()  # padding is exact zeros (masked by the models)
+    assert (np.abs(x0[1]).sum(axis=1) > 0).all()
+
+
+def test_training_shuffle_is_seeded():
+    xs = sequences(n=20, dim=2)
+    labels = np.arange(20)
+    norm = Normaliser.fit(xs)
+
+    def order(seed):
+        ds = make_dataset(xs, labels, normaliser=norm, batch_size=32, training=True, seed=seed)
+        return next(iter(ds.as_numpy_iterator()))[1].tolist()
+
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+    assert sorted(order(1)) == list(range(20))
+
+
+def test_pooled_inputs_batch_as_vectors():
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=6).astype(np.float32) for _ in range(7)]
+    ds = make_dataset(xs, None, normaliser=Normaliser.fit(xs), batch_size=4, training=False, seed=0)
+    assert [b.shape for b in ds.as_numpy_iterator()] == [(4, 6), (3, 6)]
+
+
+def test_augmentation_only_changes_training_batches():
+    xs = [np.random.default_rng(i).normal(size=(50, 10)).astype(np.float32) for i in range(4)]
+    labels = np.zeros(4, int)
+    norm = Normaliser.fit(xs)
+    aug = AugmentConfig(time_masks=2, time_mask_width=10, feature_masks=1, gaussian_noise=0.1)
+    plain = make_dataset(xs, labels, normaliser=norm, batch_size=4, training=False, seed=0, augment=aug)
+    x_plain = next(iter(plain.as_numpy_iterator()))[0]
+    np.testing.assert_allclose(x_plain, np.stack([norm.apply(x) for x in xs]), atol=1e-6)
+    trained = make_dataset(xs, labels, normaliser=norm, batch_size=4, training=True, seed=0, augment=aug)
+    x_aug = next(iter(trained.as_numpy_iterator()))[0]
+    assert x_aug.shape == x_plain.shape
+    assert not np.allclose(np.sort(x_aug.ravel()), np.sort(x_plain.ravel()))
+    # Masked frames are not all-zero, so augmentation never turns a frame into padding.
+    assert (np.abs(x_aug).sum(axis=2) > 0).all()
+
+
+def test_crop_and_model_input():
+    x = np.arange(20, dtype=np.float32).reshape(10, 2)
+    np.testing.assert_array_equal(centre_crop(x, 4), x[3:7])
+    assert centre_crop(x, 40) is x
+    pooled = to_model_input(x, "pooled", ["mean", "std"], 4)
+    assert pooled.shape == (4,)
+    assert to_model_input(x, "sequence", ["mean"], 4).shape == (4, 2)

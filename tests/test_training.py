@@ -1,0 +1,185 @@
+"""End-to-end training on generated corpora: run directory, cache reuse, resume, mirrored."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fakes import make_corpora, write_bytes, write_empty_wav
+
+from ser.config import load_config
+from ser.training import class_weights, train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_overrides(data_root: Path, work: Path, model: str = "lstm", **extra: str) -> list[str]:
+    mode = "pooled" if model == "dense" else "sequence"
+    values = {
+        "data.root": str(data_root),
+        "data.corpora": "[ravdess, tess, emodb]",
+        "features.extractors": "[mfcc]",
+        "features.mfcc.n_mfcc": "13",
+        "features.mode": mode,
+        "features.workers": "1",
+        "features.cache_dir": str(work / "cache"),
+        "model.type": model,
+        "model.lstm.units": "[8]",
+        "model.lstm.dense_units": "[8]",
+        "model.cnn.filters": "[8]",
+        "model.cnn.dense_units": "[8]",
+        "model.dense.units": "[16]",
+        "train.epochs": "1",
+        "train.batch_size": "16",
+        "train.checkpoints_dir": str(work / "checkpoints"),
+        "train.experiments_dir": str(work / "experiments"),
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> Path:
+    root = make_corpora(tmp_path_factory.mktemp("corpora"))
+    # Broken files inside corpus folders: skipped with a warning, counted, never fatal.
+    write_empty_wav(root / "emodb" / "wav" / "03a02Wb.wav")
+    write_bytes(root / "tess" / "OAF_angry" / "OAF_bone_angry.wav", b"not audio at all")
+    return root
+
+
+def test_one_epoch_end_to_end_writes_a_complete_run(corpora, tmp_path, capsys):
+    import keras
+
+    cfg = load_config(ROOT / "configs" / "quick.yaml", tiny_overrides(corpora, tmp_path), env={})
+    summary = train(cfg)
+    out = capsys.readouterr().out
+
+    run_dir = Path(summary["run_dir"])
+    for name in ("model.keras", "config.json", "model.weights.h5", "run.yaml", "labels.json",
+                 "normaliser.json", "split.json", "versions.json", "manifest.jsonl",
+                 "history.csv", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    assert not (run_dir / "backup").exists()  # removed once training finished
+
+    best = tmp_path / "checkpoints" / "best"
+    assert best.is_symlink() and best.resolve() == run_dir.resolve()
+    model = keras.models.load_model(best)  # the run directory itself loads
+    labels = json.loads((run_dir / "labels.json").read_text())
+    assert model.output_shape[-1] == len(labels)
+    assert keras.models.load_model(best / "model.keras").count_params() == model.count_params()
+
+    events = list((tmp_path / "experiments" / run_dir.name).rglob("events.out.tfevents.*"))
+    assert events, "TensorBoard event files missing"
+
+    test = summary["test"]
+    assert 0.0 <= test["ua"] <= 1.0 and 0.0 <= test["wa"] <= 1.0
+    assert summary["speaker_independent"] is True
+    assert "UA" in out and "WA" in out and "speaker-independent" in out
+
+    # Broken files were skipped, named and counted.
+    assert summary["files"]["skipped_unreadable"] == 2
+    assert "03a02Wb.wav" in out and "OAF_bone_angry.wav" in out
+
+    split = json.loads((run_dir / "split.json").read_text())
+    test_speakers = set(split["test_speakers"])
+    assert test_speakers and not test_speakers & set(split["train_speakers"] + split["val_speakers"])
+
+
+def test_second_run_reads_every_feature_from_the_cache(corpora, tmp_path):
+    cfg = load_config(ROOT / "configs" / "quick.yaml", tiny_overrides(corpora, tmp_path), env={})
+    first = train(cfg)
+    second = train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": "again"})}))
+    assert first["files"]["extracted"] == first["files"]["manifest_rows"]
+    assert second["files"]["extracted"] == 0
+    assert second["files"]["cache_hits"] == second["files"]["manifest_rows"]
+
+
+@pytest.mark.parametrize("model", ["cnn", "dense"])
+def test_other_models_train_end_to_end(corpora, tmp_path, model):
+    cfg = load_config(ROOT / "configs" / "base.yaml", tiny_overrides(corpora, tmp_path, model), env={})
+    summary = train(cfg)
+    assert summary["model"] == model
+    assert np.isfinite(summary["test"]["ua"])
+
+
+def test_random_split_is_labelled_speaker_dependent(corpora, tmp_path, capsys):
+    cfg = load_config(
+        ROOT / "configs" / "quick.yaml",
+        tiny_overrides(corpora, tmp_path, **{"split.method": "random"}),
+        env={},
+    )
+    summary = train(cfg)
+    assert summary["speaker_independent"] is False
+    assert "SPEAKER-DEPENDENT" in capsys.readouterr().out
+
+
+def test_class_weights_are_inverse_frequency():
+    w = class_weights(np.array([0, 0, 0, 1]), 3)
+    assert w == {0: 4 / 6, 1: 4 / 2, 2: 1.0}
+
+
+def _cli(args: list[str], **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("SER_DATA_ROOT", None)
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,
+    )
+
+
+def test_resume_after_kill_continues_from_saved_epoch(corpora, tmp_path):
+    sets = tiny_overrides(corpora, tmp_path, **{"train.epochs": "6", "train.run_name": "killed"})
+    proc = _cli(["--config", "configs/quick.yaml", *[a for s in sets for a in ("--set", s)]])
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith("epoch   3/"):
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert any(line.startswith("epoch   3/") for line in seen), "".join(seen)
+    run_dir = tmp_path / "checkpoints" / "killed"
+    assert (run_dir / "backup").is_dir()
+
+    resumed = _cli(["--resume", str(run_dir)])
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    epochs = [int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("epoch ")]
+    assert epochs and epochs[0] >= 3 and epochs[-1] == 6, out
+    assert "features: " in out and " 0 extracted" in out
+    assert json.loads((run_dir / "summary.json").read_text())["run"] == "killed"
+
+
+def test_mirrored_strategy_trains_on_two_logical_cpus(corpora, tmp_path):
+    sets = tiny_overrides(corpora, tmp_path, **{"train.distribute": "mirrored"})
+    code = f"""
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from ser.config import load_config
+from ser.training import train, make_strategy
+assert make_strategy("mirrored").num_replicas_in_sync == 2
+summary = train(load_config({str(ROOT / 'configs' / 'quick.yaml')!r}, {sets!r}, env={{}}))
+print("REPLICAS-OK", summary["test"]["ua"])
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "REPLICAS-OK" in out.stdout
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: " + str(ROOT / "configs" / "base.yaml") + "\nmodel:\n  lstm:\n    layers: 3\n")
+    proc = _cli(["--config", str(bad), "--set", f"train.checkpoints_dir={tmp_path / 'ck'}"])
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "model.lstm.layers: unknown key" in out and str(bad) in out
+    assert not (tmp_path / "ck").exists()
