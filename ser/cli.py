@@ -19,7 +19,8 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _config_args(parser: argparse.ArgumentParser) -> None:
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and repeatable ``--set KEY=VALUE`` for commands that read a config."""
     parser.add_argument(
         "--config", "-c", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})"
     )
@@ -29,35 +30,20 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from ser.config import load_config
-    from ser.training import train
-
-    if args.resume:
-        train(load_config(None, env={}), resume=args.resume)
-        return 0
-    cfg = load_config(args.config, args.overrides)
-    if args.print_config:
-        print(cfg.to_yaml())
-        return 0
-    train(cfg)
-    return 0
-
-
+# Each module defines ``add_parser(subparsers)``, adding one subcommand whose
+# ``func(args) -> int`` does the work. Imports are deferred to keep ``--help`` fast.
+COMMAND_MODULES = (
+    "ser.commands.train",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     parser = argparse.ArgumentParser(prog="ser", description="Speech emotion recognition.")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("train", help="train a model from a YAML config")
-    _config_args(p)
-    p.add_argument(
-        "--resume", metavar="RUN_DIR",
-        help="continue an interrupted run from its directory (uses the run's saved config)",
-    )
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.set_defaults(func=cmd_train)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_parser(sub)
     return parser
 
 

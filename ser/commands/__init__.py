@@ -1,0 +1,1 @@
+"""Subcommands of the ``ser`` console script, one module each (see ``ser.cli``)."""

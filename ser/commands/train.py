@@ -1,0 +1,33 @@
+"""``ser train``: train a model from a YAML config, or resume an interrupted run."""
+
+from __future__ import annotations
+
+import argparse
+
+from ser.cli import add_config_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    add_config_args(p)
+    p.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue an interrupted run from its directory (uses the run's saved config)",
+    )
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ser.config import load_config
+    from ser.training import train
+
+    if args.resume:
+        train(load_config(None, env={}), resume=args.resume)
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if args.print_config:
+        print(cfg.to_yaml())
+        return 0
+    train(cfg)
+    return 0
