@@ -19,6 +19,7 @@ from ser.features.cache import (
     FeatureCache,
     cache_key,
     extract_all,
+    DigestIndex,
     file_digest,
 )
 from ser.features.extractors import extract_features
@@ -51,7 +52,10 @@ def run(paths, cfg, **kwargs):
 
 
 def entries(cfg: FeaturesConfig) -> list[Path]:
-    return sorted(p for p in Path(cfg.cache_dir).rglob("*") if p.is_file())
+    """Feature entries and any stray files; the digest index is not an entry."""
+    return sorted(
+        p for p in Path(cfg.cache_dir).rglob("*") if p.is_file() and p.name != DigestIndex.FILE
+    )
 
 
 def assert_no_temp_files(cfg: FeaturesConfig) -> None:
@@ -279,3 +283,17 @@ def test_report_summary() -> None:
     report = ExtractionReport(total=4535, hits=4535, extracted=0, failed=[], seconds=1.23)
     expected = "features: 4535 files, 4535 cache hits, 0 extracted, 0 failed (1.2 s)"
     assert report.summary() == expected
+
+
+def test_digest_index_skips_rehashing_unchanged_files_and_notices_changes(tmp_path: Path) -> None:
+    audio = tmp_path / "a.bin"
+    audio.write_bytes(b"one")
+    index = DigestIndex(tmp_path)
+    first = index.digest(str(audio))
+    index.save()
+    again = DigestIndex(tmp_path)
+    assert again.digest(str(audio)) == first and not again.changed
+    audio.write_bytes(b"two!")  # new size and mtime
+    assert again.digest(str(audio)) == hashlib.sha256(b"two!").hexdigest()
+    (tmp_path / DigestIndex.FILE).write_text("{not json")
+    assert DigestIndex(tmp_path).entries == {}

@@ -67,6 +67,49 @@ def cache_key(digest: str, cfg: FeaturesConfig, sample_rate: int) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class DigestIndex:
+    """Remembers file digests by (size, mtime_ns, inode), like git's index.
+
+    A warm run then stats each file instead of reading it: a file whose size,
+    modification time or inode changed is hashed again. Saved atomically as
+    ``digests.json`` in the cache root; a missing or corrupt index is just empty.
+    """
+
+    FILE = "digests.json"
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / self.FILE
+        self.changed = False
+        try:
+            self.entries: dict[str, list] = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(self.entries, dict):
+                raise ValueError("not a mapping")
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def digest(self, path: str) -> str:
+        st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ino]
+        known = self.entries.get(path)
+        if isinstance(known, list) and len(known) == 4 and known[:3] == stamp:
+            return known[3]
+        digest = file_digest(path)
+        self.entries[path] = [*stamp, digest]
+        self.changed = True
+        return digest
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".digests.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.entries, f)
+            os.replace(tmp, self.path)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)  # the index is only an optimisation
+
+
 class FeatureCache:
     """Feature arrays on disk, one ``.npy`` per key under ``root/<key[:2]>/``.
 
@@ -310,12 +353,13 @@ def extract_all(
 
         cache = FeatureCache(cache_dir or cfg.cache_dir, log=say)
         dims = feature_dims(cfg)
-        # Hashing and loading hits stay in this process: ~100 MB hashes in well under a
-        # second, and an all-hit run then never pays for starting workers.
+        # Hashing and loading hits stay in this process, so an all-hit run never pays
+        # for starting workers; unchanged files are not even re-read (DigestIndex).
+        index = DigestIndex(cache.root)
         misses: list[str] = []
         for path in unique:
             try:
-                digest = file_digest(path)
+                digest = index.digest(path)
             except OSError as exc:
                 fail(path, _reason(exc, path))
                 bar.update()
@@ -347,6 +391,7 @@ def extract_all(
                 else:
                     found[outcome.path] = outcome.features
                 bar.update()
+        index.save()
 
     order = {path: i for i, path in enumerate(unique)}
     report = ExtractionReport(
