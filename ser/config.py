@@ -228,6 +228,162 @@ class TrainConfig(Strict):
     verbose: Literal[0, 1, 2] = 0  # Keras progress output; one line per epoch is always printed
 
 
+# --------------------------------------------------------------------- evaluation
+# Baselines are scikit-learn classifiers on pooled statistics of the run's cached
+# frame features (``seed_mlp`` uses its own, the upstream recipe's). Each has its
+# parameters and, under ``grid``, the values ``--grid`` searches with speaker-grouped
+# folds of the training speakers (an empty list leaves that parameter fixed).
+BaselineName = Literal[
+    "svc", "random_forest", "hist_gradient_boosting", "knn", "mlp", "logistic_regression",
+    "seed_mlp",
+]  # fmt: skip
+ClassWeight = Literal["balanced"] | None
+Gamma = Literal["scale", "auto"] | float
+
+
+class SVCGrid(Strict):
+    C: list[float] = [1.0, 10.0, 100.0]
+    gamma: list[Gamma] = ["scale", 0.001, 0.01]
+
+
+class SVCParams(Strict):
+    scale: bool = True  # standardise features (fitted on the training split)
+    C: float = Field(default=10.0, gt=0)
+    kernel: Literal["rbf", "linear", "poly", "sigmoid"] = "rbf"
+    gamma: Gamma = "scale"
+    class_weight: ClassWeight = "balanced"
+    grid: SVCGrid = SVCGrid()
+
+
+class RandomForestGrid(Strict):
+    max_depth: list[int | None] = [None, 16]
+    min_samples_leaf: list[int] = [1, 4]
+
+
+class RandomForestParams(Strict):
+    scale: bool = False
+    n_estimators: int = Field(default=300, ge=1)
+    max_depth: int | None = Field(default=None, ge=1)
+    min_samples_leaf: int = Field(default=1, ge=1)
+    max_features: Literal["sqrt", "log2"] | float = "sqrt"
+    class_weight: Literal["balanced", "balanced_subsample"] | None = "balanced"
+    grid: RandomForestGrid = RandomForestGrid()
+
+
+class HistGradientBoostingGrid(Strict):
+    learning_rate: list[float] = [0.05, 0.1]
+    max_leaf_nodes: list[int] = [15, 31]
+
+
+class HistGradientBoostingParams(Strict):
+    scale: bool = False
+    learning_rate: float = Field(default=0.1, gt=0)
+    max_iter: int = Field(default=200, ge=1)
+    max_leaf_nodes: int = Field(default=31, ge=2)
+    l2_regularization: float = Field(default=0.0, ge=0)
+    class_weight: ClassWeight = "balanced"
+    # No early stopping: scikit-learn's holds out a random, speaker-dependent slice.
+    grid: HistGradientBoostingGrid = HistGradientBoostingGrid()
+
+
+class KNNGrid(Strict):
+    n_neighbors: list[int] = [3, 7, 15]
+    weights: list[Literal["uniform", "distance"]] = ["uniform", "distance"]
+
+
+class KNNParams(Strict):
+    scale: bool = True
+    n_neighbors: int = Field(default=7, ge=1)
+    weights: Literal["uniform", "distance"] = "distance"
+    metric: Literal["euclidean", "manhattan", "cosine"] = "euclidean"
+    grid: KNNGrid = KNNGrid()
+
+
+class MLPGrid(Strict):
+    alpha: list[float] = [0.0001, 0.001, 0.01]
+    hidden_layer_sizes: list[list[int]] = [[128], [256, 128]]
+
+
+class MLPParams(Strict):
+    scale: bool = True
+    hidden_layer_sizes: list[int] = Field(default=[256, 128], min_length=1)
+    alpha: float = Field(default=0.001, ge=0)
+    learning_rate_init: float = Field(default=0.001, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    max_iter: int = Field(default=300, ge=1)
+    grid: MLPGrid = MLPGrid()
+
+
+class LogisticRegressionGrid(Strict):
+    C: list[float] = [0.01, 0.1, 1.0, 10.0]
+
+
+class LogisticRegressionParams(Strict):
+    scale: bool = True
+    C: float = Field(default=1.0, gt=0)
+    max_iter: int = Field(default=2000, ge=1)
+    class_weight: ClassWeight = "balanced"
+    grid: LogisticRegressionGrid = LogisticRegressionGrid()
+
+
+class SeedMLPGrid(Strict):
+    alpha: list[float] = [0.001, 0.01, 0.1]
+
+
+class SeedMLPParams(Strict):
+    """The upstream project's recipe, for reference: the utterance means of MFCC (40),
+    chroma (12) and mel (128) frames, 180 numbers, unscaled, into MLP(300) with its
+    settings. Uses these features instead of the run's."""
+
+    scale: bool = False
+    n_mfcc: int = Field(default=40, ge=1, le=128)
+    n_chroma: int = Field(default=12, ge=1)
+    n_mels: int = Field(default=128, ge=8, le=256)
+    frame: FrameParams = FrameParams(n_fft=2048, win_length=2048, hop_length=512)
+    hidden_layer_sizes: list[int] = Field(default=[300], min_length=1)
+    alpha: float = Field(default=0.01, ge=0)
+    batch_size: int = Field(default=256, ge=1)
+    learning_rate: Literal["constant", "invscaling", "adaptive"] = "adaptive"
+    max_iter: int = Field(default=500, ge=1)
+    grid: SeedMLPGrid = SeedMLPGrid()
+
+
+class CrossValidationConfig(Strict):
+    # kfold: speaker-grouped folds (capped at a corpus's speaker count: TESS gives 2);
+    # loso: one fold per speaker. Validation speakers come from each fold's training side.
+    method: Literal["kfold", "loso"] = "kfold"
+    folds: int = Field(default=5, ge=2)
+    per_corpus: bool = True  # a model per corpus; false: one model on all corpora per fold
+    # Also score the baselines on as many random (SPEAKER-DEPENDENT) splits, labelled so.
+    speaker_dependent_reference: bool = False
+
+
+class EvaluationConfig(Strict):
+    baselines: list[BaselineName] = [
+        "svc", "random_forest", "hist_gradient_boosting", "knn", "mlp", "logistic_regression",
+        "seed_mlp",
+    ]  # fmt: skip
+    grid: bool = False  # search each baseline's grid (training speakers only)
+    grid_folds: int = Field(default=3, ge=2)  # speaker-grouped folds of the training split
+    n_jobs: int = Field(default=1, ge=1)  # processes for forests and grid search
+    plots: bool = True
+    tensorboard: bool = True
+    cv: CrossValidationConfig = CrossValidationConfig()
+    svc: SVCParams = SVCParams()
+    random_forest: RandomForestParams = RandomForestParams()
+    hist_gradient_boosting: HistGradientBoostingParams = HistGradientBoostingParams()
+    knn: KNNParams = KNNParams()
+    mlp: MLPParams = MLPParams()
+    logistic_regression: LogisticRegressionParams = LogisticRegressionParams()
+    seed_mlp: SeedMLPParams = SeedMLPParams()
+
+    @model_validator(mode="after")
+    def _unique(self) -> EvaluationConfig:
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError(f"baselines lists a name twice: {self.baselines}")
+        return self
+
+
 class Config(Strict):
     name: str = "ser"
     seed: int = 42
@@ -237,6 +393,7 @@ class Config(Strict):
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @model_validator(mode="after")
     def _model_matches_features(self) -> Config:
