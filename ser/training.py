@@ -48,6 +48,8 @@ class PreparedData:
     targets: dict[str, np.ndarray]
     extraction: ExtractionReport
     failed: list[tuple[str, str]] = field(default_factory=list)
+    # Frame-level features [frames, dims] by path (evaluation pools them for baselines).
+    features: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def input_dim(self) -> int:
@@ -66,8 +68,12 @@ def prepare_data(
     labels: list[str] | None = None,
     manifest: Manifest | None = None,
     log: Log = print,
+    keep_features: bool = False,
 ) -> PreparedData:
-    """Manifest -> split -> cached features -> model inputs and integer targets per part."""
+    """Manifest -> split -> cached features -> model inputs and integer targets per part.
+
+    With ``keep_features`` the frame-level features stay in ``PreparedData.features``.
+    """
     manifest = manifest or build_manifest(cfg.data, log=log)
     if not manifest.rows:
         raise RuntimeError(
@@ -108,7 +114,10 @@ def prepare_data(
         + ", ".join(f"{p} {len(rows[p])} ({len({r.speaker for r in rows[p]})} speakers)" for p in PARTS)
         + f"; classes: {', '.join(labels)}"
     )
-    return PreparedData(manifest, split, labels, rows, inputs, targets, report, report.failed)
+    return PreparedData(
+        manifest, split, labels, rows, inputs, targets, report, report.failed,
+        features if keep_features else {},
+    )
 
 
 # ------------------------------------------------------------------- callbacks
