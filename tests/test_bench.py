@@ -1,0 +1,76 @@
+"""Every bench script runs on a tiny generated corpus and writes well-formed JSON.
+
+Timings are not asserted: speed is measured by the scripts themselves, on real data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fakes import make_corpora
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> Path:
+    return make_corpora(tmp_path_factory.mktemp("bench-corpora"))
+
+
+def run_bench(name: str, out: Path, *args: str) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{name}", "--out", str(out), *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads(out.read_text())
+    assert payload["bench"] == name
+    assert {"date", "commit", "cpu", "cores"} <= payload["machine"].keys()
+    return payload
+
+
+def test_extraction_bench(corpora, tmp_path):
+    out = run_bench("extraction", tmp_path / "e.json", "--data-root", str(corpora), "--limit", "6")
+    paths = [r["path"] for r in out["results"]]
+    assert paths[0].startswith("seed recipe") and len(paths) == 11
+    assert all(r["files_per_s"] > 0 for r in out["results"])
+
+
+def test_cache_bench(corpora, tmp_path):
+    out = run_bench("cache", tmp_path / "c.json", "--data-root", str(corpora))
+    for key in ("cold_s", "warm_s", "cold_over_warm", "cache_mb_per_hour", "first_epoch_cold_s",
+                "first_epoch_warm_s"):
+        assert out[key] > 0, key
+
+
+def test_pipeline_bench(corpora, tmp_path):
+    out = run_bench("pipeline", tmp_path / "p.json", "--data-root", str(corpora), "--rss-epochs", "1")
+    assert [r["model"] for r in out["results"]] == ["lstm", "cnn", "dense"]
+    assert all(r["ratio"] > 0 for r in out["results"])
+    assert out["peak_rss_mb"] > 0
+
+
+def test_scaling_bench(corpora, tmp_path):
+    out = run_bench("scaling", tmp_path / "s.json", "--data-root", str(corpora), "--model", "dense")
+    assert [r["fraction"] for r in out["results"]] == [0.25, 0.5, 1.0]
+    files = [r["files"] for r in out["results"]]
+    assert files == sorted(files) and files[0] < files[-1]
+
+
+def test_inference_bench(corpora, tmp_path):
+    from test_training import tiny_overrides
+
+    from ser.config import load_config
+    from ser.training import train
+
+    cfg = load_config(ROOT / "configs" / "quick.yaml", tiny_overrides(corpora, tmp_path), env={})
+    run_dir = train(cfg, log=lambda line: None)["run_dir"]
+    out = run_bench("inference", tmp_path / "i.json", "--run", run_dir, "--repeats", "5")
+    assert out["latency"]["clip_end_to_end"]["p50_ms"] > 0
+    assert [b["batch"] for b in out["batches"]] == [1, 8, 32, 128]
