@@ -34,6 +34,7 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 # ``func(args) -> int`` does the work. Imports are deferred to keep ``--help`` fast.
 COMMAND_MODULES = (
     "ser.commands.train",
+    "ser.commands.data",
 )
 
 
