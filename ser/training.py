@@ -217,7 +217,7 @@ def versions() -> dict[str, str]:
 
 
 def new_run_name(cfg: Config) -> str:
-    return cfg.train.run_name or f"{cfg.name}-{cfg.model.type}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg.train.run_name or f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def point_best(checkpoints_dir: Path, run_dir: Path) -> Path:

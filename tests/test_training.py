@@ -74,8 +74,13 @@ def test_one_epoch_end_to_end_writes_a_complete_run(corpora, tmp_path, capsys):
     assert model.output_shape[-1] == len(labels)
     assert keras.models.load_model(best / "model.keras").count_params() == model.count_params()
 
-    events = list((tmp_path / "experiments" / run_dir.name).rglob("events.out.tfevents.*"))
-    assert events, "TensorBoard event files missing"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    validation = EventAccumulator(str(tmp_path / "experiments" / run_dir.name / "validation"))
+    validation.Reload()
+    tags = validation.Tags()
+    assert "epoch_val_ua" in tags["tensors"] + tags["scalars"]
+    assert "validation_confusion" in tags["tensors"] + tags["images"]
 
     test = summary["test"]
     assert 0.0 <= test["ua"] <= 1.0 and 0.0 <= test["wa"] <= 1.0
