@@ -1,0 +1,102 @@
+"""A catalogue of awkward and broken inputs, written on demand, shared by robustness tests.
+
+``CATALOGUE`` maps a case name to (writer, usable): ``writer(path)`` creates the
+case at ``path`` (a file name ending in ``_happy.wav`` or similar, so the custom
+corpus reader labels it), and ``usable`` says whether a well-behaved system should
+accept it as audio (True) or reject it with a clear message (False).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+SR = 16000
+
+
+def _tone(seconds: float, sr: int = SR, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    wave = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    return np.repeat(wave[:, None], channels, axis=1).astype(np.float32)
+
+
+def _write(path: Path, wave: np.ndarray, sr: int = SR, subtype: str | None = None) -> None:
+    sf.write(path, wave, sr, subtype=subtype, format="WAV")
+
+
+def _valid_wav_bytes() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, _tone(0.5), SR, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def _nan(path: Path) -> None:
+    wave = _tone(0.5)
+    wave[100:200] = np.nan
+    wave[300] = np.inf
+    _write(path, wave, subtype="FLOAT")
+
+
+def _symlink(path: Path) -> None:
+    target = path.parent / ".link-target.flac"  # hidden: readers ignore it, only the link counts
+    sf.write(target, _tone(0.5), SR)
+    os.symlink(target, path)
+
+
+def _unreadable(path: Path) -> None:
+    _write(path, _tone(0.5))
+    path.chmod(0)
+
+
+Writer = Callable[[Path], None]
+CATALOGUE: dict[str, tuple[Writer, bool]] = {
+    "empty file": (lambda p: p.write_bytes(b""), False),
+    "zero-length audio": (lambda p: _write(p, np.zeros((0, 1), np.float32), subtype="PCM_16"), False),
+    "truncated header": (lambda p: p.write_bytes(_valid_wav_bytes()[:30]), False),
+    "random bytes": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(4000)), False),
+    "text file": (lambda p: p.write_text("this is a text file, not audio\n" * 20), False),
+    "8-bit PCM": (lambda p: _write(p, _tone(0.5), subtype="PCM_U8"), True),
+    "24-bit PCM": (lambda p: _write(p, _tone(0.5), subtype="PCM_24"), True),
+    "float32": (lambda p: _write(p, _tone(0.5), subtype="FLOAT"), True),
+    "float64": (lambda p: _write(p, _tone(0.5), subtype="DOUBLE"), True),
+    "stereo": (lambda p: _write(p, _tone(0.5, channels=2)), True),
+    "6 channels": (lambda p: _write(p, _tone(0.5, channels=6)), True),
+    "8 kHz": (lambda p: _write(p, _tone(0.5, 8000), 8000), True),
+    "96 kHz": (lambda p: _write(p, _tone(0.5, 96000), 96000), True),
+    "shorter than one frame": (lambda p: _write(p, _tone(0.005)), True),
+    "10 minutes": (lambda p: _write(p, _tone(600.0), subtype="PCM_16"), True),
+    "silence": (lambda p: _write(p, np.zeros((SR, 1), np.float32)), True),
+    "NaN and Inf samples": (_nan, False),
+    "full-scale clipping": (lambda p: _write(p, np.clip(_tone(0.5) * 20, -1, 1)), True),
+    "DC offset only": (lambda p: _write(p, np.full((SR, 1), 0.5, np.float32)), True),
+    "non-ASCII name with spaces": (lambda p: _write(p, _tone(0.5)), True),
+    "symlink": (_symlink, True),
+    "no read permission": (_unreadable, False),
+    "directory named like a file": (lambda p: p.mkdir(), False),
+}
+
+NAMES = {"non-ASCII name with spaces": "émotion ça va 01_happy.wav"}
+
+
+def file_name(case: str, emotion: str = "happy") -> str:
+    """A custom-corpus file name for ``case`` ending in ``_<emotion>.wav``."""
+    if case in NAMES:
+        return NAMES[case].replace("happy", emotion)
+    return case.replace(" ", "-").replace("/", "-") + f"_{emotion}.wav"
+
+
+def write_case(folder: Path, case: str, emotion: str = "happy") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / file_name(case, emotion)
+    CATALOGUE[case][0](path)
+    return path
+
+
+def running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0

@@ -1,0 +1,129 @@
+"""Every awkward input through the corpus reader, feature extraction and training.
+
+Usable audio (any bit depth, channel count or rate, silence, clipping, very short
+or very long clips, odd names, symlinks) must give finite features; broken input
+must be skipped with a message that names the file and says why, while the rest of
+the corpus is processed, and nothing partial is left in the cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from badinputs import CATALOGUE, running_as_root, write_case
+
+from ser.config import load_config
+from ser.data.corpora import build_manifest
+from ser.features.cache import extract_all
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = sorted(CATALOGUE)
+
+
+def expected_usable(case: str) -> bool:
+    # Permission bits do not stop root; the file is then simply readable audio.
+    if case == "no read permission" and running_as_root():
+        return True
+    return CATALOGUE[case][1]
+
+
+@pytest.fixture(scope="module")
+def custom_corpus(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("robust")
+    folder = root / "custom"
+    paths = {case: write_case(folder, case) for case in CASES}
+    # Files whose names carry no usable label.
+    paths["no emotion token"] = folder / "20190616_125714.wav"
+    paths["unknown emotion token"] = folder / "20190616_125714_elated.wav"
+    for extra in ("no emotion token", "unknown emotion token"):
+        CATALOGUE["stereo"][0](paths[extra])
+    # Enough good files for a training run with two classes.
+    for i in range(6):
+        for emotion in ("happy", "sad"):
+            write_case(folder / "good", "float32", emotion).rename(
+                folder / "good" / f"good{i}_{emotion}.wav"
+            )
+    return root, paths
+
+
+def config(root: Path, tmp: Path, *extra: str):
+    return load_config(
+        ROOT / "configs" / "quick.yaml",
+        [
+            f"data.root={root}", "data.corpora=[custom]", "data.emotions=[happy, sad]",
+            "split.method=random", "features.workers=1", f"features.cache_dir={tmp / 'cache'}",
+            "train.epochs=1", f"train.checkpoints_dir={tmp / 'ck'}",
+            f"train.experiments_dir={tmp / 'ex'}", *extra,
+        ],
+        env={},
+    )
+
+
+def test_reader_accepts_usable_and_names_every_rejected_file(custom_corpus, tmp_path):
+    root, paths = custom_corpus
+    lines: list[str] = []
+    manifest = build_manifest(config(root, tmp_path).data, log=lines.append)
+    kept = {r.path for r in manifest.rows}
+    skipped = {s.path: s.reason for s in manifest.skipped}
+    for case in CASES:
+        path = str(paths[case].absolute())
+        # Header-level problems are caught by the reader; sample-level ones (NaN) by extraction.
+        if case == "NaN and Inf samples":
+            continue
+        if case == "directory named like a file":
+            assert path not in kept  # a folder is walked as a folder, never read as audio
+            continue
+        if expected_usable(case):
+            assert path in kept, f"{case}: rejected: {skipped.get(path)}"
+        else:
+            assert path not in kept, f"{case}: accepted"
+            assert skipped.get(path), f"{case}: not reported"
+            assert any(path in line for line in lines), f"{case}: no warning line names it"
+    for case in ("no emotion token", "unknown emotion token"):
+        assert "_<emotion>" in skipped[str(paths[case].absolute())]
+
+
+def test_extraction_gives_finite_features_or_a_named_failure(custom_corpus, tmp_path):
+    root, paths = custom_corpus
+    cfg = config(root, tmp_path)
+    targets = [str(paths[c]) for c in CASES if not paths[c].is_dir()]
+    lines: list[str] = []
+    features, report = extract_all(
+        targets, cfg.features, 16000, workers=1, cache_dir=str(tmp_path / "cache"),
+        progress=False, log=lines.append,
+    )
+    failed = dict(report.failed)
+    for case in CASES:
+        path = str(paths[case])
+        if paths[case].is_dir():
+            continue
+        if expected_usable(case):
+            assert path in features, f"{case}: {failed.get(path)}"
+            x = features[path]
+            assert x.ndim == 2 and x.shape[0] >= 1 and np.isfinite(x).all(), case
+        else:
+            assert path in failed and failed[path], f"{case}: not reported"
+            assert any(line.startswith(f"warning: skipped {path}: ") for line in lines), case
+    assert "NaN" in failed[str(paths["NaN and Inf samples"])]
+    long = features[str(paths["10 minutes"])]
+    assert long.shape[0] == pytest.approx(600 * 100, rel=0.01)  # 10 ms hop
+    # No temp files or partial entries left behind.
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_training_skips_bad_files_counts_them_and_finishes(custom_corpus, tmp_path, capsys):
+    from ser.training import train
+
+    root, paths = custom_corpus
+    summary = train(config(root, tmp_path))
+    out = capsys.readouterr().out
+    files_only = [c for c in CASES if c != "directory named like a file"]
+    bad = [c for c in files_only if not expected_usable(c)] + ["no emotion token", "unknown emotion token"]
+    files = summary["files"]
+    assert files["skipped_unreadable"] + files["failed_extraction"] == len(bad)
+    for case in bad:
+        assert paths[case].name in out, f"{case}: not named in the output"
+    assert np.isfinite(summary["test"]["ua"])
