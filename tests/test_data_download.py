@@ -360,6 +360,20 @@ def test_archive_downloaded_by_hand_is_unpacked_without_network(ravdess_zip, tmp
     assert result.usable == RAVDESS_FILES
 
 
+def test_dataverse_zip_downloaded_by_hand_gets_the_reader_layout(tmp_path):
+    make_tess(tmp_path / "made", words=("back",), emotions=("angry", "sad"))
+    archive = tmp_path / "dataverse_files.zip"
+    zip_tree(tmp_path / "made" / "tess", archive, "TESS Toronto emotional speech set data/")
+    with zipfile.ZipFile(archive, "a") as zf:
+        zf.writestr("MANIFEST.TXT", "files in this archive")
+    source = replace(SOURCES.get("tess"), url=closed_port_url() + "/never")
+    result, lines = download("tess", tmp_path / "data", source, archive=archive)
+    folder = tmp_path / "data" / "tess"
+    assert result.usable == 4 and (folder / "OAF_angry" / "OAF_back_angry.wav").is_file()
+    assert (folder / "MANIFEST.TXT").is_file()  # kept, at the top
+    assert f"unpacked 5 files from dataverse_files.zip into {folder}" in lines
+
+
 def test_unsafe_or_broken_archives_are_refused_with_the_reason(tmp_path):
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as zf:

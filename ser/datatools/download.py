@@ -283,8 +283,8 @@ def _zenodo_plan(source: Source, timeout: float) -> Plan:
         if not source.fallback_url:
             raise
         note = (
-            f"could not read the published checksum ({exc}); "
-            "the download is checked against its announced length only"
+            f"could not read the published checksum ({exc}); trying the direct link, "
+            "checked against its announced length only"
         )
         return Plan((RemoteFile(source.fallback_url, source.filename),), True, (note,))
     files = record.get("files") if isinstance(record, dict) else None
@@ -370,9 +370,9 @@ def unpack(
 ) -> int:
     """Extract the zip ``archive`` into ``folder``; returns the number of files placed.
 
-    Wrapper folders that hold nothing but one folder are dropped (some copies put
-    everything under ``Audio_Speech_Actors_01-24/``); macOS ``__MACOSX`` and ``._``
-    entries are left out. Files land in ``folder`` only after the whole archive
+    Wrapper folders are dropped (some copies put everything under
+    ``Audio_Speech_Actors_01-24/``, Dataverse under the dataset's folder name next
+    to a ``MANIFEST.TXT``); macOS ``__MACOSX`` and ``._`` entries are left out. Files land in ``folder`` only after the whole archive
     has been extracted and CRC-checked.
     """
     archive, folder = Path(archive), Path(folder)
@@ -402,16 +402,24 @@ def unpack(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    anchor = staging
-    while anchor.is_dir() and len(children := list(anchor.iterdir())) == 1 and children[0].is_dir():
-        anchor = children[0]
-    placed = 0
-    for path in sorted(anchor.rglob("*")):
-        if path.is_file():
-            target = folder / path.relative_to(anchor)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-            placed += 1
+    # Descend through wrapper folders: a level holding one folder and nothing else but
+    # Dataverse's MANIFEST.TXT (kept, at the corpus folder's top). EMO-DB's ``wav/``
+    # next to its notes is not a wrapper.
+    anchor, extras = staging, []
+    while anchor.is_dir():
+        children = list(anchor.iterdir())
+        folders = [c for c in children if c.is_dir()]
+        files = [c for c in children if c.is_file()]
+        if len(folders) != 1 or any(f.name.lower() != "manifest.txt" for f in files):
+            break
+        extras += files
+        anchor = folders[0]
+    moves = [(p, folder / p.relative_to(anchor)) for p in sorted(anchor.rglob("*")) if p.is_file()]
+    moves += [(p, folder / p.name) for p in extras]
+    for path, target in moves:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+    placed = len(moves)
     shutil.rmtree(staging, ignore_errors=True)
     if placed == 0:
         raise DownloadError(f"{archive}: the archive holds no files")
