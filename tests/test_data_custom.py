@@ -11,12 +11,13 @@ import soundfile as sf
 from fakes import write_bytes, write_tone
 
 from ser.cli import main
-from ser.config import EMOTIONS, CustomOptions, DataConfig
+from ser.config import EMOTIONS, CustomOptions, DataConfig, load_config
 from ser.data.corpora import Utterance, build_manifest, read_custom
 from ser.datatools import DataToolError
 from ser.datatools.custom import SPEAKER_PATTERN, add_custom, custom_name
 
 WHEN = datetime(2019, 6, 16, 12, 57, 14)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def recorded_at(path: Path, when: datetime = WHEN) -> Path:
@@ -128,3 +129,13 @@ def test_cli_add_custom_exit_codes_and_config_hint(tmp_path, capsys):
     assert main(["data", "add-custom", str(bad), "--emotion", "angry", "--to", to]) == 1
     assert main(["data", "add-custom", str(good), "--emotion", "meh", "--to", to]) == 2
     assert "error: unknown emotion 'meh'; valid: neutral, calm, happy" in capsys.readouterr().err
+
+
+def test_readme_speaker_pattern_is_the_one_names_are_written_for(tmp_path):
+    """The YAML snippet in README's "Getting the data" loads as a config and matches."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    line = next(x for x in readme.splitlines() if "speaker_pattern:" in x and "custom:" in x)
+    config = tmp_path / "custom.yaml"
+    config.write_text(f"extends: {ROOT / 'configs' / 'base.yaml'}\ndata:\n{line}\n")
+    cfg = load_config(config, env={})
+    assert cfg.data.custom.speaker_pattern == SPEAKER_PATTERN
