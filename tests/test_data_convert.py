@@ -105,6 +105,15 @@ def test_second_run_skips_converted_files_and_redoes_changed_ones(tmp_path):
     assert [s for s, _ in fourth.converted] == [str(a)]
 
 
+def test_output_folder_inside_the_source_folder_is_not_read_back(tmp_path):
+    write_tone(tmp_path / "in" / "a.mp3", sr=44100)
+    write_tone(tmp_path / "in" / "sub" / "b.flac")
+    first, _ = run([tmp_path / "in"], tmp_path / "in" / "converted")
+    second, _ = run([tmp_path / "in"], tmp_path / "in" / "converted")
+    assert len(first.converted) == 2 and first.failed == []
+    assert second.converted == [] and len(second.skipped) == 2 and second.failed == []
+
+
 def test_bad_files_are_named_with_reasons_and_the_rest_converts(tmp_path, capsys):
     good = write_tone(tmp_path / "in" / "good.wav")
     write_bytes(tmp_path / "in" / "text.wav", b"not audio at all")

@@ -175,13 +175,19 @@ def plan_outputs(
     inputs and for inputs whose outputs would collide or overwrite an input.
     """
     to = Path(to)
+    out_root = to.resolve()
     pairs: list[tuple[Path, Path]] = []
     problems: list[tuple[str, str]] = []
     ignored = 0
     for given in sources:
         given = Path(given)
         if given.is_dir():
-            for path in sorted(p for p in given.rglob("*") if p.is_file() and _visible(p, given)):
+            found = (p for p in given.rglob("*") if p.is_file() and _visible(p, given))
+            # The output folder may sit inside a source folder: its files are not inputs.
+            inside = given.resolve() != out_root and out_root.is_relative_to(given.resolve())
+            for path in sorted(found):
+                if inside and path.resolve().is_relative_to(out_root):
+                    continue
                 if path.suffix.lower() in INPUT_EXTENSIONS:
                     pairs.append((path, to / path.relative_to(given).with_suffix(".wav")))
                 else:

@@ -227,10 +227,10 @@ def fetch(
         why = _reason(error) if error else "the connection closed early"
         of = f" of {expected:,}" if expected is not None else ""
         if resumes > retries:
+            tried = f" after {retries} resumes" if retries else ""
             raise DownloadError(
-                f"{dest.name}: download interrupted at {got:,}{of} bytes ({why}) "
-                f"{retries} times; the partial file is kept in {part}: "
-                "run the same command again to resume"
+                f"{dest.name}: download interrupted at {got:,}{of} bytes ({why}){tried}; "
+                f"the partial file is kept in {part}: run the same command again to resume"
             )
         log(f"{dest.name}: interrupted at {got:,}{of} bytes ({why}); resuming")
 
