@@ -35,6 +35,10 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 COMMAND_MODULES = (
     "ser.commands.train",
     "ser.commands.data",
+    "ser.commands.predict",
+    "ser.commands.serve",
+    "ser.commands.record",
+    "ser.commands.export",
 )
 
 

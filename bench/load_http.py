@@ -1,0 +1,196 @@
+"""HTTP load test of ``ser serve``: latency and throughput of POST /predict on 127.0.0.1.
+
+Starts ``ser serve RUN_DIR`` (uvicorn, one process) on a free loopback port, sends a
+3 s WAV clip with a real HTTP client (httpx, keep-alive connections) at each
+concurrency level, and reports p50/p95/p99 latency, requests per second and the
+server's mean inference batch size. Bounded: ``--requests`` per level and
+``--max-seconds`` per level, loopback addresses only. The client runs on the same
+cores as the server, so its own cost is included in the figures.
+
+    python bench/load_http.py checkpoints/best [--concurrency 1,4,8] [--requests 300]
+    python bench/load_http.py --url http://127.0.0.1:8000   # a server already running
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def voiced_clip(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
+    """Harmonics of a gliding 150-250 Hz pitch with syllable-like loudness, plus noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 150 + 100 * t / seconds
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    wave = sum(np.sin(k * phase) / k for k in range(1, 6)) * 0.2
+    envelope = 0.6 + 0.4 * np.sin(2 * np.pi * 4 * t) ** 2
+    return (wave * envelope + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
+
+
+def wav_bytes(wave: np.ndarray, sr: int) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run_dir: str, port: int, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ser.cli", "serve", run_dir, "--port", str(port), "--log-level", "warning"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 180.0) -> dict:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise SystemExit(f"server exited with code {proc.returncode}; see its log")
+        try:
+            return httpx.get(f"{url}/health", timeout=2).json()
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise SystemExit(f"server at {url} not healthy after {timeout:.0f} s")
+
+
+async def run_level(url: str, body: bytes, concurrency: int, requests: int, max_seconds: float):
+    import httpx
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    issued = 0
+    stop_at = time.perf_counter() + max_seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+
+        async def worker() -> None:
+            nonlocal issued
+            while issued < requests and time.perf_counter() < stop_at:
+                issued += 1
+                started = time.perf_counter()
+                try:
+                    r = await client.post("/predict", files={"file": ("clip.wav", body, "audio/wav")})
+                    r.raise_for_status()
+                    r.json()
+                except (httpx.HTTPError, ValueError) as exc:
+                    errors.append(str(exc)[:200])
+                    continue
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    ms = np.array(latencies) * 1000
+    return {
+        "concurrency": concurrency,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "seconds": round(elapsed, 3),
+        "requests_per_second": round(len(latencies) / elapsed, 1) if elapsed else 0.0,
+        "p50_ms": round(float(np.percentile(ms, 50)), 1) if ms.size else None,
+        "p95_ms": round(float(np.percentile(ms, 95)), 1) if ms.size else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 1) if ms.size else None,
+        "mean_ms": round(float(ms.mean()), 1) if ms.size else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", nargs="?", default="checkpoints/best", help="run to serve")
+    p.add_argument("--url", help="test a server already running at this loopback URL instead")
+    p.add_argument("--clip-seconds", type=float, default=3.0, help="test clip length (default 3)")
+    p.add_argument("--clip", help="send this audio file instead of the generated clip")
+    p.add_argument("--concurrency", default="1,4,8", help="comma-separated levels (default 1,4,8)")
+    p.add_argument("--requests", type=int, default=300, help="requests per level (default 300)")
+    p.add_argument("--warmup", type=int, default=20, help="unmeasured requests first (default 20)")
+    p.add_argument("--max-seconds", type=float, default=60.0, help="time limit per level (default 60)")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "load_http.json"))
+    args = p.parse_args(argv)
+
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if not levels or min(levels) < 1 or max(levels) > 64 or not 1 <= args.requests <= 5000:
+        p.error("--concurrency levels must be 1..64 and --requests 1..5000")
+    body = (
+        Path(args.clip).read_bytes() if args.clip else wav_bytes(voiced_clip(args.clip_seconds), 16000)
+    )
+    proc = None
+    if args.url:
+        url = args.url.rstrip("/")
+        if urlparse(url).hostname not in LOOPBACK:
+            p.error("--url must be a loopback address (127.0.0.1, localhost, ::1)")
+    else:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = Path(args.out).with_suffix(".server.log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        proc = start_server(args.run_dir, port, log)
+    try:
+        health = wait_healthy(url, proc)
+        print(f"server {url}: model {health['model_id']}")
+        asyncio.run(run_level(url, body, 1, args.warmup, args.max_seconds))
+        results = []
+        for level in levels:
+            before = wait_healthy(url, proc)
+            result = asyncio.run(run_level(url, body, level, args.requests, args.max_seconds))
+            after = wait_healthy(url, proc)
+            batches = after["inference_batches"] - before["inference_batches"]
+            windows = after["inference_windows"] - before["inference_windows"]
+            result["mean_batch_windows"] = round(windows / batches, 2) if batches else None
+            results.append(result)
+            print(
+                f"concurrency {level:3d}: {result['requests']:5d} ok, {result['errors']} errors, "
+                f"{result['requests_per_second']:6.1f} req/s, p50 {result['p50_ms']} ms, "
+                f"p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, "
+                f"mean batch {result['mean_batch_windows']}"
+            )
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    report = {
+        "benchmark": "load_http",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "model_id": health["model_id"],
+        "clip": args.clip or f"generated {args.clip_seconds:g} s voiced clip, 16 kHz PCM_16 WAV",
+        "clip_bytes": len(body),
+        "levels": results,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""``ser predict PATH...``: the emotion of audio files (folders are searched), as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+AUDIO_SUFFIXES = {
+    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
+    ".caf", ".w64", ".rf64", ".webm", ".m4a",
+}  # fmt: skip
+DEFAULT_RUN = "checkpoints/best"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict", help="predict the emotion of audio files or folders",
+        description="Predict every file given, and every audio file under the folders given "
+        f"({', '.join(sorted(AUDIO_SUFFIXES))}). Clips longer than the model's window "
+        "are cut into sliding windows; the table then shows how many.",
+    )  # fmt: skip
+    p.add_argument("paths", nargs="+", metavar="PATH", help="audio files or folders")
+    p.add_argument("--run", default=DEFAULT_RUN, metavar="RUN_DIR", help=f"run directory (default {DEFAULT_RUN})")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    p.add_argument("--timeline", action="store_true", help="also print each window of long clips")
+    p.set_defaults(func=run)
+
+
+def collect(paths: list[str]) -> tuple[list[Path], list[dict[str, Any]]]:
+    """Files to predict (folders searched recursively, sorted) and errors for bad paths."""
+    files: list[Path] = []
+    errors: list[dict[str, Any]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                errors.append({"path": raw, "error": f"{raw}: folder holds no audio files"})
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            errors.append({"path": raw, "error": f"{raw}: no such file or folder"})
+    return files, errors
+
+
+def predict_path(predictor, path: Path) -> dict[str, Any]:
+    """One file -> the result dict of ``Predictor.predict_file`` (WebM/M4A through ffmpeg)."""
+    from ser.audio import AudioError
+
+    try:
+        return predictor.predict_file(path)
+    except AudioError as first:
+        from ser.serving.uploads import decode_with_ffmpeg, ffmpeg_available
+
+        if not ffmpeg_available():
+            raise
+        try:
+            wave = decode_with_ffmpeg(path.read_bytes(), predictor.sample_rate, 24 * 3600)
+        except AudioError:
+            raise first from None
+        if wave.size == 0:
+            raise AudioError(f"{path}: empty audio (0 samples)") from None
+        return predictor.describe(predictor.predict_clip(wave), path)
+
+
+def format_table(results: list[dict[str, Any]], timeline: bool = False) -> str:
+    width = min(60, max([len("file")] + [len(r["path"]) for r in results]))
+    lines = [f"{'file':<{width}}  {'emotion':<9} {'conf':>5} {'seconds':>8}  top 3"]
+    for r in results:
+        name = r["path"] if len(r["path"]) <= width else "…" + r["path"][-(width - 1) :]
+        if "error" in r:
+            lines.append(f"{name:<{width}}  error: {r['error']}")
+            continue
+        top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
+        windows = f"  ({len(r['timeline'])} windows)" if r.get("timeline") else ""
+        lines.append(
+            f"{name:<{width}}  {r['emotion']:<9} {r['confidence']:5.2f} {r['duration']:8.2f}  "
+            + ", ".join(f"{k} {v:.2f}" for k, v in top) + windows
+        )
+        if timeline:
+            for w in r.get("timeline") or []:
+                lines.append(
+                    f"{'':<{width}}    {w['start']:6.2f}-{w['end']:6.2f} s  {w['emotion']:<9} "
+                    f"{w['confidence']:.2f}"
+                )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ser.audio import AudioError
+    from ser.inference import Predictor, limit_blas_threads
+
+    files, errors = collect(args.paths)
+    if not files:
+        for e in errors:
+            print(f"error: {e['error']}", file=sys.stderr)
+        print("error: no audio files to predict", file=sys.stderr)
+        return 2
+    limit_blas_threads()
+    predictor = Predictor.load(args.run)
+    results: list[dict[str, Any]] = list(errors)
+    for path in files:
+        try:
+            results.append(predict_path(predictor, path))
+        except (AudioError, ValueError) as exc:
+            results.append({"path": str(path), "error": str(exc)})
+    failed = sum("error" in r for r in results)
+    if args.json:
+        print(json.dumps({"model_id": predictor.model_id, "results": results}, indent=2))
+    else:
+        print(f"model {predictor.model_id}")
+        print(format_table(results, args.timeline))
+    if failed:
+        print(f"{failed} of {len(results)} path(s) could not be predicted", file=sys.stderr)
+    return 1 if failed else 0
+

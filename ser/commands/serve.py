@@ -1,0 +1,59 @@
+"""``ser serve RUN_DIR``: the HTTP API, live WebSocket stream and web page (uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve a trained run: REST API, live microphone stream and web page",
+        description="Load RUN_DIR once and serve POST /predict, /predict/batch, GET /health, "
+        "/model, /docs, WS /stream and the live page at /.",
+    )  # fmt: skip
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. checkpoints/best")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--settings", metavar="FILE.yaml", help="serving settings file (keys below)")
+    p.add_argument("--max-upload-mb", type=float, help="largest upload per file (default 10)")
+    p.add_argument("--max-clip-seconds", type=float, help="longest clip accepted (default 120)")
+    p.add_argument("--max-batch-files", type=int, help="files per /predict/batch (default 16)")
+    p.add_argument(
+        "--cors-origin", action="append", metavar="ORIGIN",
+        help="allow browser calls from this origin, e.g. https://example.org (repeatable; "
+        "default: CORS off)",
+    )  # fmt: skip
+    p.add_argument("--stream-window", type=float, help="live window in seconds (default 2)")
+    p.add_argument("--stream-hop", type=float, help="seconds between live windows (default 0.5)")
+    p.add_argument("--vad-threshold-db", type=float, help="speech level in dBFS (default -45)")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ser.inference import Predictor, limit_blas_threads
+    from ser.serving.app import create_app
+    from ser.serving.settings import load_settings
+
+    settings = load_settings(
+        args.settings,
+        max_upload_mb=args.max_upload_mb,
+        max_clip_seconds=args.max_clip_seconds,
+        max_batch_files=args.max_batch_files,
+        cors_origins=args.cors_origin,
+        stream_window=args.stream_window,
+        stream_hop=args.stream_hop,
+        vad_threshold_db=args.vad_threshold_db,
+    )
+    limit_blas_threads()
+    predictor = Predictor.load(args.run_dir)  # compiled for each batch size at start-up
+    app = create_app(predictor, settings=settings)
+    print(
+        f"serving {predictor.model_id} ({predictor.cfg.model.type}, labels: "
+        f"{', '.join(predictor.labels)}) at http://{args.host}:{args.port}/  "
+        f"(API docs: /docs)", flush=True,
+    )  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0

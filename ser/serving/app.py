@@ -1,0 +1,471 @@
+"""The FastAPI app: upload prediction, batch, health, model card, live stream, web page.
+
+``create_app(predictor, settings)`` takes a loaded ``Predictor`` (``ser serve`` loads
+it through ``Predictor.load`` before binding the port, so a bad run directory fails
+at once) or a run directory to load at start-up. Routes:
+
+- ``POST /predict``        one clip (multipart field ``file``) -> ``PredictionOut``
+- ``POST /predict/batch``  several clips (fields ``files``) -> ``BatchOut``
+- ``GET /health``, ``GET /model``, ``GET /docs`` (OpenAPI), ``GET /`` (web page)
+- ``WS /stream``           live PCM -> window predictions (see ``stream.py``)
+
+Client errors are JSON ``{"detail": ..., "field": ...}`` with 413 (too large),
+415 (not audio) or 422 (empty, damaged, too long, malformed request); the API does
+not answer 500 for anything a client sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from ser.inference import (
+    XLA_BATCH_SIZES,
+    ClipPrediction,
+    PreparedClip,
+    Predictor,
+    limit_blas_threads,
+)
+from ser.serving.engine import InferenceEngine
+from ser.serving.schemas import (
+    BatchItemOut,
+    BatchOut,
+    ErrorOut,
+    HealthOut,
+    InputOut,
+    ModelInfoOut,
+    PredictionOut,
+    StreamOut,
+    WindowOut,
+)
+from ser.serving.settings import ServingSettings
+from ser.serving.stream import StreamError, StreamSession, voice_activity
+from ser.serving.uploads import UploadProblem, decode_upload, display_name
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Multipart framing around the files (boundaries, headers) on top of the file limit.
+FORM_OVERHEAD_BYTES = 64 * 1024
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws: wss:; media-src 'self' blob:; object-src 'none'; base-uri 'none'"
+)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorOut, "description": "upload larger than max_upload_mb"},
+    415: {"model": ErrorOut, "description": "not readable as audio"},
+    422: {"model": ErrorOut, "description": "empty, damaged or too long clip; malformed request"},
+}
+
+
+def warm_batch_sizes(max_batch_windows: int) -> list[int]:
+    """The compiled batch sizes the engine can use when it runs up to ``max_batch_windows``."""
+    cap = next((b for b in XLA_BATCH_SIZES if b >= max_batch_windows), XLA_BATCH_SIZES[-1])
+    return [b for b in XLA_BATCH_SIZES if b <= cap]
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: NaN and infinities (e.g. UA with absent classes) become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def run_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """Test metrics saved by training and, if present, the evaluation's ranking."""
+    summary = _read_json(run_dir / "summary.json")
+    report = _read_json(run_dir / "report.json")
+    out: dict[str, Any] = {}
+    if isinstance(summary, dict):
+        test = summary.get("test") or {}
+        out["training"] = {
+            "protocol": summary.get("protocol"),
+            "speaker_independent": summary.get("speaker_independent"),
+            "best_epoch": summary.get("best_epoch"),
+            "test": {k: test.get(k) for k in ("ua", "wa", "macro_f1", "n") if k in test},
+            "per_class": test.get("per_class"),
+        }
+    if isinstance(report, dict):
+        out["evaluation"] = {
+            "created": report.get("created"),
+            "protocol": report.get("protocol"),
+            "ranking": report.get("ranking"),
+        }
+    return _finite(out) or None
+
+
+def model_info(predictor: Predictor, settings: ServingSettings) -> ModelInfoOut:
+    cfg = predictor.cfg
+    features = cfg.features.model_dump(mode="json", exclude={"cache_dir", "workers"})
+    features = {
+        k: v for k, v in features.items()
+        if k not in ("mfcc", "chroma", "mel", "contrast", "tonnetz") or k in cfg.features.extractors
+    }  # fmt: skip
+    return ModelInfoOut(
+        model_id=predictor.model_id,
+        run=predictor.run_dir.name,
+        model_type=cfg.model.type,
+        parameters=int(predictor.model.count_params()),
+        labels=list(predictor.labels),
+        window_seconds=predictor.window_seconds,
+        input=InputOut(
+            mode=cfg.features.mode,
+            dim=predictor.input_dim,
+            max_frames=predictor.max_frames,
+            sample_rate=cfg.data.sample_rate,
+            hop_seconds=cfg.features.frame.hop_length / cfg.data.sample_rate,
+        ),
+        features=features,
+        config={
+            "name": cfg.name,
+            "seed": cfg.seed,
+            "corpora": list(cfg.data.corpora),
+            "emotions": list(cfg.data.emotions),
+            "max_seconds": cfg.data.max_seconds,
+            "split": cfg.split.method,
+            "model": {"type": cfg.model.type, **cfg.model.params.model_dump(mode="json")},
+        },
+        metrics=run_metrics(predictor.run_dir),
+        stream=StreamOut(
+            window_seconds=settings.stream_window,
+            hop_seconds=settings.stream_hop,
+            vad_threshold_db=settings.vad_threshold_db,
+            vad_min_voiced=settings.vad_min_voiced,
+        ),
+    )
+
+
+def prediction_out(clip: ClipPrediction, model_id: str, window: float, filename: str | None):
+    return PredictionOut(
+        filename=filename,
+        emotion=clip.emotion,
+        confidence=clip.confidence,
+        probabilities=clip.distribution(),
+        duration=round(clip.duration, 4),
+        model_id=model_id,
+        window_seconds=window,
+        windowed=clip.windowed,
+        timeline=[WindowOut(**w) for w in clip.timeline()] if clip.windowed else None,
+    )
+
+
+@dataclass
+class Service:
+    """What the routes share: the model, its inference thread and the settings."""
+
+    predictor: Predictor
+    engine: InferenceEngine
+    settings: ServingSettings
+    info: ModelInfoOut
+    started: float
+
+    # ------------------------------------------------------------------ uploads
+    def _prepare(self, data: bytes, filename: str | None, field: str) -> PreparedClip:
+        wave = decode_upload(
+            data, filename, self.predictor.sample_rate, self.settings.max_clip_seconds, field
+        )
+        try:
+            return self.predictor.prepare_clip(wave)
+        except ValueError as exc:
+            raise UploadProblem(
+                422, field, f"{display_name(field, filename)}: no features ({exc})"
+            ) from None
+
+    async def predict_upload(self, upload: UploadFile, field: str) -> PredictionOut:
+        filename = (upload.filename or "")[:255] or None
+        limit = self.settings.max_upload_bytes
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise UploadProblem(
+                413, field, f"{display_name(field, filename)}: larger than "
+                f"{self.settings.max_upload_mb:g} MB (setting max_upload_mb)",
+            )
+        prepared = await run_in_threadpool(self._prepare, data, filename, field)
+        probs = await self.engine.predict(prepared.inputs)
+        clip = self.predictor.finish_clip(prepared, probs)
+        return prediction_out(clip, self.predictor.model_id, self.predictor.window_seconds, filename)
+
+    async def predict_batch_item(self, upload: UploadFile) -> BatchItemOut:
+        try:
+            prediction = await self.predict_upload(upload, "files")
+        except UploadProblem as problem:
+            return BatchItemOut(filename=upload.filename, status=problem.status, error=problem.message)
+        return BatchItemOut(filename=prediction.filename, status=200, prediction=prediction)
+
+    # ------------------------------------------------------------------ stream
+    def _stream_inputs(self, wave, rate: int) -> tuple[float, float, PreparedClip | None]:
+        s = self.settings
+        voiced, rms_db = voice_activity(wave, rate, s.vad_threshold_db)
+        if voiced < s.vad_min_voiced:
+            return voiced, rms_db, None
+        if rate != self.predictor.sample_rate:
+            from ser.audio import resample
+
+            wave = resample(wave, rate, self.predictor.sample_rate)
+        return voiced, rms_db, self.predictor.prepare_clip(wave)
+
+    async def stream_message(self, window, rate: int) -> dict[str, Any]:
+        voiced, rms_db, prepared = await run_in_threadpool(self._stream_inputs, window.wave, rate)
+        base = {
+            "start": round(window.start, 3),
+            "end": round(window.end, 3),
+            "rms_db": round(rms_db, 1),
+            "voiced": round(voiced, 3),
+        }
+        if prepared is None:
+            return {"type": "no_speech", **base}
+        probs = await self.engine.predict(prepared.inputs)
+        clip = self.predictor.finish_clip(prepared, probs)
+        return {
+            "type": "prediction",
+            **base,
+            "emotion": clip.emotion,
+            "confidence": clip.confidence,
+            "probabilities": clip.distribution(),
+        }
+
+    async def run_stream(self, ws: WebSocket) -> None:
+        await ws.accept()
+        session = StreamSession(self.settings)
+        s = self.settings
+        await ws.send_json({
+            "type": "ready", "model_id": self.predictor.model_id, "labels": self.predictor.labels,
+            "encoding": session.encoding, "sample_rate": session.sample_rate,
+            "window": s.stream_window, "hop": s.stream_hop,
+        })  # fmt: skip
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                ending = False
+                if message.get("bytes") is not None:
+                    windows = session.feed(message["bytes"])
+                elif message.get("text") is not None:
+                    ending = session.handle_text(message["text"]) == "end"
+                    windows = session.flush() if ending else []
+                else:
+                    windows = []
+                for window in windows:
+                    await ws.send_json(await self.stream_message(window, session.sample_rate))
+                    session.windows_sent += 1
+                if ending:
+                    await ws.send_json({"type": "end", "windows": session.windows_sent})
+                    await ws.close(1000)
+                    return
+        except StreamError as exc:
+            await ws.send_json({"type": "error", "message": str(exc)})
+            await ws.close(exc.code, reason=str(exc)[:120])
+        except WebSocketDisconnect:
+            return
+
+
+class UploadSizeLimit:
+    """ASGI middleware: refuse oversized upload requests with 413 before parsing them.
+
+    The body of an upload route is read into memory up to its limit (never to disk)
+    and then handed on; a larger ``Content-Length`` is refused without reading it.
+    """
+
+    def __init__(self, app, settings: ServingSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def limit_for(self, path: str) -> int | None:
+        files = {"/predict": 1, "/predict/batch": self.settings.max_batch_files}.get(path)
+        return None if files is None else files * self.settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+
+    async def _refuse(self, send, size: str) -> None:
+        body = json.dumps({
+            "detail": f"request body {size} is larger than this server accepts "
+                      f"({self.settings.max_upload_mb:g} MB per file, setting max_upload_mb)",
+            "field": None,
+        }).encode()  # fmt: skip
+        await send({
+            "type": "http.response.start", "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                        (b"content-length", str(len(body)).encode())],
+        })  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send) -> None:
+        limit = self.limit_for(scope["path"]) if scope["type"] == "http" else None
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, f"of {int(declared) / 1048576:.1f} MB")
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._refuse(send, f"over {limit / 1048576:.1f} MB")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    parts, field = [], None
+    for error in exc.errors():
+        loc = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "path")]
+        name = ".".join(loc) or "request"
+        field = field or (loc[0] if loc else None)
+        if error.get("type") == "missing":
+            hint = {"file": "one audio file", "files": "one or more audio files"}.get(name)
+            what = f"missing; send {hint} as multipart/form-data field '{name}'" if hint else "missing"
+            parts.append(f"{name}: {what}")
+        else:
+            parts.append(f"{name}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request", field
+
+
+def create_app(
+    predictor: Predictor | None = None,
+    *,
+    run_dir: str | os.PathLike[str] | None = None,
+    settings: ServingSettings | None = None,
+) -> FastAPI:
+    """The service for ``predictor`` (or the run at ``run_dir``, loaded at start-up)."""
+    if predictor is None and run_dir is None:
+        raise ValueError("create_app needs a predictor or a run_dir")
+    settings = settings or ServingSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        limit_blas_threads()
+        loaded = predictor or await run_in_threadpool(Predictor.load, run_dir)
+        await run_in_threadpool(loaded.warm_up, warm_batch_sizes(settings.max_batch_windows))
+        engine = InferenceEngine(loaded, settings.max_batch_windows).start()
+        app.state.service = Service(
+            loaded, engine, settings, model_info(loaded, settings), time.time()
+        )
+        try:
+            yield
+        finally:
+            engine.close()
+
+    app = FastAPI(
+        title="ser: speech emotion recognition",
+        description="Predict the emotion of speech clips with a trained `ser` run: upload "
+        "clips, or stream live audio over the `/stream` WebSocket. The page at `/` does both.",
+        version="1",
+        lifespan=lifespan,
+    )
+    app.add_middleware(UploadSizeLimit, settings=settings)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"], allow_headers=["*"],
+        )  # fmt: skip
+
+    def service(request: Request | WebSocket) -> Service:
+        return request.app.state.service
+
+    @app.exception_handler(UploadProblem)
+    async def _upload_problem(request: Request, exc: UploadProblem) -> JSONResponse:
+        return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail, field = _validation_message(exc)
+        return JSONResponse({"detail": detail, "field": field}, status_code=422)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+        return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP})
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/health", response_model=HealthOut, summary="liveness and model id")
+    async def health(request: Request) -> HealthOut:
+        svc = service(request)
+        return HealthOut(
+            status="ok",
+            model_id=svc.predictor.model_id,
+            uptime_seconds=round(time.time() - svc.started, 3),
+            inference_batches=svc.engine.stats.batches,
+            inference_windows=svc.engine.stats.windows,
+        )
+
+    @app.get("/model", response_model=ModelInfoOut, summary="labels, features, config, metrics")
+    async def model(request: Request) -> ModelInfoOut:
+        return service(request).info
+
+    @app.post(
+        "/predict", response_model=PredictionOut, responses=ERROR_RESPONSES,
+        summary="emotion of one clip",
+    )  # fmt: skip
+    async def predict(
+        request: Request,
+        file: UploadFile = File(
+            description="one clip: WAV, FLAC, OGG, MP3, AIFF (WebM/M4A when ffmpeg is installed)"
+        ),
+    ) -> PredictionOut:
+        return await service(request).predict_upload(file, "file")
+
+    @app.post(
+        "/predict/batch", response_model=BatchOut, responses=ERROR_RESPONSES,
+        summary="emotions of several clips; each file gets its own status",
+    )  # fmt: skip
+    async def predict_batch(
+        request: Request,
+        files: list[UploadFile] = File(description="one or more clips (repeat the field)"),
+    ) -> BatchOut:
+        svc = service(request)
+        if len(files) > svc.settings.max_batch_files:
+            raise UploadProblem(
+                422, "files", f"files: {len(files)} files sent; at most "
+                f"{svc.settings.max_batch_files} per request (setting max_batch_files)",
+            )
+        items = await asyncio.gather(*(svc.predict_batch_item(f) for f in files))
+        return BatchOut(model_id=svc.predictor.model_id, results=list(items))
+
+    @app.websocket("/stream")
+    async def stream(ws: WebSocket) -> None:
+        await service(ws).run_stream(ws)
+
+    return app

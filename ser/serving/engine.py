@@ -1,0 +1,112 @@
+"""One inference thread that batches whatever is waiting.
+
+Requests prepare their features in worker threads and hand the normalised
+windows to ``InferenceEngine``; its thread takes every job queued at that moment
+(up to ``max_batch_windows`` windows), pads them into one batch and runs the model
+once. A lone request runs at once (no added wait); under load the model call is
+shared: an LSTM step costs about the same for 8 rows as for 1. The model is only
+ever called from this thread, so concurrent requests cannot interleave inside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ser.inference import Predictor
+
+
+@dataclass
+class _Job:
+    inputs: list[np.ndarray]
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class EngineStats:
+    batches: int = 0
+    windows: int = 0
+    largest_batch: int = 0
+
+
+class InferenceEngine:
+    def __init__(self, predictor: Predictor, max_batch_windows: int = 32) -> None:
+        self.predictor = predictor
+        self.max_batch_windows = max_batch_windows
+        self.stats = EngineStats()
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> InferenceEngine:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ser-inference", daemon=True)
+                self._thread.start()
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+
+    def submit(self, inputs: list[np.ndarray]) -> Future:
+        """Normalised model inputs -> a future of their probabilities [len(inputs), C]."""
+        if self._thread is None:
+            raise RuntimeError("inference engine is not running")
+        job = _Job(list(inputs))
+        self._queue.put(job)
+        return job.future
+
+    async def predict(self, inputs: list[np.ndarray]) -> np.ndarray:
+        return await asyncio.wrap_future(self.submit(inputs))
+
+    def _take_batch(self, first: _Job) -> tuple[list[_Job], bool]:
+        jobs, count, stop = [first], len(first.inputs), False
+        while count < self.max_batch_windows:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                stop = True
+                break
+            jobs.append(job)
+            count += len(job.inputs)
+        return jobs, stop
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs, stop = self._take_batch(first)
+            # A client that went away cancels its future; skip its windows.
+            jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+            if jobs:
+                self._run_jobs(jobs)
+            if stop:
+                return
+
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        inputs = [x for job in jobs for x in job.inputs]
+        try:
+            probs = self.predictor.predict_normalised(inputs, batch_size=self.max_batch_windows)
+        except Exception as exc:  # handed to every waiting request
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        self.stats.batches += 1
+        self.stats.windows += len(inputs)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(inputs))
+        start = 0
+        for job in jobs:
+            job.future.set_result(probs[start : start + len(job.inputs)])
+            start += len(job.inputs)

@@ -1,0 +1,99 @@
+"""Pydantic models of the API's responses (they also make the OpenAPI docs at /docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Distribution = dict[str, float]
+
+
+class WindowOut(BaseModel):
+    start: float = Field(description="window start, seconds from the start of the clip")
+    end: float = Field(description="window end, seconds")
+    emotion: str
+    confidence: float = Field(description="probability of `emotion` in this window")
+    probabilities: Distribution
+
+
+class PredictionOut(BaseModel):
+    filename: str | None = Field(
+        None, description="the uploaded file's name as sent by the client (text only)"
+    )
+    emotion: str = Field(
+        description="the overall label: the top emotion of the clip's distribution"
+    )
+    confidence: float = Field(description="probability of `emotion`")
+    probabilities: Distribution = Field(
+        description="the clip's distribution over the model's labels; for a clip longer "
+        "than the window, the mean of its windows' distributions"
+    )
+    duration: float = Field(description="clip duration in seconds")
+    model_id: str = Field(description="run name and a hash of the model weights")
+    window_seconds: float = Field(description="the model's window (data.max_seconds)")
+    windowed: bool = Field(description="true when the clip was cut into sliding windows")
+    timeline: list[WindowOut] | None = Field(
+        None, description="one entry per sliding window (clips longer than the window only)"
+    )
+
+
+class BatchItemOut(BaseModel):
+    filename: str | None
+    status: int = Field(description="200, or the 4xx this file alone would have received")
+    prediction: PredictionOut | None = None
+    error: str | None = None
+
+
+class BatchOut(BaseModel):
+    model_id: str
+    results: list[BatchItemOut]
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+    model_id: str
+    uptime_seconds: float
+    inference_batches: int = Field(description="model calls since start-up")
+    inference_windows: int = Field(description="windows predicted since start-up")
+
+
+class ErrorOut(BaseModel):
+    detail: str = Field(description="what was wrong, naming the field or file")
+    field: str | None = Field(None, description="the request field at fault, if any")
+
+
+class InputOut(BaseModel):
+    mode: Literal["sequence", "pooled"]
+    dim: int = Field(description="feature values per frame (sequence) or per clip (pooled)")
+    max_frames: int = Field(description="frames per window (sequence models)")
+    sample_rate: int
+    hop_seconds: float = Field(description="seconds between feature frames")
+
+
+class StreamOut(BaseModel):
+    url: str = "/stream"
+    encoding: str = "pcm_s16le"
+    sample_rate: int = 16000
+    window_seconds: float
+    hop_seconds: float
+    vad_threshold_db: float
+    vad_min_voiced: float
+
+
+class ModelInfoOut(BaseModel):
+    model_id: str
+    run: str
+    model_type: str
+    parameters: int
+    labels: list[str]
+    window_seconds: float
+    input: InputOut
+    features: dict[str, Any] = Field(description="the run's features config")
+    config: dict[str, Any] = Field(description="summary of the run's config")
+    metrics: dict[str, Any] | None = Field(
+        None,
+        description="test metrics from training (summary.json) and, when the run was "
+        "evaluated, the evaluation's ranking (report.json)",
+    )
+    stream: StreamOut
