@@ -1,0 +1,77 @@
+"""A tiny trained run for the serving, predict, record and export tests.
+
+Trained once per test session per model type (one epoch on a generated EMO-DB-like
+corpus of 0.3 s tones) with ``data.max_seconds`` of 1 s, so that clips of a few
+seconds are cut into sliding windows.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from fakes import EMOTION_HZ, make_emodb
+
+from ser.config import load_config
+from ser.training import train
+
+ROOT = Path(__file__).resolve().parent.parent
+WINDOW_SECONDS = 1.0
+_RUNS: dict[str, Path] = {}
+
+
+def tiny_run(tmp_path_factory, model: str = "lstm") -> Path:
+    """The run directory of a one-epoch tiny ``model`` (lstm, cnn or dense)."""
+    if model not in _RUNS:
+        work = tmp_path_factory.mktemp(f"tiny-{model}")
+        make_emodb(work / "corpora")
+        values = {
+            "data.root": str(work / "corpora"),
+            "data.corpora": "[emodb]",
+            "data.max_seconds": str(WINDOW_SECONDS),
+            "features.extractors": "[mfcc]",
+            "features.mfcc.n_mfcc": "13",
+            "features.mode": "pooled" if model == "dense" else "sequence",
+            "features.workers": "1",
+            "features.cache_dir": str(work / "cache"),
+            "model.type": model,
+            "model.lstm.units": "[8]",
+            "model.lstm.dense_units": "[8]",
+            "model.cnn.filters": "[8]",
+            "model.cnn.dense_units": "[8]",
+            "model.dense.units": "[16]",
+            "train.epochs": "1",
+            "train.batch_size": "16",
+            "train.confusion_images": "false",
+            "train.run_name": f"tiny-{model}",
+            "train.checkpoints_dir": str(work / "checkpoints"),
+            "train.experiments_dir": str(work / "experiments"),
+        }
+        cfg = load_config(
+            ROOT / "configs" / "base.yaml", [f"{k}={v}" for k, v in values.items()], env={}
+        )
+        summary = train(cfg, log=lambda _line: None)
+        _RUNS[model] = Path(summary["run_dir"])
+    return _RUNS[model]
+
+
+def tone(seconds: float, hz: float = EMOTION_HZ["angry"], sr: int = 16000, seed: int = 0,
+         amplitude: float = 0.3) -> np.ndarray:
+    """float32 [samples]: a sine at ``hz`` with a little noise (like the training tones)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * sr))) / sr
+    wave = amplitude * np.sin(2 * np.pi * hz * t) + 0.05 * rng.standard_normal(t.shape)
+    return wave.astype(np.float32)
+
+
+def silence(seconds: float, sr: int = 16000) -> np.ndarray:
+    return np.zeros(int(round(seconds * sr)), np.float32)
+
+
+def encode(wave: np.ndarray, sr: int = 16000, format: str = "WAV", subtype: str | None = None) -> bytes:
+    """``wave`` as the bytes of an audio file in ``format`` (soundfile names)."""
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format=format, subtype=subtype)
+    return buf.getvalue()
