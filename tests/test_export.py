@@ -1,0 +1,76 @@
+"""``ser export``: SavedModel and TFLite give the Keras model's probabilities on a test clip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from fakes import EMOTION_HZ
+from tiny_run import tiny_run, tone
+
+from ser.cli import main
+from ser.export import export_run, load_exported
+from ser.inference import Predictor
+
+
+@pytest.fixture(scope="module", params=["lstm", "dense"])
+def predictor(request, tmp_path_factory) -> Predictor:
+    return Predictor.load(tiny_run(tmp_path_factory, request.param))
+
+
+def clip_inputs(predictor) -> list[np.ndarray]:
+    """Normalised inputs of real clips: one shorter than the window, one full window."""
+    short = predictor.prepare_clip(tone(0.6, EMOTION_HZ["happy"])).inputs
+    full = predictor.prepare_clip(tone(predictor.window_seconds, EMOTION_HZ["sad"])).inputs
+    return short + full
+
+
+@pytest.mark.parametrize("fmt", ["savedmodel", "tflite"])
+def test_exported_model_matches_keras_on_a_test_clip(predictor, tmp_path, fmt):
+    meta = export_run(predictor.run_dir, fmt, tmp_path / fmt, predictor=predictor)
+    exported = load_exported(tmp_path / fmt)
+    for x in clip_inputs(predictor):
+        keras_probs = np.asarray(predictor.model(x[None], training=False))[0]
+        np.testing.assert_allclose(exported.predict(x), keras_probs, atol=1e-5)
+    assert meta["parity_max_abs_diff"] < 1e-4
+    written = json.loads((tmp_path / fmt / "export.json").read_text())
+    assert written["model_id"] == predictor.model_id
+    assert written["output"]["labels"] == predictor.labels
+    for name in ("labels.json", "normaliser.json", "run.yaml", written["model_file"]):
+        assert (tmp_path / fmt / name).is_file(), name
+    d = predictor.input_dim
+    if fmt == "tflite":  # TFLite needs a static shape: one full window
+        expected = [1, predictor.max_frames, d] if predictor.sequence else [1, d]
+    else:
+        expected = [None, None, d] if predictor.sequence else [None, d]
+    assert written["input"]["shape"] == expected
+
+
+def test_tflite_refuses_inputs_longer_than_its_window(predictor, tmp_path):
+    if not predictor.sequence:
+        pytest.skip("pooled models take one vector per clip")
+    export_run(predictor.run_dir, "tflite", tmp_path / "t", predictor=predictor)
+    exported = load_exported(tmp_path / "t")
+    too_long = np.ones((predictor.max_frames + 1, predictor.input_dim), np.float32)
+    with pytest.raises(ValueError, match="at most"):
+        exported.predict(too_long)
+
+
+def test_cli_export_prints_the_result_and_refuses_to_overwrite(predictor, tmp_path, capsys):
+    out = tmp_path / "sm"
+    args = ["export", str(predictor.run_dir), "--format", "savedmodel", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert f"exported {predictor.model_id} as savedmodel to {out}" in printed
+    assert "max difference from Keras" in printed
+    assert main(args) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_cli_export_rejects_an_unknown_format(predictor, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["export", str(predictor.run_dir), "--format", "onnx"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'onnx'" in capsys.readouterr().err
