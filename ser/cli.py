@@ -39,6 +39,7 @@ COMMAND_MODULES = (
     "ser.commands.serve",
     "ser.commands.record",
     "ser.commands.export",
+    "ser.commands.evaluate",
 )
 
 

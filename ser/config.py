@@ -332,10 +332,11 @@ class SeedMLPGrid(Strict):
 
 class SeedMLPParams(Strict):
     """The upstream project's recipe, for reference: the utterance means of MFCC (40),
-    chroma (12) and mel (128) frames, 180 numbers, unscaled, into MLP(300) with its
-    settings. Uses these features instead of the run's."""
+    chroma (12) and mel (128) frames, 180 numbers, into MLP(300) with its settings.
+    Uses these features instead of the run's. Upstream fed power-mel means unscaled;
+    this project's mel is in dB, which an unscaled MLP cannot fit, hence ``scale``."""
 
-    scale: bool = False
+    scale: bool = True
     n_mfcc: int = Field(default=40, ge=1, le=128)
     n_chroma: int = Field(default=12, ge=1)
     n_mels: int = Field(default=128, ge=8, le=256)

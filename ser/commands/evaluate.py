@@ -1,0 +1,160 @@
+"""``ser evaluate``: score a run against scikit-learn baselines, on its own test split,
+on an unseen corpus (``--corpus``), or cross-validate configs by speaker (``--cv``)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from ser.cli import DEFAULT_CONFIG
+
+EXAMPLES = """examples:
+  python evaluate.py checkpoints/best                     report.md/json + plots in the run folder
+  python evaluate.py checkpoints/best --grid              baselines' grids searched on training speakers
+  python evaluate.py checkpoints/best --corpus emodb      cross-corpus: a corpus the run never saw
+  python evaluate.py checkpoints/best --data-root /new/place/of/corpora
+  python evaluate.py --cv --config configs/dense.yaml     speaker-grouped k-fold per corpus
+  python evaluate.py --cv -c configs/lstm.yaml -c configs/cnn.yaml -c configs/dense.yaml \\
+      --speaker-dependent --results docs/RESULTS.md      the table in docs/RESULTS.md
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a run against baselines, cross-corpus, or cross-validate configs",
+        description="Evaluate a trained run (UA, WA, macro-F1, per-class scores, confusion "
+        "matrix) against scikit-learn baselines on the same split and features, or run "
+        "speaker-grouped cross-validation (--cv).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "run_dir", nargs="?", metavar="RUN_DIR", help="a run directory, e.g. checkpoints/best"
+    )
+    p.add_argument(
+        "--config", "-c", action="append", default=[], metavar="YAML",
+        help="with RUN_DIR: use this file's evaluation section; with --cv: a config to "
+        f"cross-validate (repeatable; default {DEFAULT_CONFIG})",
+    )  # fmt: skip
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value (with RUN_DIR only evaluation.* keys), repeatable",
+    )  # fmt: skip
+    p.add_argument(
+        "--grid", action="store_true", help="search each baseline's grid (training speakers only)"
+    )
+    p.add_argument(
+        "--baselines", metavar="NAMES", help="comma-separated subset, e.g. svc,knn,seed_mlp"
+    )
+    p.add_argument("--no-baselines", action="store_true", help="score the Keras model only")
+    p.add_argument(
+        "--corpus", action="append", default=[], metavar="NAME",
+        help="cross-corpus: evaluate RUN_DIR on this corpus, which it was not trained on (repeatable)",
+    )  # fmt: skip
+    p.add_argument(
+        "--data-root", metavar="DIR",
+        help="folder holding the corpus folders, if they moved since training "
+        "(default: where training read them, else $SER_DATA_ROOT)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cv", action="store_true", help="speaker-grouped cross-validation (see evaluation.cv)"
+    )
+    p.add_argument("--no-keras", action="store_true", help="--cv: baselines only")
+    p.add_argument(
+        "--speaker-dependent", action="store_true",
+        help="--cv: also score baselines on random (SPEAKER-DEPENDENT) splits, for the gap",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", metavar="DIR", help="--cv: output folder (default checkpoints/cv/<name>-<time>)"
+    )
+    p.add_argument(
+        "--resume", metavar="CV_DIR", help="--cv: continue an interrupted cross-validation"
+    )
+    p.add_argument(
+        "--results",
+        metavar="MARKDOWN",
+        help="--cv: also write the results page, e.g. docs/RESULTS.md",
+    )
+    p.set_defaults(func=run)
+
+
+def _shortcuts(args: argparse.Namespace) -> list[str]:
+    extra = []
+    if args.grid:
+        extra.append("evaluation.grid=true")
+    if args.baselines:
+        names = [n.strip() for n in args.baselines.split(",") if n.strip()]
+        extra.append(f"evaluation.baselines=[{', '.join(names)}]")
+    return extra
+
+
+def _cross_validate(args: argparse.Namespace) -> int:
+    from ser.config import load_config
+    from ser.crossval import cross_validate
+    from ser.inference import check_run_dir
+    from ser.reports import render_results_markdown
+
+    overrides = list(args.overrides) + _shortcuts(args)
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.run_dir:
+        if args.config:
+            raise RuntimeError("--cv takes either RUN_DIR (its config) or --config, not both")
+        cfgs = [load_config(check_run_dir(args.run_dir) / "run.yaml", overrides)]
+    else:
+        cfgs = [load_config(path, overrides) for path in (args.config or [DEFAULT_CONFIG])]
+    result = cross_validate(
+        cfgs,
+        keras=not args.no_keras,
+        baselines=not args.no_baselines,
+        speaker_dependent=True if args.speaker_dependent else None,
+        out_dir=args.resume or args.out,
+        resume=bool(args.resume),
+    )
+    if args.results:
+        command = (
+            shlex.join(["python", "evaluate.py", *sys.argv[1:]])
+            if sys.argv[0].endswith("evaluate.py")
+            else shlex.join(["ser", *sys.argv[1:]])
+        )
+        path = Path(args.results)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_results_markdown(result, command), encoding="utf-8")
+        print(f"results: {path}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from ser.data.splits import SplitError
+    from ser.evaluation import evaluate_cross_corpus, evaluate_run
+
+    try:
+        if args.cv:
+            return _cross_validate(args)
+        if not args.run_dir:
+            raise RuntimeError(
+                "pass a run directory (e.g. checkpoints/best), or --cv to cross-validate configs"
+            )
+        if len(args.config) > 1:
+            raise RuntimeError("with RUN_DIR, --config names one file (its evaluation section)")
+        for flag, given in (("--no-keras", args.no_keras), ("--speaker-dependent", args.speaker_dependent),
+                            ("--out", args.out), ("--resume", args.resume), ("--results", args.results)):  # fmt: skip
+            if given:
+                raise RuntimeError(f"{flag} only applies with --cv")
+        common = {
+            "config": args.config[0] if args.config else None,
+            "overrides": list(args.overrides) + _shortcuts(args),
+            "data_root": args.data_root,
+            "baselines": not args.no_baselines,
+        }
+        if args.corpus:
+            for corpus in args.corpus:
+                evaluate_cross_corpus(args.run_dir, corpus, **common)
+        else:
+            evaluate_run(args.run_dir, **common)
+    except SplitError as exc:
+        raise RuntimeError(str(exc)) from None
+    return 0

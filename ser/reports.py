@@ -1,0 +1,693 @@
+"""Reports: evaluation dicts -> terminal table, Markdown, JSON, PNG plots, TensorBoard.
+
+Nothing here computes a score; every number comes from the report dict built by
+``ser.evaluation`` (one run) or ``ser.crossval`` (folds). Plots use matplotlib's
+object API (no pyplot state), so reports can be written from any thread or test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ser.config import Config
+
+UA_WA_NOTE = (
+    "UA = unweighted accuracy (balanced accuracy: mean of per-class recalls); "
+    "WA = weighted accuracy (plain accuracy over utterances)."
+)
+RANKING_NOTE = (
+    "Ranked on the test split for reporting only: nothing was selected on it (the Keras "
+    "checkpoint was chosen on validation UA; baseline hyper-parameters are fixed in the "
+    "config or searched on training speakers only)."
+)
+SPEAKER_DEPENDENT_WARNING = (
+    "SPEAKER-DEPENDENT split: the test speakers were also heard in training, so these "
+    "numbers overstate how the model does on new voices."
+)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def _seconds(x: float | None) -> str:
+    return "" if x is None else f"{x:.1f}"
+
+
+def _names(results: Sequence[dict[str, Any]]) -> list[str]:
+    return [m["name"] + (" (this run)" if m["kind"] == "keras" else "") for m in results]
+
+
+def kind_of(protocol: dict[str, Any]) -> str:
+    if protocol.get("method") == "cross-corpus":
+        return "cross-corpus (unseen corpus)"
+    return "speaker-independent" if protocol["speaker_independent"] else "SPEAKER-DEPENDENT"
+
+
+# ------------------------------------------------------------------ terminal
+def format_table(report: dict[str, Any]) -> str:
+    """The ranking as a fixed-width text table, with the protocol above it."""
+    models = {m["name"]: m for m in report["models"]}
+    protocol = report["protocol"]
+    lines = [f"evaluation of {report['run']}: {kind_of(protocol)}", f"protocol: {protocol['line']}"]
+    if not protocol["speaker_independent"]:
+        lines.append(f"WARNING: {SPEAKER_DEPENDENT_WARNING}")
+    n = report["examples"].get("test")
+    lines.append(f"test: {n} utterances, {len(protocol['test_speakers'])} speakers")
+    width = max(len(name) for name in _names(report["models"])) + 2
+    lines.append(f"{'rank':>4}  {'model':<{width}}{'UA %':>7}{'WA %':>7}{'F1 %':>7}{'fit s':>8}")
+    for row in report["ranking"]:
+        m = models[row["name"]]
+        label = _names([m])[0]
+        lines.append(
+            f"{row['rank']:>4}  {label:<{width}}{_pct(m['ua']):>7}{_pct(m['wa']):>7}"
+            f"{_pct(m['macro_f1']):>7}{_seconds(m['fit_seconds']):>8}"
+        )
+    lines.append(UA_WA_NOTE)
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ markdown
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _speaker_list(speakers: Sequence[str]) -> str:
+    return ", ".join(speakers) if speakers else "none"
+
+
+def render_markdown(report: dict[str, Any], images: Sequence[str] = ()) -> str:
+    """``report.md``: protocol, ranking, per-corpus and per-class tables, plots."""
+    protocol = report["protocol"]
+    models = report["models"]
+    keras = next(m for m in models if m["kind"] == "keras")
+    by_name = {m["name"]: m for m in models}
+    title = "Cross-corpus evaluation" if report["kind"] == "cross-corpus" else "Evaluation"
+    out = [f"# {title}: {report['run']}", ""]
+    if not protocol["speaker_independent"]:
+        out += [f"> **{SPEAKER_DEPENDENT_WARNING}**", ""]
+    out += [f"**Protocol ({kind_of(protocol)}):** {protocol['line']}", ""]
+    val_note = (
+        f" + {protocol['val_utterances_from_train_speakers']} validation utterances of "
+        "training speakers (corpus too small for a validation speaker)"
+        if protocol.get("val_utterances_from_train_speakers")
+        else ""
+    )
+    out += [
+        (
+            f"- train speakers ({len(protocol['train_speakers'])}): "
+            f"{_speaker_list(protocol['train_speakers'])}"
+        ),
+        (
+            f"- validation speakers ({len(protocol['val_speakers'])}): "
+            f"{_speaker_list(protocol['val_speakers'])}{val_note}"
+        ),
+        (
+            f"- test speakers ({len(protocol['test_speakers'])}): "
+            f"{_speaker_list(protocol['test_speakers'])}"
+        ),
+        "- examples: "
+        + ", ".join(f"{k} {v}" for k, v in report["examples"].items())
+        + " (test by corpus: "
+        + ", ".join(f"{k} {v}" for k, v in report["test_by_corpus"].items())
+        + ")",
+        f"- classes ({len(report['labels'])}): {', '.join(report['labels'])}",
+    ]
+    model = report["model"]
+    if model.get("best_epoch") is not None and model.get("best_value") is not None:
+        out.append(
+            f"- checkpoint: epoch {model['best_epoch']}, chosen on {model['monitor']} "
+            f"({model['best_value']:.4f}) of the validation split"
+        )
+    out += [
+        f"- data: {report['data']}",
+        (
+            f"- evaluated {report['created']}; commit {report['commit']['evaluation'][:12]} "
+            f"(trained at {report['commit']['training'][:12]})"
+        ),
+        "",
+        "## Ranking on the test split",
+        "",
+    ]
+    out += _table(
+        ["rank", "model", "UA %", "WA %", "macro-F1 %", "fit s", "features"],
+        [
+            [
+                row["rank"],
+                _names([by_name[row["name"]]])[0],
+                _pct(row["ua"]),
+                _pct(row["wa"]),
+                _pct(row["macro_f1"]),
+                _seconds(by_name[row["name"]]["fit_seconds"]),
+                by_name[row["name"]]["features"],
+            ]
+            for row in report["ranking"]
+        ],
+    )
+    out += ["", UA_WA_NOTE + " " + RANKING_NOTE, ""]
+    corpora = sorted(report["test_by_corpus"])
+    if len(corpora) > 1:
+        out += ["## Per corpus (test split)", ""]
+        out += _table(
+            ["model"] + [f"{c} UA % / WA %" for c in corpora],
+            [
+                [_names([m])[0]]
+                + [
+                    f"{_pct(m['per_corpus'][c]['ua'])} / {_pct(m['per_corpus'][c]['wa'])}"
+                    if c in m["per_corpus"]
+                    else ""
+                    for c in corpora
+                ]
+                for m in models
+            ],
+        )
+        out.append("")
+    out += [f"## Per class: {_names([keras])[0]}", ""]
+    out += _table(
+        ["class", "precision %", "recall %", "F1 %", "support"],
+        [
+            [label, _pct(c["precision"]), _pct(c["recall"]), _pct(c["f1"]), c["support"]]
+            for label, c in keras["per_class"].items()
+        ],
+    )
+    if len(models) > 1:
+        out += ["", "## Recall per class, every model (%)", ""]
+        out += _table(
+            ["class"] + _names(models),
+            [
+                [label] + [_pct(m["per_class"][label]["recall"]) for m in models]
+                for label in report["labels"]
+            ],
+        )
+    out += [
+        "",
+        f"## Confusion matrix: {_names([keras])[0]}",
+        "",
+        "Rows: true class; columns: predicted.",
+        "",
+    ]
+    out += _table(
+        ["true \\ predicted"] + report["labels"],
+        [[label] + row for label, row in zip(report["labels"], keras["confusion"], strict=True)],
+    )
+    if images:
+        out += ["", "## Plots", ""]
+        out += [f"![{Path(name).stem}]({name})" for name in images]
+    baselines = [m for m in models if m["kind"] == "baseline"]
+    if baselines:
+        out += ["", "## Baseline settings", ""]
+        out += _table(
+            ["baseline", "parameters", "grid search (training speakers only)"],
+            [
+                [
+                    m["title"],
+                    ", ".join(f"{k}={v}" for k, v in m["params"].items()),
+                    (
+                        f"best {m['grid']['best']}, cv UA {_pct(m['grid']['best_cv_ua'])} "
+                        f"({m['grid']['folds']})"
+                    )
+                    if m["grid"]
+                    else "no",
+                ]
+                for m in baselines
+            ],
+        )
+        out += ["", "Baselines are not saved (no pickles); rerun the evaluation to refit them."]
+    notes = [f"{m['name']}: {n}" for m in models for n in m["notes"]]
+    if notes:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------- plots
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def confusion_figure(confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str):
+    """Row-normalised confusion matrix (recall on the diagonal), counts in the cells."""
+    cm = np.asarray(confusion, np.float64)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = 1.6 + 0.55 * len(labels)
+    fig = _figure(size + 1.2, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(norm, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j]:.2f}\n({int(cm[i, j])})",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if norm[i, j] < 0.6 else "black",
+            )
+    fig.colorbar(image, ax=ax, label="fraction of the true class")
+    return fig
+
+
+def recall_figure(models: Sequence[dict[str, Any]], labels: Sequence[str], title: str):
+    """Grouped bars: recall of every class for every model."""
+    fig = _figure(max(7.0, 0.9 * len(labels) + 3.5), 4.0)
+    ax = fig.add_subplot()
+    width = 0.8 / len(models)
+    x = np.arange(len(labels))
+    for k, m in enumerate(models):
+        values = [m["per_class"][label]["recall"] or 0.0 for label in labels]
+        ax.bar(x + (k - (len(models) - 1) / 2) * width, values, width, label=_names([m])[0])
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("recall")
+    ax.set_title(title, fontsize=9)
+    fig.legend(loc="outside right upper", fontsize=7)
+    return fig
+
+
+def read_history(path: Path) -> dict[str, list[float]]:
+    """Columns of a Keras ``history.csv`` (empty when missing or empty)."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return {}
+    return {key: [float(r[key]) for r in rows if r.get(key) not in (None, "")] for key in rows[0]}
+
+
+def curves_figure(history: dict[str, list[float]], best_epoch: int | None, title: str):
+    """Loss and accuracy / validation UA per epoch, best epoch marked."""
+    epochs = [e + 1 for e in history.get("epoch", range(len(next(iter(history.values())))))]
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(9, 3.5)
+    left, right = fig.subplots(1, 2)
+    for key in ("loss", "val_loss"):
+        if key in history:
+            left.plot(epochs[: len(history[key])], history[key], label=key)
+    for key in ("accuracy", "val_accuracy", "val_ua"):
+        if key in history:
+            right.plot(epochs[: len(history[key])], history[key], label=key)
+    for ax, name in ((left, "loss"), (right, "accuracy / UA")):
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(name)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def _save(fig, path: Path) -> str:
+    fig.savefig(path)
+    return path.name
+
+
+def write_plots(report: dict[str, Any], out_dir: Path, history: Path | None = None) -> list[str]:
+    """PNG files in ``out_dir``; returns their names."""
+    models = report["models"]
+    keras = next(m for m in models if m["kind"] == "keras")
+    kind = kind_of(report["protocol"])
+    names = [
+        _save(
+            confusion_figure(
+                keras["confusion"],
+                report["labels"],
+                f"{report['run']}: {keras['name']}, test split ({kind}), rows normalised",
+            ),
+            out_dir / "confusion.png",
+        ),
+        _save(
+            recall_figure(models, report["labels"], f"recall per class, test split ({kind})"),
+            out_dir / "per_class_recall.png",
+        ),
+    ]
+    curves = read_history(history) if history is not None else {}
+    if curves:
+        title = f"{report['run']}: training curves (history.csv)"
+        names.append(
+            _save(
+                curves_figure(curves, report["model"].get("best_epoch"), title),
+                out_dir / "training_curves.png",
+            )
+        )
+    return names
+
+
+def write_predictions(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_report(
+    report: dict[str, Any],
+    out_dir: Path,
+    *,
+    history: Path | None = None,
+    plots: bool = True,
+    predictions: tuple[Sequence[str], Sequence[Sequence[Any]]] | None = None,
+) -> dict[str, Any]:
+    """``report.md``, ``report.json``, PNG plots and ``predictions.csv`` in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images = write_plots(report, out_dir, history) if plots else []
+    files: dict[str, Any] = {"markdown": "report.md", "json": "report.json", "plots": images}
+    if predictions is not None:
+        write_predictions(out_dir / "predictions.csv", *predictions)
+        files["predictions"] = "predictions.csv"
+    report["files"] = files
+    (out_dir / "report.md").write_text(render_markdown(report, images), encoding="utf-8")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return files
+
+
+# --------------------------------------------------------------- TensorBoard
+def _figure_pixels(fig) -> np.ndarray:
+    """uint8 [H, W, 3] rendering of a matplotlib figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def hparams_of(cfg: Config) -> dict[str, Any]:
+    """Flat scalar hyper-parameters of a run for TensorBoard's HParams table."""
+    params = {
+        "model": cfg.model.type,
+        "corpora": "+".join(cfg.data.corpora),
+        "features": "+".join(cfg.features.extractors),
+        "feature_mode": cfg.features.mode,
+        "split": cfg.split.method,
+        "epochs": cfg.train.epochs,
+        "batch_size": cfg.train.batch_size,
+        "learning_rate": cfg.train.learning_rate,
+        "optimizer": cfg.train.optimizer,
+        "seed": cfg.seed,
+    }
+    for key, value in cfg.model.params.model_dump().items():
+        params[f"{cfg.model.type}.{key}"] = (
+            ",".join(map(str, value)) if isinstance(value, list) else value
+        )
+    return params
+
+
+def write_tensorboard(report: dict[str, Any], log_dir: Path, cfg: Config) -> None:
+    """Evaluation scalars, the confusion image and the run's hparams under ``log_dir``.
+
+    Tags: ``evaluation/test_ua``, ``test_wa``, ``test_macro_f1`` (the Keras model),
+    ``baselines/<name>_ua`` and ``_wa``; with ``tensorboard --logdir experiments`` the
+    HParams tab then lists every evaluated run side by side.
+    """
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api as hp
+
+    keras = next(m for m in report["models"] if m["kind"] == "keras")
+    writer = tf.summary.create_file_writer(str(log_dir))
+    with writer.as_default(step=0):
+        hp.hparams(hparams_of(cfg), trial_id=report["run"])
+        for key in ("ua", "wa", "macro_f1"):
+            tf.summary.scalar(f"evaluation/test_{key}", keras[key])
+        for m in report["models"]:
+            if m["kind"] == "baseline":
+                tf.summary.scalar(f"baselines/{m['name']}_ua", m["ua"])
+                tf.summary.scalar(f"baselines/{m['name']}_wa", m["wa"])
+        pixels = _figure_pixels(
+            confusion_figure(keras["confusion"], report["labels"], f"{report['run']} test")
+        )
+        tf.summary.image("evaluation/test_confusion", pixels[None])
+        tf.summary.text("evaluation/protocol", report["protocol"]["line"])
+    writer.flush()
+    writer.close()
+
+
+# ------------------------------------------------------------ cross-validation
+def _mean_std(summary: dict[str, Any]) -> str:
+    if not summary or not summary.get("n"):
+        return "n/a"
+    return f"{100 * summary['mean']:.1f} ± {100 * summary['std']:.1f}"
+
+
+def cv_rows(groups: Sequence[dict[str, Any]]) -> list[list[Any]]:
+    """One table row per (corpus, model, protocol) summary of ``ser.crossval``."""
+    rows = []
+    for g in groups:
+        rows.append(
+            [
+                g["corpus"],
+                g["model"],
+                g["protocol"],
+                g["folds"],
+                _mean_std(g["ua"]),
+                _mean_std(g["wa"]),
+                _mean_std(g["macro_f1"]),
+                _seconds(g["fit_seconds"]["mean"]) if g["fit_seconds"].get("n") else "",
+            ]
+        )
+    return rows
+
+
+CV_HEADER = [
+    "corpus",
+    "model",
+    "protocol",
+    "folds",
+    "UA % (mean ± std)",
+    "WA % (mean ± std)",
+    "macro-F1 %",
+    "fit s / fold",
+]
+
+
+def format_cv_table(groups: Sequence[dict[str, Any]]) -> str:
+    rows = [CV_HEADER] + [[str(c) for c in row] for row in cv_rows(groups)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(CV_HEADER))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(lines + [UA_WA_NOTE])
+
+
+def render_cv_markdown(result: dict[str, Any], title: str = "Cross-validation") -> str:
+    """Markdown for ``ser.crossval.cross_validate``'s result: summary and per-fold tables."""
+    out = [f"# {title}", ""]
+    out += [f"- {line}" for line in result["protocol_notes"]]
+    out += [
+        (
+            f"- date {result['created']}; commit {result['commit']}; "
+            f"{result['machine']}; total {result['seconds'] / 60:.0f} min"
+        ),
+        "",
+        "## Summary",
+        "",
+    ]
+    out += _table(CV_HEADER, cv_rows(result["groups"]))
+    out += ["", UA_WA_NOTE + " Std is the sample standard deviation across folds.", ""]
+    out += ["## Per fold", ""]
+    out += _table(
+        [
+            "corpus",
+            "model",
+            "protocol",
+            "fold",
+            "test speakers",
+            "test n",
+            "UA %",
+            "WA %",
+            "fit s",
+            "best epoch",
+        ],
+        [
+            [
+                f["corpus"],
+                f["model"],
+                f["protocol"],
+                f["fold"],
+                ", ".join(f["test_speakers"]),
+                f["n"],
+                _pct(f["ua"]),
+                _pct(f["wa"]),
+                _seconds(f.get("fit_seconds")),
+                f.get("best_epoch") or "",
+            ]
+            for f in result["folds"]
+        ],
+    )
+    return "\n".join(out) + "\n"
+
+
+# ----------------------------------------------------------------- RESULTS.md
+PROTOCOL_TEXT = [
+    (
+        "Each corpus is cross-validated on its own: the model never hears a test speaker. "
+        "Folds are drawn by `ser.data.splits` (speakers round-robin within gender groups, "
+        "seeded); a corpus with fewer speakers than folds (TESS, 2 speakers) is "
+        "cross-validated leave-one-speaker-out."
+    ),
+    (
+        "In each fold, validation speakers come from the training side only (for TESS, whose "
+        "one training speaker cannot spare a validation speaker, a stratified sample of that "
+        "speaker's utterances) and select the Keras checkpoint by validation UA. "
+        "Normalisation statistics come from the training speakers only."
+    ),
+    (
+        "Baselines fit on the same training rows, with the hyper-parameters fixed in "
+        "`configs/base.yaml` (`evaluation:`), on pooled statistics (mean and std over frames) "
+        "of the same cached frame features as the Keras config they are listed with; the seed "
+        "recipe uses its own 180 utterance means (MFCC 40, chroma 12, mel 128). Nothing is "
+        "selected on a test fold."
+    ),
+    (
+        "Rows marked SPEAKER-DEPENDENT are random stratified splits of the same corpus "
+        "(baselines only), shown to measure the gap: their test speakers were heard in training."
+    ),
+]
+
+
+def _corpus_title(corpus: str, groups: Sequence[dict[str, Any]]) -> str:
+    classes = next((g["classes"] for g in groups if g.get("classes")), [])
+    speakers = max((g.get("speakers", 0) for g in groups if g["speaker_independent"]), default=0)
+    names = {"ravdess": "RAVDESS", "tess": "TESS", "emodb": "EMO-DB"}
+    title = "+".join(names.get(c, c) for c in corpus.split("+"))
+    return f"{title}: {len(classes)} classes ({', '.join(classes)}), {speakers} speakers"
+
+
+def render_results_markdown(result: dict[str, Any], command: str) -> str:
+    """``docs/RESULTS.md`` from a ``cross_validate`` result (every number from it)."""
+    out = [
+        "# Results: speaker-independent cross-validation",
+        "",
+        "Every number on this page comes from one run of:",
+        "",
+        "```bash",
+        command,
+        "```",
+        "",
+        f"Generated {result['created']}, commit `{result['commit'][:12]}`, "
+        f"{result['machine']}, {result['seconds'] / 3600:.1f} h in total. "
+        + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if k != "git_commit"),
+        "",
+        "## Protocol",
+        "",
+    ]
+    out += [f"- {line}" for line in PROTOCOL_TEXT + result["protocol_notes"]]
+    keras_cfgs = {label: cfg for label, cfg in result["configs"].items()}
+    for label, cfg in keras_cfgs.items():
+        t = cfg["train"]
+        out.append(
+            f"- `{label}`: model {cfg['model']['type']}, features "
+            f"{'+'.join(cfg['features']['extractors'])} ({cfg['features']['mode']}), "
+            f"up to {t['epochs']} epochs (early stopping patience "
+            f"{t['early_stopping']['patience'] if t['early_stopping']['enabled'] else 'off'}), "
+            f"batch {t['batch_size']}, learning rate {t['learning_rate']}, seed {cfg['seed']}"
+        )
+    out += [
+        "- " + UA_WA_NOTE + " Mean ± sample standard deviation across folds; "
+        "fit s / fold: wall-clock seconds of `model.fit` (Keras, including validation "
+        "each epoch) or of the scikit-learn fit, per fold, on the machine above.",
+        "",
+    ]
+    groups = result["groups"]
+    for corpus in sorted({g["corpus"] for g in groups}):
+        here = [g for g in groups if g["corpus"] == corpus]
+        out += [f"## {_corpus_title(corpus, here)}", ""]
+        out += _table(
+            [
+                "model",
+                "protocol",
+                "folds",
+                "UA % (mean ± std)",
+                "WA % (mean ± std)",
+                "macro-F1 %",
+                "fit s / fold",
+            ],
+            [row[1:] for row in cv_rows(here)],
+        )
+        out.append("")
+    seed = [g for g in groups if g["model"].startswith("seed_mlp")]
+    if any(not g["speaker_independent"] for g in seed):
+        out += ["## The speaker-dependent gap: the seed recipe", ""]
+        rows = []
+        for corpus in sorted({g["corpus"] for g in seed}):
+            dep = next(
+                (g for g in seed if g["corpus"] == corpus and not g["speaker_independent"]), None
+            )
+            ind = next(
+                (g for g in seed if g["corpus"] == corpus and g["speaker_independent"]), None
+            )
+            if dep and ind:
+                rows.append(
+                    [
+                        corpus,
+                        _mean_std(dep["ua"]),
+                        _mean_std(ind["ua"]),
+                        f"{100 * (dep['ua']['mean'] - ind['ua']['mean']):.1f}",
+                    ]
+                )
+        out += _table(
+            [
+                "corpus",
+                "UA %, random split (SPEAKER-DEPENDENT)",
+                "UA %, unseen speakers",
+                "gap (points)",
+            ],
+            rows,
+        )
+        out += [
+            "",
+            (
+                "For comparison, the issue that asked for this page measured the upstream code's "
+                "recipe on these corpora at 59 % UA (random split) vs 37.5 % (unseen actors) on "
+                "RAVDESS and 99.7 % vs 30 % on TESS. The seed recipe here re-implements that "
+                "recipe with this project's extractors (log-mel in dB, 16 kHz audio), so the "
+                "numbers differ a little; the gap is the point."
+            ),
+            "",
+        ]
+    out += ["## Per fold", ""]
+    out += _table(
+        [
+            "corpus",
+            "model",
+            "protocol",
+            "fold",
+            "test speakers",
+            "test n",
+            "UA %",
+            "WA %",
+            "fit s",
+            "best epoch",
+        ],
+        [
+            [
+                f["corpus"],
+                f["model"],
+                f["protocol"],
+                f["fold"],
+                ", ".join(f["test_speakers"]),
+                f["n"],
+                _pct(f["ua"]),
+                _pct(f["wa"]),
+                _seconds(f.get("fit_seconds")),
+                f.get("best_epoch") or "",
+            ]
+            for f in result["folds"]
+        ],
+    )
+    return "\n".join(out) + "\n"
