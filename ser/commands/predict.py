@@ -84,7 +84,7 @@ def format_table(results: list[dict[str, Any]], timeline: bool = False) -> str:
         if timeline:
             for w in r.get("timeline") or []:
                 lines.append(
-                    f"{'':<{width}}    {w['start']:6.2f}-{w['end']:6.2f} s  {w['emotion']:<9} "
+                    f"{'':<{width}}    {w['start']:6.2f}-{w['end']:.2f} s  {w['emotion']:<9} "
                     f"{w['confidence']:.2f}"
                 )
     return "\n".join(lines)

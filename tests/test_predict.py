@@ -1,0 +1,174 @@
+"""``ser predict`` on files and folders, and ``ser record`` with and without a microphone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from fakes import EMOTION_HZ
+from tiny_run import ROOT, encode, tiny_run, tone
+
+from ser.cli import main
+from ser.inference import Predictor
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return tiny_run(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("clips")
+    sf.write(folder / "angry.wav", tone(0.8, EMOTION_HZ["angry"]), 16000)
+    (folder / "nested").mkdir()
+    sf.write(folder / "nested" / "sad.flac", tone(0.6, EMOTION_HZ["sad"]), 16000)
+    sf.write(folder / "nested" / "long.ogg", tone(3.0, EMOTION_HZ["happy"]), 16000)
+    (folder / "nested" / "notes.txt").write_text("not audio, and not an audio suffix")
+    return folder
+
+
+def test_predict_folder_prints_a_table(run_dir, clips, capsys):
+    assert main(["predict", str(clips), "--run", str(run_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("model tiny-lstm@")
+    assert out[1].split() == ["file", "emotion", "conf", "seconds", "top", "3"]
+    rows = out[2:]
+    assert len(rows) == 3  # notes.txt has no audio suffix: not collected
+    assert [Path(r.split()[0]).name for r in rows] == ["angry.wav", "long.ogg", "sad.flac"]
+    labels = Predictor.load(run_dir).labels
+    for row in rows:
+        assert row.split()[1] in labels
+    assert "windows)" in rows[1]  # the 3 s clip was cut into windows
+
+
+def test_predict_json_matches_the_library(run_dir, clips, capsys):
+    target = clips / "angry.wav"
+    assert main(["predict", str(target), "--run", str(run_dir), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (result,) = doc["results"]
+    expected = Predictor.load(run_dir).predict_file(target)
+    assert result["path"] == str(target) and result["emotion"] == expected["emotion"]
+    assert doc["model_id"] == expected["model_id"]
+    for label, p in expected["probabilities"].items():
+        assert result["probabilities"][label] == pytest.approx(p, abs=1e-5)
+
+
+def test_predict_timeline_lists_each_window(run_dir, clips, capsys):
+    assert main(["predict", str(clips / "nested" / "long.ogg"), "--run", str(run_dir), "--timeline"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    windows = [line for line in lines if " s  " in line and "-" in line]
+    assert len(windows) == 5  # 3 s, 1 s window, half-window hop
+    assert windows[-1].split()[0].endswith("3.00")
+
+
+def test_bad_files_are_named_and_the_rest_predicted(run_dir, clips, tmp_path, capsys):
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF....WAVEfmt not really")
+    missing = tmp_path / "nowhere.wav"
+    code = main(["predict", str(clips / "angry.wav"), str(bad), str(missing), "--run", str(run_dir)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "broken.wav" in captured.out and "not readable as audio" in captured.out
+    assert f"{missing}: no such file or folder" in captured.out
+    assert "angry.wav" in captured.out
+    assert "2 of 3 path(s) could not be predicted" in captured.err
+
+
+def test_nothing_to_predict_exits_2(run_dir, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(empty), "--run", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "folder holds no audio files" in err and "no audio files to predict" in err
+
+
+def test_bad_run_directory_exits_2_with_a_message(clips, tmp_path, capsys):
+    assert main(["predict", str(clips), "--run", str(tmp_path)]) == 2
+    assert "not a run directory (missing run.yaml" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------- record
+def fake_sounddevice(inputs: int, wave: np.ndarray | None = None, rate: int = 44100):
+    """A stand-in for the sounddevice module: ``inputs`` input devices at ``rate``."""
+    calls = {}
+
+    def query_devices(device=None, kind=None):
+        devices = [{"name": f"mic {i}", "max_input_channels": 1, "default_samplerate": float(rate)}
+                   for i in range(inputs)] + [{"name": "speaker", "max_input_channels": 0}]
+        if kind == "input":
+            return devices[0 if device is None else int(device)]
+        return devices
+
+    def rec(frames, samplerate, channels, dtype, device):
+        calls.update(frames=frames, samplerate=samplerate, channels=channels, device=device)
+        return wave[:frames, None]
+
+    module = types.SimpleNamespace(query_devices=query_devices, rec=rec, wait=lambda: None)
+    return module, calls
+
+
+def test_record_without_sounddevice_says_how_to_get_it(run_dir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import fails
+    assert main(["record", "--seconds", "1", "--run", str(run_dir)]) == 2
+    assert "pip install 'ser[record]'" in capsys.readouterr().err
+
+
+def test_record_without_an_input_device_says_so(run_dir, monkeypatch, capsys):
+    module, _ = fake_sounddevice(inputs=0)
+    monkeypatch.setitem(sys.modules, "sounddevice", module)
+    assert main(["record", "--seconds", "1", "--run", str(run_dir)]) == 2
+    assert "no microphone: no audio input device found" in capsys.readouterr().err
+
+
+def test_record_predicts_what_the_microphone_heard(run_dir, monkeypatch, tmp_path, capsys):
+    heard = tone(2.0, EMOTION_HZ["angry"], sr=44100)
+    module, calls = fake_sounddevice(inputs=1, wave=heard)
+    monkeypatch.setitem(sys.modules, "sounddevice", module)
+    saved = tmp_path / "take.wav"
+    code = main(["record", "--seconds", "1.5", "--run", str(run_dir), "--save", str(saved), "--json"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert calls == {"frames": 66150, "samplerate": 44100, "channels": 1, "device": None}
+    result = json.loads(out[out.index("{"):])
+    assert result["duration"] == pytest.approx(1.5) and result["path"] == str(saved)
+    assert sf.info(str(saved)).samplerate == 44100
+    expected = Predictor.load(run_dir).predict_file(saved)
+    assert result["emotion"] == expected["emotion"]
+
+
+def test_record_on_this_machine_records_or_explains(run_dir):
+    """The real command, whatever this machine has: a recording, or a clear reason."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "ser.cli", "record", "--seconds", "0.5", "--run", str(run_dir)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    if proc.returncode == 0:
+        assert "recording 0.5 s" in proc.stdout
+    else:
+        assert proc.returncode == 2, proc.stderr
+        reasons = ("pip install 'ser[record]'", "PortAudio library", "no microphone")
+        assert any(reason in proc.stderr for reason in reasons), proc.stderr
+
+
+def test_predict_reads_browser_webm_when_ffmpeg_is_there(run_dir, tmp_path, capsys):
+    from ser.serving.uploads import ffmpeg_available
+
+    if not ffmpeg_available():
+        pytest.skip("ffmpeg not installed")
+    webm = tmp_path / "rec.webm"
+    webm.write_bytes(subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-i", "pipe:0", "-c:a", "libopus", "-f", "webm", "pipe:1"],
+        input=encode(tone(1.0)), capture_output=True, check=True,
+    ).stdout)  # fmt: skip
+    assert main(["predict", str(webm), "--run", str(run_dir), "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["duration"] == pytest.approx(1.0, abs=0.05)
