@@ -51,17 +51,20 @@ def input_devices(sd) -> list[dict]:
     return [dict(d, index=i) for i, d in enumerate(devices) if d.get("max_input_channels", 0) > 0]
 
 
+def require_microphone(sd) -> None:
+    if not input_devices(sd):
+        raise RecordingUnavailable(
+            "no microphone: no audio input device found (connect one, or use "
+            "`ser predict FILE` on a recording)"
+        )
+
+
 def record(seconds: float, device: str | None = None, sd=None) -> tuple:
     """Record ``seconds`` of mono audio: (float32 wave [samples], sample rate)."""
     import numpy as np
 
     sd = sd or _sounddevice()
-    inputs = input_devices(sd)
-    if not inputs:
-        raise RecordingUnavailable(
-            "no microphone: no audio input device found (connect one, or use "
-            "`ser predict FILE` on a recording)"
-        )
+    require_microphone(sd)
     chosen = int(device) if device is not None and device.isdigit() else device
     try:
         info = sd.query_devices(chosen, "input")
@@ -85,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             print("no input devices")
         return 0
 
+    require_microphone(sd)
     from ser.audio import resample
     from ser.inference import Predictor, limit_blas_threads
 
