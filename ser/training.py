@@ -368,6 +368,13 @@ def train(cfg: Config, *, resume: str | Path | None = None, log: Log = print) ->
     )
     pred = best.predict(test_x, verbose=0).argmax(axis=1)
     test = classification_metrics(data.targets["test"], pred, data.labels)
+    corpora = [r.corpus for r in data.rows["test"]]
+    per_corpus = {}
+    for corpus in sorted(set(corpora)):
+        mask = np.array([c == corpus for c in corpora])
+        m = classification_metrics(data.targets["test"][mask], pred[mask], data.labels)
+        per_corpus[corpus] = {"ua": m["ua"], "wa": m["wa"], "macro_f1": m["macro_f1"], "n": m["n"]}
+    test["per_corpus"] = per_corpus
     summary = {
         "run": run_name,
         "run_dir": str(run_dir),
@@ -400,6 +407,10 @@ def train(cfg: Config, *, resume: str | Path | None = None, log: Log = print) ->
         if data.split.speaker_independent
         else f"test ({kind}): UA {test['ua']:.3f}  WA {test['wa']:.3f}  macro-F1 {test['macro_f1']:.3f}"
     )
+    if len(per_corpus) > 1:
+        log("  per corpus: " + "; ".join(
+            f"{c} UA {m['ua']:.3f} WA {m['wa']:.3f} (n={m['n']})" for c, m in per_corpus.items()
+        ))
     skipped = len(data.manifest.skipped) + len(data.failed)
     log(
         f"best epoch {report.best_epoch} ({monitor} {report.best:.4f}); "

@@ -84,6 +84,8 @@ def test_one_epoch_end_to_end_writes_a_complete_run(corpora, tmp_path, capsys):
 
     test = summary["test"]
     assert 0.0 <= test["ua"] <= 1.0 and 0.0 <= test["wa"] <= 1.0
+    assert sum(m["n"] for m in test["per_corpus"].values()) == test["n"]
+    assert "per corpus: " in out
     assert summary["speaker_independent"] is True
     assert "UA" in out and "WA" in out and "speaker-independent" in out
 
