@@ -152,6 +152,11 @@ class FeaturesConfig(Strict):
     mel: MelParams = MelParams()
     contrast: ContrastParams = ContrastParams()
     tonnetz: TonnetzParams = TonnetzParams()
+    # Label-free z-normalisation of frame features before anything else sees them:
+    # none | utterance (each clip by its own statistics) | speaker (each speaker by the
+    # statistics of all their clips; speakers named "<corpus>:unknown" fall back to
+    # utterance). The train-fitted global normaliser is applied after it either way.
+    normalisation: Literal["none", "utterance", "speaker"] = "none"
     cache_dir: str = "data/cache"
     workers: int = Field(default=0, ge=0)  # 0 = one per core
 

@@ -26,7 +26,13 @@ import numpy as np
 
 from ser.config import EMOTIONS, Config, load_config, save_config
 from ser.data.corpora import Manifest, Utterance, build_manifest
-from ser.data.pipeline import Normaliser, make_dataset, max_frames_for, to_model_input
+from ser.data.pipeline import (
+    Normaliser,
+    make_dataset,
+    max_frames_for,
+    scope_normalise,
+    to_model_input,
+)
 from ser.data.splits import Split, make_split
 from ser.evaluation import classification_metrics, confusion_matrix, unweighted_accuracy
 from ser.features.cache import ExtractionReport, extract_all
@@ -91,6 +97,7 @@ def prepare_data(
         log=log,
     )
     log(report.summary())
+    features = scope_normalise(features, manifest.rows, cfg.features.normalisation)
     labels = labels or label_list(manifest.rows, list(cfg.data.emotions))
     index = {label: i for i, label in enumerate(labels)}
     max_frames = max_frames_for(

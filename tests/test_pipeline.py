@@ -95,3 +95,31 @@ def test_crop_and_model_input():
     pooled = to_model_input(x, "pooled", ["mean", "std"], 4)
     assert pooled.shape == (4,)
     assert to_model_input(x, "sequence", ["mean"], 4).shape == (4, 2)
+
+
+def test_scope_normalise_by_utterance_and_by_speaker():
+    from types import SimpleNamespace as Row
+
+    from ser.data.pipeline import scope_normalise
+
+    rng = np.random.default_rng(0)
+    feats = {
+        "a1": rng.normal(3, 2, (10, 2)).astype(np.float32),
+        "a2": rng.normal(5, 1, (6, 2)).astype(np.float32),
+        "b1": rng.normal(-4, 3, (8, 2)).astype(np.float32),
+        "u1": rng.normal(9, 9, (5, 2)).astype(np.float32),
+    }
+    rows = [Row(path="a1", speaker="x:A"), Row(path="a2", speaker="x:A"),
+            Row(path="b1", speaker="x:B"), Row(path="u1", speaker="custom:unknown")]
+    assert scope_normalise(feats, rows, "none") is feats
+    per_utt = scope_normalise(feats, rows, "utterance")
+    for x in per_utt.values():
+        np.testing.assert_allclose(x.mean(0), 0, atol=1e-5)
+        np.testing.assert_allclose(x.std(0), 1, atol=1e-5)
+    per_spk = scope_normalise(feats, rows, "speaker")
+    a = np.concatenate([per_spk["a1"], per_spk["a2"]])
+    np.testing.assert_allclose(a.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(a.std(0), 1, atol=1e-5)
+    assert abs(per_spk["a1"].mean() - per_spk["a2"].mean()) > 0.1  # clips keep their offsets
+    np.testing.assert_allclose(per_spk["u1"].mean(0), 0, atol=1e-5)  # unknown: by utterance
+    assert [x.shape for x in per_spk.values()] == [x.shape for x in feats.values()]

@@ -15,6 +15,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,40 @@ class Normaliser:
     @classmethod
     def load(cls, path: str | Path) -> Normaliser:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def zscore(frames: np.ndarray) -> np.ndarray:
+    """[T, D] -> [T, D] with each dimension at zero mean and unit variance over its frames."""
+    std = frames.std(axis=0)
+    return ((frames - frames.mean(axis=0)) / np.where(std < 1e-8, 1.0, std)).astype(np.float32)
+
+
+def scope_normalise(
+    features: dict[str, np.ndarray], rows: Sequence[Any], scope: str
+) -> dict[str, np.ndarray]:
+    """Label-free normalisation of frame features [T, D] by utterance or by speaker.
+
+    ``rows`` are manifest rows (``path``, ``speaker``); a speaker's statistics pool the
+    frames of all of their clips, whatever split they are in: no label is used, so
+    test speakers may be normalised by their own unlabelled audio. Speakers named
+    ``<corpus>:unknown`` are normalised per utterance.
+    """
+    if scope == "none":
+        return features
+    groups: dict[str, list[str]] = {}
+    for row in rows:
+        if row.path in features:
+            whole = scope == "utterance" or row.speaker.endswith(":unknown")
+            groups.setdefault(row.path if whole else row.speaker, []).append(row.path)
+    out: dict[str, np.ndarray] = {}
+    for paths in groups.values():
+        stacked = zscore(np.concatenate([features[p] for p in paths]))
+        start = 0
+        for p in paths:
+            n = features[p].shape[0]
+            out[p] = stacked[start : start + n]
+            start += n
+    return out
 
 
 def centre_crop(frames: np.ndarray, max_frames: int) -> np.ndarray:
