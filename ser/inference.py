@@ -34,7 +34,7 @@ import numpy as np
 
 from ser.audio import load_audio
 from ser.config import Config, load_config
-from ser.data.pipeline import Normaliser, make_dataset, max_frames_for, to_model_input
+from ser.data.pipeline import Normaliser, make_dataset, max_frames_for, to_model_input, zscore
 from ser.features.extractors import extract_features
 
 RUN_FILES = ("run.yaml", "labels.json", "normaliser.json", "model.keras")
@@ -203,10 +203,20 @@ class Predictor:
         f = self.cfg.features
         return to_model_input(features, f.mode, f.pooling, self.max_frames)
 
+    def frame_features(self, wave: np.ndarray) -> np.ndarray:
+        """float32 mono wave at the run's rate -> frame features [T, D] as training saw them.
+
+        With ``features.normalisation`` ``utterance`` the clip is z-scored by its own
+        statistics; so is it with ``speaker``, since a clip's speaker is unknown here
+        (training does the same for speakers it cannot name).
+        """
+        c = self.cfg
+        frames = extract_features(wave, c.data.sample_rate, c.features)
+        return frames if c.features.normalisation == "none" else zscore(frames)
+
     def input_from_wave(self, wave: np.ndarray) -> np.ndarray:
         """float32 mono wave at the run's sample rate -> model input."""
-        c = self.cfg
-        return self.model_input(extract_features(wave, c.data.sample_rate, c.features))
+        return self.model_input(self.frame_features(wave))
 
     def prepare_clip(self, wave: np.ndarray, hop_seconds: float | None = None) -> PreparedClip:
         """float32 mono wave at the run's rate -> normalised inputs of its sliding windows.
@@ -217,7 +227,7 @@ class Predictor:
         """
         c = self.cfg
         duration = wave.shape[0] / c.data.sample_rate
-        frames = extract_features(wave, c.data.sample_rate, c.features)
+        frames = self.frame_features(wave)
         total, width = frames.shape[0], self.max_frames
         seconds_per_frame = c.features.frame.hop_length / c.data.sample_rate
         if total <= width:

@@ -172,3 +172,25 @@ def test_predict_reads_browser_webm_when_ffmpeg_is_there(run_dir, tmp_path, caps
     assert main(["predict", str(webm), "--run", str(run_dir), "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)["results"]
     assert result["duration"] == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("scope", ["utterance", "speaker"])
+def test_predictor_z_scores_each_clip_when_the_run_did(run_dir, scope):
+    import dataclasses
+
+    from ser.data.pipeline import zscore
+    from ser.features.extractors import extract_features
+
+    plain = Predictor.load(run_dir)
+    features = plain.cfg.features.model_copy(update={"normalisation": scope})
+    scoped = dataclasses.replace(plain, cfg=plain.cfg.model_copy(update={"features": features}))
+    wave = tone(2.5, EMOTION_HZ["fear"])
+    frames = zscore(extract_features(wave, 16000, features))
+    prepared = scoped.prepare_clip(wave)
+    assert len(prepared.inputs) == 4  # z-scored over the whole clip, then windowed
+    np.testing.assert_allclose(prepared.inputs[0], plain.normaliser.apply(frames[:101]), atol=1e-6)
+    np.testing.assert_allclose(
+        scoped.input_from_wave(wave[:8000]),
+        zscore(extract_features(wave[:8000], 16000, features)), atol=1e-6,
+    )  # fmt: skip
+    assert not np.allclose(prepared.inputs[0], plain.prepare_clip(wave).inputs[0])
