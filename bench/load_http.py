@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         proc = start_server(args.run_dir, port, log)
     try:
         health = wait_healthy(url, proc)
-        print(f"server {url}: model {health['model_id']}")
+        load_before = os.getloadavg()[0]
+        print(f"server {url}: model {health['model_id']}; load average {load_before:.1f}")
         asyncio.run(run_level(url, body, 1, args.warmup, args.max_seconds))
         results = []
         for level in levels:
@@ -180,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "load_http",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cores": os.cpu_count(),
+        # Other work on the machine competes for the same cores: read figures with it.
+        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "python": platform.python_version(),
         "model_id": health["model_id"],
         "clip": args.clip or f"generated {args.clip_seconds:g} s voiced clip, 16 kHz PCM_16 WAV",

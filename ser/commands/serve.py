@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream-window", type=float, help="live window in seconds (default 2)")
     p.add_argument("--stream-hop", type=float, help="seconds between live windows (default 0.5)")
     p.add_argument("--vad-threshold-db", type=float, help="speech level in dBFS (default -45)")
+    p.add_argument(
+        "--model-threads", type=int, help="TensorFlow threads for the model (default 1; 0 = all cores)"
+    )
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
 
@@ -33,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from ser.inference import Predictor, limit_blas_threads
+    from ser.inference import Predictor, limit_blas_threads, limit_tf_threads
     from ser.serving.app import create_app
     from ser.serving.settings import load_settings
 
@@ -46,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
         stream_window=args.stream_window,
         stream_hop=args.stream_hop,
         vad_threshold_db=args.vad_threshold_db,
+        model_threads=args.model_threads,
     )
     limit_blas_threads()
+    limit_tf_threads(settings.model_threads)
     predictor = Predictor.load(args.run_dir)  # compiled for each batch size at start-up
     app = create_app(predictor, settings=settings)
     print(
