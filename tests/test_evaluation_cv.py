@@ -1,0 +1,94 @@
+"""Speaker-grouped cross-validation on generated corpora: folds, summaries, dedupe, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fakes import make_emodb, make_tess
+from test_evaluation import tiny_config
+
+import ser.training
+from ser.crossval import cross_validate
+
+QUIET = {"log": lambda _line: None}
+CV = {
+    "evaluation.baselines": "[svc, knn]",
+    "evaluation.cv.folds": "2",
+    "train.epochs": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpora")
+    make_emodb(root)  # 5 speakers
+    make_tess(root)  # 2 speakers
+    return root
+
+
+@pytest.fixture(scope="module")
+def result(corpora, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("cv")
+    cfg = tiny_config(corpora, work, "[emodb, tess]", model="dense", name="dense", **CV)
+    return cross_validate([cfg], speaker_dependent=True, out_dir=work / "out", **QUIET)
+
+
+def test_every_corpus_gets_speaker_folds_for_keras_and_baselines(result, corpora):
+    groups = {(g["corpus"], g["model"], g["speaker_independent"]): g for g in result["groups"]}
+    for corpus in ("emodb", "tess"):
+        assert groups[(corpus, "dense", True)]["folds"] == 2
+        for name in ("svc", "knn"):
+            assert groups[(corpus, f"{name} (mfcc; mean+std)", True)]["folds"] == 2
+            assert groups[(corpus, f"{name} (mfcc; mean+std)", False)]["folds"] == 2
+        assert (corpus, "dense", False) not in groups  # Keras runs only speaker-independent
+    for g in result["groups"]:
+        assert 0 <= g["ua"]["mean"] <= 1 and g["ua"]["std"] >= 0 and len(g["ua"]["values"]) == 2
+    assert groups[("tess", "dense", True)]["protocol"].endswith("leave-one-speaker-out (2 folds)")
+    assert groups[("emodb", "dense", True)]["protocol"].endswith("2-fold by speaker")
+
+
+def test_test_speakers_partition_each_corpus_and_never_train(result):
+    keras = [f for f in result["folds"] if f["kind"] == "keras"]
+    for corpus, n in (("emodb", 5), ("tess", 2)):
+        folds = [f for f in keras if f["corpus"] == corpus]
+        tested = [s for f in folds for s in f["test_speakers"]]
+        assert len(tested) == len(set(tested)) == n  # each speaker tested exactly once
+        for f in folds:
+            split = json.loads((Path(f["run_dir"]) / "split.json").read_text())
+            seen = set(split["train_speakers"]) | set(split["val_speakers"])
+            assert not seen & set(f["test_speakers"])
+            assert f["fit_seconds"] > 0 and f["best_epoch"] == 1
+
+
+def test_reports_are_written(result):
+    out = Path(result["out_dir"])
+    md = (out / "cv.md").read_text()
+    assert "UA % (mean ± std)" in md and "SPEAKER-DEPENDENT, random split x2" in md
+    assert json.loads((out / "cv.json").read_text())["groups"] == result["groups"]
+    assert (out / "folds.jsonl").read_text().count("\n") == len(result["folds"])
+
+
+def test_resume_reuses_finished_folds(result, corpora, monkeypatch):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished fold was trained again")
+
+    monkeypatch.setattr(ser.training, "train", no_training)
+    cfg = tiny_config(
+        corpora, Path(result["out_dir"]).parent, "[emodb, tess]", model="dense", name="dense", **CV
+    )
+    again = cross_validate(
+        [cfg], speaker_dependent=True, out_dir=result["out_dir"], resume=True, **QUIET
+    )
+    assert again["groups"] == result["groups"]
+
+
+def test_baselines_shared_by_two_configs_are_fitted_once(corpora, tmp_path):
+    lstm = tiny_config(corpora, tmp_path, "[emodb]", **{**CV, "name": "a"})
+    dense = tiny_config(corpora, tmp_path, "[emodb]", model="dense", **{**CV, "name": "b"})
+    out = cross_validate([lstm, dense], keras=False, out_dir=tmp_path / "out", **QUIET)
+    # Same frame features and pooling: the dense config reuses the lstm config's fits.
+    lines = (tmp_path / "out" / "folds.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2  # 2 baselines x 2 folds, not twice that
+    assert {g["model"] for g in out["groups"]} == {"svc (mfcc; mean+std)", "knn (mfcc; mean+std)"}
