@@ -192,6 +192,7 @@ def cross_validate(
     speaker_dependent: bool | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
+    command: str = "",
     log: Log = print,
 ) -> dict[str, Any]:
     """Cross-validate each config's Keras model and the baselines; returns the result
@@ -220,6 +221,8 @@ def cross_validate(
     )
     out.mkdir(parents=True, exist_ok=True)
     journal = _Journal(out / "folds.jsonl", resume)
+    # A resumed run keeps the date, commit and duration of the run it continues.
+    previous = _read_previous(out / "cv.json") if resume else None
     records: list[dict[str, Any]] = []
     manifests: dict[str, Manifest] = {}
     labels = _labels(cfgs)
@@ -378,6 +381,7 @@ def cross_validate(
 
     # One record per key: a resumed run may list a reused record twice.
     unique = list({r["key"]: r for r in records}.values())
+    seconds = time.time() - started
     result = {
         "format": CV_FORMAT,
         "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -387,15 +391,30 @@ def cross_validate(
         "configs": {label: cfg.to_dict() for cfg, label in zip(cfgs, labels, strict=True)},
         "protocol_notes": notes,
         "out_dir": str(out),
-        "seconds": time.time() - started,
+        "seconds": seconds,
+        "resumed": [],
+        "command": command,
         "groups": _summarise(unique),
         "folds": sorted(unique, key=lambda r: (r["corpus"], r["model"], r["protocol"], r["fold"])),
     }
+    if previous is not None:
+        for key in ("created", "commit", "versions", "machine", "command"):
+            result[key] = previous.get(key) or result[key]
+        result["seconds"] = previous["seconds"] + seconds
+        result["resumed"] = [*previous.get("resumed", []), time.strftime("%Y-%m-%d %H:%M:%S %z")]
     (out / "cv.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     (out / "cv.md").write_text(reports.render_cv_markdown(result), encoding="utf-8")
     log(reports.format_cv_table(result["groups"]))
     log(f"cross-validation report: {out / 'cv.md'} (and cv.json, folds.jsonl)")
     return result
+
+
+def _read_previous(path: Path) -> dict[str, Any] | None:
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return previous if previous.get("format") == CV_FORMAT else None
 
 
 def _release_keras() -> None:

@@ -4,11 +4,13 @@ on an unseen corpus (``--corpus``), or cross-validate configs by speaker (``--cv
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from ser.cli import DEFAULT_CONFIG
+from ser.config import DATA_ROOT_ENV
 
 EXAMPLES = """examples:
   python evaluate.py checkpoints/best                     report.md/json + plots in the run folder
@@ -91,6 +93,25 @@ def _shortcuts(args: argparse.Namespace) -> list[str]:
     return extra
 
 
+def _command_line() -> str:
+    """This invocation as a shell command, without ``--resume DIR`` (a resumed run
+    continues the same command), prefixed by the data root when it came from the
+    environment."""
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg == "--resume":
+            skip = True
+        elif not arg.startswith("--resume="):
+            argv.append(arg)
+    program = ["python", "evaluate.py"] if sys.argv[0].endswith("evaluate.py") else ["ser"]
+    command = shlex.join([*program, *argv])
+    if os.environ.get(DATA_ROOT_ENV):
+        command = f"{DATA_ROOT_ENV}={shlex.quote(os.environ[DATA_ROOT_ENV])} {command}"
+    return command
+
+
 def _cross_validate(args: argparse.Namespace) -> int:
     from ser.config import load_config
     from ser.crossval import cross_validate
@@ -113,16 +134,12 @@ def _cross_validate(args: argparse.Namespace) -> int:
         speaker_dependent=True if args.speaker_dependent else None,
         out_dir=args.resume or args.out,
         resume=bool(args.resume),
+        command=_command_line(),
     )
     if args.results:
-        command = (
-            shlex.join(["python", "evaluate.py", *sys.argv[1:]])
-            if sys.argv[0].endswith("evaluate.py")
-            else shlex.join(["ser", *sys.argv[1:]])
-        )
         path = Path(args.results)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_results_markdown(result, command), encoding="utf-8")
+        path.write_text(render_results_markdown(result, result["command"]), encoding="utf-8")
         print(f"results: {path}")
     return 0
 
