@@ -151,8 +151,12 @@ def test_evaluate_run_writes_a_complete_report(run, capsys):
     assert all(s in markdown for s in tested)
     assert "UA %" in out and "lstm (this run)" in out and "seed_mlp" in out
 
-    events = list((Path(saved["log_dir"]) / "evaluation").glob("events.out.tfevents.*"))
-    assert events, "no TensorBoard events for the evaluation"
+    from tensorboard.backend.event_processing import event_accumulator
+
+    events = event_accumulator.EventAccumulator(str(Path(saved["log_dir"]) / "evaluation"))
+    tags = events.Reload().Tags()["tensors"]
+    assert {"evaluation/test_ua", "evaluation/test_wa", "baselines/svc_ua"} <= set(tags)
+    assert "_hparams_/session_start_info" in tags  # the run appears in the HParams table
 
 
 def test_evaluate_cli_prints_the_table(run):

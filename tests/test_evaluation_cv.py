@@ -92,3 +92,31 @@ def test_baselines_shared_by_two_configs_are_fitted_once(corpora, tmp_path):
     lines = (tmp_path / "out" / "folds.jsonl").read_text().splitlines()
     assert len(lines) == 2 * 2  # 2 baselines x 2 folds, not twice that
     assert {g["model"] for g in out["groups"]} == {"svc (mfcc; mean+std)", "knn (mfcc; mean+std)"}
+
+
+def test_cli_cross_validates_baselines_and_writes_the_results_page(
+    corpora, tmp_path, capsys, monkeypatch
+):
+    from ser.cli import main
+
+    monkeypatch.delenv("SER_DATA_ROOT", raising=False)  # it would replace data.root
+
+    sets = {
+        "data.root": str(corpora), "data.corpora": "[emodb]", "features.extractors": "[mfcc]",
+        "features.workers": "1", "features.cache_dir": str(tmp_path / "cache"), **CV,
+    }  # fmt: skip
+    args = ["evaluate", "--cv", "--no-keras", "--speaker-dependent", "--out", str(tmp_path / "cv"),
+            "--results", str(tmp_path / "RESULTS.md")]  # fmt: skip
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "UA % (mean ± std)" in out and "results: " in out
+    page = (tmp_path / "RESULTS.md").read_text()
+    assert page.startswith("# Results: speaker-independent cross-validation")
+    command = page.split("```bash\n")[1].split("\n")[0]  # the command that made the page
+    assert command.startswith("python evaluate.py --cv --set data.root=")
+    assert command.endswith(f"--no-keras --speaker-dependent --out {tmp_path / 'cv'} "
+                            f"--results {tmp_path / 'RESULTS.md'}")  # fmt: skip
+    assert "## EMO-DB: 7 classes" in page and "SPEAKER-DEPENDENT, random split x2" in page
+    assert "## The speaker-dependent gap" not in page  # no seed_mlp in this run

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import sys
 from pathlib import Path
 
 from ser.cli import DEFAULT_CONFIG
@@ -93,20 +92,22 @@ def _shortcuts(args: argparse.Namespace) -> list[str]:
     return extra
 
 
-def _command_line() -> str:
-    """This invocation as a shell command, without ``--resume DIR`` (a resumed run
-    continues the same command), prefixed by the data root when it came from the
-    environment."""
-    argv, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-        elif arg == "--resume":
-            skip = True
-        elif not arg.startswith("--resume="):
-            argv.append(arg)
-    program = ["python", "evaluate.py"] if sys.argv[0].endswith("evaluate.py") else ["ser"]
-    command = shlex.join([*program, *argv])
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this cross-validation (``--resume`` left out: a
+    resumed run continues the same command), with the data root when it came from
+    the environment."""
+    words = ["python", "evaluate.py", "--cv"] + ([args.run_dir] if args.run_dir else [])
+    for path in args.config:
+        words += ["--config", path]
+    for text in args.overrides:
+        words += ["--set", text]
+    for flag in ("grid", "no_baselines", "no_keras", "speaker_dependent"):
+        if getattr(args, flag):
+            words.append("--" + flag.replace("_", "-"))
+    for option in ("baselines", "data_root", "out", "results"):
+        if getattr(args, option):
+            words += ["--" + option.replace("_", "-"), getattr(args, option)]
+    command = shlex.join(words)
     if os.environ.get(DATA_ROOT_ENV):
         command = f"{DATA_ROOT_ENV}={shlex.quote(os.environ[DATA_ROOT_ENV])} {command}"
     return command
@@ -134,7 +135,7 @@ def _cross_validate(args: argparse.Namespace) -> int:
         speaker_dependent=True if args.speaker_dependent else None,
         out_dir=args.resume or args.out,
         resume=bool(args.resume),
-        command=_command_line(),
+        command=_command_line(args),
     )
     if args.results:
         path = Path(args.results)
