@@ -58,7 +58,17 @@ def free_port() -> int:
 
 
 def start_server(run_dir: str, port: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ser.cli", "serve", run_dir, "--port", str(port), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ser.cli",
+        "serve",
+        run_dir,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -94,7 +104,9 @@ async def run_level(url: str, body: bytes, concurrency: int, requests: int, max_
                 issued += 1
                 started = time.perf_counter()
                 try:
-                    r = await client.post("/predict", files={"file": ("clip.wav", body, "audio/wav")})
+                    r = await client.post(
+                        "/predict", files={"file": ("clip.wav", body, "audio/wav")}
+                    )
                     r.raise_for_status()
                     r.json()
                 except (httpx.HTTPError, ValueError) as exc:
@@ -129,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,4,8", help="comma-separated levels (default 1,4,8)")
     p.add_argument("--requests", type=int, default=300, help="requests per level (default 300)")
     p.add_argument("--warmup", type=int, default=20, help="unmeasured requests first (default 20)")
-    p.add_argument("--max-seconds", type=float, default=60.0, help="time limit per level (default 60)")
+    p.add_argument(
+        "--max-seconds", type=float, default=60.0, help="time limit per level (default 60)"
+    )
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "load_http.json"))
     args = p.parse_args(argv)
 
@@ -137,7 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     if not levels or min(levels) < 1 or max(levels) > 64 or not 1 <= args.requests <= 5000:
         p.error("--concurrency levels must be 1..64 and --requests 1..5000")
     body = (
-        Path(args.clip).read_bytes() if args.clip else wav_bytes(voiced_clip(args.clip_seconds), 16000)
+        Path(args.clip).read_bytes()
+        if args.clip
+        else wav_bytes(voiced_clip(args.clip_seconds), 16000)
     )
     proc = None
     if args.url:
@@ -182,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "cores": os.cpu_count(),
         # Other work on the machine competes for the same cores: read figures with it.
-        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "load_average_1min": {
+            "before": round(load_before, 2),
+            "after": round(os.getloadavg()[0], 2),
+        },
         "python": platform.python_version(),
         "model_id": health["model_id"],
         "clip": args.clip or f"generated {args.clip_seconds:g} s voiced clip, 16 kHz PCM_16 WAV",

@@ -272,7 +272,7 @@ class Predictor:
             x = rng.standard_normal((size, *frames, self.input_dim)).astype(np.float32)
             try:
                 self.predict_batch(x)
-            except Exception as exc:  # noqa: BLE001  (any XLA failure: use the graph)
+            except Exception as exc:  # any XLA failure: use the graph function
                 if not self.xla:
                     raise
                 import warnings

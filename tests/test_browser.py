@@ -31,8 +31,12 @@ except ImportError:  # pragma: no cover - the skip says why
     sync_playwright = None
 
 pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)"),
-    pytest.mark.skipif(sync_playwright is None, reason="playwright not installed (pip install '.[test]')"),
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Chromium not installed (apt-get install chromium)"
+    ),
+    pytest.mark.skipif(
+        sync_playwright is None, reason="playwright not installed (pip install '.[test]')"
+    ),
     pytest.mark.slow,
 ]
 CHROMIUM_FLAGS = [
@@ -92,7 +96,9 @@ def browser():
 
 
 def open_page(browser, url: str, microphone: Path | None = None):
-    context = browser.new_context(permissions=["microphone"], viewport={"width": 1000, "height": 900})
+    context = browser.new_context(
+        permissions=["microphone"], viewport={"width": 1000, "height": 900}
+    )
     page = context.new_page()
     page.errors = []
     page.on("pageerror", lambda error: page.errors.append(str(error)))
@@ -173,4 +179,6 @@ def test_upload_of_a_non_audio_file_shows_the_reason(server, browser, tmp_path):
     page.click("#upload-form button[type=submit]")
     page.wait_for_selector("#upload-error:not([hidden])", timeout=30_000)
     message = page.text_content("#upload-error")
-    assert message.startswith("415:") and "notes.txt" in message and "not readable as audio" in message
+    assert (
+        message.startswith("415:") and "notes.txt" in message and "not readable as audio" in message
+    )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fakes import EMOTION_HZ
 from fastapi.testclient import TestClient
-from tiny_run import WINDOW_SECONDS, encode, silence, tone, tiny_run
+from tiny_run import WINDOW_SECONDS, encode, silence, tiny_run, tone
 
 from ser.inference import Predictor
 from ser.serving.app import create_app
@@ -83,7 +83,9 @@ def test_docs_and_openapi_describe_every_route(client):
     predict = spec["paths"]["/predict"]["post"]
     assert {"200", "413", "415", "422"} <= set(predict["responses"])
     assert "multipart/form-data" in predict["requestBody"]["content"]
-    assert {"PredictionOut", "BatchOut", "ModelInfoOut", "ErrorOut"} <= set(spec["components"]["schemas"])
+    assert {"PredictionOut", "BatchOut", "ModelInfoOut", "ErrorOut"} <= set(
+        spec["components"]["schemas"]
+    )
 
 
 def test_page_and_its_scripts_are_served_with_a_strict_policy(client):
@@ -276,7 +278,10 @@ def test_batch_reports_each_file(client):
     assert [x["filename"] for x in results] == ["a.wav", "b.flac", "c.txt"]
     assert [x["status"] for x in results] == [200, 200, 415]
     assert results[0]["prediction"]["windowed"] is False
-    assert results[1]["prediction"]["windowed"] is True and len(results[1]["prediction"]["timeline"]) >= 3
+    assert (
+        results[1]["prediction"]["windowed"] is True
+        and len(results[1]["prediction"]["timeline"]) >= 3
+    )
     assert "c.txt" in results[2]["error"] and results[2]["prediction"] is None
 
 
@@ -353,3 +358,21 @@ def test_settings_are_strict_and_name_the_key(tmp_path):
         load_settings(None, stream_window=1.0, stream_hop=2.0)
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "missing.yaml")
+
+
+def test_model_card_metrics_are_json_safe_and_include_the_evaluation(tmp_path):
+    from ser.serving.app import run_metrics
+
+    (tmp_path / "summary.json").write_text(
+        '{"protocol": "speaker-independent", "speaker_independent": true, "best_epoch": 3,'
+        ' "test": {"ua": NaN, "wa": 0.5, "macro_f1": 0.4, "n": 10, "per_class": {}}}'
+    )
+    ranking = [{"rank": 1, "name": "lstm", "kind": "keras", "ua": 0.6, "wa": 0.62, "macro_f1": 0.58}]
+    (tmp_path / "report.json").write_text(
+        json.dumps({"created": "2026-11-24", "protocol": {"test_speakers": 7}, "ranking": ranking})
+    )
+    metrics = run_metrics(tmp_path)
+    assert metrics["training"]["test"] == {"ua": None, "wa": 0.5, "macro_f1": 0.4, "n": 10}
+    assert metrics["evaluation"]["ranking"] == ranking
+    json.dumps(metrics, allow_nan=False)  # what the JSON response needs
+    assert run_metrics(tmp_path / "nowhere") is None

@@ -57,20 +57,27 @@ def tiny_run(tmp_path_factory, model: str = "lstm") -> Path:
     return _RUNS[model]
 
 
-def tone(seconds: float, hz: float = EMOTION_HZ["angry"], sr: int = 16000, seed: int = 0,
-         amplitude: float = 0.3) -> np.ndarray:
+def tone(
+    seconds: float,
+    hz: float = EMOTION_HZ["angry"],
+    sr: int = 16000,
+    seed: int = 0,
+    amplitude: float = 0.3,
+) -> np.ndarray:
     """float32 [samples]: a sine at ``hz`` with a little noise (like the training tones)."""
     rng = np.random.default_rng(seed)
-    t = np.arange(int(round(seconds * sr))) / sr
+    t = np.arange(round(seconds * sr)) / sr
     wave = amplitude * np.sin(2 * np.pi * hz * t) + 0.05 * rng.standard_normal(t.shape)
     return wave.astype(np.float32)
 
 
 def silence(seconds: float, sr: int = 16000) -> np.ndarray:
-    return np.zeros(int(round(seconds * sr)), np.float32)
+    return np.zeros(round(seconds * sr), np.float32)
 
 
-def encode(wave: np.ndarray, sr: int = 16000, format: str = "WAV", subtype: str | None = None) -> bytes:
+def encode(
+    wave: np.ndarray, sr: int = 16000, format: str = "WAV", subtype: str | None = None
+) -> bytes:
     """``wave`` as the bytes of an audio file in ``format`` (soundfile names)."""
     buf = io.BytesIO()
     sf.write(buf, wave, sr, format=format, subtype=subtype)

@@ -12,7 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "check that it gives the Keras model's probabilities.",
     )  # fmt: skip
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. checkpoints/best")
-    p.add_argument("--format", required=True, choices=["savedmodel", "tflite"], help="savedmodel or tflite")
+    p.add_argument(
+        "--format", required=True, choices=["savedmodel", "tflite"], help="savedmodel or tflite"
+    )
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/export/FORMAT)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     p.set_defaults(func=run)

@@ -23,7 +23,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "are cut into sliding windows; the table then shows how many.",
     )  # fmt: skip
     p.add_argument("paths", nargs="+", metavar="PATH", help="audio files or folders")
-    p.add_argument("--run", default=DEFAULT_RUN, metavar="RUN_DIR", help=f"run directory (default {DEFAULT_RUN})")
+    p.add_argument(
+        "--run",
+        default=DEFAULT_RUN,
+        metavar="RUN_DIR",
+        help=f"run directory (default {DEFAULT_RUN})",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--timeline", action="store_true", help="also print each window of long clips")
     p.set_defaults(func=run)
@@ -36,7 +41,9 @@ def collect(paths: list[str]) -> tuple[list[Path], list[dict[str, Any]]]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            found = sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+            )
             if not found:
                 errors.append({"path": raw, "error": f"{raw}: folder holds no audio files"})
             files.extend(found)
@@ -79,7 +86,8 @@ def format_table(results: list[dict[str, Any]], timeline: bool = False) -> str:
         windows = f"  ({len(r['timeline'])} windows)" if r.get("timeline") else ""
         lines.append(
             f"{name:<{width}}  {r['emotion']:<9} {r['confidence']:5.2f} {r['duration']:8.2f}  "
-            + ", ".join(f"{k} {v:.2f}" for k, v in top) + windows
+            + ", ".join(f"{k} {v:.2f}" for k, v in top)
+            + windows
         )
         if timeline:
             for w in r.get("timeline") or []:
@@ -117,4 +125,3 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{failed} of {len(results)} path(s) could not be predicted", file=sys.stderr)
     return 1 if failed else 0
-

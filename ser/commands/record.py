@@ -20,7 +20,12 @@ class RecordingUnavailable(RuntimeError):
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("record", help="record from the microphone and predict the emotion")
     p.add_argument("--seconds", type=float, default=5.0, help="how long to record (default 5)")
-    p.add_argument("--run", default=DEFAULT_RUN, metavar="RUN_DIR", help=f"run directory (default {DEFAULT_RUN})")
+    p.add_argument(
+        "--run",
+        default=DEFAULT_RUN,
+        metavar="RUN_DIR",
+        help=f"run directory (default {DEFAULT_RUN})",
+    )
     p.add_argument("--device", help="input device number or name (default: the system's)")
     p.add_argument("--save", metavar="FILE.wav", help="also write the recording to this file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -69,10 +74,14 @@ def record(seconds: float, device: str | None = None, sd=None) -> tuple:
     try:
         info = sd.query_devices(chosen, "input")
         rate = int(info["default_samplerate"])
-        wave = sd.rec(int(seconds * rate), samplerate=rate, channels=1, dtype="float32", device=chosen)
+        wave = sd.rec(
+            int(seconds * rate), samplerate=rate, channels=1, dtype="float32", device=chosen
+        )
         sd.wait()
     except Exception as exc:
-        raise RecordingUnavailable(f"recording from device {device or 'default'} failed: {exc}") from None
+        raise RecordingUnavailable(
+            f"recording from device {device or 'default'} failed: {exc}"
+        ) from None
     return np.asarray(wave, np.float32).reshape(-1), rate
 
 
@@ -83,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if args.list_devices:
         devices = input_devices(sd)
         for d in devices:
-            print(f"{d['index']:3d}  {d['name']}  ({d['max_input_channels']} ch, {d['default_samplerate']:.0f} Hz)")
+            print(
+                f"{d['index']:3d}  {d['name']}  ({d['max_input_channels']} ch, {d['default_samplerate']:.0f} Hz)"
+            )
         if not devices:
             print("no input devices")
         return 0

@@ -27,9 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream-hop", type=float, help="seconds between live windows (default 0.5)")
     p.add_argument("--vad-threshold-db", type=float, help="speech level in dBFS (default -45)")
     p.add_argument(
-        "--model-threads", type=int, help="TensorFlow threads for the model (default 1; 0 = all cores)"
+        "--model-threads",
+        type=int,
+        help="TensorFlow threads for the model (default 1; 0 = all cores)",
     )
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     p.set_defaults(func=run)
 
 

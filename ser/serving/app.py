@@ -24,7 +24,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
@@ -35,8 +35,8 @@ from fastapi.staticfiles import StaticFiles
 from ser.inference import (
     XLA_BATCH_SIZES,
     ClipPrediction,
-    PreparedClip,
     Predictor,
+    PreparedClip,
     limit_blas_threads,
 )
 from ser.serving.engine import InferenceEngine
@@ -199,19 +199,25 @@ class Service:
         data = await upload.read(limit + 1)
         if len(data) > limit:
             raise UploadProblem(
-                413, field, f"{display_name(field, filename)}: larger than "
+                413,
+                field,
+                f"{display_name(field, filename)}: larger than "
                 f"{self.settings.max_upload_mb:g} MB (setting max_upload_mb)",
             )
         prepared = await run_in_threadpool(self._prepare, data, filename, field)
         probs = await self.engine.predict(prepared.inputs)
         clip = self.predictor.finish_clip(prepared, probs)
-        return prediction_out(clip, self.predictor.model_id, self.predictor.window_seconds, filename)
+        return prediction_out(
+            clip, self.predictor.model_id, self.predictor.window_seconds, filename
+        )
 
     async def predict_batch_item(self, upload: UploadFile) -> BatchItemOut:
         try:
             prediction = await self.predict_upload(upload, "files")
         except UploadProblem as problem:
-            return BatchItemOut(filename=upload.filename, status=problem.status, error=problem.message)
+            return BatchItemOut(
+                filename=upload.filename, status=problem.status, error=problem.message
+            )
         return BatchItemOut(filename=prediction.filename, status=200, prediction=prediction)
 
     # ------------------------------------------------------------------ stream
@@ -295,7 +301,9 @@ class UploadSizeLimit:
 
     def limit_for(self, path: str) -> int | None:
         files = {"/predict": 1, "/predict/batch": self.settings.max_batch_files}.get(path)
-        return None if files is None else files * self.settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+        return (
+            None if files is None else files * self.settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+        )
 
     async def _refuse(self, send, size: str) -> None:
         body = json.dumps({
@@ -353,7 +361,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         field = field or (loc[0] if loc else None)
         if error.get("type") == "missing":
             hint = {"file": "one audio file", "files": "one or more audio files"}.get(name)
-            what = f"missing; send {hint} as multipart/form-data field '{name}'" if hint else "missing"
+            what = (
+                f"missing; send {hint} as multipart/form-data field '{name}'" if hint else "missing"
+            )
             parts.append(f"{name}: {what}")
         else:
             parts.append(f"{name}: {error.get('msg', 'invalid')}")
@@ -441,9 +451,12 @@ def create_app(
     )  # fmt: skip
     async def predict(
         request: Request,
-        file: UploadFile = File(
-            description="one clip: WAV, FLAC, OGG, MP3, AIFF (WebM/M4A when ffmpeg is installed)"
-        ),
+        file: Annotated[
+            UploadFile,
+            File(
+                description="one clip: WAV, FLAC, OGG, MP3, AIFF (WebM/M4A when ffmpeg is installed)"
+            ),
+        ],
     ) -> PredictionOut:
         return await service(request).predict_upload(file, "file")
 
@@ -453,12 +466,16 @@ def create_app(
     )  # fmt: skip
     async def predict_batch(
         request: Request,
-        files: list[UploadFile] = File(description="one or more clips (repeat the field)"),
+        files: Annotated[
+            list[UploadFile], File(description="one or more clips (repeat the field)")
+        ],
     ) -> BatchOut:
         svc = service(request)
         if len(files) > svc.settings.max_batch_files:
             raise UploadProblem(
-                422, "files", f"files: {len(files)} files sent; at most "
+                422,
+                "files",
+                f"files: {len(files)} files sent; at most "
                 f"{svc.settings.max_batch_files} per request (setting max_batch_files)",
             )
         items = await asyncio.gather(*(svc.predict_batch_item(f) for f in files))

@@ -67,9 +67,7 @@ def frame_levels_db(wave: np.ndarray, sample_rate: int) -> np.ndarray:
     return 20.0 * np.log10(np.maximum(rms, 1e-10))
 
 
-def voice_activity(
-    wave: np.ndarray, sample_rate: int, threshold_db: float
-) -> tuple[float, float]:
+def voice_activity(wave: np.ndarray, sample_rate: int, threshold_db: float) -> tuple[float, float]:
     """(share of frames louder than ``threshold_db``, whole-window RMS in dBFS)."""
     levels = frame_levels_db(wave, sample_rate)
     rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) if wave.size else 0.0
@@ -139,7 +137,8 @@ class StreamSession:
         if len(data) % width:
             raise StreamError(
                 f"binary message of {len(data)} bytes is not whole {self.encoding} samples "
-                f"({width} bytes each)", CLOSE_INVALID,
+                f"({width} bytes each)",
+                CLOSE_INVALID,
             )
         wave = np.frombuffer(data, dtype=dtype).astype(np.float32) / scale
         if not np.isfinite(wave).all():
@@ -152,13 +151,15 @@ class StreamSession:
         if seconds > self.settings.stream_max_chunk_seconds:
             raise StreamError(
                 f"binary message holds {seconds:.1f} s of audio; send at most "
-                f"{self.settings.stream_max_chunk_seconds:g} s per message", CLOSE_TOO_BIG,
+                f"{self.settings.stream_max_chunk_seconds:g} s per message",
+                CLOSE_TOO_BIG,
             )
         wave = self._decode(data)
         if (self.received + wave.shape[0]) / self.sample_rate > self.settings.stream_max_seconds:
             raise StreamError(
                 f"stream longer than {self.settings.stream_max_seconds:g} s "
-                "(setting stream_max_seconds); open a new connection", CLOSE_TOO_BIG,
+                "(setting stream_max_seconds); open a new connection",
+                CLOSE_TOO_BIG,
             )
         self._buffer = np.concatenate([self._buffer, wave])
         self.received += wave.shape[0]

@@ -1,7 +1,9 @@
 """Uploaded bytes -> float32 mono wave at the model's rate, or a client error.
 
-Uploads are decoded from memory: nothing is written to disk, and the client's file
-name is only ever echoed back as text. Formats soundfile reads (WAV, FLAC, OGG
+Uploads are decoded from memory and the client's file name is only ever echoed
+back as text: no path is ever built from it. (Starlette's form parser keeps a part
+over 1 MB in an anonymous temporary file, unlinked when created and closed after
+the request; nothing else touches the disk.) Formats soundfile reads (WAV, FLAC, OGG
 Vorbis/Opus, MP3, AIFF, ...) decode in-process; others (WebM/Opus from browsers'
 MediaRecorder, M4A) go through ``ffmpeg`` over pipes when it is installed, limited
 to the pipe protocol and to audio container demuxers so that an uploaded playlist
@@ -67,7 +69,9 @@ def decode_with_ffmpeg(data: bytes, sample_rate: int, max_seconds: float) -> np.
         "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
     ]  # fmt: skip
     try:
-        proc = subprocess.run(cmd, input=data, capture_output=True, timeout=FFMPEG_TIMEOUT)
+        proc = subprocess.run(
+            cmd, input=data, capture_output=True, timeout=FFMPEG_TIMEOUT, check=False
+        )
     except subprocess.TimeoutExpired:
         raise AudioError(f"ffmpeg did not finish within {FFMPEG_TIMEOUT:.0f} s") from None
     if proc.returncode != 0:
@@ -116,13 +120,16 @@ def decode_upload(
 def _check_length(seconds: float, name: str, field: str, max_seconds: float) -> None:
     if seconds > max_seconds:
         raise UploadProblem(
-            422, field,
+            422,
+            field,
             f"{name}: clip is {seconds:.1f} s long; this server accepts at most "
             f"{max_seconds:g} s (setting max_clip_seconds)",
         )
     if seconds < MIN_SECONDS:
         raise UploadProblem(
-            422, field, f"{name}: clip is {seconds * 1000:.0f} ms long; need at least "
+            422,
+            field,
+            f"{name}: clip is {seconds * 1000:.0f} ms long; need at least "
             f"{MIN_SECONDS * 1000:.0f} ms of audio",
         )
 
@@ -134,7 +141,8 @@ def _decode_other(
     reason = re.sub(r"^Error opening <.*?>: ", "", reason)[:200]
     if not ffmpeg_available():
         raise UploadProblem(
-            415, field,
+            415,
+            field,
             f"{name}: not readable as audio ({reason}); send WAV, FLAC, OGG, MP3 or AIFF "
             "(WebM and M4A need ffmpeg on the server)",
         )
