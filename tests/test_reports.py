@@ -122,7 +122,7 @@ def test_results_page_states_command_protocol_and_gap():
         "groups": [group("seed_mlp (x)", "ravdess", True, [0.4, 0.36]),
                    group("seed_mlp (x)", "ravdess", False, [0.6, 0.62])],
         "folds": [{"corpus": "ravdess", "model": "seed_mlp (x)", "protocol": "p", "fold": 0,
-                   "test_speakers": ["ravdess:01"], "n": 60, "ua": 0.4, "wa": 0.41,
+                   "test_speakers": ["ravdess:01"], "n": 60, "ua": 0.4, "wa": 0.41, "kind": "baseline",
                    "fit_seconds": 1.0}],
     }  # fmt: skip
     page = reports.render_results_markdown(result, "python evaluate.py --cv")
