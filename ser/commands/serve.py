@@ -38,10 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import time
+
     import uvicorn
 
     from ser.inference import Predictor, limit_blas_threads, limit_tf_threads
-    from ser.serving.app import create_app
+    from ser.serving.app import create_app, warm_batch_sizes
     from ser.serving.settings import load_settings
 
     settings = load_settings(
@@ -57,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
     )
     limit_blas_threads()
     limit_tf_threads(settings.model_threads)
-    predictor = Predictor.load(args.run_dir)  # compiled for each batch size at start-up
+    predictor = Predictor.load(args.run_dir)
+    started = time.time()
+    print(f"loaded {predictor.model_id}; compiling the model ...", flush=True)
+    predictor.warm_up(warm_batch_sizes(settings.max_batch_windows))
+    print(f"compiled in {time.time() - started:.1f} s", flush=True)
     app = create_app(predictor, settings=settings)
     print(
         f"serving {predictor.model_id} ({predictor.cfg.model.type}, labels: "
