@@ -138,6 +138,7 @@ def _record(
         "features": result.features,
         "params": result.params,
         "grid": result.grid,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         **extra,
     }
 
@@ -221,6 +222,7 @@ def cross_validate(
     )
     out.mkdir(parents=True, exist_ok=True)
     journal = _Journal(out / "folds.jsonl", resume)
+    reused = len(journal.records)
     # A resumed run keeps the date, commit and duration of the run it continues.
     previous = _read_previous(out / "cv.json") if resume else None
     records: list[dict[str, Any]] = []
@@ -382,6 +384,11 @@ def cross_validate(
     # One record per key: a resumed run may list a reused record twice.
     unique = list({r["key"]: r for r in records}.values())
     seconds = time.time() - started
+    resumed = []
+    if reused:
+        when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started))
+        commit = at_start.get("git_commit", "unknown")
+        resumed.append(f"{when}: resumed with {reused} finished results reused, commit {commit}")
     result = {
         "format": CV_FORMAT,
         "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -392,7 +399,7 @@ def cross_validate(
         "protocol_notes": notes,
         "out_dir": str(out),
         "seconds": seconds,
-        "resumed": [],
+        "resumed": resumed,
         "command": command,
         "groups": _summarise(unique),
         "folds": sorted(unique, key=lambda r: (r["corpus"], r["model"], r["protocol"], r["fold"])),
@@ -401,7 +408,7 @@ def cross_validate(
         for key in ("created", "commit", "versions", "machine", "command"):
             result[key] = previous.get(key) or result[key]
         result["seconds"] = previous["seconds"] + seconds
-        result["resumed"] = [*previous.get("resumed", []), time.strftime("%Y-%m-%d %H:%M:%S %z")]
+        result["resumed"] = [*previous.get("resumed", []), *result["resumed"]]
     (out / "cv.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     (out / "cv.md").write_text(reports.render_cv_markdown(result), encoding="utf-8")
     log(reports.format_cv_table(result["groups"]))

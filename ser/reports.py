@@ -491,8 +491,9 @@ def render_cv_markdown(result: dict[str, Any], title: str = "Cross-validation") 
     out += [
         (
             f"- date {result['created']}; commit {result['commit']}; "
-            f"{result['machine']}; total {result['seconds'] / 60:.0f} min"
+            f"{result['machine']}; {_duration(result)}"
         ),
+        *[f"- {line}" for line in result.get("resumed", [])],
         "",
         "## Summary",
         "",
@@ -551,8 +552,9 @@ def render_results_markdown(result: dict[str, Any], command: str) -> str:
         "```",
         "",
         f"Generated {result['created']}, commit `{result['commit'][:12]}`, "
-        f"{result['machine']}, {result['seconds'] / 3600:.1f} h in total. "
+        f"{result['machine']}, {_duration(result)}. "
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if k != "git_commit"),
+        *[f"Note: {line}." for line in result.get("resumed", [])],
         "",
         "## Protocol",
         "",
@@ -684,3 +686,8 @@ def _per_fold_sections(folds: Sequence[dict[str, Any]]) -> list[str]:
         out += _fold_table(others, with_training=False)
         out += ["", "</details>"]
     return out
+
+
+def _duration(result: dict[str, Any]) -> str:
+    hours = f"{result['seconds'] / 3600:.1f} h"
+    return f"{hours} in the last invocation" if result.get("resumed") else f"{hours} in total"
