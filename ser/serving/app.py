@@ -216,7 +216,9 @@ class Service:
             prediction = await self.predict_upload(upload, "files")
         except UploadProblem as problem:
             return BatchItemOut(
-                filename=upload.filename, status=problem.status, error=problem.message
+                filename=(upload.filename or "")[:255] or None,
+                status=problem.status,
+                error=problem.message,
             )
         return BatchItemOut(filename=prediction.filename, status=200, prediction=prediction)
 
@@ -282,8 +284,11 @@ class Service:
                     await ws.close(1000)
                     return
         except StreamError as exc:
-            await ws.send_json({"type": "error", "message": str(exc)})
-            await ws.close(exc.code, reason=str(exc)[:120])
+            try:
+                await ws.send_json({"type": "error", "message": str(exc)})
+                await ws.close(exc.code, reason=str(exc)[:120])
+            except (WebSocketDisconnect, RuntimeError):
+                return  # the client left before hearing why
         except WebSocketDisconnect:
             return
 
