@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -320,6 +321,7 @@ def cross_validate(
                     data = None
                     test = None
                     if todo_keras:
+                        _discard_unfinished(fold_cfg, detail)
                         summary = train(fold_cfg, log=detail)
                         predictor = Predictor.load(summary["run_dir"])
                         data = load_run_data(predictor, log=detail)
@@ -414,6 +416,16 @@ def cross_validate(
     log(reports.format_cv_table(result["groups"]))
     log(f"cross-validation report: {out / 'cv.md'} (and cv.json, folds.jsonl)")
     return result
+
+
+def _discard_unfinished(cfg: Config, log: Log) -> None:
+    """Delete the run folder and logs of a fold interrupted before it was recorded:
+    it is trained again from scratch, so every fold's numbers and timings are whole."""
+    name = cfg.train.run_name or ""
+    for folder in (Path(cfg.train.checkpoints_dir) / name, Path(cfg.train.experiments_dir) / name):
+        if name and folder.exists():
+            log(f"discarding unfinished fold {folder}")
+            shutil.rmtree(folder)
 
 
 def _read_previous(path: Path) -> dict[str, Any] | None:
