@@ -35,6 +35,7 @@ from ser.config import (
     validate,
 )
 from ser.data.corpora import CorpusNotFoundError, Manifest, Utterance
+from ser.data.pipeline import scope_normalise
 from ser.data.splits import Split, SplitError
 from ser.features.cache import extract_all
 from ser.inference import Predictor, RunDirError
@@ -740,13 +741,15 @@ def evaluate_cross_corpus(
     dropped = dict(
         sorted(Counter(r.emotion for r in manifest.rows if r.emotion not in shared).items())
     )
-    rows = [r for r in manifest.rows if r.emotion in shared]
+    # Every clip of the corpus, as training saw its corpora: a speaker-scope
+    # normalisation (features.normalisation) pools all of a speaker's clips.
     features, extraction = extract_all(
-        [r.path for r in rows], cfg.features, cfg.data.sample_rate,
+        [r.path for r in manifest.rows], cfg.features, cfg.data.sample_rate,
         workers=cfg.features.workers, cache_dir=cfg.features.cache_dir, log=log,
     )  # fmt: skip
     log(extraction.summary())
-    rows = [r for r in rows if r.path in features]
+    features = scope_normalise(features, manifest.rows, cfg.features.normalisation)
+    rows = [r for r in manifest.rows if r.emotion in shared and r.path in features]
     index = {label: i for i, label in enumerate(shared)}
     test = Examples(rows, np.array([index[r.emotion] for r in rows], np.int32))
     allowed = [labels.index(label) for label in shared]
