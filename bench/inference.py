@@ -1,7 +1,7 @@
 """In-process inference: latency of one 3 s clip (features included) and batch throughput.
 
-Loads a run with ``Predictor.load`` (default ``checkpoints/best``), as ``ser predict``
-and the HTTP service do. Latency covers feature extraction, normalisation and the
+Loads a run with ``Predictor.load`` (default ``checkpoints/best``) and warms it up,
+as ``ser predict`` and the HTTP service do. Latency covers feature extraction, normalisation and the
 model call for a 3 s clip already decoded in memory; decoding a file is reported
 separately. Throughput runs ``predict_inputs`` on batches of 3 s clips.
 
@@ -35,9 +35,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--seconds", type=float, default=3.0)
     args = p.parse_args()
-    from ser.inference import Predictor
+    from ser.inference import Predictor, limit_blas_threads
 
+    # As ``ser serve`` and ``ser predict`` do: BLAS threads spinning on the cores the
+    # model uses inflate small filterbank products by an order of magnitude.
+    limit_blas_threads()
     predictor = Predictor.load(args.run)
+    predictor.warm_up()
     sr = predictor.cfg.data.sample_rate
     wave = clip(args.seconds, sr)
     for _ in range(5):  # warm-up: graph tracing, filterbanks, allocator
