@@ -38,7 +38,9 @@ def _pct(x: float | None) -> str:
 
 
 def _seconds(x: float | None) -> str:
-    return "" if x is None else f"{x:.1f}"
+    if x is None:
+        return ""
+    return f"{x:.2f}" if x < 1 else f"{x:.1f}"
 
 
 def _names(results: Sequence[dict[str, Any]]) -> list[str]:
@@ -573,7 +575,8 @@ def render_results_markdown(result: dict[str, Any], command: str) -> str:
     out += [
         "- " + UA_WA_NOTE + " Mean ± sample standard deviation across folds; "
         "fit s / fold: wall-clock seconds of `model.fit` (Keras, including validation "
-        "each epoch) or of the scikit-learn fit, per fold, on the machine above.",
+        "each epoch) or of the scikit-learn fit, per fold, on the machine above, which "
+        "other jobs shared: timings are indicative.",
         "",
     ]
     groups = result["groups"]
