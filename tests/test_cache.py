@@ -297,3 +297,22 @@ def test_digest_index_skips_rehashing_unchanged_files_and_notices_changes(tmp_pa
     assert again.digest(str(audio)) == hashlib.sha256(b"two!").hexdigest()
     (tmp_path / DigestIndex.FILE).write_text("{not json")
     assert DigestIndex(tmp_path).entries == {}
+
+
+def test_fast_npy_reader_matches_numpy_and_falls_back(tmp_path: Path) -> None:
+    import io
+
+    from ser.features.cache import _read_float32_npy
+
+    a = np.random.default_rng(0).normal(size=(37, 5)).astype(np.float32)
+    for array in (a, np.asfortranarray(a), a.astype(np.float64)):
+        buf = io.BytesIO()
+        np.save(buf, array)
+        buf.seek(0)
+        out = _read_float32_npy(buf)
+        np.testing.assert_array_equal(out, array)
+        assert out.dtype == array.dtype and buf.read(1) == b""
+    buf = io.BytesIO()
+    np.save(buf, a)
+    with pytest.raises(EOFError):
+        _read_float32_npy(io.BytesIO(buf.getvalue()[:-4]))
