@@ -167,6 +167,8 @@ def make_dataset(
         raise ValueError("no examples to build a dataset from")
     normalised = [normaliser.apply(x) for x in inputs]
     sequence = normalised[0].ndim == 2
+    if not sequence:
+        return _pooled_dataset(np.stack(normalised), labels, batch_size, training, seed)
     if sequence:
         lengths = np.array([x.shape[0] for x in normalised], np.int64)
         values = np.concatenate(normalised, axis=0)
@@ -193,4 +195,24 @@ def make_dataset(
         ds = ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads)
     else:
         ds = ds.batch(batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _pooled_dataset(x: np.ndarray, labels: np.ndarray | None, batch_size: int, training: bool,
+                    seed: int):
+    """[N, D] vectors -> batches [B, D]: shuffle and batch indices, then one gather per
+    batch (slicing element by element costs more than a dense model's training step)."""
+    import tensorflow as tf
+
+    n = x.shape[0]
+    index = tf.data.Dataset.range(n)
+    if training:
+        index = index.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    index = index.batch(batch_size)
+    features = tf.constant(x)
+    if labels is None:
+        ds = index.map(lambda i: tf.gather(features, i))
+    else:
+        targets = tf.constant(np.asarray(labels, np.int32))
+        ds = index.map(lambda i: (tf.gather(features, i), tf.gather(targets, i)))
     return ds.prefetch(tf.data.AUTOTUNE)
