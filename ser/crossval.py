@@ -223,7 +223,7 @@ def cross_validate(
     )
     out.mkdir(parents=True, exist_ok=True)
     journal = _Journal(out / "folds.jsonl", resume)
-    reused = len(journal.records)
+    reused = 0  # results taken from the journal instead of computed
     # A resumed run keeps the date, commit and duration of the run it continues.
     previous = _read_previous(out / "cv.json") if resume else None
     records: list[dict[str, Any]] = []
@@ -311,11 +311,11 @@ def cross_validate(
                     want_keras = keras and not dependent
                     todo_keras = want_keras and keras_key not in journal.records
                     todo_base = [n for n, k in base_keys.items() if k not in journal.records]
+                    done = [journal.records[k] for n, k in base_keys.items() if n not in todo_base]
                     if want_keras and not todo_keras:
-                        records.append(journal.records[keras_key])
-                    records += [
-                        journal.records[k] for n, k in base_keys.items() if n not in todo_base
-                    ]
+                        done.append(journal.records[keras_key])
+                    records += done
+                    reused += len(done)
                     if not todo_keras and not todo_base:
                         continue
                     data = None
