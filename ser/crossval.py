@@ -223,7 +223,7 @@ def cross_validate(
     )
     out.mkdir(parents=True, exist_ok=True)
     journal = _Journal(out / "folds.jsonl", resume)
-    reused = 0  # results taken from the journal instead of computed
+    reused: set[str] = set()  # keys of results taken from the journal, not computed
     # A resumed run keeps the date, commit and duration of the run it continues.
     previous = _read_previous(out / "cv.json") if resume else None
     records: list[dict[str, Any]] = []
@@ -315,7 +315,7 @@ def cross_validate(
                     if want_keras and not todo_keras:
                         done.append(journal.records[keras_key])
                     records += done
-                    reused += len(done)
+                    reused.update(r["key"] for r in done)
                     if not todo_keras and not todo_base:
                         continue
                     data = None
@@ -387,10 +387,15 @@ def cross_validate(
     unique = list({r["key"]: r for r in records}.values())
     seconds = time.time() - started
     resumed = []
-    if reused:
+    computed = len(unique) - len(reused)
+    # A resume that computed nothing only re-rendered the reports: nothing to note.
+    if reused and computed:
         when = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started))
         commit = at_start.get("git_commit", "unknown")
-        resumed.append(f"{when}: resumed with {reused} finished results reused, commit {commit}")
+        resumed.append(
+            f"{when}: resumed with {len(reused)} finished results reused and {computed} "
+            f"computed, commit {commit}"
+        )
     result = {
         "format": CV_FORMAT,
         "created": time.strftime("%Y-%m-%d %H:%M:%S %z"),
@@ -409,7 +414,7 @@ def cross_validate(
     if previous is not None:
         for key in ("created", "commit", "versions", "machine", "command"):
             result[key] = previous.get(key) or result[key]
-        result["seconds"] = previous["seconds"] + seconds
+        result["seconds"] = previous["seconds"] + (seconds if computed else 0.0)
         result["resumed"] = [*previous.get("resumed", []), *result["resumed"]]
     (out / "cv.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     (out / "cv.md").write_text(reports.render_cv_markdown(result), encoding="utf-8")
