@@ -64,7 +64,7 @@ def test_scaling_bench(corpora, tmp_path):
 
 
 def test_inference_bench(corpora, tmp_path):
-    from test_training import tiny_overrides
+    from tiny_run import tiny_overrides
 
     from ser.config import load_config
     from ser.training import train

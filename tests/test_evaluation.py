@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import make_corpora
+from tiny_run import tiny_overrides
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from ser.config import ConfigError, load_config
@@ -36,30 +37,10 @@ FAST_BASELINES = "evaluation.baselines=[svc, logistic_regression, knn, seed_mlp]
 
 def tiny_config(data_root: Path, work: Path, corpora: str, model: str = "lstm", **extra: str):
     """A config that trains in seconds on the generated corpora."""
-    values = {
-        "data.root": str(data_root),
-        "data.corpora": corpora,
-        "features.extractors": "[mfcc]",
-        "features.mfcc.n_mfcc": "13",
-        "features.mode": "pooled" if model == "dense" else "sequence",
-        "features.workers": "1",
-        "features.cache_dir": str(work / "cache"),
-        "model.type": model,
-        "model.lstm.units": "[8]",
-        "model.lstm.dense_units": "[8]",
-        "model.dense.units": "[16]",
-        "train.epochs": "2",
-        "train.batch_size": "16",
-        "train.confusion_images": "false",
-        "train.checkpoints_dir": str(work / "checkpoints"),
-        "train.experiments_dir": str(work / "experiments"),
-        "evaluation.seed_mlp.max_iter": "50",
-        "evaluation.mlp.max_iter": "50",
-        **extra,
-    }
-    return load_config(
-        ROOT / "configs" / "base.yaml", [f"{k}={v}" for k, v in values.items()], env={}
-    )
+    extra = {"train.epochs": "2", "train.confusion_images": "false",
+             "evaluation.seed_mlp.max_iter": "50", "evaluation.mlp.max_iter": "50", **extra}
+    sets = tiny_overrides(data_root, work, model, corpora, **extra)
+    return load_config(ROOT / "configs" / "base.yaml", sets, env={})
 
 
 @pytest.fixture(scope="module")

@@ -12,36 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import make_corpora, write_bytes, write_empty_wav
+from tiny_run import tiny_overrides
 
 from ser.config import load_config
 from ser.training import class_weights, train
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tiny_overrides(data_root: Path, work: Path, model: str = "lstm", **extra: str) -> list[str]:
-    mode = "pooled" if model == "dense" else "sequence"
-    values = {
-        "data.root": str(data_root),
-        "data.corpora": "[ravdess, tess, emodb]",
-        "features.extractors": "[mfcc]",
-        "features.mfcc.n_mfcc": "13",
-        "features.mode": mode,
-        "features.workers": "1",
-        "features.cache_dir": str(work / "cache"),
-        "model.type": model,
-        "model.lstm.units": "[8]",
-        "model.lstm.dense_units": "[8]",
-        "model.cnn.filters": "[8]",
-        "model.cnn.dense_units": "[8]",
-        "model.dense.units": "[16]",
-        "train.epochs": "1",
-        "train.batch_size": "16",
-        "train.checkpoints_dir": str(work / "checkpoints"),
-        "train.experiments_dir": str(work / "experiments"),
-        **extra,
-    }
-    return [f"{k}={v}" for k, v in values.items()]
 
 
 @pytest.fixture(scope="module")

@@ -22,36 +22,45 @@ WINDOW_SECONDS = 1.0
 _RUNS: dict[str, Path] = {}
 
 
+def tiny_overrides(
+    data_root: Path, work: Path, model: str = "lstm", corpora: str = "[ravdess, tess, emodb]",
+    **extra: str,
+) -> list[str]:
+    """``--set`` overrides for a run that trains in seconds on generated corpora."""
+    values = {
+        "data.root": str(data_root),
+        "data.corpora": corpora,
+        "features.extractors": "[mfcc]",
+        "features.mfcc.n_mfcc": "13",
+        "features.mode": "pooled" if model == "dense" else "sequence",
+        "features.workers": "1",
+        "features.cache_dir": str(work / "cache"),
+        "model.type": model,
+        "model.lstm.units": "[8]",
+        "model.lstm.dense_units": "[8]",
+        "model.cnn.filters": "[8]",
+        "model.cnn.dense_units": "[8]",
+        "model.dense.units": "[16]",
+        "train.epochs": "1",
+        "train.batch_size": "16",
+        "train.checkpoints_dir": str(work / "checkpoints"),
+        "train.experiments_dir": str(work / "experiments"),
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
 def tiny_run(tmp_path_factory, model: str = "lstm") -> Path:
     """The run directory of a one-epoch tiny ``model`` (lstm, cnn or dense)."""
     if model not in _RUNS:
         work = tmp_path_factory.mktemp(f"tiny-{model}")
         make_emodb(work / "corpora")
-        values = {
-            "data.root": str(work / "corpora"),
-            "data.corpora": "[emodb]",
-            "data.max_seconds": str(WINDOW_SECONDS),
-            "features.extractors": "[mfcc]",
-            "features.mfcc.n_mfcc": "13",
-            "features.mode": "pooled" if model == "dense" else "sequence",
-            "features.workers": "1",
-            "features.cache_dir": str(work / "cache"),
-            "model.type": model,
-            "model.lstm.units": "[8]",
-            "model.lstm.dense_units": "[8]",
-            "model.cnn.filters": "[8]",
-            "model.cnn.dense_units": "[8]",
-            "model.dense.units": "[16]",
-            "train.epochs": "1",
-            "train.batch_size": "16",
-            "train.confusion_images": "false",
-            "train.run_name": f"tiny-{model}",
-            "train.checkpoints_dir": str(work / "checkpoints"),
-            "train.experiments_dir": str(work / "experiments"),
-        }
-        cfg = load_config(
-            ROOT / "configs" / "base.yaml", [f"{k}={v}" for k, v in values.items()], env={}
+        sets = tiny_overrides(
+            work / "corpora", work, model, "[emodb]",
+            **{"data.max_seconds": str(WINDOW_SECONDS), "train.confusion_images": "false",
+               "train.run_name": f"tiny-{model}"},
         )
+        cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
         summary = train(cfg, log=lambda _line: None)
         _RUNS[model] = Path(summary["run_dir"])
     return _RUNS[model]
