@@ -584,15 +584,7 @@ def render_results_markdown(result: dict[str, Any], command: str) -> str:
         here = [g for g in groups if g["corpus"] == corpus]
         out += [f"## {_corpus_title(corpus, here)}", ""]
         out += _table(
-            [
-                "model",
-                "protocol",
-                "folds",
-                "UA % (mean ± std)",
-                "WA % (mean ± std)",
-                "macro-F1 %",
-                "fit s / fold",
-            ],
+            CV_HEADER[1:],  # the corpus is the section heading
             [row[1:] for row in cv_rows(here)],
         )
         out.append("")
