@@ -82,6 +82,13 @@ CATALOGUE: dict[str, tuple[Writer, bool]] = {
 }
 
 NAMES = {"non-ASCII name with spaces": "émotion ça va 01_happy.wav"}
+# Readable audio whose file name carries no usable label: only the corpus reader cares.
+NAME_CASES = {
+    "no emotion token": "20190616_125714.wav",
+    "unknown emotion token": "20190616_125714_elated.wav",
+}
+# Every row of the robustness tables, in catalogue order.
+ROWS = [*CATALOGUE, *NAME_CASES]
 
 
 def file_name(case: str, emotion: str = "happy") -> str:
@@ -98,5 +105,40 @@ def write_case(folder: Path, case: str, emotion: str = "happy") -> Path:
     return path
 
 
+def write_corpus(folder: Path, good_per_class: int = 6) -> dict[str, Path]:
+    """A custom-corpus folder holding every catalogue case (labelled happy), the two
+    name cases, and ``good_per_class`` good clips per emotion (happy, sad) under
+    ``folder/good``. Returns the path of each case."""
+    paths = {case: write_case(folder, case) for case in CATALOGUE}
+    for case, name in NAME_CASES.items():
+        paths[case] = folder / name
+        CATALOGUE["stereo"][0](paths[case])
+    for i in range(good_per_class):
+        for emotion in ("happy", "sad"):
+            write_case(folder / "good", "float32", emotion).rename(
+                folder / "good" / f"good{i}_{emotion}.wav"
+            )
+    return paths
+
+
 def running_as_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def expected_usable(case: str) -> bool:
+    """Whether ``case`` holds usable audio here (the name cases do). Permission bits do
+    not stop root, for whom the unreadable file is simply readable audio."""
+    if case == "no read permission" and running_as_root():
+        return True
+    return case in NAME_CASES or CATALOGUE[case][1]
+
+
+def short(text: str, *names: object, limit: int = 70) -> str:
+    """``text`` for a table cell: one line of at most ``limit`` characters, with the
+    given file names or paths cut out (``<name>: `` prefixes dropped, others ``…``)."""
+    for name in sorted({str(n) for n in names if n}, key=len, reverse=True):
+        for form in (f"file {name!r}: ", f"files {name!r}: ", f"{name}: "):
+            text = text.replace(form, "")
+        text = text.replace(repr(name), "…").replace(name, "…")
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -12,40 +12,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from badinputs import CATALOGUE, running_as_root, write_case
+from badinputs import CATALOGUE, NAME_CASES, expected_usable, short, write_corpus
+from robustlog import record
 
 from ser.config import load_config
-from ser.data.corpora import build_manifest
+from ser.data.corpora import Manifest, build_manifest
 from ser.features.cache import extract_all
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = sorted(CATALOGUE)
 
 
-def expected_usable(case: str) -> bool:
-    # Permission bits do not stop root; the file is then simply readable audio.
-    if case == "no read permission" and running_as_root():
-        return True
-    return CATALOGUE[case][1]
-
-
 @pytest.fixture(scope="module")
 def custom_corpus(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     root = tmp_path_factory.mktemp("robust")
-    folder = root / "custom"
-    paths = {case: write_case(folder, case) for case in CASES}
-    # Files whose names carry no usable label.
-    paths["no emotion token"] = folder / "20190616_125714.wav"
-    paths["unknown emotion token"] = folder / "20190616_125714_elated.wav"
-    for extra in ("no emotion token", "unknown emotion token"):
-        CATALOGUE["stereo"][0](paths[extra])
-    # Enough good files for a training run with two classes.
-    for i in range(6):
-        for emotion in ("happy", "sad"):
-            write_case(folder / "good", "float32", emotion).rename(
-                folder / "good" / f"good{i}_{emotion}.wav"
-            )
-    return root, paths
+    # Every case plus enough good files for a training run with two classes.
+    return root, write_corpus(root / "custom")
 
 
 def config(root: Path, tmp: Path, *extra: str):
@@ -65,24 +47,30 @@ def test_reader_accepts_usable_and_names_every_rejected_file(custom_corpus, tmp_
     root, paths = custom_corpus
     lines: list[str] = []
     manifest = build_manifest(config(root, tmp_path).data, log=lines.append)
-    kept = {r.path for r in manifest.rows}
+    kept = {r.path: r for r in manifest.rows}
     skipped = {s.path: s.reason for s in manifest.skipped}
     for case in CASES:
         path = str(paths[case].absolute())
-        # Header-level problems are caught by the reader; sample-level ones (NaN) by extraction.
-        if case == "NaN and Inf samples":
-            continue
         if case == "directory named like a file":
-            assert path not in kept  # a folder is walked as a folder, never read as audio
-            continue
-        if expected_usable(case):
+            assert path not in kept and path not in skipped  # walked as a folder, never read
+            record("inputs", case, "reader", "walked as a folder (holds no audio)")
+        elif case == "NaN and Inf samples":
+            # Header-level problems are caught by the reader; sample-level ones by extraction.
+            assert path in kept
+            record("inputs", case, "reader", f"listed ({kept[path].duration:.2f} s; samples not read)")
+        elif expected_usable(case):
             assert path in kept, f"{case}: rejected: {skipped.get(path)}"
+            record("inputs", case, "reader", f"listed ({kept[path].duration:.2f} s)")
         else:
             assert path not in kept, f"{case}: accepted"
             assert skipped.get(path), f"{case}: not reported"
             assert any(path in line for line in lines), f"{case}: no warning line names it"
-    for case in ("no emotion token", "unknown emotion token"):
-        assert "_<emotion>" in skipped[str(paths[case].absolute())]
+            record("inputs", case, "reader", f"skipped (named): {short(skipped[path], path)}")
+    for case in NAME_CASES:
+        path = str(paths[case].absolute())
+        assert "_<emotion>" in skipped[path]
+        assert any(path in line for line in lines), f"{case}: no warning line names it"
+        record("inputs", case, "reader", f"skipped (named): {short(skipped[path], path, limit=45)}")
 
 
 def test_extraction_gives_finite_features_or_a_named_failure(custom_corpus, tmp_path):
@@ -95,6 +83,12 @@ def test_extraction_gives_finite_features_or_a_named_failure(custom_corpus, tmp_
         progress=False, log=lines.append,
     )
     failed = dict(report.failed)
+    assert "NaN" in failed[str(paths["NaN and Inf samples"])]
+    long = features[str(paths["10 minutes"])]
+    assert long.shape[0] == pytest.approx(600 * 100, rel=0.01)  # 10 ms hop
+    # No temp files or partial entries left behind.
+    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name.startswith(".")]
+    assert leftovers == []
     for case in CASES:
         path = str(paths[case])
         if paths[case].is_dir():
@@ -103,15 +97,11 @@ def test_extraction_gives_finite_features_or_a_named_failure(custom_corpus, tmp_
             assert path in features, f"{case}: {failed.get(path)}"
             x = features[path]
             assert x.ndim == 2 and x.shape[0] >= 1 and np.isfinite(x).all(), case
+            record("inputs", case, "extraction", f"finite features [{x.shape[0]}, {x.shape[1]}]")
         else:
             assert path in failed and failed[path], f"{case}: not reported"
             assert any(line.startswith(f"warning: skipped {path}: ") for line in lines), case
-    assert "NaN" in failed[str(paths["NaN and Inf samples"])]
-    long = features[str(paths["10 minutes"])]
-    assert long.shape[0] == pytest.approx(600 * 100, rel=0.01)  # 10 ms hop
-    # No temp files or partial entries left behind.
-    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name.startswith(".")]
-    assert leftovers == []
+            record("inputs", case, "extraction", f"failed (named): {short(failed[path], path)}")
 
 
 def test_training_skips_bad_files_counts_them_and_finishes(custom_corpus, tmp_path, capsys):
@@ -121,9 +111,23 @@ def test_training_skips_bad_files_counts_them_and_finishes(custom_corpus, tmp_pa
     summary = train(config(root, tmp_path))
     out = capsys.readouterr().out
     files_only = [c for c in CASES if c != "directory named like a file"]
-    bad = [c for c in files_only if not expected_usable(c)] + ["no emotion token", "unknown emotion token"]
+    bad = [c for c in files_only if not expected_usable(c)] + list(NAME_CASES)
     files = summary["files"]
-    assert files["skipped_unreadable"] + files["failed_extraction"] == len(bad)
+    counted = files["skipped_unreadable"] + files["failed_extraction"]
+    assert counted == len(bad)
+    assert np.isfinite(summary["test"]["ua"])
+    manifest = Manifest.load(Path(summary["run_dir"]) / "manifest.jsonl")
+    prefix = "warning: skipped "  # extraction failures, named as the manifest names them
+    failed = {line[len(prefix) :].split(": ")[0] for line in out.splitlines() if line.startswith(prefix)}
+    used = {r.path for r in manifest.rows} - failed
     for case in bad:
         assert paths[case].name in out, f"{case}: not named in the output"
-    assert np.isfinite(summary["test"]["ua"])
+        assert str(paths[case].absolute()) not in used, case
+        record("inputs", case, "train.py", f"skipped (named), one of {counted} counted")
+    for case in files_only:
+        if case not in bad:
+            assert str(paths[case].absolute()) in used, f"{case}: not used"
+            record("inputs", case, "train.py", "used in the run")
+    folder = paths["directory named like a file"]
+    assert str(folder.absolute()) not in used and folder.name not in out
+    record("inputs", "directory named like a file", "train.py", "walked as a folder, not counted")
