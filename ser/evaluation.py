@@ -730,6 +730,15 @@ def evaluate_cross_corpus(
     root = _root_for_new_corpus(cfg.data, corpus, data_root, env)
     target = cfg.data.model_copy(update={"root": str(root), "corpora": [corpus]})
     manifest = build_manifest(target, log=log)
+
+    def nothing_usable(failed: int = 0) -> EvaluationError:
+        return EvaluationError(
+            f"{corpus}: no usable clips under {root} ({len(manifest.skipped)} files skipped, "
+            f"{failed} failed feature extraction; each is named above)"
+        )
+
+    if not manifest.rows:
+        raise nothing_usable()
     present = {r.emotion for r in manifest.rows}
     labels = list(predictor.labels)
     shared = [label for label in labels if label in present]
@@ -750,6 +759,8 @@ def evaluate_cross_corpus(
     log(extraction.summary())
     features = scope_normalise(features, manifest.rows, cfg.features.normalisation)
     rows = [r for r in manifest.rows if r.emotion in shared and r.path in features]
+    if not rows:
+        raise nothing_usable(len(extraction.failed))
     index = {label: i for i, label in enumerate(shared)}
     test = Examples(rows, np.array([index[r.emotion] for r in rows], np.int32))
     allowed = [labels.index(label) for label in shared]

@@ -137,7 +137,8 @@ def short(text: str, *names: object, limit: int = 70) -> str:
     """``text`` for a table cell: one line of at most ``limit`` characters, with the
     given file names or paths cut out (``<name>: `` prefixes dropped, others ``…``)."""
     for name in sorted({str(n) for n in names if n}, key=len, reverse=True):
-        for form in (f"file {name!r}: ", f"files {name!r}: ", f"{name}: "):
+        prefixes = (f"file {name!r}: ", f"files {name!r}: ", f"cannot open {name!r}: ", f"{name}: ")
+        for form in prefixes:
             text = text.replace(form, "")
         text = text.replace(repr(name), "…").replace(name, "…")
     text = " ".join(text.split())

@@ -80,7 +80,7 @@ def test_bad_files_are_named_and_the_rest_predicted(run_dir, clips, tmp_path, ca
         ["predict", str(clips / "angry.wav"), str(bad), str(missing), "--run", str(run_dir)]
     )
     captured = capsys.readouterr()
-    assert code == 1
+    assert code == 0  # one file was predicted
     assert "broken.wav" in captured.out and "not readable as audio" in captured.out
     assert f"{missing}: no such file or folder" in captured.out
     assert "angry.wav" in captured.out

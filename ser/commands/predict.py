@@ -56,6 +56,8 @@ def collect(paths: list[str]) -> tuple[list[Path], list[dict[str, Any]]]:
 
 def predict_path(predictor, path: Path) -> dict[str, Any]:
     """One file -> the result dict of ``Predictor.predict_file`` (WebM/M4A through ffmpeg)."""
+    import numpy as np
+
     from ser.audio import AudioError
 
     try:
@@ -71,6 +73,8 @@ def predict_path(predictor, path: Path) -> dict[str, Any]:
             raise first from None
         if wave.size == 0:
             raise AudioError(f"{path}: empty audio (0 samples)") from None
+        if not np.isfinite(wave).all():  # soundfile's own check, which ffmpeg skips
+            raise first from None
         return predictor.describe(predictor.predict_clip(wave), path)
 
 
@@ -124,4 +128,5 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(results, args.timeline))
     if failed:
         print(f"{failed} of {len(results)} path(s) could not be predicted", file=sys.stderr)
-    return 1 if failed else 0
+    # Like every command: non-zero only when nothing usable was left.
+    return 1 if failed == len(results) else 0
