@@ -191,3 +191,188 @@ def test_predict_exits_non_zero_when_nothing_is_usable(corpus, run_dir, load_onc
     code, doc, err = predict(bad, run_dir, capsys)
     assert code != 0 and all("error" in r for r in doc["results"]) and len(doc["results"]) == len(bad)
     record("inputs", "only broken files", "ser predict", f"exit {code}: {err.strip()}")
+
+
+# ------------------------------------------------------------------ ser data convert
+def test_convert_names_bad_files_and_converts_the_rest(corpus, tmp_path, capsys):
+    root, paths = corpus
+    out_dir = tmp_path / "out"
+    code = main(["data", "convert", str(root / "custom"), "--to", str(out_dir), "--workers", "2"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = out.splitlines()
+    bad = [c for c in ROWS if c != FOLDER and not expected_usable(c)]
+    summary = lines[-1]
+    assert summary.startswith("convert: ") and f"{len(bad)} failed" in summary
+    # Written under a temporary name and renamed: nothing partial is left.
+    assert [p.name for p in out_dir.rglob(".*")] == []
+    for case in ROWS:
+        path, output = paths[case], out_dir / paths[case].relative_to(root / "custom")
+        warning = next((line for line in lines if line.startswith(f"warning: skipped {path}: ")), "")
+        if case == FOLDER:
+            assert not warning and not output.exists() and str(path) not in out
+            record("inputs", case, "ser data convert", "walked as a folder (holds no audio)")
+        elif case in bad:
+            assert warning and not output.exists(), case
+            reason = warning.split(f"{path}: ", 1)[1]
+            record("inputs", case, "ser data convert", f"skipped (named): {short(reason, path)}")
+        else:
+            info = sf.info(str(output))
+            assert (info.channels, info.samplerate, info.subtype) == (1, 16000, "PCM_16"), case
+            assert not warning
+            seconds = f"{info.duration:.2f} s" if info.duration >= 0.1 else f"{info.frames} samples"
+            record("inputs", case, "ser data convert", f"converted: mono 16-bit 16 kHz, {seconds}")
+
+
+def test_convert_exits_non_zero_when_nothing_is_usable(corpus, tmp_path, capsys):
+    bad = [str(corpus[1][c]) for c in ROWS if not expected_usable(c) and c != FOLDER]
+    code = main(["data", "convert", *bad, "--to", str(tmp_path / "out"), "--workers", "1"])
+    out = capsys.readouterr().out
+    assert code != 0 and out.count("warning: skipped ") == len(bad)
+    assert not any((tmp_path / "out").rglob("*"))
+    summary = out.splitlines()[-1]
+    record("inputs", "only broken files", "ser data convert", f"exit {code}: {short(summary)}")
+
+
+# ------------------------------------------------------------------ HTTP API
+# Usable audio the API refuses by design: under its minimum length, or over max_clip_seconds.
+HTTP_LIMITS = {"shorter than one frame": "need at least 100 ms", "10 minutes": "max_clip_seconds"}
+
+
+@pytest.fixture(scope="module")
+def spill(tmp_path_factory):
+    """Python's temp folder, where the form parser spills uploads over 1 MB, made empty and
+    private to this module so that anything an upload leaves there is seen."""
+    folder = tmp_path_factory.mktemp("spill")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tempfile, "tempdir", str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="module")
+def client(predictor, spill):
+    app = create_app(predictor, settings=SETTINGS)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def left_on_disk(folder: Path) -> list[str]:
+    """Files under ``folder``, and files this process still holds open there (deleted or
+    not); TensorFlow's own generated code (autograph) is not an upload."""
+    held = []
+    for fd in Path("/proc/self/fd").glob("*"):
+        try:
+            held.append(os.readlink(fd))
+        except OSError:
+            continue
+    found = [str(p) for p in folder.rglob("*")] + [t for t in held if t.startswith(str(folder))]
+    return [f for f in found if not Path(f).name.startswith("__autograph_generated_file")]
+
+
+def readable_bytes(case: str, path: Path) -> bytes | None:
+    """The bytes a client would send, or None (and a recorded cell) when it cannot read them."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:  # a folder, or without root an unreadable file
+        assert case == FOLDER or not expected_usable(case), exc
+        return None
+
+
+@pytest.mark.parametrize("case", list(CATALOGUE))
+def test_http_upload_each_case(case, corpus, client, predictor, spill):
+    path = corpus[1][case]
+    data = readable_bytes(case, path)
+    if data is None:
+        record("inputs", case, "HTTP API", "n/a: the client cannot read it")
+        return
+    r = client.post("/predict", files={"file": (path.name, data, "audio/wav")})
+    assert r.status_code < 500, r.text
+    assert left_on_disk(spill) == []
+    body = r.json()
+    if expected_usable(case) and case not in HTTP_LIMITS:
+        assert r.status_code == 200, body
+        assert body["filename"] == path.name and list(body["probabilities"]) == predictor.labels
+        windows = f", {len(body['timeline'])} windows" if body["timeline"] else ""
+        record("inputs", case, "HTTP API", f"HTTP 200: {len(body['probabilities'])} classes{windows}")
+    else:
+        assert 400 <= r.status_code < 500 and r.headers["content-type"] == "application/json"
+        assert body["field"] == "file" and repr(path.name) in body["detail"], body
+        assert HTTP_LIMITS.get(case, "") in body["detail"]
+        detail = short(body["detail"], path.name, limit=60)
+        record("inputs", case, "HTTP API", f"HTTP {r.status_code} JSON error: {detail}")
+
+
+def test_http_batch_gives_each_file_its_own_status(corpus, client, spill):
+    sent = {c: corpus[1][c] for c in CATALOGUE if readable_bytes(c, corpus[1][c]) is not None}
+    files = [("files", (p.name, p.read_bytes(), "audio/wav")) for p in sent.values()]
+    r = client.post("/predict/batch", files=files)
+    assert r.status_code == 200, r.text
+    statuses = [item["status"] for item in r.json()["results"]]
+    expected = [200 if expected_usable(c) and c not in HTTP_LIMITS else 4 for c in sent]
+    assert [s if s == 200 else s // 100 for s in statuses] == expected
+    assert left_on_disk(spill) == []
+    ok = statuses.count(200)
+    outcome = f"HTTP 200: {ok} items 200, {len(statuses) - ok} items 4xx, none left on disk"
+    record("inputs", "good and broken together", "HTTP API", outcome)
+
+
+# ------------------------------------------------------------------ WebSocket /stream
+def stream_file(client, path: Path) -> tuple[str, list[dict], int]:
+    """Stream ``path`` as a client would: its samples as float PCM at its own rate after a
+    config message, or, when it is no audio file, its raw bytes as the default 16-bit PCM.
+    Returns (what was sent, the replies after ``ready``, the close code)."""
+    try:
+        wave, rate = sf.read(path, dtype="float32", always_2d=True)
+    except sf.LibsndfileError:
+        data = path.read_bytes()
+        sent, config = "raw bytes as PCM", None
+        chunks = [data[i : i + 32000] for i in range(0, max(len(data), 1), 32000)]
+    else:
+        mono = wave.mean(axis=1).astype("<f4")
+        sent, config = "samples", {"type": "config", "encoding": "pcm_f32le", "sample_rate": rate}
+        chunks = [mono[i : i + rate].tobytes() for i in range(0, len(mono), rate)]
+    with client.websocket_connect("/stream") as ws:
+        assert ws.receive_json()["type"] == "ready"
+        if config:
+            ws.send_text(json.dumps(config))
+        for chunk in chunks:
+            ws.send_bytes(chunk)
+        ws.send_text(json.dumps({"type": "end"}))
+        replies = []
+        while True:
+            try:
+                replies.append(ws.receive_json())
+            except WebSocketDisconnect as closed:
+                return sent, replies, closed.code
+
+
+# Usable audio the stream refuses by design: a rate outside 8-48 kHz.
+STREAM_LIMITS = {"96 kHz": "config.sample_rate"}
+
+
+@pytest.mark.parametrize("case", list(CATALOGUE))
+def test_stream_each_case(case, corpus, client):
+    path = corpus[1][case]
+    if readable_bytes(case, path) is None:
+        record("inputs", case, "WebSocket", "n/a: the client cannot read it")
+        return
+    sent, replies, code = stream_file(client, path)
+    if replies and replies[-1]["type"] == "error":
+        assert code in (1003, 1007, 1009)
+        assert not expected_usable(case) or case in STREAM_LIMITS
+        assert STREAM_LIMITS.get(case, "NaN" if "NaN" in case else "") in replies[-1]["message"]
+        message = short(replies[-1]["message"], limit=50)
+        record("inputs", case, "WebSocket", f"{sent}: error '{message}', closed {code}")
+    else:
+        assert case not in STREAM_LIMITS and case != "NaN and Inf samples"
+        *windows, end = replies
+        assert code == 1000 and end == {"type": "end", "windows": len(windows)}, replies[-3:]
+        kinds = [w["type"] for w in windows]
+        assert set(kinds) <= {"prediction", "no_speech"}
+        seen = ", ".join(f"{k} ×{kinds.count(k)}" for k in sorted(set(kinds))) or "no window"
+        record("inputs", case, "WebSocket", f"{sent}: {seen}; end, closed {code}")
+    # The server is still there for the next client.
+    with client.websocket_connect("/stream") as ws:
+        ws.receive_json()
+        ws.send_bytes((tone(1.0) * 32767).astype("<i2").tobytes())
+        assert ws.receive_json()["type"] == "prediction"
