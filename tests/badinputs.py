@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from robustlog import record
 
 SR = 16000
 
@@ -87,8 +88,13 @@ NAME_CASES = {
     "no emotion token": "20190616_125714.wav",
     "unknown emotion token": "20190616_125714_elated.wav",
 }
-# Every row of the robustness tables, in catalogue order.
+# Every input case, in catalogue order, then whole-run scenarios of the inputs table.
 ROWS = [*CATALOGUE, *NAME_CASES]
+MIXED = "good and broken together"
+NOTHING_USABLE = "only broken files"
+ONLY_NAN = "only NaN-sample files"
+SCENARIOS = [MIXED, NOTHING_USABLE, ONLY_NAN]
+BROKEN_ONLY = {"header": NOTHING_USABLE, "samples": ONLY_NAN}  # write_broken_only's kinds
 
 
 def file_name(case: str, emotion: str = "happy") -> str:
@@ -121,6 +127,21 @@ def write_corpus(folder: Path, good_per_class: int = 6) -> dict[str, Path]:
     return paths
 
 
+def write_broken_only(folder: Path, paths: dict[str, Path], broken: str) -> None:
+    """A custom-corpus ``folder`` with nothing usable, from the cases at ``paths``:
+    ``broken="header"`` copies every file the reader rejects; ``"samples"`` writes two
+    classes of NaN-sample files, which pass the reader and fail feature extraction."""
+    folder.mkdir(parents=True, exist_ok=True)
+    nan = paths["NaN and Inf samples"]
+    if broken == "header":
+        for case, path in paths.items():
+            if path.is_file() and path != nan and (case in NAME_CASES or not expected_usable(case)):
+                (folder / path.name).write_bytes(path.read_bytes())
+    else:
+        for emotion in ("happy", "sad"):
+            (folder / f"nan_{emotion}.wav").write_bytes(nan.read_bytes())
+
+
 def running_as_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -131,6 +152,14 @@ def expected_usable(case: str) -> bool:
     if case == "no read permission" and running_as_root():
         return True
     return case in NAME_CASES or CATALOGUE[case][1]
+
+
+def observed(case: str, entry_point: str, outcome: str) -> None:
+    """Record one verified cell of the ``inputs`` table (after asserting it). As root an
+    unreadable file is readable, and its cells say so."""
+    if case == "no read permission" and running_as_root():
+        outcome = f"as root: {outcome}"
+    record("inputs", case, entry_point, outcome)
 
 
 def short(text: str, *names: object, limit: int = 70) -> str:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from badinputs import CATALOGUE, NAME_CASES, expected_usable, short, write_corpus
-from robustlog import record
+from badinputs import (
+    BROKEN_ONLY, CATALOGUE, MIXED, NAME_CASES, expected_usable, observed, short, write_broken_only,
+    write_corpus,
+)  # fmt: skip
 
 from ser.config import load_config
 from ser.data.corpora import Manifest, build_manifest
@@ -30,17 +32,17 @@ def custom_corpus(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     return root, write_corpus(root / "custom")
 
 
-def config(root: Path, tmp: Path, *extra: str):
-    return load_config(
-        ROOT / "configs" / "quick.yaml",
-        [
-            f"data.root={root}", "data.corpora=[custom]", "data.emotions=[happy, sad]",
-            "split.method=random", "features.workers=1", f"features.cache_dir={tmp / 'cache'}",
-            "train.epochs=1", f"train.checkpoints_dir={tmp / 'ck'}",
-            f"train.experiments_dir={tmp / 'ex'}", *extra,
-        ],
-        env={},
-    )
+def overrides(root: Path, tmp: Path) -> list[str]:
+    return [
+        f"data.root={root}", "data.corpora=[custom]", "data.emotions=[happy, sad]",
+        "split.method=random", "features.workers=1", f"features.cache_dir={tmp / 'cache'}",
+        "train.epochs=1", f"train.checkpoints_dir={tmp / 'ck'}",
+        f"train.experiments_dir={tmp / 'ex'}",
+    ]  # fmt: skip
+
+
+def config(root: Path, tmp: Path):
+    return load_config(ROOT / "configs" / "quick.yaml", overrides(root, tmp), env={})
 
 
 def test_reader_accepts_usable_and_names_every_rejected_file(custom_corpus, tmp_path):
@@ -53,24 +55,24 @@ def test_reader_accepts_usable_and_names_every_rejected_file(custom_corpus, tmp_
         path = str(paths[case].absolute())
         if case == "directory named like a file":
             assert path not in kept and path not in skipped  # walked as a folder, never read
-            record("inputs", case, "reader", "walked as a folder (holds no audio)")
+            observed(case, "reader", "walked as a folder (holds no audio)")
         elif case == "NaN and Inf samples":
             # Header-level problems are caught by the reader; sample-level ones by extraction.
             assert path in kept
-            record("inputs", case, "reader", f"listed ({kept[path].duration:.2f} s; samples not read)")
+            observed(case, "reader", f"listed ({kept[path].duration:.2f} s; samples not read)")
         elif expected_usable(case):
             assert path in kept, f"{case}: rejected: {skipped.get(path)}"
-            record("inputs", case, "reader", f"listed ({kept[path].duration:.2f} s)")
+            observed(case, "reader", f"listed ({kept[path].duration:.2f} s)")
         else:
             assert path not in kept, f"{case}: accepted"
             assert skipped.get(path), f"{case}: not reported"
             assert any(path in line for line in lines), f"{case}: no warning line names it"
-            record("inputs", case, "reader", f"skipped (named): {short(skipped[path], path)}")
+            observed(case, "reader", f"skipped (named): {short(skipped[path], path)}")
     for case in NAME_CASES:
         path = str(paths[case].absolute())
         assert "_<emotion>" in skipped[path]
         assert any(path in line for line in lines), f"{case}: no warning line names it"
-        record("inputs", case, "reader", f"skipped (named): {short(skipped[path], path, limit=45)}")
+        observed(case, "reader", f"skipped (named): {short(skipped[path], path, limit=45)}")
 
 
 def test_extraction_gives_finite_features_or_a_named_failure(custom_corpus, tmp_path):
@@ -97,11 +99,11 @@ def test_extraction_gives_finite_features_or_a_named_failure(custom_corpus, tmp_
             assert path in features, f"{case}: {failed.get(path)}"
             x = features[path]
             assert x.ndim == 2 and x.shape[0] >= 1 and np.isfinite(x).all(), case
-            record("inputs", case, "extraction", f"finite features [{x.shape[0]}, {x.shape[1]}]")
+            observed(case, "extraction", f"finite features [{x.shape[0]}, {x.shape[1]}]")
         else:
             assert path in failed and failed[path], f"{case}: not reported"
             assert any(line.startswith(f"warning: skipped {path}: ") for line in lines), case
-            record("inputs", case, "extraction", f"failed (named): {short(failed[path], path)}")
+            observed(case, "extraction", f"failed (named): {short(failed[path], path)}")
 
 
 def test_training_skips_bad_files_counts_them_and_finishes(custom_corpus, tmp_path, capsys):
@@ -118,16 +120,35 @@ def test_training_skips_bad_files_counts_them_and_finishes(custom_corpus, tmp_pa
     assert np.isfinite(summary["test"]["ua"])
     manifest = Manifest.load(Path(summary["run_dir"]) / "manifest.jsonl")
     prefix = "warning: skipped "  # extraction failures, named as the manifest names them
-    failed = {line[len(prefix) :].split(": ")[0] for line in out.splitlines() if line.startswith(prefix)}
+    lines = [line for line in out.splitlines() if line.startswith(prefix)]
+    failed = {line[len(prefix) :].split(": ")[0] for line in lines}
     used = {r.path for r in manifest.rows} - failed
     for case in bad:
         assert paths[case].name in out, f"{case}: not named in the output"
         assert str(paths[case].absolute()) not in used, case
-        record("inputs", case, "train.py", f"skipped (named), one of {counted} counted")
+        observed(case, "train.py", f"skipped (named), one of {counted} counted")
     for case in files_only:
         if case not in bad:
             assert str(paths[case].absolute()) in used, f"{case}: not used"
-            record("inputs", case, "train.py", "used in the run")
+            observed(case, "train.py", "used in the run")
     folder = paths["directory named like a file"]
     assert str(folder.absolute()) not in used and folder.name not in out
-    record("inputs", "directory named like a file", "train.py", "walked as a folder, not counted")
+    observed("directory named like a file", "train.py", "walked as a folder, not counted")
+    observed(MIXED, "train.py", f"finished: test UA {summary['test']['ua']:.2f}, {counted} skipped")
+
+
+@pytest.mark.parametrize("broken", list(BROKEN_ONLY))
+def test_training_exits_non_zero_when_nothing_usable_remains(
+    custom_corpus, tmp_path, capsys, broken
+):
+    from ser.cli import main
+
+    write_broken_only(tmp_path / "custom", custom_corpus[1], broken)
+    sets = [x for o in overrides(tmp_path, tmp_path) for x in ("--set", o)]
+    code = main(["train", "--config", str(ROOT / "configs" / "quick.yaml"), *sets])
+    captured = capsys.readouterr()
+    assert code != 0 and "Traceback" not in captured.err
+    error = captured.err.strip().splitlines()[-1].removeprefix("error: ")
+    for path in (tmp_path / "custom").iterdir():
+        assert path.name in captured.out, path
+    observed(BROKEN_ONLY[broken], "train.py", f"exit {code}: {short(error, tmp_path.absolute())}")

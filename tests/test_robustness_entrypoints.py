@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from badinputs import CATALOGUE, NAME_CASES, ROWS, expected_usable, short, write_corpus
+from badinputs import (
+    BROKEN_ONLY, CATALOGUE, MIXED, NAME_CASES, NOTHING_USABLE, ROWS, expected_usable, observed,
+    short, write_broken_only, write_corpus,
+)  # fmt: skip
 from fastapi.testclient import TestClient
-from robustlog import record
 from starlette.websockets import WebSocketDisconnect
 from tiny_run import ROOT, tiny_run, tone
 
@@ -77,8 +79,8 @@ def good_clip(corpus) -> Path:
 # ------------------------------------------------------------------ evaluate.py
 def evaluate(run_dir: Path, root: Path, capsys) -> tuple[int, str]:
     code = main([
-        "evaluate", str(run_dir), "--corpus", "custom", "--data-root", str(root),
-        "--no-baselines", "--set", "evaluation.plots=false", "--set", "evaluation.tensorboard=false",
+        "evaluate", str(run_dir), "--corpus", "custom", "--data-root", str(root), "--no-baselines",
+        "--set", "evaluation.plots=false", "--set", "evaluation.tensorboard=false",
     ])  # fmt: skip
     captured = capsys.readouterr()
     return code, captured.out + captured.err
@@ -97,49 +99,44 @@ def test_evaluate_skips_bad_files_with_a_count_and_scores_the_rest(run_dir, corp
     }
     rejected = [c for c in ROWS if c != FOLDER and (c in NAME_CASES or not expected_usable(c))]
     # The count: the reader's skipped files (all but NaN), then extraction's failure.
-    assert f"{len(rejected) - 1} files skipped" in out
-    assert "1 failed" in next(line for line in lines if line.startswith("features:"))
+    manifest_line = next(line for line in lines if line.startswith("manifest:"))
+    features_line = next(line for line in lines if line.startswith("features:"))
+    assert manifest_line.endswith(f", {len(rejected) - 1} files skipped")
+    assert ", 1 failed (" in features_line
     assert len(scored) == 6 + len([c for c in CATALOGUE if c != FOLDER and c not in rejected])
     for case in ROWS:
         path = str(paths[case].absolute())
         if case == FOLDER:
             assert not named[case] and not any(s.startswith(path) for s in scored)
-            record("inputs", case, "evaluate.py", "walked as a folder (holds no audio)")
+            observed(case, "evaluate.py", "walked as a folder (holds no audio)")
         elif case in rejected:
             assert path not in scored and named[case], f"{case}: not named"
             reason = named[case].split(f"{path}: ", 1)[1]
-            record("inputs", case, "evaluate.py", f"skipped (named): {short(reason, path)}")
+            observed(case, "evaluate.py", f"skipped (named): {short(reason, path)}")
         else:
             assert path in scored and not named[case], f"{case}: not scored"
-            record("inputs", case, "evaluate.py", "scored")
+            observed(case, "evaluate.py", "scored")
+    counts = f"{manifest_line.split(', ')[-1]}, {features_line.split(', ')[-1].split(' (')[0]}"
+    observed(MIXED, "evaluate.py", f"exit 0: {len(scored)} clips scored; {counts}")
     # Nothing partial in the run's feature cache.
     cache = Path(Predictor.load(run_dir).cfg.features.cache_dir)
     assert [p for p in cache.rglob(".*") if p.is_file()] == []
 
 
-@pytest.mark.parametrize("broken", ["header", "samples"])
+@pytest.mark.parametrize("broken", list(BROKEN_ONLY))
 def test_evaluate_exits_non_zero_when_nothing_usable_remains(
     run_dir, corpus, tmp_path, capsys, broken
 ):
-    _, paths = corpus
     folder = tmp_path / "custom"
-    folder.mkdir()
-    if broken == "header":  # every file the reader rejects
-        for case in ROWS:
-            if paths[case].is_file() and (case in NAME_CASES or not expected_usable(case)):
-                (folder / paths[case].name).write_bytes(paths[case].read_bytes())
-        (folder / paths["NaN and Inf samples"].name).unlink()
-    # Two classes that pass the reader (valid headers) but fail extraction.
-    for emotion in ("happy", "sad") if broken == "samples" else ():
-        (folder / f"nan_{emotion}.wav").write_bytes(paths["NaN and Inf samples"].read_bytes())
+    write_broken_only(folder, corpus[1], broken)
     code, out = evaluate(run_dir, tmp_path, capsys)
     assert code != 0 and "Traceback" not in out, out
     error = next(line for line in out.splitlines() if line.startswith("error: "))[7:]
     assert error.startswith("custom: no usable clips")
     for path in folder.iterdir():
         assert any(line.startswith("warning:") and str(path) in line for line in out.splitlines())
-    row = {"header": "only broken files", "samples": "only NaN-sample files"}[broken]
-    record("inputs", row, "evaluate.py", f"exit {code}: {short(error, tmp_path.absolute())}")
+    error = short(error, tmp_path.absolute(), limit=90)
+    observed(BROKEN_ONLY[broken], "evaluate.py", f"exit {code}: {error}")
 
 
 # ------------------------------------------------------------------ ser predict
@@ -156,7 +153,8 @@ def test_predict_each_case_alone(case, corpus, run_dir, predictor, load_once, ca
     assert "Traceback" not in err
     if case == FOLDER:
         assert code == 2 and f"error: {path}: folder holds no audio files" in err
-        record("inputs", case, "ser predict", f"exit {code}: {short(err.splitlines()[0], path)}")
+        message = short(err.splitlines()[0].removeprefix("error: "), path)
+        observed(case, "ser predict", f"exit {code}: {message}")
     elif expected_usable(case):
         assert code == 0, err
         (result,) = doc["results"]
@@ -164,13 +162,13 @@ def test_predict_each_case_alone(case, corpus, run_dir, predictor, load_once, ca
         assert list(probabilities) == predictor.labels and result["emotion"] in probabilities
         assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-4)
         windows = f", {len(result['timeline'])} windows" if result.get("timeline") else ""
-        record("inputs", case, "ser predict", f"exit 0: {len(probabilities)} classes{windows}")
+        observed(case, "ser predict", f"exit 0: {len(probabilities)} classes{windows}")
     else:
         assert code != 0
         (result,) = doc["results"]
         assert result["path"] == str(path) and result["error"].startswith(f"{path}: ")
         assert "1 of 1 path(s) could not be predicted" in err
-        record("inputs", case, "ser predict", f"exit {code}: {short(result['error'], path)}")
+        observed(case, "ser predict", f"exit {code}: {short(result['error'], path)}")
 
 
 def test_predict_mix_exits_0_and_reports_the_bad_files(corpus, run_dir, load_once, capsys):
@@ -183,14 +181,15 @@ def test_predict_mix_exits_0_and_reports_the_bad_files(corpus, run_dir, load_onc
         assert ("error" in results[str(corpus[1][case])]) == (case in bad), case
     assert "emotion" in results[str(good_clip(corpus))]
     assert f"{len(bad)} of {len(paths)} path(s) could not be predicted" in err
-    record("inputs", "good and broken together", "ser predict", f"exit 0: {err.strip()}")
+    observed(MIXED, "ser predict", f"exit 0: {err.strip()}")
 
 
 def test_predict_exits_non_zero_when_nothing_is_usable(corpus, run_dir, load_once, capsys):
     bad = [corpus[1][c] for c in ROWS if not expected_usable(c) and c != FOLDER]
     code, doc, err = predict(bad, run_dir, capsys)
-    assert code != 0 and all("error" in r for r in doc["results"]) and len(doc["results"]) == len(bad)
-    record("inputs", "only broken files", "ser predict", f"exit {code}: {err.strip()}")
+    assert code != 0 and len(doc["results"]) == len(bad)
+    assert all("error" in r for r in doc["results"])
+    observed(NOTHING_USABLE, "ser predict", f"exit {code}: {err.strip()}")
 
 
 # ------------------------------------------------------------------ ser data convert
@@ -208,20 +207,22 @@ def test_convert_names_bad_files_and_converts_the_rest(corpus, tmp_path, capsys)
     assert [p.name for p in out_dir.rglob(".*")] == []
     for case in ROWS:
         path, output = paths[case], out_dir / paths[case].relative_to(root / "custom")
-        warning = next((line for line in lines if line.startswith(f"warning: skipped {path}: ")), "")
+        prefix = f"warning: skipped {path}: "
+        warning = next((line for line in lines if line.startswith(prefix)), "")
         if case == FOLDER:
             assert not warning and not output.exists() and str(path) not in out
-            record("inputs", case, "ser data convert", "walked as a folder (holds no audio)")
+            observed(case, "ser data convert", "walked as a folder (holds no audio)")
         elif case in bad:
             assert warning and not output.exists(), case
-            reason = warning.split(f"{path}: ", 1)[1]
-            record("inputs", case, "ser data convert", f"skipped (named): {short(reason, path)}")
+            reason = warning.removeprefix(prefix)
+            observed(case, "ser data convert", f"skipped (named): {short(reason, path)}")
         else:
             info = sf.info(str(output))
             assert (info.channels, info.samplerate, info.subtype) == (1, 16000, "PCM_16"), case
             assert not warning
             seconds = f"{info.duration:.2f} s" if info.duration >= 0.1 else f"{info.frames} samples"
-            record("inputs", case, "ser data convert", f"converted: mono 16-bit 16 kHz, {seconds}")
+            observed(case, "ser data convert", f"converted: mono 16-bit 16 kHz, {seconds}")
+    observed(MIXED, "ser data convert", f"exit 0: {short(summary)}")
 
 
 def test_convert_exits_non_zero_when_nothing_is_usable(corpus, tmp_path, capsys):
@@ -231,7 +232,7 @@ def test_convert_exits_non_zero_when_nothing_is_usable(corpus, tmp_path, capsys)
     assert code != 0 and out.count("warning: skipped ") == len(bad)
     assert not any((tmp_path / "out").rglob("*"))
     summary = out.splitlines()[-1]
-    record("inputs", "only broken files", "ser data convert", f"exit {code}: {short(summary)}")
+    observed(NOTHING_USABLE, "ser data convert", f"exit {code}: {short(summary)}")
 
 
 # ------------------------------------------------------------------ HTTP API
@@ -283,7 +284,7 @@ def test_http_upload_each_case(case, corpus, client, predictor, spill):
     path = corpus[1][case]
     data = readable_bytes(case, path)
     if data is None:
-        record("inputs", case, "HTTP API", "n/a: the client cannot read it")
+        observed(case, "HTTP API", "n/a: the client cannot read it")
         return
     r = client.post("/predict", files={"file": (path.name, data, "audio/wav")})
     assert r.status_code < 500, r.text
@@ -293,13 +294,13 @@ def test_http_upload_each_case(case, corpus, client, predictor, spill):
         assert r.status_code == 200, body
         assert body["filename"] == path.name and list(body["probabilities"]) == predictor.labels
         windows = f", {len(body['timeline'])} windows" if body["timeline"] else ""
-        record("inputs", case, "HTTP API", f"HTTP 200: {len(body['probabilities'])} classes{windows}")
+        observed(case, "HTTP API", f"HTTP 200: {len(body['probabilities'])} classes{windows}")
     else:
         assert 400 <= r.status_code < 500 and r.headers["content-type"] == "application/json"
         assert body["field"] == "file" and repr(path.name) in body["detail"], body
         assert HTTP_LIMITS.get(case, "") in body["detail"]
         detail = short(body["detail"], path.name, limit=60)
-        record("inputs", case, "HTTP API", f"HTTP {r.status_code} JSON error: {detail}")
+        observed(case, "HTTP API", f"HTTP {r.status_code} JSON error: {detail}")
 
 
 def test_http_batch_gives_each_file_its_own_status(corpus, client, spill):
@@ -313,7 +314,7 @@ def test_http_batch_gives_each_file_its_own_status(corpus, client, spill):
     assert left_on_disk(spill) == []
     ok = statuses.count(200)
     outcome = f"HTTP 200: {ok} items 200, {len(statuses) - ok} items 4xx, none left on disk"
-    record("inputs", "good and broken together", "HTTP API", outcome)
+    observed(MIXED, "HTTP API", outcome)
 
 
 # ------------------------------------------------------------------ WebSocket /stream
@@ -354,7 +355,7 @@ STREAM_LIMITS = {"96 kHz": "config.sample_rate"}
 def test_stream_each_case(case, corpus, client):
     path = corpus[1][case]
     if readable_bytes(case, path) is None:
-        record("inputs", case, "WebSocket", "n/a: the client cannot read it")
+        observed(case, "WebSocket", "n/a: the client cannot read it")
         return
     sent, replies, code = stream_file(client, path)
     if replies and replies[-1]["type"] == "error":
@@ -362,7 +363,7 @@ def test_stream_each_case(case, corpus, client):
         assert not expected_usable(case) or case in STREAM_LIMITS
         assert STREAM_LIMITS.get(case, "NaN" if "NaN" in case else "") in replies[-1]["message"]
         message = short(replies[-1]["message"], limit=50)
-        record("inputs", case, "WebSocket", f"{sent}: error '{message}', closed {code}")
+        observed(case, "WebSocket", f"{sent}: error '{message}', closed {code}")
     else:
         assert case not in STREAM_LIMITS and case != "NaN and Inf samples"
         *windows, end = replies
@@ -370,9 +371,66 @@ def test_stream_each_case(case, corpus, client):
         kinds = [w["type"] for w in windows]
         assert set(kinds) <= {"prediction", "no_speech"}
         seen = ", ".join(f"{k} ×{kinds.count(k)}" for k in sorted(set(kinds))) or "no window"
-        record("inputs", case, "WebSocket", f"{sent}: {seen}; end, closed {code}")
+        observed(case, "WebSocket", f"{sent}: {seen}; end, closed {code}")
     # The server is still there for the next client.
     with client.websocket_connect("/stream") as ws:
         ws.receive_json()
         ws.send_bytes((tone(1.0) * 32767).astype("<i2").tobytes())
         assert ws.receive_json()["type"] == "prediction"
+
+
+# ------------------------------------------------------------------ ROBUSTNESS.md renderer
+def section(markdown: str, title: str) -> list[str]:
+    """The lines of ``## title`` up to the next heading."""
+    lines = markdown.splitlines()
+    start = lines.index(f"## {title}") + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
+
+
+def test_report_renders_each_table_as_a_grid(tmp_path, capsys):
+    import robustness_report
+
+    cells = [
+        ("inputs", "stereo", "HTTP API", "HTTP 200: 7 classes"),
+        ("inputs", "empty file", "reader", "skipped | named"),  # recorded later, listed first
+        ("inputs", "stereo", "reader", "listed"),
+        ("inputs", "stereo", "reader", "listed"),  # the same outcome twice: shown once
+        ("faults", "disk full", "cache", "HTTP 500 from the API"),
+        ("faults", "kill -9", "train.py", "resumed at epoch 2"),
+    ]
+    log = tmp_path / "r.jsonl"
+    lines = [json.dumps(dict(zip(("table", "row", "column", "outcome"), c))) for c in cells]
+    log.write_text("\n".join(lines) + "\nnot json\n", encoding="utf-8")
+    soak = tmp_path / "soak.json"
+    rss = [[60 * i, 200.5 + i] for i in range(20)]
+    soak.write_text(json.dumps({"requests": 1000, "errors": 0, "rss_mb_over_time": rss}))
+    out = tmp_path / "ROBUSTNESS.md"
+
+    assert robustness_report.main([str(log), "--load", str(soak), "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert text.index("## inputs") < text.index("## faults") < text.index("## load and soak")
+    assert "1 log line(s) were not valid entries" in text
+    inputs = section(text, "inputs")
+    assert [line for line in inputs if line.startswith("|")] == [
+        "| inputs | reader | HTTP API |",
+        "|---|---|---|",
+        "| empty file | skipped \\| named | — |",
+        "| stereo | listed | HTTP 200: 7 classes |",
+    ]
+    assert "3 cells recorded (2 rows × 2 columns, 1 empty)." in inputs
+    assert "No cell shows a crash, an HTTP 5xx or a traceback." in inputs
+    faults = section(text, "faults")
+    assert "| kill -9 | — | resumed at epoch 2 |" in faults
+    assert "Crash, HTTP 5xx or traceback: disk full × cache." in faults
+    load = section(text, "load and soak")
+    assert "| requests | 1000 |" in load and "| errors | 0 |" in load
+    samples = [s for s in load[load.index("| seconds | RSS MB |") + 2 :] if s.startswith("|")]
+    assert samples[0] == "| 0 | 200.5 |" and samples[-1] == "| 1140 | 219.5 |"
+    assert len(samples) == robustness_report.RSS_SAMPLES
+
+    # No load result yet: a note instead of a failure.
+    missing = tmp_path / "nowhere" / "soak.json"
+    assert robustness_report.main([str(log), "--load", str(missing), "--out", str(out)]) == 0
+    assert f"`{missing}` does not exist" in out.read_text(encoding="utf-8")
+    capsys.readouterr()
