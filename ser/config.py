@@ -30,7 +30,15 @@ EMOTIONS: tuple[str, ...] = (
 )
 Emotion = Literal["neutral", "calm", "happy", "sad", "angry", "fear", "disgust", "ps", "boredom"]
 CorpusName = Literal["ravdess", "tess", "emodb", "custom"]
-ExtractorName = Literal["mfcc", "chroma", "mel", "contrast", "tonnetz"]
+ExtractorName = Literal[
+    "mfcc", "chroma", "mel", "contrast", "tonnetz", "prosody", "egemaps", "compare"
+]
+# Utterance-level functionals from the optional `opensmile` package: one [1, D] row per clip.
+UTTERANCE_EXTRACTORS = ("egemaps", "compare")
+PoolingName = Literal[
+    "mean", "std", "min", "max", "median", "p1", "p25", "p75", "p99", "range", "iqr",
+    "skew", "kurtosis", "slope", "delta",
+]
 DATA_ROOT_ENV = "SER_DATA_ROOT"
 
 
@@ -132,6 +140,27 @@ class TonnetzParams(Strict):
     harmonic: bool = True
 
 
+class ProsodyParams(Strict):
+    # Pitch by YIN (librosa.yin: ~6 ms per 3 s clip; pYIN costs ~40x more).
+    fmin: float = Field(default=60.0, gt=0)
+    fmax: float = Field(default=500.0, gt=0)
+    pitch_frame: int = Field(default=1024, ge=64)  # samples; must hold two periods of fmin
+
+    @model_validator(mode="after")
+    def _range(self) -> ProsodyParams:
+        if self.fmax <= self.fmin:
+            raise ValueError(f"fmax ({self.fmax}) must be above fmin ({self.fmin})")
+        return self
+
+
+class EGeMAPSParams(Strict):
+    feature_set: Literal["eGeMAPSv02"] = "eGeMAPSv02"  # 88 functionals
+
+
+class ComParEParams(Strict):
+    feature_set: Literal["ComParE_2016"] = "ComParE_2016"  # 6,373 functionals
+
+
 class AugmentConfig(Strict):
     """Train-only augmentation applied in the tf.data pipeline (sequence mode)."""
 
@@ -145,13 +174,16 @@ class AugmentConfig(Strict):
 class FeaturesConfig(Strict):
     extractors: list[ExtractorName] = Field(default=["mfcc"], min_length=1)
     mode: Literal["sequence", "pooled"] = "sequence"
-    pooling: list[Literal["mean", "std", "min", "max"]] = ["mean", "std"]
+    pooling: list[PoolingName] = ["mean", "std"]
     frame: FrameParams = FrameParams()
     mfcc: MFCCParams = MFCCParams()
     chroma: ChromaParams = ChromaParams()
     mel: MelParams = MelParams()
     contrast: ContrastParams = ContrastParams()
     tonnetz: TonnetzParams = TonnetzParams()
+    prosody: ProsodyParams = ProsodyParams()
+    egemaps: EGeMAPSParams = EGeMAPSParams()
+    compare: ComParEParams = ComParEParams()
     # Label-free z-normalisation of frame features before anything else sees them:
     # none | utterance (each clip by its own statistics) | speaker (each speaker by the
     # statistics of all their clips; speakers named "<corpus>:unknown" fall back to
@@ -166,6 +198,12 @@ class FeaturesConfig(Strict):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} lists a name twice: {values}")
+        utterance = [e for e in self.extractors if e in UTTERANCE_EXTRACTORS]
+        if utterance and (len(self.extractors) > 1 or self.mode != "pooled" or self.pooling != ["mean"]):
+            raise ValueError(
+                f"{utterance[0]} gives one row of functionals per clip: use it alone, with "
+                "mode: pooled and pooling: [mean]"
+            )
         return self
 
 

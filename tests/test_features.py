@@ -43,7 +43,9 @@ def run(name: str, wave: np.ndarray, **params) -> np.ndarray:
 
 
 def test_registry_names() -> None:
-    assert FEATURES.names() == ["chroma", "contrast", "mel", "mfcc", "tonnetz"]
+    assert FEATURES.names() == [
+        "chroma", "compare", "contrast", "egemaps", "mel", "mfcc", "prosody", "tonnetz"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -55,6 +57,7 @@ def test_registry_names() -> None:
         ("mel", {"n_mels": 32}, 32),
         ("contrast", {}, 7),
         ("tonnetz", {"harmonic": False}, 6),
+        ("prosody", {}, 3),
     ],
 )
 @pytest.mark.filterwarnings("ignore::UserWarning")  # tonnetz's CQT: "n_fft too large"
@@ -157,7 +160,7 @@ def test_mel_power_is_shared_between_mfcc_and_mel() -> None:
     assert spectra.mel_power(64).dtype == np.float32
 
 
-ALL = ("mfcc", "chroma", "mel", "contrast", "tonnetz")
+ALL = ("mfcc", "chroma", "mel", "contrast", "tonnetz", "prosody")
 
 
 @pytest.mark.parametrize(
@@ -202,4 +205,76 @@ def test_pool_shapes() -> None:
     with pytest.raises(ValueError):
         pool(x[:0], ["mean"])
     with pytest.raises(ValueError):
-        pool(x, ["median"])
+        pool(x, ["median_of_means"])
+
+
+def test_prosody_tracks_pitch_and_energy() -> None:
+    loud, quiet = tone(200.0), tone(200.0) * 0.01
+    out = run("prosody", loud)
+    f0 = np.exp(np.median(out[:, 0]))
+    assert f0 == pytest.approx(200.0, rel=0.03)
+    assert np.exp(np.median(run("prosody", tone(120.0))[:, 0])) == pytest.approx(120.0, rel=0.03)
+    # log RMS: 40 dB quieter is log(100) lower
+    assert np.median(out[:, 1]) - np.median(run("prosody", quiet)[:, 1]) == pytest.approx(
+        np.log(100.0), abs=0.05
+    )
+    # a 200 Hz sine crosses zero 400 times a second
+    assert np.median(out[:, 2]) == pytest.approx(400 / SR, rel=0.05)
+
+
+def test_functional_statistics_have_known_answers() -> None:
+    ramp = np.linspace(0.0, 10.0, 101)[:, None].astype(np.float32)  # 0, 0.1, ..., 10
+    names = ["median", "p1", "p25", "p75", "p99", "range", "iqr", "skew", "kurtosis", "slope", "delta"]
+    out = dict(zip(names, pool(ramp, names), strict=True))
+    assert out["median"] == pytest.approx(5.0)
+    assert out["p1"] == pytest.approx(0.1) and out["p99"] == pytest.approx(9.9)
+    assert out["p25"] == pytest.approx(2.5) and out["p75"] == pytest.approx(7.5)
+    assert out["range"] == pytest.approx(9.8) and out["iqr"] == pytest.approx(5.0)
+    assert out["skew"] == pytest.approx(0.0, abs=1e-6)
+    assert out["kurtosis"] == pytest.approx(-1.2, abs=0.01)  # uniform distribution
+    assert out["slope"] == pytest.approx(5.0)  # 10 units over t in [-1, 1]
+    assert out["delta"] == pytest.approx(0.1)
+    # one frame, or a constant: every statistic finite, moments and slope zero
+    for x in (ramp[:1], np.ones((20, 1), np.float32)):
+        got = dict(zip(names, pool(x, names), strict=True))
+        assert np.isfinite(list(got.values())).all()
+        assert got["skew"] == got["kurtosis"] == got["slope"] == got["delta"] == 0.0
+
+
+def test_skew_sign() -> None:
+    right_tail = np.array([0, 0, 0, 0, 10], np.float32)[:, None]
+    assert pool(right_tail, ["skew"])[0] > 1.0
+    assert pool(-right_tail, ["skew"])[0] < -1.0
+
+
+def test_opensmile_sets_must_stand_alone_in_pooled_mode() -> None:
+    ok = config("egemaps", mode="pooled", pooling=["mean"])
+    assert feature_dims(ok) == 88
+    for bad in (
+        {"extractors": ["egemaps"]},
+        {"extractors": ["egemaps", "mfcc"], "mode": "pooled", "pooling": ["mean"]},
+        {"extractors": ["compare"], "mode": "pooled", "pooling": ["mean", "std"]},
+    ):
+        with pytest.raises(ValueError, match="use it alone, with mode: pooled"):
+            FeaturesConfig.model_validate(bad)
+
+
+@pytest.mark.parametrize(("name", "dims"), [("egemaps", 88), ("compare", 6373)])
+def test_opensmile_functionals(name: str, dims: int) -> None:
+    pytest.importorskip("opensmile", reason="the optional opensmile package is not installed")
+    cfg = config(name, mode="pooled", pooling=["mean"])
+    for wave in (voice_like(), np.zeros(SR, np.float32), voice_like(0.01)):
+        out = extract_features(wave, SR, cfg)
+        assert out.shape == (1, dims) and out.dtype == np.float32 and np.isfinite(out).all()
+    louder = extract_features(voice_like() * 2.0, SR, cfg)
+    assert not np.allclose(louder, extract_features(voice_like(), SR, cfg))
+
+
+def test_opensmile_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    extractors._smile.cache_clear()
+    monkeypatch.setitem(sys.modules, "opensmile", None)  # import fails
+    with pytest.raises(extractors.OpenSMILEMissing, match=r"pip install 'ser\[opensmile\]'"):
+        extract_features(voice_like(), SR, config("egemaps", mode="pooled", pooling=["mean"]))
+    extractors._smile.cache_clear()

@@ -30,8 +30,13 @@ import numpy as np
 from tqdm import tqdm
 
 from ser.audio import AudioError, load_audio
-from ser.config import ConfigError, FeaturesConfig
-from ser.features.extractors import EXTRACTOR_VERSION, extract_features, feature_dims
+from ser.config import UTTERANCE_EXTRACTORS, ConfigError, FeaturesConfig
+from ser.features.extractors import (
+    EXTRACTOR_VERSION,
+    extract_features,
+    feature_dims,
+    opensmile_version,
+)
 
 _BLOCK = 1 << 20  # bytes read per hashing step
 _MIN_FILES_PER_WORKER = 16
@@ -69,6 +74,8 @@ def _config_part(cfg: FeaturesConfig, sample_rate: int) -> str:
             [name, getattr(cfg, name).model_dump(mode="json")] for name in cfg.extractors
         ],
     }
+    if any(name in UTTERANCE_EXTRACTORS for name in cfg.extractors):
+        spec["opensmile"] = opensmile_version()  # another release may compute other numbers
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))[1:]
 
 

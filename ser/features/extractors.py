@@ -17,11 +17,14 @@ import numpy as np
 
 from ser.config import (
     ChromaParams,
+    ComParEParams,
     ContrastParams,
+    EGeMAPSParams,
     FeaturesConfig,
     FrameParams,
     MelParams,
     MFCCParams,
+    ProsodyParams,
     TonnetzParams,
 )
 from ser.registry import Registry
@@ -33,6 +36,8 @@ FEATURES: Registry[Callable[..., np.ndarray]] = Registry("feature extractor")
 
 DELTA_WIDTH = 9  # librosa's default delta window (frames)
 TONNETZ_DIMS = 6
+PROSODY_COLUMNS = ("log_f0", "log_rms", "zcr")
+OPENSMILE_DIMS = {"eGeMAPSv02": 88, "ComParE_2016": 6373}
 
 
 @lru_cache(maxsize=32)
@@ -203,6 +208,80 @@ def extract_tonnetz(spectra: Spectra, params: TonnetzParams) -> np.ndarray:
     return _frames_last_to_first(tonnetz)
 
 
+@FEATURES.register("prosody")
+def extract_prosody(spectra: Spectra, params: ProsodyParams) -> np.ndarray:
+    """float32 [frames, 3]: log F0 (YIN, Hz), log RMS energy and zero-crossing rate.
+
+    Same framing as the STFT (centred, ``hop_length``): RMS and ZCR over
+    ``win_length`` samples, pitch over ``pitch_frame`` samples. YIN reports a pitch
+    for every frame, voiced or not; the energy column tells them apart downstream.
+    """
+    frame, wave, sr = spectra.frame, spectra.wave, spectra.sample_rate
+    pitch_frame = max(params.pitch_frame, int(np.ceil(2 * sr / params.fmin)) + 2)
+    padded = np.pad(wave, (0, max(0, pitch_frame - wave.shape[0])))
+    f0 = librosa.yin(
+        padded, fmin=params.fmin, fmax=min(params.fmax, sr / 2 - 1), sr=sr,
+        frame_length=pitch_frame, hop_length=frame.hop_length,
+    )  # fmt: skip
+    rms = librosa.feature.rms(y=wave, frame_length=frame.win_length, hop_length=frame.hop_length)[0]
+    zcr = librosa.feature.zero_crossing_rate(
+        wave, frame_length=frame.win_length, hop_length=frame.hop_length
+    )[0]
+    n = min(f0.shape[0], rms.shape[0], zcr.shape[0])
+    log_f0 = np.log(np.clip(f0[:n], params.fmin, None))
+    return np.ascontiguousarray(np.stack([log_f0, np.log(rms[:n] + 1e-5), zcr[:n]], axis=1), np.float32)
+
+
+class OpenSMILEMissing(RuntimeError):
+    """The optional ``opensmile`` package is needed and not installed."""
+
+
+@lru_cache(maxsize=4)
+def _smile(feature_set: str):
+    try:
+        import opensmile
+    except ImportError as e:
+        raise OpenSMILEMissing(
+            f"feature set {feature_set} needs the optional opensmile package: "
+            "pip install 'ser[opensmile]'"
+        ) from e
+    return opensmile.Smile(
+        feature_set=getattr(opensmile.FeatureSet, feature_set),
+        feature_level=opensmile.FeatureLevel.Functionals,
+    )
+
+
+def opensmile_version() -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version("opensmile")
+    except Exception:  # not installed: no extractor of it can run either
+        return None
+
+
+def _functionals(spectra: Spectra, feature_set: str) -> np.ndarray:
+    import warnings
+
+    with warnings.catch_warnings():  # "Segment too short, filling with NaN": handled below
+        warnings.simplefilter("ignore", UserWarning)
+        values = _smile(feature_set).process_signal(spectra.wave, spectra.sample_rate).to_numpy()
+    # openSMILE yields NaN for a few functionals of degenerate input (silence).
+    return np.nan_to_num(values.reshape(1, -1), nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+@FEATURES.register("egemaps")
+def extract_egemaps(spectra: Spectra, params: EGeMAPSParams) -> np.ndarray:
+    """float32 [1, 88]: openSMILE eGeMAPS functionals of the whole clip (Eyben et al. 2016)."""
+    return _functionals(spectra, params.feature_set)
+
+
+@FEATURES.register("compare")
+def extract_compare(spectra: Spectra, params: ComParEParams) -> np.ndarray:
+    """float32 [1, 6373]: openSMILE ComParE 2016 functionals of the whole clip."""
+    return _functionals(spectra, params.feature_set)
+
+
 def _column_names(name: str, cfg: FeaturesConfig) -> list[str]:
     if name == "mfcc":
         n = cfg.mfcc.n_mfcc
@@ -213,7 +292,11 @@ def _column_names(name: str, cfg: FeaturesConfig) -> list[str]:
         "mel": cfg.mel.n_mels,
         "contrast": cfg.contrast.n_bands + 1,
         "tonnetz": TONNETZ_DIMS,
+        "egemaps": OPENSMILE_DIMS[cfg.egemaps.feature_set],
+        "compare": OPENSMILE_DIMS[cfg.compare.feature_set],
     }
+    if name == "prosody":
+        return list(PROSODY_COLUMNS)
     return [f"{name}_{i}" for i in range(sizes[name])]
 
 
@@ -239,12 +322,48 @@ def extract_features(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) ->
     return np.concatenate([block[:frames] for block in blocks], axis=1)
 
 
+def _slope(x: np.ndarray) -> np.ndarray:
+    """Least-squares slope over the clip, time scaled to [-1, 1] (so length-free)."""
+    if x.shape[0] < 2:
+        return np.zeros(x.shape[1])
+    t = np.linspace(-1.0, 1.0, x.shape[0])[:, None]
+    return (t * (x - x.mean(axis=0))).sum(axis=0) / np.square(t).sum()
+
+
+def _moment(x: np.ndarray, order: int) -> np.ndarray:
+    """Standardised central moment (3: skewness, 4: excess kurtosis); 0 for constant columns."""
+    centred = x - x.mean(axis=0)
+    var = np.square(centred).mean(axis=0)
+    safe = np.where(var > 1e-12, var, 1.0)
+    value = np.power(centred, order).mean(axis=0) / safe ** (order / 2)
+    return np.where(var > 1e-12, value - (3.0 if order == 4 else 0.0), 0.0)
+
+
+def _percentile(q: float) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda x: np.percentile(x, q, axis=0)
+
+
 _STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "mean": lambda x: x.mean(axis=0),
     "std": lambda x: x.std(axis=0),
     "min": lambda x: x.min(axis=0),
     "max": lambda x: x.max(axis=0),
+    "median": _percentile(50),
+    "p1": _percentile(1),
+    "p25": _percentile(25),
+    "p75": _percentile(75),
+    "p99": _percentile(99),
+    "range": lambda x: np.percentile(x, 99, axis=0) - np.percentile(x, 1, axis=0),
+    "iqr": lambda x: np.percentile(x, 75, axis=0) - np.percentile(x, 25, axis=0),
+    "skew": lambda x: _moment(x, 3),
+    "kurtosis": lambda x: _moment(x, 4),
+    "slope": _slope,
+    # Mean absolute frame-to-frame change: how fast each feature moves.
+    "delta": lambda x: np.abs(np.diff(x, axis=0)).mean(axis=0) if x.shape[0] > 1 else np.zeros(x.shape[1]),
 }
+# Statistics over frames, in utterance-level functionals as openSMILE's ComParE set
+# computes them (percentiles, ranges, moments, regression slope). "range" is the
+# 1-99 percentile range, robust to a single clipped frame.
 
 
 def pool(features: np.ndarray, pooling: Sequence[str]) -> np.ndarray:
