@@ -137,6 +137,12 @@ def _confusion_image(cm: np.ndarray, cell: int = 24) -> np.ndarray:
     return (np.kron(rgb, np.ones((cell, cell, 1))) * 255).astype(np.uint8)
 
 
+def _improves(value: float | None, best: float | None, monitor: str) -> bool:
+    return value is not None and (
+        best is None or (value < best if monitor == "val_loss" else value > best)
+    )
+
+
 def _make_epoch_callback(
     val_ds: Any,
     val_targets: np.ndarray,
@@ -152,21 +158,64 @@ def _make_epoch_callback(
 
     class EpochReport(keras.callbacks.Callback):
         """Adds ``val_ua`` (balanced accuracy on the validation split) to the epoch logs,
-        writes it and a confusion-matrix image to TensorBoard, records progress for
-        ``--resume`` and prints one line per epoch. Must run before callbacks that
-        monitor ``val_ua``."""
+        writes it and a confusion-matrix image to TensorBoard, keeps the best model in
+        ``model.keras``, records progress for ``--resume`` and prints one line per epoch.
+        Must run before callbacks that monitor ``val_ua``.
+
+        The epoch backup (``BackupAndRestore``, saved last at each epoch end) is the
+        commit point. A run killed mid-epoch-end may have written history, progress or
+        a better model for an epoch the backup does not have, and that epoch is trained
+        again on resume: so the best model is written as a candidate
+        ``.best-epochNNNN.keras`` and becomes ``model.keras`` (a rename) only once its
+        epoch is backed up, and on resume everything about later epochs is dropped.
+        """
 
         def __init__(self) -> None:
             super().__init__()
             self.writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else None
             self.started = time.time()
-            progress = run_dir / "progress.json"
-            state = json.loads(progress.read_text()) if progress.exists() else {}
+            self.progress = run_dir / "progress.json"
+            state = json.loads(self.progress.read_text()) if self.progress.exists() else {}
+            self.values: list[float | None] = state.get("values", [])
             self.best = state.get("best")
             self.best_epoch = state.get("best_epoch")
+            self.settled = False
+
+        def _settle(self, committed: int) -> None:
+            """Forget the epochs after the ``committed`` (backed-up) ones and keep the
+            candidate model of the newest committed epoch that has one."""
+            for path in sorted(run_dir.glob(".best-epoch*.keras")):
+                if int(path.stem.removeprefix(".best-epoch")) <= committed:
+                    os.replace(path, run_dir / "model.keras")
+                else:
+                    path.unlink()
+            if self.settled:
+                return
+            self.settled = True
+            history = run_dir / "history.csv"
+            if history.exists():  # rows of epochs being trained again (epoch is 0-based)
+                lines = history.read_text().splitlines(keepends=True)
+                kept = lines[:1] + [
+                    line for line in lines[1:]
+                    if (head := line.split(",", 1)[0]).isdigit() and int(head) < committed
+                ]  # fmt: skip
+                if kept != lines:  # in place: CSVLogger holds it open for appending
+                    with open(history, "r+") as f:
+                        f.write("".join(kept))
+                        f.truncate()
+            if len(self.values) > committed:
+                self.values = self.values[:committed]
+                self.best = self.best_epoch = None
+                for epoch, value in enumerate(self.values, start=1):
+                    if _improves(value, self.best, monitor):
+                        self.best, self.best_epoch = value, epoch
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self._settle(epoch)  # every epoch before this one is backed up
             self.started = time.time()
+
+        def on_train_end(self, logs: dict | None = None) -> None:
+            self._settle(total_epochs)
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs if logs is not None else {}
@@ -181,15 +230,17 @@ def _make_epoch_callback(
                     tf.summary.image("validation_confusion", _confusion_image(cm)[None])
                 self.writer.flush()
             value = logs.get(monitor)
-            better = value is not None and (
-                self.best is None
-                or (value < self.best if monitor == "val_loss" else value > self.best)
-            )
+            value = None if value is None else float(value)
+            better = _improves(value, self.best, monitor)
             if better:
-                self.best, self.best_epoch = float(value), epoch + 1
-            (run_dir / "progress.json").write_text(
-                json.dumps({"epoch": epoch + 1, "best": self.best, "best_epoch": self.best_epoch})
-            )
+                self.best, self.best_epoch = value, epoch + 1
+            self.values.append(value)
+            _write_json(self.progress, {
+                "epoch": epoch + 1, "best": self.best, "best_epoch": self.best_epoch,
+                "values": self.values,
+            })  # fmt: skip
+            if better:
+                self.model.save(run_dir / f".best-epoch{epoch + 1:04d}.keras")
             lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             log(
                 f"epoch {epoch + 1:3d}/{total_epochs}  loss {logs.get('loss', float('nan')):.4f}"
@@ -259,7 +310,10 @@ def class_weights(targets: np.ndarray, num_classes: int) -> dict[int, float]:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+    """Written to a temporary file and renamed: a killed run leaves the old or the new."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- train
@@ -336,13 +390,11 @@ def train(cfg: Config, *, resume: str | Path | None = None, log: Log = print) ->
     )
     callbacks: list[Any] = [
         report,
-        keras.callbacks.ModelCheckpoint(
-            str(run_dir / "model.keras"), monitor=monitor, mode=mode, save_best_only=True,
-            initial_value_threshold=report.best,
-        ),
         keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume is not None),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        # Last, so an epoch is backed up after everything else it wrote; the previous
+        # backup is kept in case this one is torn by a kill.
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
     ]
     if cfg.train.early_stopping.enabled:
         callbacks.append(
