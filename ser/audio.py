@@ -43,13 +43,19 @@ def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except Exception as exc:  # soundfile raises several types for non-audio
-        raise AudioError(f"{path}: not readable as audio ({_reason(exc)})") from None
+        raise AudioError(f"{path}: not readable as audio ({_reason(exc, path)})") from None
     if info.frames <= 0 or info.samplerate <= 0:
         raise AudioError(f"{path}: empty audio (0 samples)")
     return AudioInfo(info.samplerate, info.channels, info.frames, info.format, info.subtype)
 
 
-def _reason(exc: Exception) -> str:
+def _reason(exc: Exception, source: object = None) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        try:  # libsndfile says only "System error" when the OS refused the file
+            with open(source, "rb"):
+                pass
+        except OSError as refused:
+            return refused.strerror or str(refused)
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
     return text.replace("Error opening", "cannot open")[:200]
 
@@ -92,7 +98,7 @@ def decode(
     try:
         wave, sr = sf.read(source, dtype="float32", always_2d=True)
     except Exception as exc:
-        raise AudioError(f"{name}: not readable as audio ({_reason(exc)})") from None
+        raise AudioError(f"{name}: not readable as audio ({_reason(exc, source)})") from None
     if wave.shape[0] == 0:
         raise AudioError(f"{name}: empty audio (0 samples)")
     if not np.isfinite(wave).all():

@@ -16,7 +16,6 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from badinputs import ROWS, SCENARIOS
 

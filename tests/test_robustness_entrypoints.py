@@ -12,23 +12,25 @@ renders; its renderer is tested at the end.
 from __future__ import annotations
 
 import csv
+import ctypes
 import json
 import os
-import subprocess
+import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 from badinputs import (
     BROKEN_ONLY, CATALOGUE, MIXED, NAME_CASES, NOTHING_USABLE, ROWS, expected_usable, observed,
-    short, write_broken_only, write_corpus,
+    running_as_root, short, write_broken_only, write_case, write_corpus,
 )  # fmt: skip
 from fastapi.testclient import TestClient
+from robustlog import record
 from starlette.websockets import WebSocketDisconnect
-from tiny_run import ROOT, tiny_run, tone
+from tiny_run import tiny_run, tone
 
 from ser.cli import main
 from ser.inference import Predictor
@@ -190,6 +192,41 @@ def test_predict_exits_non_zero_when_nothing_is_usable(corpus, run_dir, load_onc
     assert code != 0 and len(doc["results"]) == len(bad)
     assert all("error" in r for r in doc["results"])
     observed(NOTHING_USABLE, "ser predict", f"exit {code}: {err.strip()}")
+
+
+@contextmanager
+def file_access_as_a_user():
+    """This thread's file permission checks as user ``nobody`` (Linux ``setfsuid``), so that
+    root, who reads any file, meets "no read permission" as users do."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    previous = libc.setfsuid(65534)
+    try:
+        yield
+    finally:
+        libc.setfsuid(previous)
+
+
+@pytest.mark.skipif(
+    not running_as_root() or not sys.platform.startswith("linux"),
+    reason="as a user the catalogue case is already unreadable (test_predict_each_case_alone)",
+)
+def test_predict_unreadable_file_as_a_user(run_dir, load_once, capsys):
+    folder = Path(tempfile.mkdtemp(prefix="ser-unreadable-", dir="/tmp"))
+    try:
+        folder.chmod(0o755)  # the user may look inside, but not read the file
+        path, good = write_case(folder, "no read permission"), write_case(folder, "float32")
+        with file_access_as_a_user():
+            alone = predict([path], run_dir, capsys)
+            mixed = predict([path, good], run_dir, capsys)
+    finally:
+        shutil.rmtree(folder)
+    code, doc, err = alone
+    assert code == 1 and "Traceback" not in err, err
+    (result,) = doc["results"]
+    assert result["error"] == f"{path}: not readable as audio (Permission denied)"
+    assert mixed[0] == 0 and "emotion" in mixed[1]["results"][1], mixed
+    message = short(result["error"], path, limit=90)
+    record("inputs", "no read permission", "ser predict", f"as a user: exit {code}: {message}")
 
 
 # ------------------------------------------------------------------ ser data convert

@@ -69,7 +69,7 @@ def predict_path(predictor, path: Path) -> dict[str, Any]:
             raise
         try:
             wave = decode_with_ffmpeg(path.read_bytes(), predictor.sample_rate, 24 * 3600)
-        except AudioError:
+        except (AudioError, OSError):  # OSError: e.g. no read permission
             raise first from None
         if wave.size == 0:
             raise AudioError(f"{path}: empty audio (0 samples)") from None
