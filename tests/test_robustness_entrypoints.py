@@ -38,7 +38,8 @@ from ser.serving.app import create_app
 from ser.serving.settings import ServingSettings
 
 FOLDER = "directory named like a file"
-# Uploads above the API's configured limits are refused whatever their content.
+# Uploads up to 25 MB, so that the 10-minute clip is parsed (spilled to a temporary file)
+# and then refused for its length; few compiled batch sizes to keep start-up short.
 SETTINGS = ServingSettings(
     max_upload_mb=25, max_clip_seconds=120, max_batch_files=len(ROWS), max_batch_windows=2,
     stream_window=1.0, stream_hop=1.0, stream_max_chunk_seconds=2.0,
@@ -88,7 +89,9 @@ def evaluate(run_dir: Path, root: Path, capsys) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
-def test_evaluate_skips_bad_files_with_a_count_and_scores_the_rest(run_dir, corpus, capsys):
+def test_evaluate_skips_bad_files_with_a_count_and_scores_the_rest(
+    run_dir, predictor, corpus, capsys
+):
     root, paths = corpus
     code, out = evaluate(run_dir, root, capsys)
     assert code == 0, out
@@ -106,6 +109,9 @@ def test_evaluate_skips_bad_files_with_a_count_and_scores_the_rest(run_dir, corp
     assert manifest_line.endswith(f", {len(rejected) - 1} files skipped")
     assert ", 1 failed (" in features_line
     assert len(scored) == 6 + len([c for c in CATALOGUE if c != FOLDER and c not in rejected])
+    # Nothing partial in the run's feature cache.
+    cache = Path(predictor.cfg.features.cache_dir)
+    assert [p for p in cache.rglob(".*") if p.is_file()] == []
     for case in ROWS:
         path = str(paths[case].absolute())
         if case == FOLDER:
@@ -120,9 +126,6 @@ def test_evaluate_skips_bad_files_with_a_count_and_scores_the_rest(run_dir, corp
             observed(case, "evaluate.py", "scored")
     counts = f"{manifest_line.split(', ')[-1]}, {features_line.split(', ')[-1].split(' (')[0]}"
     observed(MIXED, "evaluate.py", f"exit 0: {len(scored)} clips scored; {counts}")
-    # Nothing partial in the run's feature cache.
-    cache = Path(Predictor.load(run_dir).cfg.features.cache_dir)
-    assert [p for p in cache.rglob(".*") if p.is_file()] == []
 
 
 @pytest.mark.parametrize("broken", list(BROKEN_ONLY))
@@ -308,7 +311,7 @@ def left_on_disk(folder: Path) -> list[str]:
 
 
 def readable_bytes(case: str, path: Path) -> bytes | None:
-    """The bytes a client would send, or None (and a recorded cell) when it cannot read them."""
+    """The bytes a client would send, or None when it cannot read them (a folder)."""
     try:
         return path.read_bytes()
     except OSError as exc:  # a folder, or without root an unreadable file
@@ -400,7 +403,7 @@ def test_stream_each_case(case, corpus, client):
         assert not expected_usable(case) or case in STREAM_LIMITS
         assert STREAM_LIMITS.get(case, "NaN" if "NaN" in case else "") in replies[-1]["message"]
         message = short(replies[-1]["message"], limit=50)
-        observed(case, "WebSocket", f"{sent}: error '{message}', closed {code}")
+        outcome = f"{sent}: error '{message}', closed {code}"
     else:
         assert case not in STREAM_LIMITS and case != "NaN and Inf samples"
         *windows, end = replies
@@ -408,12 +411,13 @@ def test_stream_each_case(case, corpus, client):
         kinds = [w["type"] for w in windows]
         assert set(kinds) <= {"prediction", "no_speech"}
         seen = ", ".join(f"{k} ×{kinds.count(k)}" for k in sorted(set(kinds))) or "no window"
-        observed(case, "WebSocket", f"{sent}: {seen}; end, closed {code}")
+        outcome = f"{sent}: {seen}; end, closed {code}"
     # The server is still there for the next client.
     with client.websocket_connect("/stream") as ws:
         ws.receive_json()
         ws.send_bytes((tone(1.0) * 32767).astype("<i2").tobytes())
         assert ws.receive_json()["type"] == "prediction"
+    observed(case, "WebSocket", outcome)
 
 
 # ------------------------------------------------------------------ ROBUSTNESS.md renderer
