@@ -61,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, UnknownNameError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+    # OSError: missing or existing paths, a full disk, an unwritable cache (CacheError).
+    except (ConfigError, UnknownNameError, OSError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
