@@ -51,6 +51,7 @@ from ser.config import (
     SVCParams,
 )
 from ser.data.corpora import Utterance
+from ser.data.pipeline import speaker_normalise_vectors
 from ser.features.cache import extract_all
 from ser.features.extractors import feature_dims, pool
 from ser.registry import Registry
@@ -227,7 +228,12 @@ class PooledFeatures:
             self._frames.update(found)
         if not rows:
             return np.zeros((0, 0), np.float32)
-        return np.stack([pool(self._frames[r.path], self.features.pooling) for r in rows])
+        vectors = [pool(self._frames[r.path], self.features.pooling) for r in rows]
+        if self.features.pooled_normalisation == "speaker":
+            # Over the rows asked for together (a fold's train + val + test: every clip
+            # of each speaker), as training does.
+            vectors = speaker_normalise_vectors(vectors, [r.speaker for r in rows])
+        return np.stack(vectors)
 
 
 def features_for(name: str, cfg: Config, run_features: PooledFeatures) -> PooledFeatures:

@@ -12,10 +12,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 EMOTIONS: tuple[str, ...] = (
     "neutral",
@@ -48,6 +55,20 @@ class ConfigError(ValueError):
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _folder_name(value: str) -> str:
+    # Run names become folders under train.checkpoints_dir and train.experiments_dir:
+    # a path in one (../../x, /etc/x) would write outside them.
+    if value in ("", ".", "..") or any(c in value for c in "/\\\0") or len(value) > 200:
+        raise ValueError(
+            "must be a plain folder name (1-200 characters, no '/', '\\' or NUL, "
+            "not '.' or '..')"
+        )
+    return value
+
+
+FolderName = Annotated[str, AfterValidator(_folder_name)]
 
 
 # --------------------------------------------------------------------------- data
@@ -189,6 +210,11 @@ class FeaturesConfig(Strict):
     # statistics of all their clips; speakers named "<corpus>:unknown" fall back to
     # utterance). The train-fitted global normaliser is applied after it either way.
     normalisation: Literal["none", "utterance", "speaker"] = "none"
+    # Pooled mode only: z-normalise each speaker's pooled vectors by the statistics of
+    # all their clips (label-free; one group per corpus for "<corpus>:unknown"). Worth
+    # far more than frame-level speaker normalisation for utterance functionals. A
+    # single clip at inference has no speaker statistics: see ser.inference.
+    pooled_normalisation: Literal["none", "speaker"] = "none"
     cache_dir: str = "data/cache"
     workers: int = Field(default=0, ge=0)  # 0 = one per core
 
@@ -198,6 +224,8 @@ class FeaturesConfig(Strict):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ValueError(f"{name} lists a name twice: {values}")
+        if self.pooled_normalisation != "none" and self.mode != "pooled":
+            raise ValueError("pooled_normalisation needs mode: pooled")
         utterance = [e for e in self.extractors if e in UTTERANCE_EXTRACTORS]
         if utterance and (len(self.extractors) > 1 or self.mode != "pooled" or self.pooling != ["mean"]):
             raise ValueError(
@@ -264,7 +292,7 @@ class TrainConfig(Strict):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     reduce_lr: ReduceLRConfig = ReduceLRConfig()
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
-    run_name: str | None = None
+    run_name: FolderName | None = None  # default: <name>-<date>-<time>
     checkpoints_dir: str = "checkpoints"
     experiments_dir: str = "experiments"
     confusion_images: bool = True
@@ -400,6 +428,8 @@ class CrossValidationConfig(Strict):
     per_corpus: bool = True  # a model per corpus; false: one model on all corpora per fold
     # Also score the baselines on as many random (SPEAKER-DEPENDENT) splits, labelled so.
     speaker_dependent_reference: bool = False
+    # Per-corpus method, overriding `method`, e.g. {ravdess: kfold, emodb: loso}.
+    method_by_corpus: dict[CorpusName, Literal["kfold", "loso"]] = {}
 
 
 class EvaluationConfig(Strict):
@@ -429,7 +459,7 @@ class EvaluationConfig(Strict):
 
 
 class Config(Strict):
-    name: str = "ser"
+    name: FolderName = "ser"
     seed: int = 42
     data: DataConfig = DataConfig()
     split: SplitConfig = SplitConfig()

@@ -81,10 +81,12 @@ def _labels(cfgs: Sequence[Config]) -> list[str]:
 
 def _fold_plan(cfg: Config, rows: Sequence[Any]) -> tuple[SplitConfig, list[Split], str]:
     cv = cfg.evaluation.cv
+    corpora = {r.corpus for r in rows}
+    method = cv.method_by_corpus.get(next(iter(corpora)), cv.method) if len(corpora) == 1 else cv.method
     speakers = len({r.speaker for r in rows})
     if speakers < 2:
         raise RuntimeError("cross-validation needs at least two speakers per corpus")
-    if cv.method == "loso" or cv.folds >= speakers:
+    if method == "loso" or cv.folds >= speakers:
         split_cfg = cfg.split.model_copy(update={"method": "loso", "folds": speakers, "fold": 0})
         protocol = f"speaker-independent, leave-one-speaker-out ({speakers} folds)"
     else:

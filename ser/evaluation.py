@@ -35,7 +35,7 @@ from ser.config import (
     validate,
 )
 from ser.data.corpora import CorpusNotFoundError, Manifest, Utterance
-from ser.data.pipeline import scope_normalise
+from ser.data.pipeline import scope_normalise, speaker_normalise_vectors
 from ser.data.splits import Split, SplitError
 from ser.features.cache import extract_all
 from ser.inference import Predictor, RunDirError
@@ -765,6 +765,8 @@ def evaluate_cross_corpus(
     test = Examples(rows, np.array([index[r.emotion] for r in rows], np.int32))
     allowed = [labels.index(label) for label in shared]
     inputs = [predictor.model_input(features[r.path]) for r in rows]
+    if cfg.features.pooled_normalisation == "speaker":
+        inputs = speaker_normalise_vectors(inputs, [r.speaker for r in rows])
     results = [evaluate_keras(predictor, test, inputs, shared, allowed=allowed)]
     examples = {"test": len(rows)}
     if baselines and cfg.evaluation.baselines:

@@ -31,6 +31,7 @@ from ser.data.pipeline import (
     make_dataset,
     max_frames_for,
     scope_normalise,
+    speaker_normalise_vectors,
     to_model_input,
 )
 from ser.data.splits import Split, make_split
@@ -113,6 +114,12 @@ def prepare_data(
             for r in kept
         ]
         targets[part] = np.array([index[r.emotion] for r in kept], np.int32)
+    if cfg.features.pooled_normalisation == "speaker":
+        every = [r for part in PARTS for r in rows[part]]
+        normalised = iter(
+            speaker_normalise_vectors([x for p in PARTS for x in inputs[p]], [r.speaker for r in every])
+        )
+        inputs = {p: [next(normalised) for _ in rows[p]] for p in PARTS}
     for part in PARTS:
         if not rows[part]:
             raise RuntimeError(f"the {part} split is empty; check data.corpora and split settings")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fakes import make_emodb, make_tess
 from test_evaluation import tiny_config
@@ -120,3 +121,47 @@ def test_cli_cross_validates_baselines_and_writes_the_results_page(
                             f"--results {tmp_path / 'RESULTS.md'}")  # fmt: skip
     assert "## EMO-DB: 7 classes" in page and "SPEAKER-DEPENDENT, random split x2" in page
     assert "## The speaker-dependent gap" not in page  # no seed_mlp in this run
+
+
+def test_per_corpus_method_and_speaker_normalised_pooled_vectors(corpora, tmp_path, monkeypatch):
+    """emodb leave-one-speaker-out while tess keeps 2-fold; the fold data the model and
+    the baselines see is z-normalised per speaker."""
+    from ser import baselines, training
+
+    seen: list[tuple[str, np.ndarray]] = []
+    real_prepare, real_matrix = training.prepare_data, baselines.PooledFeatures.matrix
+
+    def prepare(*args, **kwargs):
+        data = real_prepare(*args, **kwargs)
+        rows = [r for p in ("train", "val", "test") for r in data.rows[p]]
+        x = np.stack([v for p in ("train", "val", "test") for v in data.inputs[p]])
+        seen.extend(zip([r.speaker for r in rows], x, strict=True))
+        return data
+
+    def matrix(self, rows):
+        x = real_matrix(self, rows)
+        for speaker in {r.speaker for r in rows}:
+            own = x[[r.speaker == speaker for r in rows]]
+            np.testing.assert_allclose(own.mean(0), 0, atol=1e-4)
+        return x
+
+    monkeypatch.setattr(training, "prepare_data", prepare)
+    monkeypatch.setattr(baselines.PooledFeatures, "matrix", matrix)
+    cfg = tiny_config(
+        corpora, tmp_path, "[emodb, tess]", model="dense", name="dense",
+        **{**CV, "evaluation.baselines": "[logistic_regression]",
+           "evaluation.cv.method_by_corpus": "{emodb: loso}",
+           "features.pooled_normalisation": "speaker"},
+    )  # fmt: skip
+    out = cross_validate([cfg], out_dir=tmp_path / "out", **QUIET)
+    groups = {(g["corpus"], g["model"]): g for g in out["groups"]}
+    assert groups[("emodb", "dense")]["folds"] == 5  # one per speaker
+    assert groups[("emodb", "dense")]["protocol"].endswith("leave-one-speaker-out (5 folds)")
+    assert groups[("tess", "dense")]["folds"] == 2
+    assert groups[("emodb", "logistic_regression (mfcc; mean+std)")]["folds"] == 5
+    speakers = {s for s, _ in seen}
+    assert len(speakers) == 7
+    for speaker in speakers:
+        own = np.stack([x for s, x in seen if s == speaker])
+        np.testing.assert_allclose(own.mean(0), 0, atol=1e-4)
+        np.testing.assert_allclose(own.std(0), 1, atol=1e-3)

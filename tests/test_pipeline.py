@@ -123,3 +123,33 @@ def test_scope_normalise_by_utterance_and_by_speaker():
     assert abs(per_spk["a1"].mean() - per_spk["a2"].mean()) > 0.1  # clips keep their offsets
     np.testing.assert_allclose(per_spk["u1"].mean(0), 0, atol=1e-5)  # unknown: by utterance
     assert [x.shape for x in per_spk.values()] == [x.shape for x in feats.values()]
+
+
+def test_speaker_normalise_vectors():
+    from ser.data.pipeline import speaker_normalise_vectors
+
+    rng = np.random.default_rng(0)
+    a = [rng.normal(5, 3, 4) for _ in range(6)]
+    b = [rng.normal(-2, 0.5, 4) for _ in range(3)]
+    speakers = ["x:A", "x:B", "x:A", "x:A", "x:B", "x:A", "x:A", "x:B", "x:Solo"]
+    vectors = [a[0], b[0], a[1], a[2], b[1], a[3], a[4], b[2], rng.normal(0, 1, 4)]
+    out = speaker_normalise_vectors(vectors, speakers)
+    assert len(out) == len(vectors) and all(v.shape == (4,) for v in out)
+    for speaker in ("x:A", "x:B"):
+        own = np.stack([v for v, s in zip(out, speakers, strict=True) if s == speaker])
+        np.testing.assert_allclose(own.mean(0), 0, atol=1e-6)
+        np.testing.assert_allclose(own.std(0), 1, atol=1e-6)
+    # order within a speaker is kept: the first A vector is still the first A vector
+    first = (a[0] - np.mean(a[:5], 0)) / np.std(a[:5], 0)
+    np.testing.assert_allclose(out[0], first, rtol=1e-5)
+    np.testing.assert_array_equal(out[-1], 0)  # one clip: centred, nothing to scale by
+    with pytest.raises(ValueError, match="2 vectors but 1 speakers"):
+        speaker_normalise_vectors(vectors[:2], speakers[:1])
+
+
+def test_pooled_normalisation_needs_pooled_mode():
+    from ser.config import FeaturesConfig
+
+    assert FeaturesConfig(mode="pooled", pooled_normalisation="speaker")
+    with pytest.raises(ValueError, match="pooled_normalisation needs mode: pooled"):
+        FeaturesConfig(pooled_normalisation="speaker")

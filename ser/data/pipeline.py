@@ -94,6 +94,28 @@ def scope_normalise(
     return out
 
 
+def speaker_normalise_vectors(
+    vectors: Sequence[np.ndarray], speakers: Sequence[str]
+) -> list[np.ndarray]:
+    """Pooled vectors [D] z-normalised per speaker over all of that speaker's vectors.
+
+    Label-free: the statistics of a test speaker come from their own unlabelled clips.
+    Speakers named ``<corpus>:unknown`` form one group per corpus. A speaker with a
+    single clip is only centred (its std is undefined): the vector becomes zeros.
+    """
+    if len(vectors) != len(speakers):
+        raise ValueError(f"{len(vectors)} vectors but {len(speakers)} speakers")
+    groups: dict[str, list[int]] = {}
+    for i, speaker in enumerate(speakers):
+        groups.setdefault(speaker, []).append(i)
+    out: list[np.ndarray] = [np.empty(0, np.float32)] * len(vectors)
+    for idx in groups.values():
+        normalised = zscore(np.stack([vectors[i] for i in idx]).astype(np.float64))
+        for row, i in enumerate(idx):
+            out[i] = normalised[row]
+    return out
+
+
 def centre_crop(frames: np.ndarray, max_frames: int) -> np.ndarray:
     """[T, D] -> [min(T, max_frames), D], keeping the middle of long clips."""
     if frames.shape[0] <= max_frames:
