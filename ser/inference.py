@@ -34,7 +34,14 @@ import numpy as np
 
 from ser.audio import load_audio
 from ser.config import Config, load_config
-from ser.data.pipeline import Normaliser, make_dataset, max_frames_for, to_model_input, zscore
+from ser.data.pipeline import (
+    SPEAKER_PRIOR,
+    Normaliser,
+    make_dataset,
+    max_frames_for,
+    to_model_input,
+    zscore,
+)
 from ser.features.extractors import extract_features
 
 RUN_FILES = ("run.yaml", "labels.json", "normaliser.json", "model.keras")
@@ -168,6 +175,10 @@ class Predictor:
     model: Any
     model_id: str = ""
     xla: bool = True
+    # features.pooled_normalisation speaker: a lone clip has no speaker statistics, so
+    # its pooled vector is normalised by the average training speaker's (mean of the
+    # speakers' means and stds, speaker_prior.json). Less accurate than a speaker's own.
+    speaker_prior: Normaliser | None = None
     _functions: dict[bool, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -185,8 +196,20 @@ class Predictor:
         cfg = load_config(path / "run.yaml", env={})
         labels = json.loads((path / "labels.json").read_text(encoding="utf-8"))
         normaliser = Normaliser.load(path / "normaliser.json")
-        model = keras.models.load_model(path / "model.keras", compile=False, safe_mode=True)
-        predictor = cls(path, cfg, labels, normaliser, model, model_id_of(path), xla)
+        try:
+            model = keras.models.load_model(path / "model.keras", compile=False, safe_mode=True)
+        except ValueError as exc:  # e.g. a Lambda layer holding Python code; a damaged file
+            reason = " ".join(str(exc).split())[:240]
+            raise RunDirError(
+                f"{path / 'model.keras'}: not loadable in Keras safe mode, which never runs "
+                f"code stored in a model file: {reason}"
+            ) from None
+        prior = None
+        if cfg.features.pooled_normalisation == "speaker":
+            if not (path / SPEAKER_PRIOR).is_file():
+                raise RunDirError(f"{path}: missing {SPEAKER_PRIOR} (features.pooled_normalisation)")
+            prior = Normaliser.load(path / SPEAKER_PRIOR)
+        predictor = cls(path, cfg, labels, normaliser, model, model_id_of(path), xla, prior)
         if warm_up:
             predictor.warm_up()
         return predictor
@@ -219,7 +242,9 @@ class Predictor:
     def model_input(self, features: np.ndarray) -> np.ndarray:
         """Frame-level features [T, D] -> the model's input, as in training."""
         f = self.cfg.features
-        return to_model_input(features, f.mode, f.pooling, self.max_frames)
+        x = to_model_input(features, f.mode, f.pooling, self.max_frames)
+        # Per-dimension affine: a later per-speaker z-norm (evaluation) is unaffected.
+        return x if self.speaker_prior is None else self.speaker_prior.apply(x)
 
     def frame_features(self, wave: np.ndarray) -> np.ndarray:
         """float32 mono wave at the run's rate -> frame features [T, D] as training saw them.

@@ -27,11 +27,13 @@ import numpy as np
 from ser.config import EMOTIONS, Config, load_config, save_config
 from ser.data.corpora import Manifest, Utterance, build_manifest
 from ser.data.pipeline import (
+    SPEAKER_PRIOR,
     Normaliser,
     make_dataset,
     max_frames_for,
     scope_normalise,
     speaker_normalise_vectors,
+    speaker_prior,
     to_model_input,
 )
 from ser.data.splits import Split, make_split
@@ -57,6 +59,9 @@ class PreparedData:
     failed: list[tuple[str, str]] = field(default_factory=list)
     # Frame-level features [frames, dims] by path (evaluation pools them for baselines).
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    # features.pooled_normalisation speaker: the average training speaker's statistics
+    # of the raw pooled vectors, for clips whose speaker is unknown (inference).
+    speaker_prior: Normaliser | None = None
 
     @property
     def input_dim(self) -> int:
@@ -114,7 +119,9 @@ def prepare_data(
             for r in kept
         ]
         targets[part] = np.array([index[r.emotion] for r in kept], np.int32)
+    prior = None
     if cfg.features.pooled_normalisation == "speaker":
+        prior = speaker_prior(inputs["train"], [r.speaker for r in rows["train"]])
         every = [r for part in PARTS for r in rows[part]]
         normalised = iter(
             speaker_normalise_vectors([x for p in PARTS for x in inputs[p]], [r.speaker for r in every])
@@ -130,7 +137,7 @@ def prepare_data(
     )
     return PreparedData(
         manifest, split, labels, rows, inputs, targets, report, report.failed,
-        features if keep_features else {},
+        features if keep_features else {}, prior,
     )
 
 
@@ -358,6 +365,8 @@ def train(cfg: Config, *, resume: str | Path | None = None, log: Log = print) ->
     data.manifest.save(run_dir / "manifest.jsonl")
     normaliser = Normaliser.fit(data.inputs["train"])
     normaliser.save(run_dir / "normaliser.json")
+    if data.speaker_prior is not None:
+        data.speaker_prior.save(run_dir / SPEAKER_PRIOR)
 
     batch = cfg.train.batch_size
     train_ds = make_dataset(

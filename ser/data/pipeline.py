@@ -116,6 +116,22 @@ def speaker_normalise_vectors(
     return out
 
 
+SPEAKER_PRIOR = "speaker_prior.json"  # in a run directory, next to normaliser.json
+
+
+def speaker_prior(vectors: Sequence[np.ndarray], speakers: Sequence[str]) -> Normaliser:
+    """The average speaker: mean over speakers of each speaker's vector mean and std."""
+    groups: dict[str, list[np.ndarray]] = {}
+    for x, speaker in zip(vectors, speakers, strict=True):
+        groups.setdefault(speaker, []).append(np.asarray(x, np.float64))
+    if not groups:
+        raise ValueError("no training vectors to fit a speaker prior on")
+    means = np.stack([np.mean(g, axis=0) for g in groups.values()])
+    stds = np.stack([np.std(g, axis=0) for g in groups.values()])
+    std = stds.mean(axis=0)
+    return Normaliser(means.mean(axis=0).astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32))
+
+
 def centre_crop(frames: np.ndarray, max_frames: int) -> np.ndarray:
     """[T, D] -> [min(T, max_frames), D], keeping the middle of long clips."""
     if frames.shape[0] <= max_frames:
