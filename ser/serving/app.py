@@ -28,9 +28,11 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, File, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ser.inference import (
     XLA_BATCH_SIZES,
@@ -422,6 +424,20 @@ def create_app(
     @app.exception_handler(UploadProblem)
     async def _upload_problem(request: Request, exc: UploadProblem) -> JSONResponse:
         return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        # Starlette answers a multipart body it cannot parse (a part header over 8 KB,
+        # CR LF inside a file name, a broken boundary) with a bare 400; answer it like
+        # every other malformed upload request of this API.
+        if exc.status_code == 400 and request.url.path in ("/predict", "/predict/batch"):
+            detail = str(exc.detail).rstrip(".")
+            return JSONResponse(
+                {"detail": f"the multipart/form-data body could not be parsed ({detail})",
+                 "field": None},
+                status_code=422,
+            )  # fmt: skip
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
