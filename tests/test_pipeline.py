@@ -153,3 +153,23 @@ def test_pooled_normalisation_needs_pooled_mode():
     assert FeaturesConfig(mode="pooled", pooled_normalisation="speaker")
     with pytest.raises(ValueError, match="pooled_normalisation needs mode: pooled"):
         FeaturesConfig(pooled_normalisation="speaker")
+
+
+def test_pooled_noise_only_in_training_and_fresh_each_epoch():
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=5).astype(np.float32) for _ in range(64)]
+    labels = np.arange(64)  # unique: they tell which clip a shuffled row is
+    norm = Normaliser.fit(xs)
+    aug = AugmentConfig(gaussian_noise=0.5)
+    clean = np.stack([norm.apply(x) for x in xs])
+    plain = make_dataset(xs, labels, normaliser=norm, batch_size=64, training=False, seed=0, augment=aug)
+    np.testing.assert_allclose(next(iter(plain.as_numpy_iterator()))[0], clean, atol=1e-6)
+    noisy = make_dataset(xs, labels, normaliser=norm, batch_size=64, training=True, seed=0, augment=aug)
+    epochs = []
+    for _ in range(2):
+        x, y = next(iter(noisy.as_numpy_iterator()))
+        assert sorted(y.tolist()) == labels.tolist()
+        epochs.append(x[np.argsort(y)])
+    for x in epochs:
+        assert 0.35 < np.std(x - clean) < 0.65  # the noise, ~0.5
+    assert not np.allclose(epochs[0], epochs[1])  # a new draw each epoch

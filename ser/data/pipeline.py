@@ -206,7 +206,8 @@ def make_dataset(
     normalised = [normaliser.apply(x) for x in inputs]
     sequence = normalised[0].ndim == 2
     if not sequence:
-        return _pooled_dataset(np.stack(normalised), labels, batch_size, training, seed)
+        noise = augment.gaussian_noise if augment is not None and training else 0.0
+        return _pooled_dataset(np.stack(normalised), labels, batch_size, training, seed, noise)
     if sequence:
         lengths = np.array([x.shape[0] for x in normalised], np.int64)
         values = np.concatenate(normalised, axis=0)
@@ -237,9 +238,11 @@ def make_dataset(
 
 
 def _pooled_dataset(x: np.ndarray, labels: np.ndarray | None, batch_size: int, training: bool,
-                    seed: int):
+                    seed: int, noise: float = 0.0):
     """[N, D] vectors -> batches [B, D]: shuffle and batch indices, then one gather per
-    batch (slicing element by element costs more than a dense model's training step)."""
+    batch (slicing element by element costs more than a dense model's training step).
+    ``noise`` > 0 (training only) adds N(0, noise^2) to every normalised value, a fresh
+    draw each epoch; the masks of ``AugmentConfig`` apply to sequences only."""
     import tensorflow as tf
 
     n = x.shape[0]
@@ -253,4 +256,8 @@ def _pooled_dataset(x: np.ndarray, labels: np.ndarray | None, batch_size: int, t
     else:
         targets = tf.constant(np.asarray(labels, np.int32))
         ds = index.map(lambda i: (tf.gather(features, i), tf.gather(targets, i)))
+    if noise > 0:
+        tf.random.set_seed(seed)
+        jitter = lambda v: v + tf.random.normal(tf.shape(v), stddev=noise, seed=seed)  # noqa: E731
+        ds = ds.map(lambda v, y: (jitter(v), y)) if labels is not None else ds.map(jitter)
     return ds.prefetch(tf.data.AUTOTUNE)
