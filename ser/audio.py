@@ -103,7 +103,14 @@ def decode(
         raise AudioError(f"{name}: empty audio (0 samples)")
     if not np.isfinite(wave).all():
         raise AudioError(f"{name}: contains NaN or infinite samples")
-    mono = resample(to_mono(wave), int(sr), sample_rate)
+    mono = to_mono(wave)
+    if np.isfinite(mono).all():
+        mono = resample(mono, int(sr), sample_rate)
+    if not np.isfinite(mono).all():  # float samples near the float32 limit overflow
+        raise AudioError(
+            f"{name}: samples up to {float(np.abs(wave).max()):.3g} overflow when mixed to "
+            "mono or resampled (audio is expected within about [-1, 1])"
+        )
     if mono.shape[0] < min_samples:
         raise AudioError(
             f"{name}: too short ({mono.shape[0]} samples at {sample_rate} Hz, need {min_samples})"

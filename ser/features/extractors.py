@@ -79,6 +79,8 @@ class Spectra:
         wave = np.asarray(wave, dtype=np.float32)
         if wave.ndim != 1:
             raise ValueError(f"expected a mono wave [samples], got shape {wave.shape}")
+        if not np.isfinite(wave).all():
+            raise ValueError("the wave holds NaN or infinite samples (or values beyond float32)")
         if wave.shape[0] < frame.n_fft:
             # Shorter than one window: pad so every extractor sees at least one full frame.
             wave = np.pad(wave, (0, frame.n_fft - wave.shape[0]))
@@ -314,10 +316,25 @@ def extract_features(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) ->
     """float32 [frames, feature_dims(cfg)]: ``cfg.extractors`` side by side, in that order.
 
     ``wave`` is mono float32 [samples]. All extractors share one ``Spectra``; if their
-    frame counts differ (tonnetz), every block is cut to the shortest.
+    frame counts differ (tonnetz), every block is cut to the shortest. Raises
+    ``ValueError`` for a wave with NaN or infinite samples, input an extractor cannot
+    use (librosa's ``ParameterError``) and features that come out non-finite (samples
+    so large that float32 spectra overflow): the output is always finite.
     """
     spectra = Spectra(wave, sample_rate, cfg.frame)
-    blocks = [FEATURES.get(name)(spectra, getattr(cfg, name)) for name in cfg.extractors]
+    blocks = []
+    for name in cfg.extractors:
+        try:
+            block = FEATURES.get(name)(spectra, getattr(cfg, name))
+        except librosa.ParameterError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        if not np.isfinite(block).all():
+            peak = float(np.max(np.abs(spectra.wave)))
+            raise ValueError(
+                f"{name} features are not finite (samples up to {peak:.3g}; audio is expected "
+                "within about [-1, 1])"
+            )
+        blocks.append(block)
     frames = min(block.shape[0] for block in blocks)
     return np.concatenate([block[:frames] for block in blocks], axis=1)
 
