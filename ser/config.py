@@ -430,6 +430,10 @@ class CrossValidationConfig(Strict):
     speaker_dependent_reference: bool = False
     # Per-corpus method, overriding `method`, e.g. {ravdess: kfold, emodb: loso}.
     method_by_corpus: dict[CorpusName, Literal["kfold", "loso"]] = {}
+    # Multi-corpus training (per_corpus only): e.g. {tess: [ravdess, emodb]} adds every
+    # clip of those corpora, restricted to the tested corpus's emotions, to the training
+    # side of each of its folds. Validation and test speakers stay the tested corpus's.
+    extra_training_corpora: dict[CorpusName, list[CorpusName]] = {}
 
 
 class EvaluationConfig(Strict):

@@ -26,6 +26,7 @@ import os
 import platform
 import shutil
 import time
+from dataclasses import replace
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -93,6 +94,41 @@ def _fold_plan(cfg: Config, rows: Sequence[Any]) -> tuple[SplitConfig, list[Spli
         split_cfg = cfg.split.model_copy(update={"method": "kfold", "folds": cv.folds, "fold": 0})
         protocol = f"speaker-independent, {cv.folds}-fold by speaker"
     return split_cfg, make_folds(rows, split_cfg, cfg.seed), protocol
+
+
+def _with_extra_training(
+    cfg: Config,
+    data_cfg: Any,
+    manifest: Manifest,
+    splits: list[Split],
+    protocol: str,
+    extras: list[str],
+    manifests: dict[str, Manifest],
+    log: Log,
+) -> tuple[Any, Manifest, list[Split], str]:
+    """Add every clip of ``extras`` (with the tested corpus's emotions) to each fold's
+    training speakers; validation and test speakers are unchanged."""
+    emotions = [e for e in cfg.data.emotions if e in {r.emotion for r in manifest.rows}]
+    extra_cfg = cfg.data.model_copy(update={"corpora": extras, "emotions": emotions})
+    key = extra_cfg.model_dump_json()
+    if key not in manifests:
+        manifests[key] = build_manifest(extra_cfg, log=log)
+    extra = manifests[key]
+    speakers = tuple(sorted({r.speaker for r in extra.rows}))
+    combined = Manifest(
+        rows=manifest.rows + extra.rows,
+        skipped=manifest.skipped + extra.skipped,
+        dropped={**manifest.dropped, **{f"{'+'.join(extras)}: {k}": v for k, v in extra.dropped.items()}},
+    )
+    splits = [replace(s, train_speakers=s.train_speakers + speakers) for s in splits]
+    data_cfg = data_cfg.model_copy(
+        update={"corpora": list(data_cfg.corpora) + extras, "emotions": emotions}
+    )
+    protocol += (
+        f"; training also on all of {' + '.join(extras)} "
+        f"({len(extra.rows)} clips, {len(speakers)} speakers, same emotions)"
+    )
+    return data_cfg, combined, splits, protocol
 
 
 def _reference_splits(cfg: Config, rows: Sequence[Any], n: int) -> list[Split]:
@@ -251,6 +287,12 @@ def cross_validate(
                     manifests[manifest_key] = build_manifest(data_cfg, log=detail)
                 manifest = manifests[manifest_key]
                 split_cfg, splits, protocol = _fold_plan(cfg, manifest.rows)
+                target = manifest  # the tested corpus alone (speaker-dependent references)
+                extras = [c for c in cv.extra_training_corpora.get(corpus, []) if c != corpus]
+                if extras and cv.per_corpus:
+                    data_cfg, manifest, splits, protocol = _with_extra_training(
+                        cfg, data_cfg, manifest, splits, protocol, extras, manifests, detail
+                    )
                 note = f"{corpus}: {protocol}"
                 if note not in notes:
                     notes.append(note)
@@ -284,7 +326,7 @@ def cross_validate(
                         notes.append(note)
                     plan += [
                         (ref_protocol, i, s)
-                        for i, s in enumerate(_reference_splits(cfg, manifest.rows, cv.folds))
+                        for i, s in enumerate(_reference_splits(cfg, target.rows, cv.folds))
                     ]
                 bar = tqdm(plan, desc=f"{label} {corpus}", unit="fold", leave=False, disable=None)
                 for fold_protocol, fold, split in bar:
@@ -324,7 +366,7 @@ def cross_validate(
                     test = None
                     if todo_keras:
                         _discard_unfinished(fold_cfg, detail)
-                        summary = train(fold_cfg, log=detail)
+                        summary = train(fold_cfg, split=split, log=detail)
                         predictor = Predictor.load(summary["run_dir"])
                         data = load_run_data(predictor, log=detail)
                         if data.split != split:
@@ -353,7 +395,8 @@ def cross_validate(
                     if todo_base:
                         if data is None:
                             data = prepare_data(
-                                fold_cfg, split=split, manifest=manifest, log=detail,
+                                fold_cfg, split=split, manifest=target if dependent else manifest,
+                                log=detail,
                                 keep_features=True,
                             )  # fmt: skip
                             test = Examples(data.rows["test"], data.targets["test"])

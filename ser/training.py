@@ -331,8 +331,14 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 # ---------------------------------------------------------------------- train
-def train(cfg: Config, *, resume: str | Path | None = None, log: Log = print) -> dict[str, Any]:
-    """Train one model; returns the run summary (also written to ``summary.json``)."""
+def train(
+    cfg: Config, *, resume: str | Path | None = None, split: Split | None = None, log: Log = print
+) -> dict[str, Any]:
+    """Train one model; returns the run summary (also written to ``summary.json``).
+
+    ``split`` (e.g. a cross-validation fold with extra training corpora) replaces the
+    split ``cfg.split`` would make; it is saved to ``split.json`` like any other.
+    """
     import keras
 
     from ser.models import build_model
@@ -356,7 +362,7 @@ def train(cfg: Config, *, resume: str | Path | None = None, log: Log = print) ->
     log_dir = Path(cfg.train.experiments_dir) / run_name
     keras.utils.set_random_seed(cfg.seed)
 
-    data = prepare_data(cfg, split=saved_split, log=log)
+    data = prepare_data(cfg, split=saved_split or split, log=log)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "run.yaml")
     _write_json(run_dir / "split.json", data.split.to_dict())

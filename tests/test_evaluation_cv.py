@@ -165,3 +165,24 @@ def test_per_corpus_method_and_speaker_normalised_pooled_vectors(corpora, tmp_pa
         own = np.stack([x for s, x in seen if s == speaker])
         np.testing.assert_allclose(own.mean(0), 0, atol=1e-4)
         np.testing.assert_allclose(own.std(0), 1, atol=1e-3)
+
+
+def test_extra_training_corpora_join_training_only(corpora, tmp_path):
+    cfg = tiny_config(
+        corpora, tmp_path, "[tess]", model="dense", name="multi",
+        **{**CV, "evaluation.baselines": "[logistic_regression]",
+           "evaluation.cv.extra_training_corpora": "{tess: [emodb]}"},
+    )  # fmt: skip
+    out = cross_validate([cfg], out_dir=tmp_path / "out", **QUIET)
+    groups = {g["model"]: g for g in out["groups"]}
+    assert {g["corpus"] for g in out["groups"]} == {"tess"}
+    assert "training also on all of emodb" in groups["dense (multi)"]["protocol"]
+    assert groups["dense (multi)"]["folds"] == 2
+    assert groups["logistic_regression (mfcc; mean+std)"]["folds"] == 2
+    tess_emotions = {"neutral", "happy", "sad", "angry", "fear", "disgust", "ps"}
+    for fold in (0, 1):
+        run = tmp_path / "out" / "multi" / "tess" / f"fold{fold}"
+        split = json.loads((run / "split.json").read_text())
+        assert any(s.startswith("emodb:") for s in split["train_speakers"])
+        assert all(s.startswith("tess:") for s in split["test_speakers"] + split["val_speakers"])
+        assert set(json.loads((run / "labels.json").read_text())) <= tess_emotions
