@@ -22,6 +22,7 @@ STEPS = [
     ("+ MFCC deltas, 13 functionals per feature", "dense (dense_functionals_spk)", "dense (dense_meanstd_spk)"),
     ("+ prosody (log-F0, energy, ZCR)", "dense (dense_functionals_prosody_spk)", "dense (dense_functionals_spk)"),
     ("+ Gaussian noise on the vectors (train only)", "dense (dense_functionals_prosody_spk_noise)", "dense (dense_functionals_prosody_spk)"),
+    ("+ wider net, input dropout, AdamW (with the noise)", "dense (dense_functionals_prosody_spk_reg)", "dense (dense_functionals_prosody_spk_noise)"),
     ("+ multi-corpus training (other two corpora)", "dense (dense_functionals_prosody_spk_multi)", "dense (dense_functionals_prosody_spk)"),
     ("CNN on frames, frame-level speaker z-norm, SpecAugment", "cnn (cnn_spk)", None),
     ("Keras dense on openSMILE eGeMAPS, speaker z-norm", "dense (egemaps_spk)", None),

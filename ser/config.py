@@ -254,6 +254,7 @@ class CNNConfig(Strict):
 class DenseConfig(Strict):
     units: list[int] = Field(default=[256, 128], min_length=1)
     dropout: float = Field(default=0.3, ge=0, lt=1)
+    input_dropout: float = Field(default=0.0, ge=0, lt=1)  # on the pooled features themselves
 
 
 class ModelConfig(Strict):

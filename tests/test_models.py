@@ -193,3 +193,15 @@ def test_custom_layer_config_round_trip(layer):
 def test_masked_global_pooling_rejects_bad_stats(stats):
     with pytest.raises(ValueError, match="stats"):
         MaskedGlobalPooling(stats)
+
+
+def test_dense_input_dropout_is_training_only_and_round_trips(tmp_path):
+    model = tiny("dense", DenseConfig(units=[16], input_dropout=0.5))
+    assert model.get_layer("input_dropout").rate == 0.5
+    x = inputs_for("dense", batch=4)
+    np.testing.assert_array_equal(predict(model, x), predict(model, x))  # inference: no drop
+    dropped = model.get_layer("input_dropout")(x, training=True).numpy()
+    assert 0 < (dropped == 0).mean() < 1
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_array_equal(predict(loaded, x), predict(model, x))

@@ -13,8 +13,11 @@ from ser.models.layers import dense_stack, emotion_output
 def build_dense(params: DenseConfig, input_dim: int, num_classes: int) -> keras.Model:
     """``[B, input_dim]`` pooled statistics -> ``[B, num_classes]`` probabilities.
 
-    Each block is Dense + BatchNorm + ReLU + Dropout.
+    Optional dropout on the inputs, then blocks of Dense + BatchNorm + ReLU + Dropout.
     """
     inputs = keras.Input(shape=(input_dim,), name="features")
-    x = dense_stack(inputs, params.units, params.dropout, batch_norm=True, name="dense")
+    x = inputs
+    if params.input_dropout > 0:  # drops whole features: no single functional is relied on
+        x = keras.layers.Dropout(params.input_dropout, name="input_dropout")(x)
+    x = dense_stack(x, params.units, params.dropout, batch_norm=True, name="dense")
     return keras.Model(inputs, emotion_output(x, num_classes), name="dense_classifier")
