@@ -409,3 +409,23 @@ def test_flipped_bits_in_an_entry_are_caught_by_its_checksum_and_recomputed(tmp_
     assert victim.read_bytes() == original  # rewritten whole
     record("faults", f"cache entry damaged: {where}", "extraction",
            "checksum mismatch: entry discarded with a warning naming it, recomputed identically")  # fmt: skip
+
+
+# ------------------------------------------------------------------ soak smoke
+def test_soak_bench_holds_load_and_writes_memory_over_time(tmp_path_factory, tmp_path):
+    from tiny_run import tiny_run
+
+    run_dir = tiny_run(tmp_path_factory)
+    out = tmp_path / "soak.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.soak", str(run_dir), "--clients", "2", "--seconds", "3",
+         "--warmup", "2", "--out", str(out)],
+        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["bench"] == "soak" and {"date", "commit", "cores"} <= report["machine"].keys()
+    assert report["errors"] == 0 and report["requests"] > 0 and report["p99_ms"] > 0
+    samples = report["rss_mb_over_time"]
+    assert len(samples) >= 2 and all(mb > 0 for _, mb in samples)
+    assert report["rss_max_mb"] == max(mb for _, mb in samples)
