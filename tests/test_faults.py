@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from fakes import make_emodb, write_tone
 from robustlog import record
-from tiny_run import tiny_overrides
+from tiny_run import tiny_overrides, tiny_run
 
 from ser.audio import load_audio
 from ser.config import FeaturesConfig
@@ -296,7 +296,9 @@ def test_training_killed_while_writing_an_epoch_resumes_after_its_last_backup(tm
     for moment, k, rows in observed:
         record(
             "faults", f"kill -9 during training, {moment}", "ser train --resume",
-            f"killed in epoch {k} (history rows on disk: {len(rows)}); resumed at epoch {k}; "
+            f"killed in epoch {k} with {len(rows)} history row(s) on disk"
+            + (" (its own, dropped on resume)" if len(rows) == k else "")
+            + f"; resumed at epoch {k}; "
             f"finished: history.csv epochs 1-5 once each, best epoch {summary['best_epoch']} "
             "(lowest val_loss) in model.keras, which loads",
         )
@@ -413,8 +415,6 @@ def test_flipped_bits_in_an_entry_are_caught_by_its_checksum_and_recomputed(tmp_
 
 # ------------------------------------------------------------------ soak smoke
 def test_soak_bench_holds_load_and_writes_memory_over_time(tmp_path_factory, tmp_path):
-    from tiny_run import tiny_run
-
     run_dir = tiny_run(tmp_path_factory)
     out = tmp_path / "soak.json"
     proc = subprocess.run(
