@@ -262,6 +262,10 @@ def test_opensmile_sets_must_stand_alone_in_pooled_mode() -> None:
 @pytest.mark.parametrize(("name", "dims"), [("egemaps", 88), ("compare", 6373)])
 def test_opensmile_functionals(name: str, dims: int) -> None:
     pytest.importorskip("opensmile", reason="the optional opensmile package is not installed")
+    # openSMILE corrupts the heap of a process that has imported TensorFlow; the
+    # extractor runs it in a child process, so this must not crash.
+    import tensorflow  # noqa: F401
+
     cfg = config(name, mode="pooled", pooling=["mean"])
     for wave in (voice_like(), np.zeros(SR, np.float32), voice_like(0.01)):
         out = extract_features(wave, SR, cfg)
@@ -270,11 +274,37 @@ def test_opensmile_functionals(name: str, dims: int) -> None:
     assert not np.allclose(louder, extract_features(voice_like(), SR, cfg))
 
 
+def test_a_dead_opensmile_process_is_replaced() -> None:
+    pytest.importorskip("opensmile", reason="the optional opensmile package is not installed")
+    from ser.features.opensmile_worker import PROCESS
+
+    cfg = config("egemaps", mode="pooled", pooling=["mean"])
+    first = extract_features(voice_like(), SR, cfg)
+    dead = PROCESS._proc
+    dead.kill()
+    dead.wait()
+    np.testing.assert_array_equal(extract_features(voice_like(), SR, cfg), first)
+    assert PROCESS._proc is not dead and PROCESS._proc.poll() is None
+
+
 def test_opensmile_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import json
     import sys
 
-    extractors._smile.cache_clear()
+    from ser.features import opensmile_worker
+
+    # The child's side: without the package it answers with the MISSING marker.
     monkeypatch.setitem(sys.modules, "opensmile", None)  # import fails
+    request = json.dumps({"feature_set": "eGeMAPSv02", "sample_rate": SR, "samples": 2}).encode()
+    out = io.BytesIO()
+    opensmile_worker._serve(io.BytesIO(request + b"\n" + np.zeros(2, "<f4").tobytes()), out)
+    assert json.loads(out.getvalue()) == {"error": opensmile_worker.MISSING}
+
+    # The parent's side: the marker becomes a message naming the extra to install.
+    def missing(*_args):
+        raise opensmile_worker.OpenSMILEError(opensmile_worker.MISSING)
+
+    monkeypatch.setattr(opensmile_worker.PROCESS, "functionals", missing)
     with pytest.raises(extractors.OpenSMILEMissing, match=r"pip install 'ser\[opensmile\]'"):
         extract_features(voice_like(), SR, config("egemaps", mode="pooled", pooling=["mean"]))
-    extractors._smile.cache_clear()

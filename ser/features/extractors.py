@@ -238,21 +238,6 @@ class OpenSMILEMissing(RuntimeError):
     """The optional ``opensmile`` package is needed and not installed."""
 
 
-@lru_cache(maxsize=4)
-def _smile(feature_set: str):
-    try:
-        import opensmile
-    except ImportError as e:
-        raise OpenSMILEMissing(
-            f"feature set {feature_set} needs the optional opensmile package: "
-            "pip install 'ser[opensmile]'"
-        ) from e
-    return opensmile.Smile(
-        feature_set=getattr(opensmile.FeatureSet, feature_set),
-        feature_level=opensmile.FeatureLevel.Functionals,
-    )
-
-
 def opensmile_version() -> str | None:
     try:
         from importlib.metadata import version
@@ -263,11 +248,18 @@ def opensmile_version() -> str | None:
 
 
 def _functionals(spectra: Spectra, feature_set: str) -> np.ndarray:
-    import warnings
+    """[1, D] openSMILE functionals, computed in a child process (see opensmile_worker)."""
+    from ser.features.opensmile_worker import MISSING, PROCESS, OpenSMILEError
 
-    with warnings.catch_warnings():  # "Segment too short, filling with NaN": handled below
-        warnings.simplefilter("ignore", UserWarning)
-        values = _smile(feature_set).process_signal(spectra.wave, spectra.sample_rate).to_numpy()
+    try:
+        values = PROCESS.functionals(spectra.wave, spectra.sample_rate, feature_set)
+    except OpenSMILEError as exc:
+        if str(exc) == MISSING:
+            raise OpenSMILEMissing(
+                f"feature set {feature_set} needs the optional opensmile package: "
+                "pip install 'ser[opensmile]'"
+            ) from None
+        raise
     # openSMILE yields NaN for a few functionals of degenerate input (silence).
     return np.nan_to_num(values.reshape(1, -1), nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
