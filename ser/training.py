@@ -119,6 +119,18 @@ def prepare_data(
             for r in kept
         ]
         targets[part] = np.array([index[r.emotion] for r in kept], np.int32)
+    for part in PARTS:
+        if rows[part]:
+            continue
+        if report.failed and not features:
+            raise RuntimeError(
+                f"no usable clips: all {len(report.failed)} failed feature extraction "
+                f"(first: {report.failed[0][0]}: {report.failed[0][1]})"
+            )
+        failed = f" ({len(report.failed)} clips failed feature extraction)" if report.failed else ""
+        raise RuntimeError(
+            f"the {part} split is empty{failed}; check data.corpora and split settings"
+        )
     prior = None
     if cfg.features.pooled_normalisation == "speaker":
         prior = speaker_prior(inputs["train"], [r.speaker for r in rows["train"]])
@@ -127,9 +139,6 @@ def prepare_data(
             speaker_normalise_vectors([x for p in PARTS for x in inputs[p]], [r.speaker for r in every])
         )
         inputs = {p: [next(normalised) for _ in rows[p]] for p in PARTS}
-    for part in PARTS:
-        if not rows[part]:
-            raise RuntimeError(f"the {part} split is empty; check data.corpora and split settings")
     log(
         "examples: "
         + ", ".join(f"{p} {len(rows[p])} ({len({r.speaker for r in rows[p]})} speakers)" for p in PARTS)
