@@ -141,7 +141,8 @@ def test_ablation_table_differences_come_from_the_cv_groups():
     spec.loader.exec_module(ablation)
 
     def group(corpus, model, mean, si=True):
-        return {"corpus": corpus, "model": model, "speaker_independent": si,
+        kind = "baseline" if model.startswith("svc") else "keras"
+        return {"corpus": corpus, "model": model, "speaker_independent": si, "kind": kind,
                 "ua": {"mean": mean, "std": 0.01}}  # fmt: skip
 
     cv = {"groups": [
@@ -154,3 +155,7 @@ def test_ablation_table_differences_come_from_the_cv_groups():
     row = next(line for line in lines if line.startswith("| + per-speaker z-norm"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:] == ["n/a", "", "55.0 ± 1.0", "+15.0", "70.0 ± 1.0", ""]
+    cv["groups"].append(group("tess", "svc (x)", 0.60))
+    targets = ablation.render_targets(cv).splitlines()
+    tess = [c.strip() for c in next(t for t in targets if t.startswith("| tess")).strip("|").split("|")]
+    assert tess == ["tess", "80", "dense (dense_meanstd_spk)", "55.0 ± 1.0", "svc (x)", "60.0 ± 1.0"]
