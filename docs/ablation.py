@@ -68,9 +68,12 @@ def render_targets(cv: dict) -> str:
         cells = [corpus, f"{TARGETS[corpus]:.0f}"]
         for kind in ("keras", "baseline"):
             best = max((g for g in rows if g["kind"] == kind), key=lambda g: g["ua"]["mean"], default=None)
+            name = best["model"] if best else "n/a"
+            if best and "training also on" in best["protocol"]:
+                name += ", trained with the other corpora too"
             cells += (
-                [best["model"], f"{100 * best['ua']['mean']:.1f} ± {100 * best['ua']['std']:.1f}"]
-                if best else ["n/a", ""]
+                [name, f"{100 * best['ua']['mean']:.1f} ± {100 * best['ua']['std']:.1f}"]
+                if best else [name, ""]
             )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -143,7 +143,7 @@ def test_ablation_table_differences_come_from_the_cv_groups():
     def group(corpus, model, mean, si=True):
         kind = "baseline" if model.startswith("svc") else "keras"
         return {"corpus": corpus, "model": model, "speaker_independent": si, "kind": kind,
-                "ua": {"mean": mean, "std": 0.01}}  # fmt: skip
+                "protocol": "speaker-independent", "ua": {"mean": mean, "std": 0.01}}  # fmt: skip
 
     cv = {"groups": [
         group("tess", "dense (dense_meanstd)", 0.40),
