@@ -24,6 +24,7 @@ STEPS = [
     ("+ Gaussian noise on the vectors (train only)", "dense (dense_functionals_prosody_spk_noise)", "dense (dense_functionals_prosody_spk)"),
     ("+ wider net, input dropout, AdamW (with the noise)", "dense (dense_functionals_prosody_spk_reg)", "dense (dense_functionals_prosody_spk_noise)"),
     ("+ multi-corpus training (other two corpora)", "dense (dense_functionals_prosody_spk_multi)", "dense (dense_functionals_prosody_spk)"),
+    ("CNN on frames, frame-level speaker z-norm, SpecAugment", "cnn (cnn_spk)", None),
     ("Keras dense on openSMILE eGeMAPS, speaker z-norm", "dense (egemaps_spk)", None),
     ("Keras dense on openSMILE ComParE, speaker z-norm", "dense (compare_spk)", None),
 ]
