@@ -73,6 +73,15 @@ def start_server(run_dir: str, port: int, log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """Terminate the server, killing it if it has not exited within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 180.0) -> dict:
     import httpx
 
@@ -188,11 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_server(proc)
     report = {
         "benchmark": "load_http",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -25,7 +24,15 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import RESULTS, write
-from bench.load_http import free_port, run_level, start_server, voiced_clip, wait_healthy, wav_bytes
+from bench.load_http import (
+    free_port,
+    run_level,
+    start_server,
+    stop_server,
+    voiced_clip,
+    wait_healthy,
+    wav_bytes,
+)
 
 
 def rss_mb(pid: int) -> float:
@@ -104,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if proc.poll() is not None:
             raise SystemExit(f"the server exited with code {proc.returncode} during the soak")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     half = [s for s in samples if s[0] >= samples[-1][0] / 2]
     memory = {
         "rss_start_mb": samples[0][1],

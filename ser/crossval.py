@@ -26,8 +26,8 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import replace
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
