@@ -190,6 +190,10 @@ class AugmentConfig(Strict):
     feature_masks: int = Field(default=0, ge=0)
     feature_mask_width: int = Field(default=8, ge=1)
     gaussian_noise: float = Field(default=0.0, ge=0)
+    # Pooled mode only: mixup (Zhang et al., 2018). Each training vector is blended with
+    # another of its batch, x = l*a + (1-l)*b and likewise its one-hot target, with
+    # l ~ Beta(mixup, mixup) drawn per example; 0 turns it off, 0.2-0.4 is usual.
+    mixup: float = Field(default=0.0, ge=0)
 
 
 class FeaturesConfig(Strict):
@@ -259,6 +263,9 @@ class DenseConfig(Strict):
 
 class ModelConfig(Strict):
     type: Literal["lstm", "cnn", "dense"] = "lstm"
+    # Members of a seed ensemble: each is trained with seed, seed+1, ... and keeps its
+    # own best validation epoch; the saved model averages their probabilities.
+    ensemble: int = Field(default=1, ge=1, le=32)
     lstm: LSTMConfig = LSTMConfig()
     cnn: CNNConfig = CNNConfig()
     dense: DenseConfig = DenseConfig()
@@ -289,6 +296,8 @@ class TrainConfig(Strict):
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = Field(default=0.0, ge=0)
     class_weights: bool = True
+    # Cross-entropy against (1 - s) * one-hot + s / classes; 0 is plain cross-entropy.
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     monitor: Literal["val_ua", "val_loss", "val_accuracy"] = "val_ua"
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     reduce_lr: ReduceLRConfig = ReduceLRConfig()
@@ -482,6 +491,8 @@ class Config(Strict):
                 f"model.type {self.model.type!r} needs features.mode {wants!r}, "
                 f"got {self.features.mode!r}"
             )
+        if self.augment.mixup > 0 and self.features.mode != "pooled":
+            raise ValueError("augment.mixup needs features.mode: pooled (the dense model)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -457,8 +457,10 @@ def cross_validate(
         "folds": sorted(unique, key=lambda r: (r["corpus"], r["model"], r["protocol"], r["fold"])),
     }
     if previous is not None:
-        for key in ("created", "commit", "versions", "machine", "command"):
+        # The command stays this invocation's: it names every config the results cover.
+        for key in ("created", "commit", "versions", "machine"):
             result[key] = previous.get(key) or result[key]
+        result["command"] = command or previous.get("command", "")
         result["seconds"] = previous["seconds"] + (seconds if computed else 0.0)
         result["resumed"] = [*previous.get("resumed", []), *result["resumed"]]
     (out / "cv.json").write_text(json.dumps(result, indent=2), encoding="utf-8")

@@ -125,7 +125,14 @@ def render_markdown(report: dict[str, Any], images: Sequence[str] = ()) -> str:
         f"- classes ({len(report['labels'])}): {', '.join(report['labels'])}",
     ]
     model = report["model"]
-    if model.get("best_epoch") is not None and model.get("best_value") is not None:
+    if isinstance(model.get("best_epoch"), list) and model.get("best_value") is not None:
+        out.append(
+            f"- checkpoint: a seed ensemble of {len(model['best_epoch'])} members averaging "
+            f"their probabilities, each at its best epoch on {model['monitor']} "
+            f"({_epochs(model['best_epoch'])}); the ensemble's {model['monitor']} "
+            f"{model['best_value']:.4f} on the validation split"
+        )
+    elif model.get("best_epoch") is not None and model.get("best_value") is not None:
         out.append(
             f"- checkpoint: epoch {model['best_epoch']}, chosen on {model['monitor']} "
             f"({model['best_value']:.4f}) of the validation split"
@@ -649,9 +656,16 @@ def _fold_table(folds: Sequence[dict[str, Any]], with_training: bool) -> list[st
             _seconds(f.get("fit_seconds")),
         ]
         if with_training:
-            row += [_seconds(f.get("train_seconds")), f.get("best_epoch") or ""]
+            row += [_seconds(f.get("train_seconds")), _epochs(f.get("best_epoch"))]
         rows.append(row)
     return _table(header, rows)
+
+
+def _epochs(best: int | list[int] | None) -> str:
+    """A best epoch, or a seed ensemble's member epochs as ``12/9/15``."""
+    if isinstance(best, list):
+        return "/".join(str(e) for e in best)
+    return str(best) if best else ""
 
 
 def _per_fold_sections(folds: Sequence[dict[str, Any]]) -> list[str]:

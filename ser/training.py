@@ -8,6 +8,8 @@ later: ``model.keras`` (best validation epoch) and the same model unzipped
 ``split.json`` (speaker lists), ``manifest.jsonl``, ``versions.json`` (libraries
 and git commit), ``history.csv`` and ``summary.json``. TensorBoard logs go to
 ``experiments/<run>/``. ``checkpoints/best`` is a symlink to the newest finished run.
+A seed ensemble (``model.ensemble`` > 1) trains each member in ``members/<k>/`` (its
+own best model, history, progress and backups); ``model.keras`` averages them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -340,6 +343,110 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 # ---------------------------------------------------------------------- train
+def _fit_member(
+    cfg: Config,
+    data: PreparedData,
+    normaliser: Normaliser,
+    val_x: Any,
+    run_dir: Path,
+    log_dir: Path,
+    seed: int,
+    *,
+    resume: bool,
+    log: Log,
+) -> dict[str, Any]:
+    """Build, compile and fit one model into ``run_dir`` (its best validation epoch as
+    ``model.keras``, history, progress and epoch backups); returns its best epoch,
+    best monitored value, seed and fit seconds."""
+    import keras
+
+    from ser.models import build_model
+
+    keras.utils.set_random_seed(seed)
+    batch = cfg.train.batch_size
+    classes = len(data.labels)
+    # Label smoothing and mixup need probability targets; plain training keeps indices.
+    one_hot = classes if cfg.train.label_smoothing > 0 or cfg.augment.mixup > 0 else None
+    train_ds = make_dataset(
+        data.inputs["train"], data.targets["train"], normaliser=normaliser, batch_size=batch,
+        training=True, seed=seed, augment=cfg.augment, one_hot=one_hot,
+    )  # fmt: skip
+    val_ds = make_dataset(
+        data.inputs["val"], data.targets["val"], normaliser=normaliser, batch_size=batch,
+        training=False, seed=seed, one_hot=one_hot,
+    )  # fmt: skip
+
+    strategy = make_strategy(cfg.train.distribute)
+    with strategy.scope():
+        model = build_model(cfg.model, data.input_dim, classes)
+        optimizer = {
+            "adam": lambda: keras.optimizers.Adam(cfg.train.learning_rate),
+            "adamw": lambda: keras.optimizers.AdamW(
+                cfg.train.learning_rate, weight_decay=cfg.train.weight_decay
+            ),
+            "sgd": lambda: keras.optimizers.SGD(cfg.train.learning_rate, momentum=0.9),
+        }[cfg.train.optimizer]()
+        loss = (
+            keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)
+            if one_hot
+            else "sparse_categorical_crossentropy"
+        )
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    log(f"model: {model.name}, {model.count_params():,} parameters, input dim {data.input_dim}")
+
+    monitor = cfg.train.monitor
+    mode = "min" if monitor == "val_loss" else "max"
+    report = _make_epoch_callback(
+        val_x, data.targets["val"], data.labels, run_dir,
+        log_dir / "validation" if cfg.train.confusion_images else None,
+        monitor, cfg.train.epochs, log,
+    )
+    callbacks: list[Any] = [
+        report,
+        keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume),
+        # Last, so an epoch is backed up after everything else it wrote; the previous
+        # backup is kept in case this one is torn by a kill.
+        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
+    ]
+    if cfg.train.early_stopping.enabled:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, mode=mode, patience=cfg.train.early_stopping.patience
+            )
+        )
+    if cfg.train.reduce_lr.enabled:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, mode=mode, patience=cfg.train.reduce_lr.patience,
+                factor=cfg.train.reduce_lr.factor, min_lr=cfg.train.reduce_lr.min_lr,
+            )
+        )
+    weights = class_weights(data.targets["train"], classes) if cfg.train.class_weights else None
+    started = time.time()
+    model.fit(
+        train_ds, validation_data=val_ds, epochs=cfg.train.epochs, class_weight=weights,
+        callbacks=callbacks, verbose=cfg.train.verbose, shuffle=False,  # tf.data shuffles
+    )
+    return {
+        "seed": seed, "best_epoch": report.best_epoch, "best": report.best,
+        "fit_seconds": time.time() - started,
+    }  # fmt: skip
+
+
+def _average_members(paths: list[Path]):
+    """One Keras model whose output ``emotion`` is the mean of the members' probabilities."""
+    import keras
+
+    members = [keras.models.load_model(p) for p in paths]
+    inputs = keras.Input(shape=members[0].input_shape[1:], name="features")
+    outputs = [
+        keras.Model(m.input, m.output, name=f"member{k}")(inputs) for k, m in enumerate(members)
+    ]
+    emotion = keras.layers.Average(name="emotion", dtype="float32")(outputs)
+    return keras.Model(inputs, emotion, name=f"ensemble_of_{len(members)}")
+
+
 def train(
     cfg: Config, *, resume: str | Path | None = None, split: Split | None = None, log: Log = print
 ) -> dict[str, Any]:
@@ -384,73 +491,55 @@ def train(
         data.speaker_prior.save(run_dir / SPEAKER_PRIOR)
 
     batch = cfg.train.batch_size
-    train_ds = make_dataset(
-        data.inputs["train"], data.targets["train"], normaliser=normaliser, batch_size=batch,
-        training=True, seed=cfg.seed, augment=cfg.augment,
-    )
-    val_ds = make_dataset(
-        data.inputs["val"], data.targets["val"], normaliser=normaliser, batch_size=batch,
-        training=False, seed=cfg.seed,
-    )
     val_x = make_dataset(
         data.inputs["val"], None, normaliser=normaliser, batch_size=batch, training=False,
         seed=cfg.seed,
     )
-
-    strategy = make_strategy(cfg.train.distribute)
-    with strategy.scope():
-        model = build_model(cfg.model, data.input_dim, len(data.labels))
-        optimizer = {
-            "adam": lambda: keras.optimizers.Adam(cfg.train.learning_rate),
-            "adamw": lambda: keras.optimizers.AdamW(
-                cfg.train.learning_rate, weight_decay=cfg.train.weight_decay
-            ),
-            "sgd": lambda: keras.optimizers.SGD(cfg.train.learning_rate, momentum=0.9),
-        }[cfg.train.optimizer]()
-        model.compile(
-            optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"]
-        )
-    log(f"model: {model.name}, {model.count_params():,} parameters, input dim {data.input_dim}")
-
-    monitor = cfg.train.monitor
-    mode = "min" if monitor == "val_loss" else "max"
-    report = _make_epoch_callback(
-        val_x, data.targets["val"], data.labels, run_dir,
-        log_dir / "validation" if cfg.train.confusion_images else None,
-        monitor, cfg.train.epochs, log,
-    )
-    callbacks: list[Any] = [
-        report,
-        keras.callbacks.TensorBoard(log_dir=str(log_dir), write_graph=False),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=resume is not None),
-        # Last, so an epoch is backed up after everything else it wrote; the previous
-        # backup is kept in case this one is torn by a kill.
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
-    ]
-    if cfg.train.early_stopping.enabled:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=monitor, mode=mode, patience=cfg.train.early_stopping.patience
-            )
-        )
-    if cfg.train.reduce_lr.enabled:
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor, mode=mode, patience=cfg.train.reduce_lr.patience,
-                factor=cfg.train.reduce_lr.factor, min_lr=cfg.train.reduce_lr.min_lr,
-            )
-        )
-    weights = (
-        class_weights(data.targets["train"], len(data.labels)) if cfg.train.class_weights else None
-    )
+    members = cfg.model.ensemble
+    fits = []
     fit_started = time.time()
-    model.fit(
-        train_ds, validation_data=val_ds, epochs=cfg.train.epochs, class_weight=weights,
-        callbacks=callbacks, verbose=cfg.train.verbose, shuffle=False,  # tf.data shuffles
-    )
+    for k in range(members):
+        member_dir = run_dir if members == 1 else run_dir / "members" / str(k)
+        member_log = log_dir if members == 1 else log_dir / f"member{k}"
+        done = member_dir / "member.json"
+        if members > 1 and done.is_file():  # finished before a resume
+            fits.append(json.loads(done.read_text()))
+            log(f"member {k + 1}/{members}: done before (best epoch {fits[-1]['best_epoch']})")
+            continue
+        if members > 1:
+            member_dir.mkdir(parents=True, exist_ok=True)
+            log(f"member {k + 1}/{members} (seed {cfg.seed + k})")
+        fit = _fit_member(
+            cfg, data, normaliser, val_x, member_dir, member_log, cfg.seed + k,
+            resume=resume is not None, log=log,
+        )  # fmt: skip
+        if members > 1:
+            _write_json(done, fit)
+        fits.append(fit)
     fit_seconds = time.time() - fit_started
+    monitor = cfg.train.monitor
+    best_epoch: int | list[int] = fits[0]["best_epoch"]
+    best_value = fits[0]["best"]
+    if members > 1:
+        ensemble = _average_members(
+            [run_dir / "members" / str(k) / "model.keras" for k in range(members)]
+        )
+        ensemble.save(run_dir / "model.keras")
+        pred = ensemble.predict(val_x, verbose=0).argmax(axis=1)
+        val_ua = unweighted_accuracy(data.targets["val"], pred, len(data.labels))
+        best_epoch = [f["best_epoch"] for f in fits]
+        # The ensemble's own validation UA; for another monitor, the members' mean.
+        best_value = val_ua if monitor == "val_ua" else float(np.mean([f["best"] for f in fits]))
+        log(
+            f"ensemble of {members}: validation UA {val_ua:.3f} (members "
+            + ", ".join(f"{f['best']:.3f}" for f in fits) + f" {monitor})"
+        )
+        del ensemble
 
     best = keras.models.load_model(run_dir / "model.keras")
+    # Keras cannot save into a folder that already has its "assets" (a resumed run that
+    # had finished once): that folder is rewritten anyway.
+    shutil.rmtree(run_dir / "assets", ignore_errors=True)
     best.save(run_dir, zipped=False)  # the run directory itself loads with load_model
     test_x = make_dataset(
         data.inputs["test"], None, normaliser=normaliser, batch_size=batch, training=False,
@@ -475,8 +564,9 @@ def train(
         "parameters": int(best.count_params()),
         "labels": data.labels,
         "examples": {p: len(data.rows[p]) for p in PARTS},
-        "best_epoch": report.best_epoch,
-        "best_" + monitor: report.best,
+        "best_epoch": best_epoch,
+        "best_" + monitor: best_value,
+        "members": fits if members > 1 else None,
         "test": test,
         "files": {
             "manifest_rows": len(data.manifest.rows),
@@ -503,7 +593,7 @@ def train(
         ))
     skipped = len(data.manifest.skipped) + len(data.failed)
     log(
-        f"best epoch {report.best_epoch} ({monitor} {report.best:.4f}); "
+        f"best epoch {best_epoch} ({monitor} {best_value:.4f}); "
         f"{skipped} file(s) skipped; run {run_dir} -> {link}; "
         f"TensorBoard: tensorboard --logdir {cfg.train.experiments_dir}; "
         f"{summary['seconds']['total']:.0f} s"

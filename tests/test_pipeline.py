@@ -173,3 +173,50 @@ def test_pooled_noise_only_in_training_and_fresh_each_epoch():
     for x in epochs:
         assert 0.35 < np.std(x - clean) < 0.65  # the noise, ~0.5
     assert not np.allclose(epochs[0], epochs[1])  # a new draw each epoch
+
+
+def test_one_hot_targets_for_pooled_and_sequence_batches():
+    norm = Normaliser.fit(sequences())
+    ds = make_dataset(sequences(), np.array([0, 2, 1, 2, 0]), normaliser=norm, batch_size=5,
+                      training=False, seed=0, one_hot=3)  # fmt: skip
+    _, y = next(iter(ds.as_numpy_iterator()))
+    assert y.dtype == np.float32 and y.shape == (5, 3)
+    np.testing.assert_array_equal(y.argmax(axis=1), [0, 2, 1, 2, 0])
+    pooled = [x.mean(axis=0) for x in sequences()]
+    ds = make_dataset(pooled, np.array([1, 1, 0, 0, 2]), normaliser=Normaliser.fit(pooled),
+                      batch_size=5, training=False, seed=0, one_hot=3)  # fmt: skip
+    _, y = next(iter(ds.as_numpy_iterator()))
+    np.testing.assert_array_equal(y, np.eye(3, dtype=np.float32)[[1, 1, 0, 0, 2]])
+
+
+def test_mixup_blends_vectors_and_targets_with_the_same_weight():
+    rng = np.random.default_rng(1)
+    n, classes = 256, 4
+    # Vector i is one-hot of its own class scaled by 10, so a blend shows its weights.
+    labels = rng.integers(0, classes, size=n)
+    xs = [np.eye(classes, dtype=np.float32)[c] * 10 for c in labels]
+    identity = Normaliser(mean=np.zeros(classes, np.float32), std=np.ones(classes, np.float32))
+    aug = AugmentConfig(mixup=0.4)
+    ds = make_dataset(xs, labels, normaliser=identity, batch_size=n, training=True, seed=3,
+                      augment=aug, one_hot=classes)  # fmt: skip
+    x, y = next(iter(ds.as_numpy_iterator()))
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)  # still distributions
+    np.testing.assert_allclose(x / 10, y, atol=1e-5)  # the same blend for inputs and targets
+    top = y.max(axis=1)
+    assert (top < 0.999).mean() > 0.3  # most examples really are blended ...
+    assert 0.5 <= top.min() and top.mean() > 0.7  # ... and Beta(0.4, 0.4) keeps one side strong
+    plain = make_dataset(xs, labels, normaliser=identity, batch_size=n, training=False, seed=3,
+                         augment=aug, one_hot=classes)  # fmt: skip
+    _, y = next(iter(plain.as_numpy_iterator()))
+    assert set(np.unique(y)) == {0.0, 1.0}  # never on validation or test batches
+
+
+def test_mixup_needs_one_hot_targets_and_pooled_features():
+    from ser.config import load_config
+
+    pooled = [x.mean(axis=0) for x in sequences()]
+    with pytest.raises(ValueError, match="one_hot"):
+        make_dataset(pooled, np.zeros(5, int), normaliser=Normaliser.fit(pooled), batch_size=2,
+                     training=True, seed=0, augment=AugmentConfig(mixup=0.2))  # fmt: skip
+    with pytest.raises(ValueError, match="augment.mixup needs features.mode: pooled"):
+        load_config(None, ["augment.mixup=0.2"], env={})

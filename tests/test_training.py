@@ -166,3 +166,51 @@ def test_bad_config_fails_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert "model.lstm.layers: unknown key" in out and str(bad) in out
     assert not (tmp_path / "ck").exists()
+
+
+def test_seed_ensemble_averages_members_and_resumes_past_finished_ones(corpora, tmp_path):
+    import keras
+
+    from ser.training import _average_members
+
+    sets = tiny_overrides(
+        corpora, tmp_path, "dense",
+        **{"model.ensemble": "3", "train.epochs": "2", "train.run_name": "ens",
+           "train.label_smoothing": "0.1", "augment.mixup": "0.2"},
+    )  # fmt: skip
+    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    run_dir = Path(summary["run_dir"])
+    assert [m["seed"] for m in summary["members"]] == [42, 43, 44]
+    assert len(summary["best_epoch"]) == 3 and "ensemble of 3: validation UA" in "\n".join(lines)
+    members = [keras.models.load_model(run_dir / "members" / str(k) / "model.keras") for k in range(3)]
+    model = keras.models.load_model(run_dir / "model.keras")
+    assert model.output_shape == (None, len(summary["labels"]))
+    x = np.random.default_rng(0).normal(size=(6, model.input_shape[-1])).astype(np.float32)
+    probs = [m.predict(x, verbose=0) for m in members]
+    assert not np.allclose(probs[0], probs[1])  # different seeds, different members
+    np.testing.assert_allclose(model.predict(x, verbose=0), np.mean(probs, axis=0), atol=1e-6)
+    np.testing.assert_allclose(model.predict(x, verbose=0).sum(axis=1), 1.0, atol=1e-5)
+
+    # A resume after the second member: the finished ones are not trained again.
+    (run_dir / "members" / "2" / "member.json").unlink()
+    lines.clear()
+    again = train(cfg, resume=run_dir, log=lines.append)
+    text = "\n".join(lines)
+    assert "member 1/3: done before" in text and "member 2/3: done before" in text
+    assert "member 3/3 (seed 44)" in text
+    assert again["members"][:2] == summary["members"][:2]
+    assert _average_members  # the helper the run used is importable for tools
+
+
+def test_label_smoothing_and_mixup_train_with_probability_targets(corpora, tmp_path):
+    sets = tiny_overrides(
+        corpora, tmp_path, "dense",
+        **{"train.label_smoothing": "0.2", "augment.mixup": "0.3", "train.epochs": "2"},
+    )  # fmt: skip
+    summary = train(load_config(ROOT / "configs" / "base.yaml", sets, env={}), log=lambda _l: None)
+    assert summary["members"] is None and isinstance(summary["best_epoch"], int)
+    assert np.isfinite(summary["test"]["ua"])
+    history = (Path(summary["run_dir"]) / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "val_loss" in history[0]

@@ -191,12 +191,15 @@ def make_dataset(
     training: bool,
     seed: int,
     augment: AugmentConfig | None = None,
+    one_hot: int | None = None,
 ):
     """Build a batched ``tf.data.Dataset``.
 
     ``inputs``: model inputs, each [T_i, D] (sequence mode: batches are zero-padded
     to the longest clip, shape [B, T_max, D]) or [D] (pooled: [B, D]).
     ``labels``: int class indices [N] or None (inference: the dataset yields inputs only).
+    ``one_hot``: the number of classes to yield float one-hot targets [B, classes]
+    instead of indices (label smoothing and mixup need them; mixup requires it).
     Shuffling (seeded, reshuffled each epoch) and augmentation happen only when ``training``.
     """
     import tensorflow as tf
@@ -205,9 +208,16 @@ def make_dataset(
         raise ValueError("no examples to build a dataset from")
     normalised = [normaliser.apply(x) for x in inputs]
     sequence = normalised[0].ndim == 2
+    mixup = augment.mixup if augment is not None and training and labels is not None else 0.0
+    if mixup > 0 and one_hot is None:
+        raise ValueError("mixup blends targets: pass one_hot=<number of classes>")
+    if labels is not None and one_hot is not None:
+        labels = np.eye(one_hot, dtype=np.float32)[np.asarray(labels, np.int64)]
     if not sequence:
         noise = augment.gaussian_noise if augment is not None and training else 0.0
-        return _pooled_dataset(np.stack(normalised), labels, batch_size, training, seed, noise)
+        return _pooled_dataset(
+            np.stack(normalised), labels, batch_size, training, seed, noise, mixup
+        )
     if sequence:
         lengths = np.array([x.shape[0] for x in normalised], np.int64)
         values = np.concatenate(normalised, axis=0)
@@ -217,7 +227,8 @@ def make_dataset(
     else:
         ds = tf.data.Dataset.from_tensor_slices(np.stack(normalised))
     if labels is not None:
-        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(np.asarray(labels, np.int32))))
+        targets = np.asarray(labels, np.float32 if one_hot is not None else np.int32)
+        ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(targets)))
     if training:
         ds = ds.shuffle(len(normalised), seed=seed, reshuffle_each_iteration=True)
         if sequence and augmentation_enabled(augment):
@@ -229,8 +240,9 @@ def make_dataset(
                 ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
     if sequence:
         dim = normalised[0].shape[1]
-        shapes = ([None, dim], []) if labels is not None else [None, dim]
-        pads = (0.0, 0) if labels is not None else 0.0
+        target_shape = [one_hot] if one_hot is not None else []
+        shapes = ([None, dim], target_shape) if labels is not None else [None, dim]
+        pads = (0.0, 0.0 if one_hot is not None else 0) if labels is not None else 0.0
         ds = ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads)
     else:
         ds = ds.batch(batch_size)
@@ -238,11 +250,13 @@ def make_dataset(
 
 
 def _pooled_dataset(x: np.ndarray, labels: np.ndarray | None, batch_size: int, training: bool,
-                    seed: int, noise: float = 0.0):
+                    seed: int, noise: float = 0.0, mixup: float = 0.0):
     """[N, D] vectors -> batches [B, D]: shuffle and batch indices, then one gather per
     batch (slicing element by element costs more than a dense model's training step).
     ``noise`` > 0 (training only) adds N(0, noise^2) to every normalised value, a fresh
-    draw each epoch; the masks of ``AugmentConfig`` apply to sequences only."""
+    draw each epoch; the masks of ``AugmentConfig`` apply to sequences only.
+    ``mixup`` > 0 blends each example with a shuffled partner of its batch, weights
+    l ~ Beta(mixup, mixup) per example, on the (noisy) vectors and the one-hot targets."""
     import tensorflow as tf
 
     n = x.shape[0]
@@ -254,10 +268,27 @@ def _pooled_dataset(x: np.ndarray, labels: np.ndarray | None, batch_size: int, t
     if labels is None:
         ds = index.map(lambda i: tf.gather(features, i))
     else:
-        targets = tf.constant(np.asarray(labels, np.int32))
+        targets = tf.constant(labels if labels.dtype == np.float32 else np.asarray(labels, np.int32))
         ds = index.map(lambda i: (tf.gather(features, i), tf.gather(targets, i)))
-    if noise > 0:
+    if noise > 0 or mixup > 0:
         tf.random.set_seed(seed)
+    if noise > 0:
         jitter = lambda v: v + tf.random.normal(tf.shape(v), stddev=noise, seed=seed)  # noqa: E731
         ds = ds.map(lambda v, y: (jitter(v), y)) if labels is not None else ds.map(jitter)
+    if mixup > 0:
+        ds = ds.map(lambda v, y: _mixup(v, y, mixup, seed))
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _mixup(x, y, alpha: float, seed: int):
+    """Blend batch ``x`` [B, D] and one-hot ``y`` [B, C] with a permutation of itself."""
+    import tensorflow as tf
+
+    n = tf.shape(x)[0]
+    # Beta(a, a) as G1 / (G1 + G2) with G ~ Gamma(a, 1); tf.random has no beta.
+    g1 = tf.random.gamma([n], alpha, seed=seed)
+    g2 = tf.random.gamma([n], alpha, seed=seed + 1)
+    lam = g1 / tf.maximum(g1 + g2, 1e-12)
+    partner = tf.random.shuffle(tf.range(n), seed=seed)
+    mix = lambda a: lam[:, None] * a + (1.0 - lam[:, None]) * tf.gather(a, partner)  # noqa: E731
+    return mix(x), mix(y)
