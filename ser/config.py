@@ -255,6 +255,19 @@ class CNNConfig(Strict):
     dense_units: list[int] = [64]
 
 
+class CRNNConfig(Strict):
+    """The CNN's convolution blocks, a bidirectional GRU or LSTM, attention pooling."""
+
+    filters: list[int] = Field(default=[64, 128], min_length=1)
+    kernel_size: int = Field(default=5, ge=1)
+    pool_size: int = Field(default=2, ge=1)
+    rnn: Literal["gru", "lstm"] = "gru"
+    rnn_units: int = Field(default=64, ge=1)  # per direction
+    attention_units: int = Field(default=64, ge=1)  # hidden tanh units of the frame scorer
+    dropout: float = Field(default=0.3, ge=0, lt=1)
+    dense_units: list[int] = [64]
+
+
 class DenseConfig(Strict):
     units: list[int] = Field(default=[256, 128], min_length=1)
     dropout: float = Field(default=0.3, ge=0, lt=1)
@@ -262,16 +275,17 @@ class DenseConfig(Strict):
 
 
 class ModelConfig(Strict):
-    type: Literal["lstm", "cnn", "dense"] = "lstm"
+    type: Literal["lstm", "cnn", "crnn", "dense"] = "lstm"
     # Members of a seed ensemble: each is trained with seed, seed+1, ... and keeps its
     # own best validation epoch; the saved model averages their probabilities.
     ensemble: int = Field(default=1, ge=1, le=32)
     lstm: LSTMConfig = LSTMConfig()
     cnn: CNNConfig = CNNConfig()
+    crnn: CRNNConfig = CRNNConfig()
     dense: DenseConfig = DenseConfig()
 
     @property
-    def params(self) -> LSTMConfig | CNNConfig | DenseConfig:
+    def params(self) -> LSTMConfig | CNNConfig | CRNNConfig | DenseConfig:
         """The parameters of the chosen model type."""
         return getattr(self, self.type)
 

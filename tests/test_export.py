@@ -14,7 +14,7 @@ from ser.export import export_run, load_exported
 from ser.inference import Predictor
 
 
-@pytest.fixture(scope="module", params=["lstm", "cnn", "dense"])
+@pytest.fixture(scope="module", params=["lstm", "cnn", "crnn", "dense"])
 def predictor(request, tmp_path_factory) -> Predictor:
     return Predictor.load(tiny_run(tmp_path_factory, request.param))
 

@@ -8,27 +8,42 @@ import keras
 import numpy as np
 import pytest
 
-from ser.config import CNNConfig, DenseConfig, LSTMConfig, ModelConfig
+from ser.config import CNNConfig, CRNNConfig, DenseConfig, LSTMConfig, ModelConfig
 from ser.models import MODELS, build_model
-from ser.models.layers import FrameMask, MaskedGlobalPooling, MaskedMaxPooling1D
+from ser.models.layers import (
+    FrameMask,
+    MaskedAttentionPooling,
+    MaskedGlobalPooling,
+    MaskedMaxPooling1D,
+)
 from ser.registry import UnknownNameError
 
 INPUT_DIM = 8
 NUM_CLASSES = 4
-SEQUENCE_MODELS = ("lstm", "cnn")
+SEQUENCE_MODELS = ("lstm", "cnn", "crnn")
 
 TINY = {
     "lstm": LSTMConfig(units=[8, 8], dense_units=[8]),
     "cnn": CNNConfig(filters=[8, 8], kernel_size=3, dense_units=[8]),
+    "crnn": CRNNConfig(
+        filters=[8, 8], kernel_size=3, rnn_units=4, attention_units=4, dense_units=[8]
+    ),
     "dense": DenseConfig(units=[16, 8]),
 }
-# Variants the sequence harness must also hold for: a bidirectional LSTM, and an
-# even kernel with a pool size whose "same" windows would not start at frame 0.
+PARAMS_TYPE = {LSTMConfig: "lstm", CNNConfig: "cnn", CRNNConfig: "crnn", DenseConfig: "dense"}
+# Variants the sequence harness must also hold for: a bidirectional LSTM, an even
+# kernel with a pool size whose "same" windows would not start at frame 0, and the
+# CRNN with an LSTM in place of its GRU.
 VARIANTS = {
     "lstm": TINY["lstm"],
     "bilstm": LSTMConfig(units=[8, 8], bidirectional=True, dense_units=[8]),
     "cnn": TINY["cnn"],
     "cnn_pool3": CNNConfig(filters=[8, 8], kernel_size=4, pool_size=3, dense_units=[8]),
+    "crnn": TINY["crnn"],
+    "crnn_lstm_pool3": CRNNConfig(
+        filters=[8], kernel_size=4, pool_size=3, rnn="lstm", rnn_units=4, attention_units=4,
+        dense_units=[8],
+    ),
 }
 
 
@@ -40,8 +55,7 @@ def tiny(name: str, params=None) -> keras.Model:
 
 def variant(key: str) -> keras.Model:
     params = VARIANTS[key]
-    name = "lstm" if isinstance(params, LSTMConfig) else "cnn"
-    return tiny(name, params)
+    return tiny(PARAMS_TYPE[type(params)], params)
 
 
 def inputs_for(name: str, batch: int = 3, frames: int = 30, seed: int = 0) -> np.ndarray:
@@ -75,7 +89,7 @@ def test_registry_names_equal_config_choices():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(UnknownNameError, match="valid: cnn, dense, lstm"):
+    with pytest.raises(UnknownNameError, match="valid: cnn, crnn, dense, lstm"):
         MODELS.get("transformer")
     # A config that skipped validation still fails with the registry's message.
     with pytest.raises(UnknownNameError, match="'transformer'"):
@@ -155,6 +169,20 @@ def test_cnn_batch_norm_statistics_ignore_padding():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_crnn_attention_gives_padded_frames_no_weight():
+    model = tiny("crnn")
+    randomise_weights(model, seed=3)
+    x = inputs_for("crnn", batch=2, frames=24, seed=4)
+    x[0, 9:] = 0.0  # 9 real frames: 5 after one pool of 2, 3 after two
+    attention = model.get_layer("attention_pooling")
+    pooled_inputs = keras.Model(model.input, attention.input)(x, training=False)
+    weights = keras.ops.convert_to_numpy(attention.frame_weights(pooled_inputs))
+    assert weights.shape == (2, 6)
+    np.testing.assert_array_equal(weights[0, 3:], 0.0)
+    assert (weights[0, :3] > 0).all() and (weights[1] > 0).all()
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, atol=1e-6)
+
+
 # ------------------------------------------------------------- custom layers
 def test_frame_mask_marks_non_zero_frames():
     x = np.zeros((1, 4, 3), "float32")
@@ -180,13 +208,40 @@ def test_masked_global_pooling_uses_real_frames_only():
     np.testing.assert_allclose(out[1], [0.0, 0.0, 0.0], atol=1e-3)
 
 
+def test_masked_attention_pooling_weighs_real_frames_only():
+    layer = MaskedAttentionPooling(2)
+    x = np.array([[[1.0], [3.0], [100.0]], [[5.0], [5.0], [5.0]]], "float32")
+    mask = np.array([[1, 1, 0], [0, 0, 0]], "float32")  # second row: no real frame
+    layer([x, mask])
+    layer.hidden_kernel.assign([[0.0, 0.0]])  # every frame scores the same: plain mean
+    out = keras.ops.convert_to_numpy(layer([x, mask]))
+    np.testing.assert_allclose(out, [[2.0], [0.0]], atol=1e-6)
+    layer.hidden_kernel.assign([[1.0, 1.0]])
+    layer.score_kernel.assign([[1.0], [1.0]])  # the larger real frame weighs more
+    weights = keras.ops.convert_to_numpy(layer.frame_weights([x, mask]))
+    assert weights[0, 1] > weights[0, 0] > 0
+    np.testing.assert_array_equal(weights[0, 2], 0.0)
+    np.testing.assert_array_equal(weights[1], 0.0)
+
+
 @pytest.mark.parametrize(
-    "layer", [FrameMask(), MaskedMaxPooling1D(3), MaskedGlobalPooling(("std", "max"))]
+    "layer",
+    [
+        FrameMask(),
+        MaskedMaxPooling1D(3),
+        MaskedGlobalPooling(("std", "max")),
+        MaskedAttentionPooling(5),
+    ],
 )
 def test_custom_layer_config_round_trip(layer):
     clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
     assert type(clone) is type(layer)
     assert clone.get_config() == layer.get_config()
+
+
+def test_masked_attention_pooling_rejects_no_units():
+    with pytest.raises(ValueError, match="units"):
+        MaskedAttentionPooling(0)
 
 
 @pytest.mark.parametrize("stats", [(), ("mean", "mean"), ("median",)])

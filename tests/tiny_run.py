@@ -40,6 +40,10 @@ def tiny_overrides(
         "model.lstm.dense_units": "[8]",
         "model.cnn.filters": "[8]",
         "model.cnn.dense_units": "[8]",
+        "model.crnn.filters": "[8]",
+        "model.crnn.rnn_units": "4",
+        "model.crnn.attention_units": "4",
+        "model.crnn.dense_units": "[8]",
         "model.dense.units": "[16]",
         "train.epochs": "1",
         "train.batch_size": "16",
@@ -51,7 +55,7 @@ def tiny_overrides(
 
 
 def tiny_run(tmp_path_factory, model: str = "lstm") -> Path:
-    """The run directory of a one-epoch tiny ``model`` (lstm, cnn or dense)."""
+    """The run directory of a one-epoch tiny ``model`` (lstm, cnn, crnn or dense)."""
     if model not in _RUNS:
         work = tmp_path_factory.mktemp(f"tiny-{model}")
         make_emodb(work / "corpora")

@@ -1,6 +1,6 @@
 """Model builders: ``name -> (params, input_dim, num_classes) -> uncompiled keras.Model``.
 
-Names equal the choices of ``ModelConfig.type``. Sequence models (lstm, cnn) take
+Names equal the choices of ``ModelConfig.type``. Sequence models (lstm, cnn, crnn) take
 ``[batch, frames, input_dim]`` batches right-padded with all-zero frames and never
 let the padding change a prediction; dense takes pooled ``[batch, input_dim]``
 vectors. Every model ends in a float32 softmax layer named ``emotion``. Compiling,
@@ -21,7 +21,7 @@ Builder = Callable[[Any, int, int], keras.Model]
 MODELS: Registry[Builder] = Registry("model")
 
 # Imported for their @MODELS.register side effect; they need MODELS defined first.
-from ser.models import cnn, dense, lstm  # noqa: E402, F401
+from ser.models import cnn, crnn, dense, lstm  # noqa: E402, F401
 
 
 def build_model(cfg: ModelConfig, input_dim: int, num_classes: int) -> keras.Model:

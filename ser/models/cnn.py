@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import keras
-from keras import layers
 
 from ser.config import CNNConfig
 from ser.models import MODELS
 from ser.models.layers import (
     FrameMask,
     MaskedGlobalPooling,
-    MaskedMaxPooling1D,
+    conv_blocks,
     dense_stack,
     emotion_output,
 )
@@ -32,17 +31,9 @@ def build_cnn(params: CNNConfig, input_dim: int, num_classes: int) -> keras.Mode
     """
     inputs = keras.Input(shape=(None, input_dim), name="features")
     mask = FrameMask(name="frame_mask")(inputs)
-    x = inputs
-    for i, filters in enumerate(params.filters, start=1):
-        # BatchNorm has its own shift, which makes a conv bias redundant.
-        x = layers.Conv1D(
-            filters, params.kernel_size, padding="same", use_bias=False, name=f"conv_{i}"
-        )(x)
-        x = layers.BatchNormalization(name=f"conv_{i}_bn")(x, mask=mask)
-        x = layers.ReLU(name=f"conv_{i}_relu")(x)
-        x, mask = MaskedMaxPooling1D(params.pool_size, name=f"conv_{i}_pool")([x, mask])
-        if params.dropout > 0:
-            x = layers.Dropout(params.dropout, name=f"conv_{i}_dropout")(x)
+    x, mask = conv_blocks(
+        inputs, mask, params.filters, params.kernel_size, params.pool_size, params.dropout
+    )
     x = MaskedGlobalPooling(POOLED_STATS, name="masked_pooling")([x, mask])
     x = dense_stack(x, params.dense_units, params.dropout, batch_norm=False, name="head")
     return keras.Model(inputs, emotion_output(x, num_classes), name="cnn_classifier")

@@ -1,9 +1,10 @@
 """Custom layers that keep padded frames out of convolutional models, and shared blocks.
 
 Sequence batches are padded at the end with all-zero frames. Keras ``Conv1D`` and
-``MaxPooling1D`` drop Keras masks, so the CNN carries its own frame mask: a float
-tensor ``[batch, frames]`` (1 = real frame, 0 = padding), the same layout as a
-Keras mask so it can be passed straight to ``BatchNormalization(mask=...)``.
+``MaxPooling1D`` drop Keras masks, so the CNN and CRNN carry their own frame mask: a
+float tensor ``[batch, frames]`` (1 = real frame, 0 = padding), the same layout as a
+Keras mask so it can be passed straight to ``BatchNormalization(mask=...)`` and to
+recurrent layers.
 """
 
 from __future__ import annotations
@@ -30,8 +31,24 @@ class FrameMask(layers.Layer):
         return tuple(input_shape[:-1])
 
 
+class ExplicitMaskLayer(layers.Layer):
+    """Base of layers that take the frame mask as an explicit input, ``[x, mask]``.
+
+    ``BatchNormalization(mask=...)`` and recurrent layers attach the frame mask to
+    their output as a Keras mask; these layers accept it silently and drop it, as
+    they read (and return, if they change it) the mask explicitly.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return None
+
+
 @keras.saving.register_keras_serializable(package="ser")
-class MaskedMaxPooling1D(layers.Layer):
+class MaskedMaxPooling1D(ExplicitMaskLayer):
     """Max-pool frames and their mask together over non-overlapping windows.
 
     ``[x [B, T, C], mask [B, T]] -> [x [B, ceil(T/p), C], mask [B, ceil(T/p)]]``.
@@ -47,12 +64,6 @@ class MaskedMaxPooling1D(layers.Layer):
         if pool_size < 1:
             raise ValueError(f"pool_size must be >= 1, got {pool_size}")
         self.pool_size = int(pool_size)
-        # BatchNorm(mask=...) attaches the frame mask to its output as a Keras mask;
-        # accept it silently and drop it; the pooled mask is an explicit output.
-        self.supports_masking = True
-
-    def compute_mask(self, inputs, previous_mask=None):
-        return None
 
     def call(self, inputs):
         x, mask = inputs
@@ -127,6 +138,87 @@ class MaskedGlobalPooling(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "stats": list(self.stats)}
+
+
+@keras.saving.register_keras_serializable(package="ser")
+class MaskedAttentionPooling(ExplicitMaskLayer):
+    """Attention-weighted sum over real frames: ``[x [B, T, C], mask [B, T]] -> [B, C]``.
+
+    Each frame gets a score ``v . tanh(W x_t + b)`` (``units`` hidden tanh units);
+    a softmax over the real frames turns scores into weights that sum to 1, and
+    padded frames get weight exactly 0, so padding never changes the output. A
+    sequence with no real frame pools to zeros.
+    """
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        if units < 1:
+            raise ValueError(f"units must be >= 1, got {units}")
+        self.units = int(units)
+
+    def build(self, input_shape):
+        x_shape, _ = input_shape
+        channels = x_shape[-1]
+        self.hidden_kernel = self.add_weight(
+            name="hidden_kernel", shape=(channels, self.units), initializer="glorot_uniform"
+        )
+        self.hidden_bias = self.add_weight(
+            name="hidden_bias", shape=(self.units,), initializer="zeros"
+        )
+        # No score bias: softmax is unchanged by a shift shared by every frame.
+        self.score_kernel = self.add_weight(
+            name="score_kernel", shape=(self.units, 1), initializer="glorot_uniform"
+        )
+
+    def frame_weights(self, inputs):
+        """``[x [B, T, C], mask [B, T]] -> [B, T]`` attention weights, 0 on padded frames."""
+        x, mask = inputs
+        hidden = ops.tanh(ops.matmul(x, self.hidden_kernel) + self.hidden_bias)
+        scores = ops.squeeze(ops.matmul(hidden, self.score_kernel), axis=-1)  # [B, T]
+        valid = ops.cast(mask, "float32") > 0
+        scores = ops.where(valid, ops.cast(scores, "float32"), float("-inf"))
+        # Softmax by hand: the peak over real frames only, and a row without any
+        # real frame (peak -inf) gets weights 0 rather than NaN.
+        peak = ops.max(scores, axis=1, keepdims=True)
+        peak = ops.where(ops.isfinite(peak), peak, 0.0)
+        weights = ops.where(valid, ops.exp(scores - peak), 0.0)
+        total = ops.sum(weights, axis=1, keepdims=True)
+        return ops.cast(weights / ops.maximum(total, 1e-30), x.dtype)
+
+    def call(self, inputs):
+        x, _ = inputs
+        weights = self.frame_weights(inputs)
+        return ops.sum(x * ops.expand_dims(weights, axis=-1), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        x_shape, _ = input_shape
+        return (x_shape[0], x_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def conv_blocks(
+    x, mask, filters: Sequence[int], kernel_size: int, pool_size: int, dropout: float
+):
+    """``[x [B, T, D], mask [B, T]] -> [x [B, T', filters[-1]], mask [B, T']]``.
+
+    ``T' = ceil(T / pool_size**len(filters))``, applying the ceiling at every block.
+
+    Each block is Conv1D("same") + BatchNorm + ReLU + masked max-pool(``pool_size``)
+    + Dropout. BatchNorm statistics and pooling see real frames only, and padded
+    frames are reset to 0 after every block so the next convolution reads them as
+    its own zero padding.
+    """
+    for i, width in enumerate(filters, start=1):
+        # BatchNorm has its own shift, which makes a conv bias redundant.
+        x = layers.Conv1D(width, kernel_size, padding="same", use_bias=False, name=f"conv_{i}")(x)
+        x = layers.BatchNormalization(name=f"conv_{i}_bn")(x, mask=mask)
+        x = layers.ReLU(name=f"conv_{i}_relu")(x)
+        x, mask = MaskedMaxPooling1D(pool_size, name=f"conv_{i}_pool")([x, mask])
+        if dropout > 0:
+            x = layers.Dropout(dropout, name=f"conv_{i}_dropout")(x)
+    return x, mask
 
 
 def dense_stack(x, units: Sequence[int], dropout: float, *, batch_norm: bool, name: str):
