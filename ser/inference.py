@@ -166,6 +166,60 @@ class PreparedClip:
     inputs: list[np.ndarray]  # normalised; [T, D] (sequence) or [D] (pooled) each
 
 
+# Pseudo-clips of the average training speaker blended into a session's statistics:
+# a session's first clip leans on the prior, its twentieth mostly on its own clips.
+SESSION_PRIOR_WEIGHT = 5.0
+
+
+class SpeakerSession:
+    """Label-free statistics of one speaker's clips (a session, a live stream), for
+    ``features.pooled_normalisation: speaker`` at inference.
+
+    Training normalises each speaker's pooled vectors by the mean and standard deviation
+    of all of that speaker's clips. A session gathers the raw pooled vectors of the clips
+    it has seen and normalises the next one by their statistics, shrunk towards the
+    average training speaker's (``speaker_prior.json``) with ``prior_weight``
+    pseudo-clips: mean = (n * m + k * m_prior) / (n + k), and the same for the variance.
+    After many clips this is what cross-validation measured; after none it is the prior.
+    Not thread-safe: the HTTP service holds a lock per session.
+    """
+
+    def __init__(self, prior: Normaliser, prior_weight: float = SESSION_PRIOR_WEIGHT) -> None:
+        if prior_weight <= 0:
+            raise ValueError(f"prior_weight must be > 0, got {prior_weight}")
+        self.prior = prior
+        self.prior_weight = float(prior_weight)
+        dim = prior.mean.shape[0]
+        self.count = 0
+        self._sum = np.zeros(dim, np.float64)
+        self._sum_sq = np.zeros(dim, np.float64)
+
+    def add(self, vector: np.ndarray) -> None:
+        """Count one raw pooled vector [D] (before any normalisation)."""
+        x = np.asarray(vector, np.float64)
+        if x.shape != self._sum.shape:
+            raise ValueError(f"expected a pooled vector of {self._sum.shape[0]}, got {x.shape}")
+        self.count += 1
+        self._sum += x
+        self._sum_sq += x * x
+
+    def normaliser(self) -> Normaliser:
+        """The blend of this session's statistics and the prior's."""
+        n, k = self.count, self.prior_weight
+        prior_mean = self.prior.mean.astype(np.float64)
+        prior_var = np.square(self.prior.std.astype(np.float64))
+        if n == 0:
+            return self.prior
+        mean = self._sum / n
+        var = np.maximum(self._sum_sq / n - mean * mean, 0.0)
+        blended_mean = (n * mean + k * prior_mean) / (n + k)
+        blended_var = (n * var + k * prior_var) / (n + k)
+        std = np.sqrt(blended_var)
+        return Normaliser(
+            blended_mean.astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32)
+        )
+
+
 @dataclass
 class Predictor:
     run_dir: Path
@@ -239,12 +293,29 @@ class Predictor:
         return self.cfg.data.max_seconds
 
     # ------------------------------------------------------------------ inputs
-    def model_input(self, features: np.ndarray) -> np.ndarray:
-        """Frame-level features [T, D] -> the model's input, as in training."""
+    def new_session(self, prior_weight: float = SESSION_PRIOR_WEIGHT) -> SpeakerSession | None:
+        """Statistics for one speaker's clips, or None when the model does not use them
+        (no ``features.pooled_normalisation: speaker``)."""
+        return None if self.speaker_prior is None else SpeakerSession(self.speaker_prior, prior_weight)
+
+    def model_input(
+        self, features: np.ndarray, session: SpeakerSession | None = None
+    ) -> np.ndarray:
+        """Frame-level features [T, D] -> the model's input, as in training.
+
+        With speaker normalisation of pooled vectors, the vector is normalised by the
+        average training speaker, or, given a ``session``, counted into it first and then
+        normalised by that speaker's statistics so far (``SpeakerSession``).
+        """
         f = self.cfg.features
         x = to_model_input(features, f.mode, f.pooling, self.max_frames)
-        # Per-dimension affine: a later per-speaker z-norm (evaluation) is unaffected.
-        return x if self.speaker_prior is None else self.speaker_prior.apply(x)
+        if self.speaker_prior is None:
+            return x
+        if session is None:
+            # Per-dimension affine: a later per-speaker z-norm (evaluation) is unaffected.
+            return self.speaker_prior.apply(x)
+        session.add(x)
+        return session.normaliser().apply(x)
 
     def frame_features(self, wave: np.ndarray) -> np.ndarray:
         """float32 mono wave at the run's rate -> frame features [T, D] as training saw them.
@@ -261,12 +332,18 @@ class Predictor:
         """float32 mono wave at the run's sample rate -> model input."""
         return self.model_input(self.frame_features(wave))
 
-    def prepare_clip(self, wave: np.ndarray, hop_seconds: float | None = None) -> PreparedClip:
+    def prepare_clip(
+        self,
+        wave: np.ndarray,
+        hop_seconds: float | None = None,
+        session: SpeakerSession | None = None,
+    ) -> PreparedClip:
         """float32 mono wave at the run's rate -> normalised inputs of its sliding windows.
 
         Windows are ``max_frames`` frames long and start every ``hop_seconds`` (default:
         half the window); the last window ends at the clip's last frame, so every
         frame is covered. Pure CPU work with no model call: safe to run in any thread.
+        A ``session`` (see ``model_input``) counts each window as one of its clips.
         """
         c = self.cfg
         duration = wave.shape[0] / c.data.sample_rate
@@ -275,8 +352,9 @@ class Predictor:
         seconds_per_frame = c.features.frame.hop_length / c.data.sample_rate
         if total <= width:
             return PreparedClip(
-                duration, [(0.0, duration)], [self.normaliser.apply(self.model_input(frames))]
-            )
+                duration, [(0.0, duration)],
+                [self.normaliser.apply(self.model_input(frames, session))],
+            )  # fmt: skip
         hop = width // 2 if hop_seconds is None else max(1, round(hop_seconds / seconds_per_frame))
         starts = list(range(0, total - width + 1, hop))
         if starts[-1] != total - width:
@@ -284,7 +362,9 @@ class Predictor:
         spans = [
             (s * seconds_per_frame, min((s + width) * seconds_per_frame, duration)) for s in starts
         ]
-        inputs = [self.normaliser.apply(self.model_input(frames[s : s + width])) for s in starts]
+        inputs = [
+            self.normaliser.apply(self.model_input(frames[s : s + width], session)) for s in starts
+        ]
         return PreparedClip(duration, spans, inputs)
 
     # ------------------------------------------------------------------ model
@@ -378,9 +458,14 @@ class Predictor:
         overall = np.asarray(probs, np.float32).mean(axis=0)
         return ClipPrediction(list(self.labels), prepared.duration, overall, windows)
 
-    def predict_clip(self, wave: np.ndarray, hop_seconds: float | None = None) -> ClipPrediction:
+    def predict_clip(
+        self,
+        wave: np.ndarray,
+        hop_seconds: float | None = None,
+        session: SpeakerSession | None = None,
+    ) -> ClipPrediction:
         """One clip (float32 mono at the run's rate), any length -> windows and overall."""
-        prepared = self.prepare_clip(wave, hop_seconds)
+        prepared = self.prepare_clip(wave, hop_seconds, session)
         return self.finish_clip(prepared, self.predict_normalised(prepared.inputs))
 
     def predict_wave(self, wave: np.ndarray) -> np.ndarray:
@@ -391,10 +476,13 @@ class Predictor:
         x = self.normaliser.apply(self.input_from_wave(wave))
         return self.predict_batch(x[None])[0]
 
-    def predict_file(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+    def predict_file(
+        self, path: str | os.PathLike[str], session: SpeakerSession | None = None
+    ) -> dict[str, Any]:
         """One audio file -> emotion, confidence, probabilities, duration (s), model id;
         a clip longer than the window also gets a ``timeline`` of its windows."""
-        return self.describe(self.predict_clip(load_audio(path, self.sample_rate)), path)
+        wave = load_audio(path, self.sample_rate)
+        return self.describe(self.predict_clip(wave, session=session), path)
 
     def describe(self, clip: ClipPrediction, path: str | os.PathLike[str]) -> dict[str, Any]:
         """``clip`` as the JSON-ready dict ``predict_file`` returns."""

@@ -376,3 +376,16 @@ def test_model_card_metrics_are_json_safe_and_include_the_evaluation(tmp_path):
     assert metrics["evaluation"]["ranking"] == ranking
     json.dumps(metrics, allow_nan=False)  # what the JSON response needs
     assert run_metrics(tmp_path / "nowhere") is None
+
+
+def test_session_is_ignored_by_a_model_without_speaker_normalisation(client):
+    r = client.post(
+        "/predict", params={"session": "any-speaker"},
+        files={"file": ("clip.wav", encode(tone(1.0)), "audio/wav")},
+    )  # fmt: skip
+    assert r.status_code == 200 and r.json()["session_clips"] is None
+    r = client.post(
+        "/predict", params={"session": "x" * 65},
+        files={"file": ("clip.wav", encode(tone(1.0)), "audio/wav")},
+    )  # fmt: skip
+    assert r.status_code == 422 and r.json()["field"] == "session"

@@ -3,6 +3,8 @@ inference, and how a lone clip (no speaker statistics) is normalised."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from fakes import make_emodb
@@ -65,3 +67,127 @@ def test_a_run_without_its_prior_is_refused(run, tmp_path):
     (copy / SPEAKER_PRIOR).unlink()
     with pytest.raises(RunDirError, match=SPEAKER_PRIOR):
         Predictor.load(copy, xla=False)
+
+
+def test_session_starts_at_the_prior_and_converges_to_the_speakers_statistics():
+    from ser.inference import SpeakerSession
+
+    rng = np.random.default_rng(1)
+    prior = Normaliser(np.zeros(3, np.float32), np.ones(3, np.float32))
+    clips = rng.normal([4.0, -2.0, 1.0], [2.0, 0.5, 3.0], size=(400, 3))
+    session = SpeakerSession(prior, prior_weight=5)
+    assert session.normaliser() is prior  # no clip yet: the average training speaker
+    session.add(clips[0])
+    first = session.normaliser()
+    # One clip: its mean is shrunk 1 : 5 towards the prior's, its (zero) variance likewise.
+    np.testing.assert_allclose(first.mean, clips[0] / 6, rtol=1e-5)
+    np.testing.assert_allclose(first.std, np.sqrt(5 / 6), rtol=1e-5)
+    for x in clips[1:]:
+        session.add(x)
+    last = session.normaliser()
+    assert session.count == 400
+    # After many clips: what training and cross-validation use, the speaker's own z-norm.
+    k = 5 / 405
+    np.testing.assert_allclose(last.mean, (1 - k) * clips.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        last.std, np.sqrt((1 - k) * clips.var(0) + k), rtol=1e-5
+    )
+    with pytest.raises(ValueError, match="pooled vector of 3"):
+        session.add(np.zeros(4))
+    with pytest.raises(ValueError, match="prior_weight"):
+        SpeakerSession(prior, prior_weight=0)
+
+
+def test_predictor_counts_each_clip_into_its_session(run):
+    _, summary = run
+    predictor = Predictor.load(summary["run_dir"], xla=False)
+    session = predictor.new_session()
+    assert session is not None and session.count == 0
+    rate = predictor.sample_rate
+    waves = [
+        0.1 * np.sin(2 * np.pi * hz * np.arange(rate) / rate).astype(np.float32)
+        for hz in (150, 220, 330)
+    ]
+    alone = [predictor.prepare_clip(w).inputs[0] for w in waves]
+    together = [predictor.prepare_clip(w, session=session).inputs[0] for w in waves]
+    assert session.count == 3
+    # The first clip of a session is already normalised differently from the prior alone
+    # (its own statistics count), and the inputs stay finite.
+    assert not np.allclose(alone[0], together[0])
+    assert all(np.isfinite(x).all() for x in together)
+    clip = predictor.predict_clip(waves[0], session=session)
+    assert session.count == 4 and np.isclose(clip.probabilities.sum(), 1.0, atol=1e-4)
+
+
+def test_http_sessions_and_streams_normalise_by_the_speaker_so_far(run):
+    from fastapi.testclient import TestClient
+    from tiny_run import encode, tone
+
+    from ser.serving.app import create_app
+    from ser.serving.settings import ServingSettings
+
+    _, summary = run
+    predictor = Predictor.load(summary["run_dir"], xla=False)
+    settings = ServingSettings(max_sessions=2, stream_window=1.0, stream_hop=1.0)
+    clips = [encode(tone(1.0, hz, seed=i)) for i, hz in enumerate((150, 220, 330))]
+
+    def post(data: bytes, session: str | None = None):
+        params = {"session": session} if session is not None else {}
+        return client.post("/predict", params=params, files={"file": ("c.wav", data, "audio/wav")})
+
+    with TestClient(create_app(predictor, settings=settings)) as client:
+        alone = post(clips[0]).json()
+        assert alone["session_clips"] is None
+        counts = [post(c, "speaker-1").json()["session_clips"] for c in clips]
+        assert counts == [1, 2, 3]
+        assert post(clips[0], "speaker-2").json()["session_clips"] == 1  # its own statistics
+        # The third clip heard after two others of its speaker is normalised differently
+        # from the same clip alone (the average training speaker).
+        third_alone = post(clips[2]).json()["probabilities"]
+        third_in_session = post(clips[2], "speaker-3").json()  # evicts speaker-1 (limit 2)
+        assert third_in_session["session_clips"] == 1
+        assert post(clips[0], "speaker-1").json()["session_clips"] == 1  # was evicted
+        assert third_alone != post(clips[2], "speaker-1").json()["probabilities"]
+        batch = client.post(
+            "/predict/batch", params={"session": "batch"},
+            files=[("files", (f"{i}.wav", c, "audio/wav")) for i, c in enumerate(clips)],
+        ).json()  # fmt: skip
+        assert sorted(r["prediction"]["session_clips"] for r in batch["results"]) == [1, 2, 3]
+        bad = post(clips[0], "../etc")
+        assert bad.status_code == 422 and "session" in bad.text
+        # A live stream is one speaker: each speech window counts into it.
+        pcm = (np.concatenate([tone(1.0, 150), tone(1.0, 220), tone(1.0, 330)]) * 32767)
+        with client.websocket_connect("/stream") as ws:
+            assert ws.receive_json()["type"] == "ready"
+            ws.send_bytes(pcm.astype("<i2").tobytes())
+            ws.send_text(json.dumps({"type": "end"}))
+            replies = []
+            while (reply := ws.receive_json())["type"] != "end":
+                replies.append(reply)
+        assert [r["session_clips"] for r in replies if r["type"] == "prediction"] == [1, 2, 3]
+
+
+def test_predict_one_speaker_normalises_the_files_by_each_other(run, tmp_path, capsys):
+    import soundfile as sf
+    from tiny_run import tone
+
+    from ser.audio import load_audio
+    from ser.cli import main
+
+    _, summary = run
+    for i, hz in enumerate((150, 220, 330)):
+        sf.write(tmp_path / f"{i}.wav", tone(1.0, hz, seed=i), 16000)
+    args = ["predict", str(tmp_path), "--run", summary["run_dir"], "--json"]
+    assert main(args) == 0
+    alone = json.loads(capsys.readouterr().out)["results"]
+    assert main([*args, "--one-speaker"]) == 0
+    together = json.loads(capsys.readouterr().out)["results"]
+    predictor = Predictor.load(summary["run_dir"], xla=False)
+    session = predictor.new_session()
+    expected = [  # the files as written (16-bit), one session in the order given
+        predictor.predict_clip(load_audio(tmp_path / f"{i}.wav", 16000), session=session).probabilities
+        for i in range(3)
+    ]
+    for result, probs in zip(together, expected, strict=True):
+        assert list(result["probabilities"].values()) == pytest.approx(probs.tolist(), abs=1e-4)
+    assert alone[0]["probabilities"] != together[0]["probabilities"]

@@ -31,6 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--timeline", action="store_true", help="also print each window of long clips")
+    p.add_argument(
+        "--one-speaker", action="store_true",
+        help="the files are one speaker's clips: a speaker-normalised model "
+        "(features.pooled_normalisation: speaker) normalises each by that speaker's clips so "
+        "far, in the order given, as an HTTP session does; otherwise each clip is normalised "
+        "by the average training speaker",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -54,14 +61,15 @@ def collect(paths: list[str]) -> tuple[list[Path], list[dict[str, Any]]]:
     return files, errors
 
 
-def predict_path(predictor, path: Path) -> dict[str, Any]:
-    """One file -> the result dict of ``Predictor.predict_file`` (WebM/M4A through ffmpeg)."""
+def predict_path(predictor, path: Path, session=None) -> dict[str, Any]:
+    """One file -> the result dict of ``Predictor.predict_file`` (WebM/M4A through ffmpeg);
+    ``session``: the speaker's ``SpeakerSession``, which the clip is counted into."""
     import numpy as np
 
     from ser.audio import AudioError
 
     try:
-        return predictor.predict_file(path)
+        return predictor.predict_file(path, session)
     except AudioError as first:
         from ser.serving.uploads import decode_with_ffmpeg, ffmpeg_available
 
@@ -75,7 +83,7 @@ def predict_path(predictor, path: Path) -> dict[str, Any]:
             raise AudioError(f"{path}: empty audio (0 samples)") from None
         if not np.isfinite(wave).all():  # soundfile's own check, which ffmpeg skips
             raise first from None
-        return predictor.describe(predictor.predict_clip(wave), path)
+        return predictor.describe(predictor.predict_clip(wave, session=session), path)
 
 
 def format_table(results: list[dict[str, Any]], timeline: bool = False) -> str:
@@ -114,10 +122,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     limit_blas_threads()
     predictor = Predictor.load(args.run)
+    session = predictor.new_session() if args.one_speaker else None
+    if args.one_speaker and session is None:
+        print(
+            f"note: {predictor.run_dir.name} does not normalise by speaker; --one-speaker "
+            "changes nothing", file=sys.stderr,
+        )  # fmt: skip
     results: list[dict[str, Any]] = list(errors)
     for path in files:
         try:
-            results.append(predict_path(predictor, path))
+            results.append(predict_path(predictor, path, session))
         except (AudioError, ValueError) as exc:
             results.append({"path": str(path), "error": str(exc)})
     failed = sum("error" in r for r in results)

@@ -6,8 +6,10 @@ at once) or a run directory to load at start-up. Routes:
 
 - ``POST /predict``        one clip (multipart field ``file``) -> ``PredictionOut``
 - ``POST /predict/batch``  several clips (fields ``files``) -> ``BatchOut``
+  (both take ``?session=<id>``: one speaker's clips, see ``SessionStore``)
 - ``GET /health``, ``GET /model``, ``GET /docs`` (OpenAPI), ``GET /`` (web page)
-- ``WS /stream``           live PCM -> window predictions (see ``stream.py``)
+- ``WS /stream``           live PCM -> window predictions (see ``stream.py``); each
+  stream is one speaker session
 
 Client errors are JSON ``{"detail": ..., "field": ...}`` with 413 (too large),
 415 (not audio) or 422 (empty, damaged, too long, malformed request); the API does
@@ -20,13 +22,15 @@ import asyncio
 import json
 import math
 import os
+import threading
 import time
+from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, File, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -39,6 +43,7 @@ from ser.inference import (
     ClipPrediction,
     Predictor,
     PreparedClip,
+    SpeakerSession,
     limit_blas_threads,
 )
 from ser.serving.engine import InferenceEngine
@@ -58,6 +63,15 @@ from ser.serving.stream import StreamError, StreamSession, voice_activity
 from ser.serving.uploads import UploadProblem, decode_upload, display_name
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+SessionQuery = Annotated[
+    str | None,
+    Query(
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="a speaker session id chosen by the client (1-64 of A-Z a-z 0-9 _ . -): "
+        "with a speaker-normalised model, clips sent with the same id are normalised by that "
+        "speaker's statistics so far instead of the average training speaker's",
+    ),
+]
 # Multipart framing around the files (boundaries, headers) on top of the file limit.
 FORM_OVERHEAD_BYTES = 64 * 1024
 PAGE_CSP = (
@@ -173,6 +187,32 @@ def prediction_out(clip: ClipPrediction, model_id: str, window: float, filename:
     )
 
 
+class SessionStore:
+    """Speaker sessions by client-chosen id, newest ``limit`` kept (least recently used
+    dropped); each with a lock, since requests prepare features in worker threads."""
+
+    def __init__(self, predictor: Predictor, limit: int) -> None:
+        self.predictor = predictor
+        self.limit = limit
+        self._sessions: OrderedDict[str, tuple[SpeakerSession, threading.Lock]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str) -> tuple[SpeakerSession, threading.Lock] | None:
+        """The session ``session_id`` (made on first use), or None for a model that does
+        not normalise by speaker."""
+        with self._lock:
+            if session_id in self._sessions:
+                self._sessions.move_to_end(session_id)
+                return self._sessions[session_id]
+            session = self.predictor.new_session()
+            if session is None:
+                return None
+            self._sessions[session_id] = (session, threading.Lock())
+            while len(self._sessions) > self.limit:
+                self._sessions.popitem(last=False)
+            return self._sessions[session_id]
+
+
 @dataclass
 class Service:
     """What the routes share: the model, its inference thread and the settings."""
@@ -182,20 +222,34 @@ class Service:
     settings: ServingSettings
     info: ModelInfoOut
     started: float
+    sessions: SessionStore | None = None
+
+    def __post_init__(self) -> None:
+        if self.sessions is None:
+            self.sessions = SessionStore(self.predictor, self.settings.max_sessions)
 
     # ------------------------------------------------------------------ uploads
-    def _prepare(self, data: bytes, filename: str | None, field: str) -> PreparedClip:
+    def _prepare(
+        self, data: bytes, filename: str | None, field: str, session_id: str | None = None
+    ) -> tuple[PreparedClip, int | None]:
         wave = decode_upload(
             data, filename, self.predictor.sample_rate, self.settings.max_clip_seconds, field
         )
+        entry = self.sessions.get(session_id) if session_id else None
         try:
-            return self.predictor.prepare_clip(wave)
+            if entry is None:
+                return self.predictor.prepare_clip(wave), None
+            session, lock = entry
+            with lock:
+                return self.predictor.prepare_clip(wave, session=session), session.count
         except ValueError as exc:
             raise UploadProblem(
                 422, field, f"{display_name(field, filename)}: no features ({exc})"
             ) from None
 
-    async def predict_upload(self, upload: UploadFile, field: str) -> PredictionOut:
+    async def predict_upload(
+        self, upload: UploadFile, field: str, session_id: str | None = None
+    ) -> PredictionOut:
         filename = (upload.filename or "")[:255] or None
         limit = self.settings.max_upload_bytes
         data = await upload.read(limit + 1)
@@ -206,16 +260,18 @@ class Service:
                 f"{display_name(field, filename)}: larger than "
                 f"{self.settings.max_upload_mb:g} MB (setting max_upload_mb)",
             )
-        prepared = await run_in_threadpool(self._prepare, data, filename, field)
+        prepared, clips = await run_in_threadpool(self._prepare, data, filename, field, session_id)
         probs = await self.engine.predict(prepared.inputs)
         clip = self.predictor.finish_clip(prepared, probs)
-        return prediction_out(
-            clip, self.predictor.model_id, self.predictor.window_seconds, filename
-        )
+        out = prediction_out(clip, self.predictor.model_id, self.predictor.window_seconds, filename)
+        out.session_clips = clips
+        return out
 
-    async def predict_batch_item(self, upload: UploadFile) -> BatchItemOut:
+    async def predict_batch_item(
+        self, upload: UploadFile, session_id: str | None = None
+    ) -> BatchItemOut:
         try:
-            prediction = await self.predict_upload(upload, "files")
+            prediction = await self.predict_upload(upload, "files", session_id)
         except UploadProblem as problem:
             return BatchItemOut(
                 filename=(upload.filename or "")[:255] or None,
@@ -225,7 +281,9 @@ class Service:
         return BatchItemOut(filename=prediction.filename, status=200, prediction=prediction)
 
     # ------------------------------------------------------------------ stream
-    def _stream_inputs(self, wave, rate: int) -> tuple[float, float, PreparedClip | None]:
+    def _stream_inputs(
+        self, wave, rate: int, speaker: SpeakerSession | None = None
+    ) -> tuple[float, float, PreparedClip | None]:
         s = self.settings
         voiced, rms_db = voice_activity(wave, rate, s.vad_threshold_db)
         if voiced < s.vad_min_voiced:
@@ -234,10 +292,14 @@ class Service:
             from ser.audio import resample
 
             wave = resample(wave, rate, self.predictor.sample_rate)
-        return voiced, rms_db, self.predictor.prepare_clip(wave)
+        return voiced, rms_db, self.predictor.prepare_clip(wave, session=speaker)
 
-    async def stream_message(self, window, rate: int) -> dict[str, Any]:
-        voiced, rms_db, prepared = await run_in_threadpool(self._stream_inputs, window.wave, rate)
+    async def stream_message(
+        self, window, rate: int, speaker: SpeakerSession | None = None
+    ) -> dict[str, Any]:
+        voiced, rms_db, prepared = await run_in_threadpool(
+            self._stream_inputs, window.wave, rate, speaker
+        )
         base = {
             "start": round(window.start, 3),
             "end": round(window.end, 3),
@@ -254,11 +316,15 @@ class Service:
             "emotion": clip.emotion,
             "confidence": clip.confidence,
             "probabilities": clip.distribution(),
+            "session_clips": None if speaker is None else speaker.count,
         }
 
     async def run_stream(self, ws: WebSocket) -> None:
         await ws.accept()
         session = StreamSession(self.settings)
+        # One speaker per stream: a speaker-normalised model learns the voice as it goes
+        # (speech windows only; windows are prepared one at a time).
+        speaker = self.predictor.new_session()
         s = self.settings
         await ws.send_json({
             "type": "ready", "model_id": self.predictor.model_id, "labels": self.predictor.labels,
@@ -279,7 +345,9 @@ class Service:
                 else:
                     windows = []
                 for window in windows:
-                    await ws.send_json(await self.stream_message(window, session.sample_rate))
+                    await ws.send_json(
+                        await self.stream_message(window, session.sample_rate, speaker)
+                    )
                     session.windows_sent += 1
                 if ending:
                     await ws.send_json({"type": "end", "windows": session.windows_sent})
@@ -478,8 +546,9 @@ def create_app(
                 description="one clip: WAV, FLAC, OGG, MP3, AIFF (WebM/M4A when ffmpeg is installed)"
             ),
         ],
+        session: SessionQuery = None,
     ) -> PredictionOut:
-        return await service(request).predict_upload(file, "file")
+        return await service(request).predict_upload(file, "file", session)
 
     @app.post(
         "/predict/batch", response_model=BatchOut, responses=ERROR_RESPONSES,
@@ -490,6 +559,7 @@ def create_app(
         files: Annotated[
             list[UploadFile], File(description="one or more clips (repeat the field)")
         ],
+        session: SessionQuery = None,
     ) -> BatchOut:
         svc = service(request)
         if len(files) > svc.settings.max_batch_files:
@@ -499,7 +569,7 @@ def create_app(
                 f"files: {len(files)} files sent; at most "
                 f"{svc.settings.max_batch_files} per request (setting max_batch_files)",
             )
-        items = await asyncio.gather(*(svc.predict_batch_item(f) for f in files))
+        items = await asyncio.gather(*(svc.predict_batch_item(f, session) for f in files))
         return BatchOut(model_id=svc.predictor.model_id, results=list(items))
 
     @app.websocket("/stream")

@@ -33,6 +33,11 @@ class PredictionOut(BaseModel):
     model_id: str = Field(description="run name and a hash of the model weights")
     window_seconds: float = Field(description="the model's window (data.max_seconds)")
     windowed: bool = Field(description="true when the clip was cut into sliding windows")
+    session_clips: int | None = Field(
+        None,
+        description="with `session` and a speaker-normalised model: clips (windows) of this "
+        "session counted so far, this one included; null otherwise",
+    )
     timeline: list[WindowOut] | None = Field(
         None, description="one entry per sliding window (clips longer than the window only)"
     )

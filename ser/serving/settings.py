@@ -37,6 +37,8 @@ class ServingSettings(BaseModel):
     vad_min_voiced: float = Field(default=0.2, gt=0, le=1)
     # Inference: requests waiting for the model are run together, up to this many windows.
     max_batch_windows: int = Field(default=32, ge=1, le=32)
+    # Speaker sessions (``?session=<id>`` on /predict): the newest this many are kept.
+    max_sessions: int = Field(default=1000, ge=1)
     # TensorFlow threads for the model (0 = TensorFlow's default, one per core). One
     # leaves the other cores to decoding, features and HTTP; applied by `ser serve`.
     model_threads: int = Field(default=1, ge=0)

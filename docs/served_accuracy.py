@@ -1,0 +1,158 @@
+"""How accurate a speaker-normalised model is when served, clip by clip.
+
+    python docs/served_accuracy.py checkpoints/cv/accuracy/<config> [--json out.json]
+
+Cross-validation normalises each test speaker's pooled vectors by the statistics of
+all of that speaker's clips at once. A served clip arrives alone, or one after another
+in a session (``?session=`` on the HTTP API, every WebSocket stream). For every fold
+run of one cross-validated config (``<config>/<corpus>/fold<k>``), this replays each
+test speaker's clips in a seeded random order through ``Predictor`` three ways:
+
+- ``prior``: each clip alone, normalised by the average training speaker;
+- ``session``: the clips in order through one ``SpeakerSession`` per speaker (each
+  clip counted, then normalised by the speaker's statistics so far, shrunk towards
+  the prior);
+- ``speaker``: all of the speaker's clips at once, as cross-validation scores them.
+
+and prints UA per corpus (mean ± std over folds) and the session's UA by how many of
+the speaker's clips it had heard. Labels only score; nothing is chosen here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Session UA by the clip's position in its speaker's session (1-based, inclusive).
+BUCKETS = [(1, 1), (2, 5), (6, 10), (11, 25), (26, 50), (51, 10**9)]
+
+
+def _ua(targets: list[int], preds: list[int], classes: int) -> float:
+    from ser.evaluation import unweighted_accuracy
+
+    return float(unweighted_accuracy(np.asarray(targets), np.asarray(preds), classes))
+
+
+def replay_fold(run_dir: Path, seed: int = 0) -> dict:
+    """UA of one fold run under the three normalisations, and session hits by position."""
+    from ser.data.pipeline import to_model_input
+    from ser.evaluation import load_run_data
+    from ser.inference import Predictor
+
+    predictor = Predictor.load(run_dir, xla=False)
+    if predictor.speaker_prior is None:
+        raise SystemExit(f"{run_dir}: not a speaker-normalised run (features.pooled_normalisation)")
+    data = load_run_data(predictor, log=lambda _line: None)
+    f = predictor.cfg.features
+    rows, targets = data.rows["test"], data.targets["test"]
+    raw = [to_model_input(data.features[r.path], f.mode, f.pooling, 0) for r in rows]
+    classes = len(predictor.labels)
+
+    def predict(vectors: list[np.ndarray]) -> list[int]:
+        x = np.stack([predictor.normaliser.apply(v) for v in vectors])
+        return predictor.predict_batch(x).argmax(axis=1).tolist()
+
+    prior = predict([predictor.speaker_prior.apply(v) for v in raw])
+    speaker = np.asarray(predictor.predict_inputs(data.inputs["test"])).argmax(axis=1).tolist()
+    rng = np.random.default_rng(seed)
+    session = [0] * len(rows)
+    position = [0] * len(rows)
+    by_speaker: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(rows):
+        by_speaker[r.speaker].append(i)
+    for idx in by_speaker.values():
+        order = rng.permutation(idx).tolist()
+        s = predictor.new_session()
+        inputs = []
+        for n, i in enumerate(order, start=1):
+            s.add(raw[i])
+            inputs.append(s.normaliser().apply(raw[i]))
+            position[i] = n
+        for i, p in zip(order, predict(inputs), strict=True):
+            session[i] = p
+    t = targets.tolist()
+    hits = {
+        f"{lo}-{hi}" if hi < 10**9 else f"{lo}+": [
+            int(session[i] == t[i]) for i in range(len(rows)) if lo <= position[i] <= hi
+        ]
+        for lo, hi in BUCKETS
+    }
+    return {
+        "fold": run_dir.name,
+        "speakers": sorted(by_speaker),
+        "n": len(rows),
+        "ua": {
+            "prior": _ua(t, prior, classes),
+            "session": _ua(t, session, classes),
+            "speaker": _ua(t, speaker, classes),
+        },
+        "session_hits_by_position": hits,
+    }
+
+
+def render(config: str, results: dict[str, list[dict]]) -> str:
+    def cell(values: list[float]) -> str:
+        return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1) if len(values) > 1 else 0:.1f}"
+
+    lines = [
+        f"Config `{config}`, every fold run of its cross-validation; UA % mean ± std over folds.",
+        "",
+        "| corpus | folds | each clip alone (prior) | session, clip by clip | all of the speaker's clips (as CV) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for corpus, folds in results.items():
+        ua = {k: [f["ua"][k] for f in folds] for k in ("prior", "session", "speaker")}
+        lines.append(
+            f"| {corpus} | {len(folds)} | {cell(ua['prior'])} | {cell(ua['session'])} | "
+            f"{cell(ua['speaker'])} |"
+        )
+    names = list(next(iter(results.values()))[0]["session_hits_by_position"])
+    lines += [
+        "",
+        "Session accuracy (plain, all folds pooled) by the clip's position in its speaker's "
+        "session:",
+        "",
+        "| corpus | " + " | ".join(f"clip {n}" for n in names) + " |",
+        "|---|" + "---:|" * len(names),
+    ]
+    for corpus, folds in results.items():
+        cells = []
+        for name in names:
+            hits = [h for f in folds for h in f["session_hits_by_position"][name]]
+            cells.append(f"{100 * np.mean(hits):.1f} (n={len(hits)})" if hits else "")
+        lines.append(f"| {corpus} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config_dir", type=Path, help="checkpoints/cv/<study>/<config>")
+    parser.add_argument("--json", type=Path, help="also write every fold's figures here")
+    parser.add_argument("--seed", type=int, default=0, help="order of each speaker's clips")
+    args = parser.parse_args(argv)
+    results: dict[str, list[dict]] = {}
+    for corpus_dir in sorted(p for p in args.config_dir.iterdir() if p.is_dir()):
+        folds = sorted(p for p in corpus_dir.glob("fold*") if (p / "summary.json").is_file())
+        if folds:
+            results[corpus_dir.name] = []
+            for fold in folds:
+                print(f"{corpus_dir.name} {fold.name} ...", file=sys.stderr, flush=True)
+                results[corpus_dir.name].append(replay_fold(fold, args.seed))
+    if not results:
+        raise SystemExit(f"{args.config_dir}: no finished fold runs (<corpus>/fold<k>/summary.json)")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    print(render(args.config_dir.name, results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
