@@ -219,6 +219,13 @@ class FeaturesConfig(Strict):
     # far more than frame-level speaker normalisation for utterance functionals. A
     # single clip at inference has no speaker statistics: see ser.inference.
     pooled_normalisation: Literal["none", "speaker"] = "none"
+    # Cut each clip's leading and trailing silence before any extractor sees it (the
+    # openSMILE sets too), in training and at inference alike: the edge frames (RMS over
+    # win_length, every hop_length) more than trim_db dB below the clip's loudest frame,
+    # as librosa.effects.trim(top_db=trim_db). A clip is kept whole when what is left
+    # would be shorter than 0.1 s or one n_fft window, or when it is all zeros.
+    # None: no trimming (and the cache keys of untrimmed features stay as they were).
+    trim_db: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     cache_dir: str = "data/cache"
     workers: int = Field(default=0, ge=0)  # 0 = one per core
 

@@ -42,7 +42,7 @@ from ser.data.pipeline import (
     to_model_input,
     zscore,
 )
-from ser.features.extractors import extract_features
+from ser.features.extractors import extract_features, silence_bounds
 
 RUN_FILES = ("run.yaml", "labels.json", "normaliser.json", "model.keras")
 # Batch sizes the XLA function is compiled for; a batch is padded up to the next one.
@@ -320,9 +320,11 @@ class Predictor:
     def frame_features(self, wave: np.ndarray) -> np.ndarray:
         """float32 mono wave at the run's rate -> frame features [T, D] as training saw them.
 
-        With ``features.normalisation`` ``utterance`` the clip is z-scored by its own
-        statistics; so is it with ``speaker``, since a clip's speaker is unknown here
-        (training does the same for speakers it cannot name).
+        With ``features.trim_db`` the clip's leading and trailing silence is cut first,
+        inside ``extract_features`` as in training. With ``features.normalisation``
+        ``utterance`` the clip is z-scored by its own statistics; so is it with
+        ``speaker``, since a clip's speaker is unknown here (training does the same for
+        speakers it cannot name).
         """
         c = self.cfg
         frames = extract_features(wave, c.data.sample_rate, c.features)
@@ -359,8 +361,15 @@ class Predictor:
         starts = list(range(0, total - width + 1, hop))
         if starts[-1] != total - width:
             starts.append(total - width)
+        # Frame 0 is at the clip's start, or where trimmed leading silence ended.
+        cut = silence_bounds(np.asarray(wave, np.float32), c.data.sample_rate, c.features)[0]
+        offset = cut / c.data.sample_rate
         spans = [
-            (s * seconds_per_frame, min((s + width) * seconds_per_frame, duration)) for s in starts
+            (
+                offset + s * seconds_per_frame,
+                min(offset + (s + width) * seconds_per_frame, duration),
+            )
+            for s in starts
         ]
         inputs = [
             self.normaliser.apply(self.model_input(frames[s : s + width], session)) for s in starts

@@ -90,6 +90,17 @@ def test_cache_key_covers_only_what_changes_features(tmp_path: Path) -> None:
     assert cache_key("d" * 40, base, 22050) != key
 
 
+def test_trimming_is_in_the_key_only_when_set(tmp_path: Path) -> None:
+    cfg = config(tmp_path, extractors=["mfcc", "mel"])
+    key = cache_key("d" * 40, cfg, SR)
+    # The key from before trim_db existed (EXTRACTOR_VERSION "1"): untrimmed caches stay valid.
+    assert key == "a7311f57601522b2cc96c6f150de2b5a661339d4f9de502471706bc3215dba25"
+    assert cache_key("d" * 40, cfg.model_copy(update={"trim_db": None}), SR) == key
+    at_30 = cache_key("d" * 40, cfg.model_copy(update={"trim_db": 30.0}), SR)
+    assert at_30 != key
+    assert cache_key("d" * 40, cfg.model_copy(update={"trim_db": 40.0}), SR) not in (key, at_30)
+
+
 def test_cache_key_includes_extractor_version(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -200,6 +211,27 @@ def test_config_changes_that_matter_miss_and_others_hit(tmp_path: Path, wavs: li
     assert (report.hits, report.extracted) == (4, 0)
     _, report, _ = run(wavs, config(tmp_path, mode="pooled", pooling=["max"]))
     assert (report.hits, report.extracted) == (4, 0)
+
+
+def test_trimmed_features_are_cached_apart_from_untrimmed(tmp_path: Path) -> None:
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    paths = []
+    for i in range(2):  # half a second of silence either side of a tone
+        t = np.arange(SR // 2) / SR
+        core = 0.5 * np.sin(2 * np.pi * 300 * (i + 1) * t)
+        wave = np.concatenate([np.zeros(SR // 2), core, np.zeros(SR // 2)])
+        sf.write(folder / f"{i}.wav", wave, SR, subtype="PCM_16")
+        paths.append(str(folder / f"{i}.wav"))
+    whole, _, _ = run(paths, config(tmp_path))
+    trimmed, report, _ = run(paths, config(tmp_path, trim_db=30))
+    assert (report.hits, report.extracted) == (0, 2)
+    for path in paths:
+        assert trimmed[path].shape[0] < 0.4 * whole[path].shape[0]
+        expected = extract_features(load_audio(path, SR), SR, config(tmp_path, trim_db=30))
+        np.testing.assert_allclose(trimmed[path], expected, rtol=1e-5, atol=1e-4)  # BLAS threads
+    _, report, _ = run(paths, config(tmp_path))
+    assert report.hits == 2
 
 
 def test_changed_audio_at_the_same_path_misses(tmp_path: Path, wavs: list[str]) -> None:

@@ -308,3 +308,84 @@ def test_opensmile_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(opensmile_worker.PROCESS, "functionals", missing)
     with pytest.raises(extractors.OpenSMILEMissing, match=r"pip install 'ser\[opensmile\]'"):
         extract_features(voice_like(), SR, config("egemaps", mode="pooled", pooling=["mean"]))
+
+
+# ------------------------------------------------------------------ silence trimming
+def between_near_silence(core: np.ndarray, seconds: float = 1.0) -> np.ndarray:
+    """``core`` with ``seconds`` of faint noise (about 74 dB below a 0.5 sine) either side."""
+    rng = np.random.default_rng(1)
+    quiet = [1e-4 * rng.standard_normal(int(seconds * SR)) for _ in range(2)]
+    return np.concatenate([quiet[0], core, quiet[1]]).astype(np.float32)
+
+
+def test_trimming_cuts_the_near_silence_around_a_tone() -> None:
+    core = tone(440.0)  # 1 s, from sample SR to 2 * SR of the padded clip
+    wave = between_near_silence(core)
+    cfg = config("mfcc", "prosody", trim_db=30)
+    start, stop = extractors.silence_bounds(wave, SR, cfg)
+    # Never inside the tone; at most half a window (and a hop at the end) outside it.
+    assert SR - 200 <= start <= SR and 2 * SR <= stop <= 2 * SR + 200 + 160
+    trimmed = extract_features(wave, SR, cfg)
+    untrimmed = extract_features(wave, SR, config("mfcc", "prosody"))
+    alone = extract_features(core, SR, config("mfcc", "prosody"))
+    assert untrimmed.shape[0] == 1 + 3 * SR // 160
+    assert trimmed.shape[0] == 1 + (stop - start) // 160 <= alone.shape[0] + 4
+    aligned = trimmed[(SR - start) // 160 :][: alone.shape[0]]
+    assert aligned.shape == alone.shape
+    # Frames whose window lies inside the tone are the tone's own; the two at each
+    # edge see faint noise where the tone alone sees zero padding.
+    np.testing.assert_allclose(aligned[2:-2], alone[2:-2], atol=1e-4)
+    np.testing.assert_allclose(aligned[:, :40], alone[:, :40], atol=0.5)  # MFCCs reach ~100s
+
+
+@pytest.mark.parametrize(
+    "wave",
+    [
+        np.zeros(3 * SR, np.float32),
+        between_near_silence(np.zeros(0, np.float32)),
+        np.concatenate([np.zeros(SR), tone(440.0, 0.05), np.zeros(SR)]).astype(np.float32),
+        voice_like(0.05),
+        np.zeros(0, np.float32),
+    ],
+    ids=["silence", "near-silence", "blip-shorter-than-0.1s", "short-clip", "empty"],
+)
+@pytest.mark.filterwarnings("ignore::UserWarning")  # librosa on silence and empty waves
+def test_trimming_keeps_silent_or_too_short_clips_whole(wave: np.ndarray) -> None:
+    cfg = config(*ALL, trim_db=30)
+    assert extractors.silence_bounds(wave, SR, cfg) == (0, wave.shape[0])
+    out = extract_features(wave, SR, cfg)
+    assert out.shape[0] >= 1 and np.isfinite(out).all()
+    np.testing.assert_array_equal(out, extract_features(wave, SR, config(*ALL)))
+
+
+def test_trimming_still_rejects_non_finite_waves() -> None:
+    wave = between_near_silence(tone(440.0))
+    wave[SR + 100] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        extract_features(wave, SR, config("mfcc", trim_db=30))
+
+
+def test_opensmile_gets_the_trimmed_wave(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ser.features import opensmile_worker
+
+    seen: list[int] = []
+
+    def functionals(wave: np.ndarray, _sr: int, _set: str) -> np.ndarray:
+        seen.append(wave.shape[0])
+        return np.zeros(88, np.float32)
+
+    monkeypatch.setattr(opensmile_worker.PROCESS, "functionals", functionals)
+    cfg = config("egemaps", mode="pooled", pooling=["mean"], trim_db=30)
+    wave = between_near_silence(tone(440.0))
+    extract_features(wave, SR, cfg)
+    start, stop = extractors.silence_bounds(wave, SR, cfg)
+    assert seen == [stop - start] and stop - start < 1.1 * SR
+
+
+@pytest.mark.parametrize("value", [0, -10, ".nan", ".inf"])
+def test_trim_db_must_be_a_positive_number(value) -> None:
+    import yaml
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="trim_db"):
+        FeaturesConfig.model_validate({"trim_db": yaml.safe_load(str(value))})

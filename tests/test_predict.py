@@ -217,3 +217,49 @@ def test_compiled_padded_batches_give_the_keras_models_answer(tmp_path_factory, 
         expected = np.asarray(predictor.model(x[None], training=False))[0]
         np.testing.assert_allclose(probs, expected, atol=1e-5)
     assert predictor.xla is True  # compiled without falling back
+
+
+def test_a_run_trained_with_trimming_trims_served_clips(tmp_path_factory):
+    """Training (the cache workers) and the Predictor cut leading and trailing silence alike."""
+    from fakes import make_emodb
+    from tiny_run import WINDOW_SECONDS, silence, tiny_overrides
+
+    from ser.audio import load_audio
+    from ser.config import load_config
+    from ser.features.cache import extract_all
+    from ser.features.extractors import extract_features, silence_bounds
+    from ser.training import train
+
+    work = tmp_path_factory.mktemp("trim")
+    paths = make_emodb(work / "corpora")
+    for path in paths:  # 0.3 s of silence either side of every training tone
+        wave, sr = sf.read(path, dtype="float32")
+        sf.write(path, np.concatenate([silence(0.3), wave, silence(0.3)]), sr)
+    sets = tiny_overrides(
+        work / "corpora", work, "dense", "[emodb]",
+        **{"features.trim_db": "30", "data.max_seconds": str(WINDOW_SECONDS),
+           "train.run_name": "trim", "train.confusion_images": "false"},
+    )  # fmt: skip
+    summary = train(load_config(ROOT / "configs" / "base.yaml", sets, env={}), log=lambda _: None)
+    predictor = Predictor.load(summary["run_dir"], xla=False)
+    features = predictor.cfg.features
+    assert features.trim_db == 30.0
+
+    # A training file's cached (trimmed) features are what the Predictor computes.
+    cached, report = extract_all([str(paths[0])], features, 16000, workers=1, progress=False)
+    assert report.hits == 1
+    served = predictor.frame_features(load_audio(paths[0], 16000))
+    np.testing.assert_allclose(served, cached[str(paths[0])], rtol=1e-5, atol=1e-4)
+    assert served.shape[0] < 0.6 * (1 + 0.9 * 16000 // 160)  # 0.9 s untrimmed
+
+    wave = np.concatenate([silence(1.0), tone(2.5, EMOTION_HZ["sad"]), silence(1.0)])
+    start, stop = silence_bounds(wave, 16000, features)
+    untrimmed = features.model_copy(update={"trim_db": None})
+    frames = predictor.frame_features(wave)
+    assert frames.shape[0] < extract_features(wave, 16000, untrimmed).shape[0]
+    np.testing.assert_array_equal(frames, extract_features(wave[start:stop], 16000, untrimmed))
+    # Windows are timed from the clip's start, trimmed silence included.
+    prepared = predictor.prepare_clip(wave)
+    assert len(prepared.spans) > 1
+    assert prepared.spans[0][0] == start / 16000 == pytest.approx(1.0, abs=0.02)
+    assert prepared.spans[-1][1] == pytest.approx(stop / 16000, abs=0.011)  # + one frame

@@ -1,12 +1,12 @@
 """Content-addressed on-disk feature cache and the parallel fill that uses it.
 
 An entry is keyed by a hash of the audio bytes plus everything that affects the
-frame-level features (chosen extractors and their params, frame params, sample
-rate, ``EXTRACTOR_VERSION``), so a stale entry can never be reused: change any
-of them and the key changes. Pooling, mode and worker count are not in the key,
-so pooled and sequence runs share entries. Entries are written to a temporary
-file and renamed into place, and are validated on read, data included: each
-entry ends with a checksum of its array (see ``FeatureCache``).
+frame-level features (chosen extractors and their params, frame params, silence
+trimming when set, sample rate, ``EXTRACTOR_VERSION``), so a stale entry can never
+be reused: change any of them and the key changes. Pooling, mode and worker count
+are not in the key, so pooled and sequence runs share entries. Entries are written
+to a temporary file and renamed into place, and are validated on read, data
+included: each entry ends with a checksum of its array (see ``FeatureCache``).
 """
 
 from __future__ import annotations
@@ -121,6 +121,8 @@ def _config_part(cfg: FeaturesConfig, sample_rate: int) -> str:
             [name, getattr(cfg, name).model_dump(mode="json")] for name in cfg.extractors
         ],
     }
+    if cfg.trim_db is not None:  # only when set: entries of untrimmed features keep their keys
+        spec["trim_db"] = cfg.trim_db
     if any(name in UTTERANCE_EXTRACTORS for name in cfg.extractors):
         spec["opensmile"] = opensmile_version()  # another release may compute other numbers
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))[1:]

@@ -2,9 +2,11 @@
 
 Every extractor reads a shared ``Spectra`` so that one waveform gets one STFT, and
 a mel spectrogram is computed once per (n_mels, fmin, fmax) however many extractors
-use it. Frames are ``1 + samples // hop_length`` (centred STFT); waves shorter
-than ``n_fft`` are zero-padded to ``n_fft`` first. Nothing here does I/O or
-mutates global state; the filterbank caches below are memoised pure functions.
+use it. With ``features.trim_db`` the clip's leading and trailing silence is cut
+first (``silence_bounds``). Frames are ``1 + samples // hop_length`` of what is
+left (centred STFT); waves shorter than ``n_fft`` are zero-padded to ``n_fft``
+first. Nothing here does I/O or mutates global state; the filterbank caches below
+are memoised pure functions.
 """
 
 from __future__ import annotations
@@ -130,6 +132,36 @@ class Spectra:
         if key not in self._log_mel:
             self._log_mel[key] = librosa.power_to_db(self.mel_power(*key))
         return self._log_mel[key]
+
+
+# Trimming never leaves less than this (nor less than one n_fft window).
+MIN_TRIMMED_SECONDS = 0.1
+
+
+def silence_bounds(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> tuple[int, int]:
+    """(start, stop) in samples of ``wave`` [samples] without its leading and trailing silence.
+
+    Silence is the edge frames whose RMS (``win_length`` samples, centred, every
+    ``hop_length``) is more than ``cfg.trim_db`` dB below the loudest frame's, as in
+    ``librosa.effects.trim``. The span runs from the first loud frame's centre to a hop
+    after the last one's; as a centred window reaches half a window either side, an
+    abrupt onset or end keeps a little of the silence next to it (up to half a window,
+    plus a hop at the end). ``(0, len(wave))`` when ``trim_db`` is None, when the span
+    would be shorter than ``MIN_TRIMMED_SECONDS`` or ``n_fft``, and for a wave with no
+    signal (all zeros) or with non-finite samples (``Spectra`` rejects those).
+    """
+    n, frame = wave.shape[0], cfg.frame
+    shortest = max(int(np.ceil(MIN_TRIMMED_SECONDS * sample_rate)), frame.n_fft)
+    if cfg.trim_db is None or n <= shortest:
+        return 0, n
+    rms = librosa.feature.rms(y=wave, frame_length=frame.win_length, hop_length=frame.hop_length)[0]
+    peak = float(rms.max())
+    if not (np.isfinite(peak) and peak > 0):
+        return 0, n
+    loud = np.flatnonzero(rms >= peak * 10.0 ** (-cfg.trim_db / 20.0))
+    start = int(loud[0]) * frame.hop_length
+    stop = min(n, (int(loud[-1]) + 1) * frame.hop_length)
+    return (start, stop) if stop - start >= shortest else (0, n)
 
 
 def _frames_last_to_first(x: np.ndarray) -> np.ndarray:
@@ -307,12 +339,18 @@ def feature_dims(cfg: FeaturesConfig) -> int:
 def extract_features(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> np.ndarray:
     """float32 [frames, feature_dims(cfg)]: ``cfg.extractors`` side by side, in that order.
 
-    ``wave`` is mono float32 [samples]. All extractors share one ``Spectra``; if their
+    ``wave`` is mono float32 [samples]; with ``cfg.trim_db`` its leading and trailing
+    silence is cut first (``silence_bounds``), so training and inference, which both
+    extract through here, trim alike. All extractors share one ``Spectra``; if their
     frame counts differ (tonnetz), every block is cut to the shortest. Raises
     ``ValueError`` for a wave with NaN or infinite samples, input an extractor cannot
     use (librosa's ``ParameterError``) and features that come out non-finite (samples
     so large that float32 spectra overflow): the output is always finite.
     """
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim == 1:  # anything else is for Spectra to reject
+        start, stop = silence_bounds(wave, sample_rate, cfg)
+        wave = wave[start:stop]
     spectra = Spectra(wave, sample_rate, cfg.frame)
     blocks = []
     for name in cfg.extractors:
