@@ -23,8 +23,13 @@ STEPS = [
     ("+ prosody (log-F0, energy, ZCR)", "dense (dense_functionals_prosody_spk)", "dense (dense_functionals_spk)"),
     ("+ Gaussian noise on the vectors (train only)", "dense (dense_functionals_prosody_spk_noise)", "dense (dense_functionals_prosody_spk)"),
     ("+ wider net, input dropout, AdamW (with the noise)", "dense (dense_functionals_prosody_spk_reg)", "dense (dense_functionals_prosody_spk_noise)"),
+    ("+ label smoothing 0.1 (with the noise)", "dense (dense_functionals_prosody_spk_noise_ls)", "dense (dense_functionals_prosody_spk_noise)"),
+    ("+ mixup, Beta(0.3, 0.3) (with the noise)", "dense (dense_functionals_prosody_spk_noise_mixup)", "dense (dense_functionals_prosody_spk_noise)"),
+    ("+ silence trimmed at 30 dB below peak (with the noise)", "dense (dense_functionals_prosody_spk_noise_trim)", "dense (dense_functionals_prosody_spk_noise)"),
+    ("+ seed ensemble of 5 (with the noise)", "dense (dense_functionals_prosody_spk_noise_ens5)", "dense (dense_functionals_prosody_spk_noise)"),
     ("+ multi-corpus training (other two corpora)", "dense (dense_functionals_prosody_spk_multi)", "dense (dense_functionals_prosody_spk)"),
     ("CNN on frames, frame-level speaker z-norm, SpecAugment", "cnn (cnn_spk)", None),
+    ("CRNN (conv + BiGRU + attention pooling), same inputs", "crnn (crnn_spk)", "cnn (cnn_spk)"),
     ("Keras dense on openSMILE eGeMAPS, speaker z-norm", "dense (egemaps_spk)", None),
     ("Keras dense on openSMILE ComParE, speaker z-norm", "dense (compare_spk)", None),
 ]

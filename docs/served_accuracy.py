@@ -80,7 +80,7 @@ def replay_fold(run_dir: Path, seed: int = 0) -> dict:
             session[i] = p
     t = targets.tolist()
     hits = {
-        f"{lo}-{hi}" if hi < 10**9 else f"{lo}+": [
+        (str(lo) if lo == hi else f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"): [
             int(session[i] == t[i]) for i in range(len(rows)) if lo <= position[i] <= hi
         ]
         for lo, hi in BUCKETS
@@ -137,7 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config_dir", type=Path, help="checkpoints/cv/<study>/<config>")
     parser.add_argument("--json", type=Path, help="also write every fold's figures here")
     parser.add_argument("--seed", type=int, default=0, help="order of each speaker's clips")
+    parser.add_argument(
+        "--from-json", type=Path, metavar="JSON", help="render the tables of an earlier --json"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        print(render(args.config_dir.name, json.loads(args.from_json.read_text(encoding="utf-8"))))
+        return 0
     results: dict[str, list[dict]] = {}
     for corpus_dir in sorted(p for p in args.config_dir.iterdir() if p.is_dir()):
         folds = sorted(p for p in corpus_dir.glob("fold*") if (p / "summary.json").is_file())

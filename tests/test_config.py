@@ -136,3 +136,22 @@ def test_registries_match_config_choices():
     assert set(MODELS.names()) == set(typing.get_args(ModelConfig.model_fields["type"].annotation))
     assert set(FEATURES.names()) == set(typing.get_args(ExtractorName))
     assert set(CORPORA.names()) == {"ravdess", "tess", "emodb", "custom"}
+
+
+def test_base_yaml_lists_every_key():
+    import yaml
+
+    from ser.config import Config
+
+    listed = yaml.safe_load((ROOT / "configs" / "base.yaml").read_text())
+    missing = []
+
+    def walk(defaults: dict, written: dict, path: str) -> None:
+        for key, value in defaults.items():
+            if key not in written:
+                missing.append(path + key)
+            elif isinstance(value, dict) and value and isinstance(written[key], dict):
+                walk(value, written[key], f"{path}{key}.")
+
+    walk(Config().to_dict(), listed, "")
+    assert not missing, f"configs/base.yaml does not list: {missing}"
