@@ -205,6 +205,8 @@ class PooledFeatures:
     def key(self) -> str:
         """Stable id of what these vectors are: same key, same numbers."""
         spec = self.features.model_dump(mode="json", exclude={"cache_dir", "workers", "mode"})
+        if spec.get("trim_db") is None:  # as the cache key: off leaves earlier keys as they were
+            spec.pop("trim_db", None)
         spec["sample_rate"] = self.sample_rate
         text = json.dumps(spec, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]

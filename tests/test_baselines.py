@@ -149,3 +149,13 @@ def test_pooled_features_pool_the_frames_they_are_given():
     np.testing.assert_allclose(pooled.matrix([row]), [[4.5, 5.5, 6.5, 9, 10, 11]])
     other = baselines.PooledFeatures(FeaturesConfig(pooling=["mean"]), 16000)
     assert pooled.key != other.key  # different vectors, different dedupe keys
+
+
+def test_pooled_feature_key_ignores_trimming_when_off():
+    from ser.baselines import PooledFeatures
+    from ser.config import FeaturesConfig
+
+    # The key of the default features before features.trim_db existed: journals of
+    # earlier cross-validations keep matching when trimming is off.
+    assert PooledFeatures(FeaturesConfig(), 16000).key == "d4b77da9e62b"
+    assert PooledFeatures(FeaturesConfig(trim_db=30), 16000).key != "d4b77da9e62b"
