@@ -27,11 +27,13 @@ STEPS = [
     ("+ mixup, Beta(0.3, 0.3) (with the noise)", "dense (dense_functionals_prosody_spk_noise_mixup)", "dense (dense_functionals_prosody_spk_noise)"),
     ("+ silence trimmed at 30 dB below peak (with the noise)", "dense (dense_functionals_prosody_spk_noise_trim)", "dense (dense_functionals_prosody_spk_noise)"),
     ("+ seed ensemble of 5 (with the noise)", "dense (dense_functionals_prosody_spk_noise_ens5)", "dense (dense_functionals_prosody_spk_noise)"),
+    ("+ seed ensemble of 5 and trimming (with the noise)", "dense (dense_functionals_prosody_spk_noise_trim_ens5)", "dense (dense_functionals_prosody_spk_noise_ens5)"),
     ("+ multi-corpus training (other two corpora)", "dense (dense_functionals_prosody_spk_multi)", "dense (dense_functionals_prosody_spk)"),
     ("CNN on frames, frame-level speaker z-norm, SpecAugment", "cnn (cnn_spk)", None),
     ("CRNN (conv + BiGRU + attention pooling), same inputs", "crnn (crnn_spk)", "cnn (cnn_spk)"),
     ("Keras dense on openSMILE eGeMAPS, speaker z-norm", "dense (egemaps_spk)", None),
     ("Keras dense on openSMILE ComParE, speaker z-norm", "dense (compare_spk)", None),
+    ("+ seed ensemble of 5", "dense (compare_spk_ens5)", "dense (compare_spk)"),
 ]
 
 
