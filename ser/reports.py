@@ -699,4 +699,5 @@ def _per_fold_sections(folds: Sequence[dict[str, Any]]) -> list[str]:
 
 def _duration(result: dict[str, Any]) -> str:
     hours = f"{result['seconds'] / 3600:.1f} h"
-    return f"{hours} in the last invocation" if result.get("resumed") else f"{hours} in total"
+    # A resumed run adds each invocation's time that computed something (see crossval).
+    return f"{hours} over its invocations" if result.get("resumed") else f"{hours} in total"
