@@ -34,6 +34,7 @@ STEPS = [
     ("Keras dense on openSMILE eGeMAPS, speaker z-norm", "dense (egemaps_spk)", None),
     ("Keras dense on openSMILE ComParE, speaker z-norm", "dense (compare_spk)", None),
     ("+ seed ensemble of 5", "dense (compare_spk_ens5)", "dense (compare_spk)"),
+    ("+ seed ensemble of 5 and trimming (EMO-DB only)", "dense (compare_trim_spk_ens5)", "dense (compare_spk_ens5)"),
 ]
 
 
