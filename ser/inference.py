@@ -280,7 +280,7 @@ class Predictor:
 
     @property
     def sequence(self) -> bool:
-        """True for frame-sequence models (lstm, cnn), False for pooled statistics (dense)."""
+        """True for frame-sequence models (lstm, cnn, crnn), False for pooled statistics (dense)."""
         return self.cfg.features.mode == "sequence"
 
     @property

@@ -192,6 +192,11 @@ def test_seed_ensemble_averages_members_and_resumes_past_finished_ones(corpora, 
     assert not np.allclose(probs[0], probs[1])  # different seeds, different members
     np.testing.assert_allclose(model.predict(x, verbose=0), np.mean(probs, axis=0), atol=1e-6)
     np.testing.assert_allclose(model.predict(x, verbose=0).sum(axis=1), 1.0, atol=1e-5)
+    # Served like any run: safe-mode loading and the XLA-compiled function agree.
+    from ser.inference import Predictor
+
+    served = Predictor.load(run_dir).predict_batch(x)
+    np.testing.assert_allclose(served, np.mean(probs, axis=0), atol=1e-5)
 
     # A resume after the second member: the finished ones are not trained again.
     (run_dir / "members" / "2" / "member.json").unlink()
