@@ -206,10 +206,10 @@ class SpeakerSession:
     def normaliser(self) -> Normaliser:
         """The blend of this session's statistics and the prior's."""
         n, k = self.count, self.prior_weight
-        prior_mean = self.prior.mean.astype(np.float64)
-        prior_var = np.square(self.prior.std.astype(np.float64))
         if n == 0:
             return self.prior
+        prior_mean = self.prior.mean.astype(np.float64)
+        prior_var = np.square(self.prior.std.astype(np.float64))
         mean = self._sum / n
         var = np.maximum(self._sum_sq / n - mean * mean, 0.0)
         blended_mean = (n * mean + k * prior_mean) / (n + k)

@@ -457,8 +457,6 @@ def train(
     """
     import keras
 
-    from ser.models import build_model
-
     started = time.time()
     checkpoints = Path(cfg.train.checkpoints_dir)
     saved_split = None
@@ -520,12 +518,14 @@ def train(
     monitor = cfg.train.monitor
     best_epoch: int | list[int] = fits[0]["best_epoch"]
     best_value = fits[0]["best"]
-    if members > 1:
-        ensemble = _average_members(
+    if members == 1:
+        best = keras.models.load_model(run_dir / "model.keras")
+    else:
+        best = _average_members(
             [run_dir / "members" / str(k) / "model.keras" for k in range(members)]
         )
-        ensemble.save(run_dir / "model.keras")
-        pred = ensemble.predict(val_x, verbose=0).argmax(axis=1)
+        best.save(run_dir / "model.keras")
+        pred = best.predict(val_x, verbose=0).argmax(axis=1)
         val_ua = unweighted_accuracy(data.targets["val"], pred, len(data.labels))
         best_epoch = [f["best_epoch"] for f in fits]
         # The ensemble's own validation UA; for another monitor, the members' mean.
@@ -534,9 +534,6 @@ def train(
             f"ensemble of {members}: validation UA {val_ua:.3f} (members "
             + ", ".join(f"{f['best']:.3f}" for f in fits) + f" {monitor})"
         )
-        del ensemble
-
-    best = keras.models.load_model(run_dir / "model.keras")
     # Keras cannot save into a folder that already has its "assets" (a resumed run that
     # had finished once): that folder is rewritten anyway.
     shutil.rmtree(run_dir / "assets", ignore_errors=True)

@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -222,11 +223,10 @@ class Service:
     settings: ServingSettings
     info: ModelInfoOut
     started: float
-    sessions: SessionStore | None = None
+    sessions: SessionStore = dataclass_field(init=False)
 
     def __post_init__(self) -> None:
-        if self.sessions is None:
-            self.sessions = SessionStore(self.predictor, self.settings.max_sessions)
+        self.sessions = SessionStore(self.predictor, self.settings.max_sessions)
 
     # ------------------------------------------------------------------ uploads
     def _prepare(
