@@ -124,7 +124,7 @@ def bench_config(args: argparse.Namespace, config: str, *overrides: str):
 def prepare(cfg, rows, cache_dir: str):
     """``prepare_data`` on the given manifest rows with features cached in ``cache_dir``."""
     from ser.data.corpora import Manifest
-    from ser.training import prepare_data
+    from ser.data.prepare import prepare_data
 
     features = cfg.features.model_copy(update={"cache_dir": cache_dir})
     cfg = cfg.model_copy(update={"features": features})

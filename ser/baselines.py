@@ -54,9 +54,9 @@ from ser.data.corpora import Utterance
 from ser.data.pipeline import speaker_normalise_vectors
 from ser.features.cache import extract_all
 from ser.features.extractors import feature_dims, pool
+from ser.progress import Log
 from ser.registry import Registry
 
-Log = Callable[[str], None]
 BASELINES: Registry[Callable[[Any, int, int], Any]] = Registry("baseline")
 
 # Shown in reports next to the registry name.

@@ -638,3 +638,8 @@ def load_config(
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
+
+
+# Public names for the loader helpers used by evaluation.
+read_yaml = _read_yaml
+set_path = _set_path

@@ -26,7 +26,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -42,10 +42,10 @@ from ser.evaluation import (
     evaluate_baselines,
     evaluate_keras,
     load_run_data,
-    mean_std,
 )
+from ser.metrics import mean_std
+from ser.progress import Log
 
-Log = Callable[[str], None]
 CV_FORMAT = "ser-cv/1"
 
 
@@ -245,8 +245,10 @@ def cross_validate(
     """
     from ser import reports
     from ser.baselines import BASELINES, PooledFeatures
+    from ser.data.prepare import prepare_data
     from ser.inference import Predictor
-    from ser.training import prepare_data, train, versions
+    from ser.runs import versions
+    from ser.training import train
 
     if not cfgs:
         raise ValueError("no config to cross-validate")

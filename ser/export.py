@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ser.data.pipeline import SPEAKER_PRIOR
+from ser import runs
 from ser.inference import Predictor
 
 Format = Literal["savedmodel", "tflite"]
@@ -168,8 +168,8 @@ def export_run(
     else:
         out.mkdir(parents=True, exist_ok=True)
         (out / MODEL_FILE["tflite"]).write_bytes(_tflite_bytes(predictor))
-    extra = (SPEAKER_PRIOR,) if predictor.speaker_prior is not None else ()
-    for name in ("labels.json", "normaliser.json", "run.yaml", *extra):
+    extra = (runs.SPEAKER_PRIOR,) if predictor.speaker_prior is not None else ()
+    for name in (runs.LABELS, runs.NORMALISER, runs.CONFIG, *extra):
         shutil.copyfile(predictor.run_dir / name, out / name)
     shape = _signature_shape(predictor, static=fmt == "tflite")
     meta: dict[str, Any] = {
@@ -183,7 +183,7 @@ def export_run(
             "layout": "frames x features, normalised with normaliser.json"
             if predictor.sequence
             else "pooled features, normalised with normaliser.json"
-            + (f" after {SPEAKER_PRIOR} (or the speaker's own z-norm)" if extra else ""),
+            + (f" after {runs.SPEAKER_PRIOR} (or the speaker's own z-norm)" if extra else ""),
             "padding": "zero frames appended at the end are masked" if predictor.sequence else None,
         },
         "output": {"shape": [shape[0], len(predictor.labels)], "labels": list(predictor.labels)},

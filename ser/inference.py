@@ -22,7 +22,6 @@ request. Inputs longer than the window use the uncompiled graph function.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -32,10 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from ser import runs
 from ser.audio import load_audio
 from ser.config import Config, load_config
 from ser.data.pipeline import (
-    SPEAKER_PRIOR,
     Normaliser,
     make_dataset,
     max_frames_for,
@@ -43,38 +42,10 @@ from ser.data.pipeline import (
     zscore,
 )
 from ser.features.extractors import extract_features, silence_bounds
+from ser.runs import RunDirError, check_run_dir, model_id_of
 
-RUN_FILES = ("run.yaml", "labels.json", "normaliser.json", "model.keras")
 # Batch sizes the XLA function is compiled for; a batch is padded up to the next one.
 XLA_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
-
-
-class RunDirError(FileNotFoundError):
-    """A path that is not a usable run directory; the message says what is missing."""
-
-
-def check_run_dir(run_dir: str | os.PathLike[str]) -> Path:
-    path = Path(run_dir)
-    if not path.exists():
-        raise RunDirError(f"{path}: no such run directory")
-    if not path.is_dir():
-        raise RunDirError(f"{path}: not a directory; pass a run directory such as checkpoints/best")
-    missing = [name for name in RUN_FILES if not (path / name).is_file()]
-    if missing:
-        raise RunDirError(
-            f"{path}: not a run directory (missing {', '.join(missing)}); "
-            "train one with `python train.py` or pass e.g. checkpoints/best"
-        )
-    return path.resolve()
-
-
-def model_id_of(run_dir: Path) -> str:
-    """``<run name>@<first 12 hex digits of sha256(model.keras)>``: names the exact weights."""
-    digest = hashlib.sha256()
-    with open(run_dir / "model.keras", "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return f"{run_dir.name}@{digest.hexdigest()[:12]}"
 
 
 def limit_blas_threads(threads: int = 1) -> None:
@@ -247,22 +218,24 @@ class Predictor:
         import ser.models  # noqa: F401  (registers the custom layers before loading)
 
         path = check_run_dir(run_dir)
-        cfg = load_config(path / "run.yaml", env={})
-        labels = json.loads((path / "labels.json").read_text(encoding="utf-8"))
-        normaliser = Normaliser.load(path / "normaliser.json")
+        cfg = load_config(path / runs.CONFIG, env={})
+        labels = json.loads((path / runs.LABELS).read_text(encoding="utf-8"))
+        normaliser = Normaliser.load(path / runs.NORMALISER)
         try:
-            model = keras.models.load_model(path / "model.keras", compile=False, safe_mode=True)
+            model = keras.models.load_model(path / runs.MODEL, compile=False, safe_mode=True)
         except ValueError as exc:  # e.g. a Lambda layer holding Python code; a damaged file
             reason = " ".join(str(exc).split())[:240]
             raise RunDirError(
-                f"{path / 'model.keras'}: not loadable in Keras safe mode, which never runs "
+                f"{path / runs.MODEL}: not loadable in Keras safe mode, which never runs "
                 f"code stored in a model file: {reason}"
             ) from None
         prior = None
         if cfg.features.pooled_normalisation == "speaker":
-            if not (path / SPEAKER_PRIOR).is_file():
-                raise RunDirError(f"{path}: missing {SPEAKER_PRIOR} (features.pooled_normalisation)")
-            prior = Normaliser.load(path / SPEAKER_PRIOR)
+            if not (path / runs.SPEAKER_PRIOR).is_file():
+                raise RunDirError(
+                    f"{path}: missing {runs.SPEAKER_PRIOR} (features.pooled_normalisation)"
+                )
+            prior = Normaliser.load(path / runs.SPEAKER_PRIOR)
         predictor = cls(path, cfg, labels, normaliser, model, model_id_of(path), xla, prior)
         if warm_up:
             predictor.warm_up()

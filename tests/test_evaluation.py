@@ -17,16 +17,10 @@ from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from ser.config import ConfigError, load_config
 from ser.data.corpora import CorpusNotFoundError
-from ser.evaluation import (
-    EvaluationError,
-    classification_metrics,
-    evaluate_cross_corpus,
-    evaluate_run,
-    evaluation_config,
-    mean_std,
-    metrics_by_group,
-)
-from ser.inference import RunDirError
+from ser.cross_corpus import evaluate_cross_corpus
+from ser.evaluation import EvaluationError, evaluate_run, evaluation_config
+from ser.metrics import classification_metrics, mean_std, metrics_by_group
+from ser.runs import RunDirError
 from ser.training import train
 
 ROOT = Path(__file__).resolve().parent.parent

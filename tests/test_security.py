@@ -28,7 +28,8 @@ from robustlog import record
 from tiny_run import encode, tiny_run, tone
 
 from ser.config import ConfigError, load_config
-from ser.inference import Predictor, RunDirError
+from ser.inference import Predictor
+from ser.runs import RunDirError
 from ser.serving.app import create_app
 from ser.serving.settings import ServingSettings
 

@@ -11,9 +11,11 @@ from fakes import make_emodb
 from tiny_run import ROOT, tiny_overrides
 
 from ser.config import load_config
-from ser.data.pipeline import SPEAKER_PRIOR, Normaliser, speaker_prior
-from ser.inference import Predictor, RunDirError
-from ser.training import prepare_data, train
+from ser.data.pipeline import Normaliser, speaker_prior
+from ser.data.prepare import prepare_data
+from ser.inference import Predictor
+from ser.runs import SPEAKER_PRIOR, RunDirError
+from ser.training import train
 
 
 @pytest.fixture(scope="module")

@@ -147,7 +147,8 @@ def _cross_validate(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from ser.data.splits import SplitError
-    from ser.evaluation import evaluate_cross_corpus, evaluate_run
+    from ser.cross_corpus import evaluate_cross_corpus
+    from ser.evaluation import evaluate_run
 
     try:
         if args.cv:

@@ -116,9 +116,6 @@ def speaker_normalise_vectors(
     return out
 
 
-SPEAKER_PRIOR = "speaker_prior.json"  # in a run directory, next to normaliser.json
-
-
 def speaker_prior(vectors: Sequence[np.ndarray], speakers: Sequence[str]) -> Normaliser:
     """The average speaker: mean over speakers of each speaker's vector mean and std."""
     groups: dict[str, list[np.ndarray]] = {}

@@ -14,7 +14,7 @@ import filecmp
 import os
 import re
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,13 +24,13 @@ from ser.config import EMOTIONS
 from ser.data.corpora import EMOTION_SYNONYMS, canonical_emotion
 from ser.datatools import DataToolError
 from ser.datatools.convert import read_any, write_wav
+from ser.progress import Log
 
 # The value for data.custom.speaker_pattern that reads the speaker back from the names
 # written here.
 SPEAKER_PATTERN = r"^\d{8}_\d{6}(?:-\d+)?_(?P<speaker>[^_]+)_"
 DEFAULT_SPEAKER = "unknown"
 
-Log = Callable[[str], None]
 
 
 def emotion_label(text: str) -> str:

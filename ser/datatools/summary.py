@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,7 @@ from typing import Any
 from ser.audio import AudioError, audio_info
 from ser.config import EMOTIONS, DataConfig
 from ser.data.corpora import CorpusNotFoundError, Skipped, Utterance, build_manifest
-
-Log = Callable[[str], None]
+from ser.progress import Log
 
 
 @dataclass

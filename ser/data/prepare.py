@@ -1,0 +1,236 @@
+"""From a config (or a saved run) to model inputs: manifest -> split -> cached features.
+
+``prepare_data`` is the one path from corpora to the arrays a model sees, shared by
+training, evaluation, cross-validation and the benchmarks: it builds (or takes) the
+manifest and the split, extracts features through the cache, applies the configured
+normalisation scope, turns each clip into a model input (a frame sequence or a pooled
+vector) and its label into an integer target. ``locate_corpus`` moves a saved run's
+manifest and split to wherever the corpora are now, so a run trained on one machine
+evaluates on another.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ser.config import DATA_ROOT_ENV, EMOTIONS, Config, DataConfig
+from ser.data.corpora import CorpusNotFoundError, Manifest, Utterance, build_manifest
+from ser.data.pipeline import (
+    Normaliser,
+    max_frames_for,
+    scope_normalise,
+    speaker_normalise_vectors,
+    speaker_prior,
+    to_model_input,
+)
+from ser.data.splits import PARTS, Split, make_split
+from ser.features.cache import ExtractionReport, extract_all
+from ser.progress import Log
+
+
+@dataclass
+class PreparedData:
+    """Everything between the config and the tf.data datasets of one split."""
+
+    manifest: Manifest
+    split: Split
+    labels: list[str]
+    rows: dict[str, list[Utterance]]
+    inputs: dict[str, list[np.ndarray]]
+    targets: dict[str, np.ndarray]
+    extraction: ExtractionReport
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    # Frame-level features [frames, dims] by path (evaluation pools them for baselines).
+    features: dict[str, np.ndarray] = field(default_factory=dict)
+    # features.pooled_normalisation speaker: the average training speaker's statistics
+    # of the raw pooled vectors, for clips whose speaker is unknown (inference).
+    speaker_prior: Normaliser | None = None
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.inputs["train"][0].shape[-1])
+
+
+def label_list(rows: list[Utterance], emotions: list[str]) -> list[str]:
+    """Labels in canonical order: configured emotions that occur in the data."""
+    present = {r.emotion for r in rows}
+    return [e for e in EMOTIONS if e in emotions and e in present]
+
+
+def prepare_data(
+    cfg: Config,
+    split: Split | None = None,
+    labels: list[str] | None = None,
+    manifest: Manifest | None = None,
+    log: Log = print,
+    keep_features: bool = False,
+) -> PreparedData:
+    """Manifest -> split -> cached features -> model inputs and integer targets per part.
+
+    With ``keep_features`` the frame-level features stay in ``PreparedData.features``.
+    """
+    manifest = manifest or build_manifest(cfg.data, log=log)
+    if not manifest.rows:
+        raise RuntimeError(
+            f"no usable utterances under {cfg.data.root} for corpora {cfg.data.corpora} "
+            f"and emotions {cfg.data.emotions}"
+        )
+    split = split or make_split(manifest.rows, cfg.split, cfg.seed)
+    log(f"split: {split.protocol()}")
+    features, report = extract_all(
+        [r.path for r in manifest.rows],
+        cfg.features,
+        cfg.data.sample_rate,
+        workers=cfg.features.workers,
+        cache_dir=cfg.features.cache_dir,
+        log=log,
+    )
+    log(report.summary())
+    features = scope_normalise(features, manifest.rows, cfg.features.normalisation)
+    labels = labels or label_list(manifest.rows, list(cfg.data.emotions))
+    index = {label: i for i, label in enumerate(labels)}
+    max_frames = max_frames_for(
+        cfg.data.max_seconds, cfg.data.sample_rate, cfg.features.frame.hop_length
+    )
+    parts = split.partition(manifest.rows)
+    rows, inputs, targets = {}, {}, {}
+    for part in PARTS:
+        kept = [r for r in parts[part] if r.path in features and r.emotion in index]
+        rows[part] = kept
+        inputs[part] = [
+            to_model_input(features[r.path], cfg.features.mode, cfg.features.pooling, max_frames)
+            for r in kept
+        ]
+        targets[part] = np.array([index[r.emotion] for r in kept], np.int32)
+    for part in PARTS:
+        if rows[part]:
+            continue
+        if report.failed and not features:
+            raise RuntimeError(
+                f"no usable clips: all {len(report.failed)} failed feature extraction "
+                f"(first: {report.failed[0][0]}: {report.failed[0][1]})"
+            )
+        failed = f" ({len(report.failed)} clips failed feature extraction)" if report.failed else ""
+        raise RuntimeError(
+            f"the {part} split is empty{failed}; check data.corpora and split settings"
+        )
+    prior = None
+    if cfg.features.pooled_normalisation == "speaker":
+        prior = speaker_prior(inputs["train"], [r.speaker for r in rows["train"]])
+        every = [r for part in PARTS for r in rows[part]]
+        normalised = iter(
+            speaker_normalise_vectors(
+                [x for p in PARTS for x in inputs[p]], [r.speaker for r in every]
+            )
+        )
+        inputs = {p: [next(normalised) for _ in rows[p]] for p in PARTS}
+    log(
+        "examples: "
+        + ", ".join(
+            f"{p} {len(rows[p])} ({len({r.speaker for r in rows[p]})} speakers)" for p in PARTS
+        )
+        + f"; classes: {', '.join(labels)}"
+    )
+    return PreparedData(
+        manifest,
+        split,
+        labels,
+        rows,
+        inputs,
+        targets,
+        report,
+        report.failed,
+        features if keep_features else {},
+        prior,
+    )
+
+
+def _old_corpus_folder(path: str, root: str, folder: str) -> str | None:
+    """The corpus folder a saved (absolute) manifest path was found under.
+
+    Paths are saved as ``<absolute data.root>/<folder>/...``; ``data.root`` itself
+    may have been relative to the training directory, so it is searched for.
+    """
+    marker = str(Path(root) / folder)
+    i = path.find(marker + os.sep)
+    if i >= 0:
+        return path[: i + len(marker)]
+    j = path.rfind(os.sep + str(Path(folder)) + os.sep)
+    return path[: j + 1 + len(str(Path(folder)))] if j >= 0 else None
+
+
+def locate_corpus(
+    manifest: Manifest,
+    split: Split,
+    data: DataConfig,
+    *,
+    data_root: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Manifest, Split, str]:
+    """The run's manifest and split with paths pointing at files that exist.
+
+    As saved, if every file is still there and no ``data_root`` is given. Otherwise
+    every path is moved from its saved corpus folder to the same place under
+    ``data_root`` (or ``$SER_DATA_ROOT`` when no root is given). Raises
+    ``CorpusNotFoundError`` naming the missing root and what to pass.
+    Returns ``(manifest, split, where)`` with ``where`` a line for the log.
+    """
+    env = os.environ if env is None else env
+    rows = manifest.rows
+    how = "--data-root"
+    if data_root is None:
+        missing = [r.path for r in rows if not os.path.isfile(r.path)]
+        if not missing:
+            return manifest, split, f"corpus files where training read them (data.root {data.root})"
+        if env.get(DATA_ROOT_ENV) and Path(env[DATA_ROOT_ENV]).is_dir():
+            data_root, how = env[DATA_ROOT_ENV], DATA_ROOT_ENV
+        else:
+            first = missing[0]
+            corpus = next(r.corpus for r in rows if r.path == first)
+            folder = _old_corpus_folder(first, data.root, getattr(data, corpus).folder)
+            old_root = os.path.normpath(os.path.dirname(folder)) if folder else data.root
+            state = (
+                "does not exist"
+                if not Path(old_root).is_dir()
+                else f"exists but {len(missing)} of {len(rows)} files are missing, e.g. {first}"
+            )
+            raise CorpusNotFoundError(
+                f"the corpus files this run was trained on are missing: data root {old_root} "
+                f"(data.root {data.root!r} in run.yaml) {state}. If the corpora moved, pass "
+                f"--data-root NEW_ROOT (the folder holding "
+                f"{', '.join(getattr(data, c).folder + '/' for c in data.corpora)}) "
+                f"or set {DATA_ROOT_ENV}"
+            )
+    root = Path(data_root).absolute()
+    if not root.is_dir():
+        raise CorpusNotFoundError(f"data root {root} ({how}) does not exist")
+    moved: dict[str, str] = {}
+    for r in rows:
+        folder_name = getattr(data, r.corpus).folder
+        old = _old_corpus_folder(r.path, data.root, folder_name)
+        if old is None:
+            raise CorpusNotFoundError(
+                f"cannot tell where {r.path} sits under its corpus folder {folder_name!r}"
+            )
+        moved[r.path] = str(root / folder_name / r.path[len(old) + 1 :])
+    missing = [p for p in moved.values() if not os.path.isfile(p)]
+    if missing:
+        raise CorpusNotFoundError(
+            f"{len(missing)} of {len(rows)} files of this run are not under the data root "
+            f"{root} ({how}), e.g. {missing[0]}; it must hold "
+            f"{', '.join(getattr(data, c).folder + '/' for c in data.corpora)} as in training"
+        )
+    new_manifest = Manifest(
+        [replace(r, path=moved[r.path]) for r in rows], manifest.skipped, manifest.dropped
+    )
+    new_split = replace(
+        split,
+        val_paths=tuple(sorted(moved.get(p, p) for p in split.val_paths)),
+        test_paths=tuple(sorted(moved.get(p, p) for p in split.test_paths)),
+    )
+    return new_manifest, new_split, f"corpus files under {root} ({how}), moved since training"
