@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -524,3 +525,34 @@ def test_results_page_is_unchanged_section_by_section():
     assert reports.render_results_markdown(cv_result(resumed=False), command) == (
         BASELINE_ONLY_RESULTS_PAGE
     )
+
+
+def _sections(markdown: str) -> list[str]:
+    """A page's level-2 headings, each run of per-corpus headings as one ``corpus``."""
+    out: list[str] = []
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            name = "corpus" if re.match(r"## [A-Z+-]+: \d+ classes", line) else line
+            if out[-1:] != [name]:
+                out.append(name)
+    return out
+
+
+def test_checked_in_detail_pages_have_the_shape_the_results_page_renders():
+    """docs/results/*.md are what ``--cv --results`` writes (a regenerated page replaces
+    one like for like), each with its command, and docs/RESULTS.md links to each."""
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    summary = (docs / "RESULTS.md").read_text(encoding="utf-8")
+    assert len(summary.splitlines()) <= 200
+    rendered = reports.render_results_markdown(cv_result(resumed=True), "python evaluate.py --cv")
+    every_section = _sections(rendered)
+    pages = sorted((docs / "results").glob("*.md"))
+    assert pages
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        sections = _sections(text)
+        assert sections[:2] == ["## Protocol", "corpus"]
+        assert [s for s in every_section if s in sections] == sections  # none else, same order
+        command = text.split("```bash\n")[1].split("\n```")[0]
+        assert command.startswith("SER_DATA_ROOT=") and " --cv " in command
+        assert f"(results/{page.name})" in summary
