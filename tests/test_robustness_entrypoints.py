@@ -5,8 +5,8 @@ Each usable case is accepted; each broken one is named with the reason and skipp
 while the rest goes on; a command exits non-zero only when nothing usable remains;
 the API answers 4xx with a JSON error (never 500) and keeps no upload on disk; the
 stream answers a bad frame with an error message and a clean close. What each entry
-point did is recorded (``robustlog``) for ROBUSTNESS.md, which ``docs/generators/robustness_report.py``
-renders; its renderer is tested at the end.
+point did is recorded (``robustlog``) for ROBUSTNESS.md, which
+``docs/generators/robustness_report.py`` renders; its renderer is tested at the end.
 """
 
 from __future__ import annotations
