@@ -89,22 +89,41 @@ def _speaker_list(speakers: Sequence[str]) -> str:
 
 def render_markdown(report: dict[str, Any], images: Sequence[str] = ()) -> str:
     """``report.md``: protocol, ranking, per-corpus and per-class tables, plots."""
-    protocol = report["protocol"]
     models = report["models"]
-    keras = next(m for m in models if m["kind"] == "keras")
-    by_name = {m["name"]: m for m in models}
+    out = _title_lines(report) + _protocol_facts(report) + _ranking_section(report)
+    out += _per_corpus_section(report)
+    out += _per_class_sections(report)
+    out += _confusion_section(report)
+    out += _plots_section(images)
+    out += _baseline_settings_section([m for m in models if m["kind"] == "baseline"])
+    out += _notes_section(models)
+    return "\n".join(out) + "\n"
+
+
+def _keras_model(report: dict[str, Any]) -> dict[str, Any]:
+    return next(m for m in report["models"] if m["kind"] == "keras")
+
+
+def _title_lines(report: dict[str, Any]) -> list[str]:
+    """The page title, the speaker-dependent warning if due, and the protocol line."""
+    protocol = report["protocol"]
     title = "Cross-corpus evaluation" if report["kind"] == "cross-corpus" else "Evaluation"
     out = [f"# {title}: {report['run']}", ""]
     if not protocol["speaker_independent"]:
         out += [f"> **{SPEAKER_DEPENDENT_WARNING}**", ""]
-    out += [f"**Protocol ({kind_of(protocol)}):** {protocol['line']}", ""]
+    return out + [f"**Protocol ({kind_of(protocol)}):** {protocol['line']}", ""]
+
+
+def _protocol_facts(report: dict[str, Any]) -> list[str]:
+    """Bullets: speakers of each split, example counts, classes, checkpoint, provenance."""
+    protocol = report["protocol"]
     val_note = (
         f" + {protocol['val_utterances_from_train_speakers']} validation utterances of "
         "training speakers (corpus too small for a validation speaker)"
         if protocol.get("val_utterances_from_train_speakers")
         else ""
     )
-    out += [
+    out = [
         (
             f"- train speakers ({len(protocol['train_speakers'])}): "
             f"{_speaker_list(protocol['train_speakers'])}"
@@ -124,29 +143,41 @@ def render_markdown(report: dict[str, Any], images: Sequence[str] = ()) -> str:
         + ")",
         f"- classes ({len(report['labels'])}): {', '.join(report['labels'])}",
     ]
-    model = report["model"]
-    if isinstance(model.get("best_epoch"), list) and model.get("best_value") is not None:
-        out.append(
-            f"- checkpoint: a seed ensemble of {len(model['best_epoch'])} members averaging "
-            f"their probabilities, each at its best epoch on {model['monitor']} "
-            f"({_epochs(model['best_epoch'])}); the ensemble's {model['monitor']} "
-            f"{model['best_value']:.4f} on the validation split"
-        )
-    elif model.get("best_epoch") is not None and model.get("best_value") is not None:
-        out.append(
-            f"- checkpoint: epoch {model['best_epoch']}, chosen on {model['monitor']} "
-            f"({model['best_value']:.4f}) of the validation split"
-        )
-    out += [
+    out += _checkpoint_line(report["model"])
+    return out + [
         f"- data: {report['data']}",
         (
             f"- evaluated {report['created']}; commit {report['commit']['evaluation'][:12]} "
             f"(trained at {report['commit']['training'][:12]})"
         ),
         "",
-        "## Ranking on the test split",
-        "",
     ]
+
+
+def _checkpoint_line(model: dict[str, Any]) -> list[str]:
+    """Which epoch (or which epochs of a seed ensemble) the evaluated model is from."""
+    if isinstance(model.get("best_epoch"), list) and model.get("best_value") is not None:
+        return [
+            (
+                f"- checkpoint: a seed ensemble of {len(model['best_epoch'])} members averaging "
+                f"their probabilities, each at its best epoch on {model['monitor']} "
+                f"({_epochs(model['best_epoch'])}); the ensemble's {model['monitor']} "
+                f"{model['best_value']:.4f} on the validation split"
+            )
+        ]
+    if model.get("best_epoch") is not None and model.get("best_value") is not None:
+        return [
+            (
+                f"- checkpoint: epoch {model['best_epoch']}, chosen on {model['monitor']} "
+                f"({model['best_value']:.4f}) of the validation split"
+            )
+        ]
+    return []
+
+
+def _ranking_section(report: dict[str, Any]) -> list[str]:
+    by_name = {m["name"]: m for m in report["models"]}
+    out = ["## Ranking on the test split", ""]
     out += _table(
         ["rank", "model", "UA %", "WA %", "macro-F1 %", "fit s", "features"],
         [
@@ -162,25 +193,36 @@ def render_markdown(report: dict[str, Any], images: Sequence[str] = ()) -> str:
             for row in report["ranking"]
         ],
     )
-    out += ["", UA_WA_NOTE + " " + RANKING_NOTE, ""]
+    return out + ["", UA_WA_NOTE + " " + RANKING_NOTE, ""]
+
+
+def _per_corpus_section(report: dict[str, Any]) -> list[str]:
+    """UA / WA of every model on each corpus of the test split (only when it has several)."""
     corpora = sorted(report["test_by_corpus"])
-    if len(corpora) > 1:
-        out += ["## Per corpus (test split)", ""]
-        out += _table(
-            ["model"] + [f"{c} UA % / WA %" for c in corpora],
-            [
-                [_names([m])[0]]
-                + [
-                    f"{_pct(m['per_corpus'][c]['ua'])} / {_pct(m['per_corpus'][c]['wa'])}"
-                    if c in m["per_corpus"]
-                    else ""
-                    for c in corpora
-                ]
-                for m in models
-            ],
-        )
-        out.append("")
-    out += [f"## Per class: {_names([keras])[0]}", ""]
+    if len(corpora) <= 1:
+        return []
+    out = ["## Per corpus (test split)", ""]
+    out += _table(
+        ["model"] + [f"{c} UA % / WA %" for c in corpora],
+        [
+            [_names([m])[0]]
+            + [
+                f"{_pct(m['per_corpus'][c]['ua'])} / {_pct(m['per_corpus'][c]['wa'])}"
+                if c in m["per_corpus"]
+                else ""
+                for c in corpora
+            ]
+            for m in report["models"]
+        ],
+    )
+    return out + [""]
+
+
+def _per_class_sections(report: dict[str, Any]) -> list[str]:
+    """The Keras model's per-class scores, then every model's recall when there are several."""
+    models = report["models"]
+    keras = _keras_model(report)
+    out = [f"## Per class: {_names([keras])[0]}", ""]
     out += _table(
         ["class", "precision %", "recall %", "F1 %", "support"],
         [
@@ -197,44 +239,53 @@ def render_markdown(report: dict[str, Any], images: Sequence[str] = ()) -> str:
                 for label in report["labels"]
             ],
         )
-    out += [
-        "",
-        f"## Confusion matrix: {_names([keras])[0]}",
-        "",
-        "Rows: true class; columns: predicted.",
-        "",
-    ]
-    out += _table(
-        ["true \\ predicted"] + report["labels"],
-        [[label] + row for label, row in zip(report["labels"], keras["confusion"], strict=True)],
+    return out
+
+
+def _confusion_section(report: dict[str, Any]) -> list[str]:
+    keras = _keras_model(report)
+    labels = report["labels"]
+    out = ["", f"## Confusion matrix: {_names([keras])[0]}", ""]
+    out += ["Rows: true class; columns: predicted.", ""]
+    return out + _table(
+        ["true \\ predicted"] + labels,
+        [[label] + row for label, row in zip(labels, keras["confusion"], strict=True)],
     )
-    if images:
-        out += ["", "## Plots", ""]
-        out += [f"![{Path(name).stem}]({name})" for name in images]
-    baselines = [m for m in models if m["kind"] == "baseline"]
-    if baselines:
-        out += ["", "## Baseline settings", ""]
-        out += _table(
-            ["baseline", "parameters", "grid search (training speakers only)"],
+
+
+def _plots_section(images: Sequence[str]) -> list[str]:
+    if not images:
+        return []
+    return ["", "## Plots", ""] + [f"![{Path(name).stem}]({name})" for name in images]
+
+
+def _baseline_settings_section(baselines: Sequence[dict[str, Any]]) -> list[str]:
+    """Each baseline's parameters and grid search, and why none of them is saved."""
+    if not baselines:
+        return []
+    out = ["", "## Baseline settings", ""]
+    out += _table(
+        ["baseline", "parameters", "grid search (training speakers only)"],
+        [
             [
-                [
-                    m["title"],
-                    ", ".join(f"{k}={v}" for k, v in m["params"].items()),
-                    (
-                        f"best {m['grid']['best']}, cv UA {_pct(m['grid']['best_cv_ua'])} "
-                        f"({m['grid']['folds']})"
-                    )
-                    if m["grid"]
-                    else "no",
-                ]
-                for m in baselines
-            ],
-        )
-        out += ["", "Baselines are not saved (no pickles); rerun the evaluation to refit them."]
+                m["title"],
+                ", ".join(f"{k}={v}" for k, v in m["params"].items()),
+                (
+                    f"best {m['grid']['best']}, cv UA {_pct(m['grid']['best_cv_ua'])} "
+                    f"({m['grid']['folds']})"
+                )
+                if m["grid"]
+                else "no",
+            ]
+            for m in baselines
+        ],
+    )
+    return out + ["", "Baselines are not saved (no pickles); rerun the evaluation to refit them."]
+
+
+def _notes_section(models: Sequence[dict[str, Any]]) -> list[str]:
     notes = [f"{m['name']}: {n}" for m in models for n in m["notes"]]
-    if notes:
-        out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    return "\n".join(out) + "\n"
+    return ["", "## Notes", ""] + [f"- {n}" for n in notes] if notes else []
 
 
 # --------------------------------------------------------------------- plots
@@ -332,7 +383,7 @@ def _save(fig, path: Path) -> str:
 def write_plots(report: dict[str, Any], out_dir: Path, history: Path | None = None) -> list[str]:
     """PNG files in ``out_dir``; returns their names."""
     models = report["models"]
-    keras = next(m for m in models if m["kind"] == "keras")
+    keras = _keras_model(report)
     kind = kind_of(report["protocol"])
     names = [
         _save(
@@ -429,7 +480,7 @@ def write_tensorboard(report: dict[str, Any], log_dir: Path, cfg: Config) -> Non
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp
 
-    keras = next(m for m in report["models"] if m["kind"] == "keras")
+    keras = _keras_model(report)
     writer = tf.summary.create_file_writer(str(log_dir))
     with writer.as_default(step=0):
         hp.hparams(hparams_of(cfg), trial_id=report["run"])
@@ -513,7 +564,7 @@ def render_cv_markdown(result: dict[str, Any], title: str = "Cross-validation") 
     return "\n".join(out) + "\n"
 
 
-# ----------------------------------------------------------------- RESULTS.md
+# ------------------------------------------------ results pages (docs/results/)
 PROTOCOL_TEXT = [
     (
         "Each corpus is cross-validated on its own: the model never hears a test speaker. "
@@ -550,8 +601,21 @@ def _corpus_title(corpus: str, groups: Sequence[dict[str, Any]]) -> str:
 
 
 def render_results_markdown(result: dict[str, Any], command: str) -> str:
-    """``docs/RESULTS.md`` from a ``cross_validate`` result (every number from it)."""
-    out = [
+    """A cross-validation's detail page (``evaluate.py --cv --results FILE``), every number
+    from a ``cross_validate`` result: the command, protocol, a table per corpus, the
+    speaker-dependent gap and every fold. The hand-written summary ``docs/RESULTS.md``
+    links to these pages (``docs/results/``) rather than repeating them."""
+    out = _results_heading(result, command)
+    out += _results_protocol(result)
+    out += _corpus_sections(result["groups"])
+    out += _speaker_dependent_gap(result["groups"])
+    out += _per_fold_sections(result["folds"])
+    return "\n".join(out) + "\n"
+
+
+def _results_heading(result: dict[str, Any], command: str) -> list[str]:
+    """Title, the command that produced the page, and when, where and with what."""
+    return [
         "# Results: speaker-independent cross-validation",
         "",
         "Every number on this page comes from one run of:",
@@ -565,78 +629,85 @@ def render_results_markdown(result: dict[str, Any], command: str) -> str:
         + ", ".join(f"{k} {v}" for k, v in result["versions"].items() if k != "git_commit"),
         *[f"Note: {line}." for line in result.get("resumed", [])],
         "",
-        "## Protocol",
-        "",
     ]
+
+
+def _results_protocol(result: dict[str, Any]) -> list[str]:
+    out = ["## Protocol", ""]
     out += [f"- {line}" for line in PROTOCOL_TEXT + result["protocol_notes"]]
-    keras_cfgs = {label: cfg for label, cfg in result["configs"].items()}
-    for label, cfg in keras_cfgs.items():
-        t = cfg["train"]
-        out.append(
-            f"- `{label}`: model {cfg['model']['type']}, features "
-            f"{'+'.join(cfg['features']['extractors'])} ({cfg['features']['mode']}), "
-            f"up to {t['epochs']} epochs (early stopping patience "
-            f"{t['early_stopping']['patience'] if t['early_stopping']['enabled'] else 'off'}), "
-            f"batch {t['batch_size']}, learning rate {t['learning_rate']}, seed {cfg['seed']}"
-        )
-    out += [
+    out += [_config_line(label, cfg) for label, cfg in result["configs"].items()]
+    return out + [
         "- " + UA_WA_NOTE + " Mean ± sample standard deviation across folds; "
         "fit s / fold: wall-clock seconds of `model.fit` (Keras, including validation "
         "each epoch) or of the scikit-learn fit, per fold, on the machine above, which "
         "other jobs shared: timings are indicative.",
         "",
     ]
-    groups = result["groups"]
+
+
+def _config_line(label: str, cfg: dict[str, Any]) -> str:
+    """One cross-validated config: model, features and training settings."""
+    t = cfg["train"]
+    return (
+        f"- `{label}`: model {cfg['model']['type']}, features "
+        f"{'+'.join(cfg['features']['extractors'])} ({cfg['features']['mode']}), "
+        f"up to {t['epochs']} epochs (early stopping patience "
+        f"{t['early_stopping']['patience'] if t['early_stopping']['enabled'] else 'off'}), "
+        f"batch {t['batch_size']}, learning rate {t['learning_rate']}, seed {cfg['seed']}"
+    )
+
+
+def _corpus_sections(groups: Sequence[dict[str, Any]]) -> list[str]:
+    """A summary table per corpus, the corpus named in the heading instead of a column."""
+    out: list[str] = []
     for corpus in sorted({g["corpus"] for g in groups}):
         here = [g for g in groups if g["corpus"] == corpus]
         out += [f"## {_corpus_title(corpus, here)}", ""]
-        out += _table(
-            CV_HEADER[1:],  # the corpus is the section heading
-            [row[1:] for row in cv_rows(here)],
-        )
+        out += _table(CV_HEADER[1:], [row[1:] for row in cv_rows(here)])
         out.append("")
+    return out
+
+
+def _speaker_dependent_gap(groups: Sequence[dict[str, Any]]) -> list[str]:
+    """The seed recipe's UA on a random split against unseen speakers, per corpus (only
+    when the run has its speaker-dependent reference)."""
     seed = [g for g in groups if g["model"].startswith("seed_mlp")]
-    if any(not g["speaker_independent"] for g in seed):
-        out += ["## The speaker-dependent gap: the seed recipe", ""]
-        rows = []
-        for corpus in sorted({g["corpus"] for g in seed}):
-            dep = next(
-                (g for g in seed if g["corpus"] == corpus and not g["speaker_independent"]), None
-            )
-            ind = next(
-                (g for g in seed if g["corpus"] == corpus and g["speaker_independent"]), None
-            )
-            if dep and ind:
-                rows.append(
-                    [
-                        corpus,
-                        _mean_std(dep["ua"]),
-                        _mean_std(ind["ua"]),
-                        f"{100 * (dep['ua']['mean'] - ind['ua']['mean']):.1f}",
-                    ]
-                )
-        out += _table(
-            [
-                "corpus",
-                "UA %, random split (SPEAKER-DEPENDENT)",
-                "UA %, unseen speakers",
-                "gap (points)",
-            ],
-            rows,
-        )
-        out += [
-            "",
-            (
-                "For comparison, the upstream code's own recipe, run on these corpora, scored "
-                "59 % UA with a random split vs 37.5 % with unseen actors on RAVDESS, and 99.7 % "
-                "vs 30 % on TESS. The seed recipe here re-implements it with this project's "
-                "extractors (log-mel in dB, hence standardised, 16 kHz audio), so the numbers "
-                "differ a little; the gap is the point."
-            ),
-            "",
-        ]
-    out += _per_fold_sections(result["folds"])
-    return "\n".join(out) + "\n"
+    if not any(not g["speaker_independent"] for g in seed):
+        return []
+    out = ["## The speaker-dependent gap: the seed recipe", ""]
+    out += _table(
+        [
+            "corpus",
+            "UA %, random split (SPEAKER-DEPENDENT)",
+            "UA %, unseen speakers",
+            "gap (points)",
+        ],
+        _gap_rows(seed),
+    )
+    return out + [
+        "",
+        (
+            "For comparison, the upstream code's own recipe, run on these corpora, scored "
+            "59 % UA with a random split vs 37.5 % with unseen actors on RAVDESS, and 99.7 % "
+            "vs 30 % on TESS. The seed recipe here re-implements it with this project's "
+            "extractors (log-mel in dB, hence standardised, 16 kHz audio), so the numbers "
+            "differ a little; the gap is the point."
+        ),
+        "",
+    ]
+
+
+def _gap_rows(seed: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """Per corpus with both protocols: both UAs and the difference of their means."""
+    rows = []
+    for corpus in sorted({g["corpus"] for g in seed}):
+        here = [g for g in seed if g["corpus"] == corpus]
+        dep = next((g for g in here if not g["speaker_independent"]), None)
+        ind = next((g for g in here if g["speaker_independent"]), None)
+        if dep and ind:
+            gap = f"{100 * (dep['ua']['mean'] - ind['ua']['mean']):.1f}"
+            rows.append([corpus, _mean_std(dep["ua"]), _mean_std(ind["ua"]), gap])
+    return rows
 
 
 def _fold_table(folds: Sequence[dict[str, Any]], with_training: bool) -> list[str]:

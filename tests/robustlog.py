@@ -2,7 +2,7 @@
 
 A test calls ``record(table, row, column, outcome)`` after it has asserted the
 behaviour; with ``SER_ROBUSTNESS_LOG`` set to a file path, each call appends one
-JSON line there (nothing is written otherwise). ``tests/robustness_report.py``
+JSON line there (nothing is written otherwise). ``docs/generators/robustness_report.py``
 renders the lines into tables: one per ``table``, rows by ``row`` (an input case
 or fault), columns by ``column`` (an entry point), cells holding ``outcome``
 (a short observed behaviour such as ``skipped: not audio (…)`` or ``HTTP 415``).

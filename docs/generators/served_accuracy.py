@@ -1,6 +1,6 @@
 """How accurate a speaker-normalised model is when served, clip by clip.
 
-    python docs/served_accuracy.py checkpoints/cv/accuracy/<config> [--json out.json]
+    python docs/generators/served_accuracy.py checkpoints/cv/accuracy/<config> [--json out.json]
 
 Cross-validation normalises each test speaker's pooled vectors by the statistics of
 all of that speaker's clips at once. A served clip arrives alone, or one after another
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout, so `ser` imports from it
 sys.path.insert(0, str(ROOT))
 
 # Session UA by the clip's position in its speaker's session (1-based, inclusive).
@@ -117,8 +117,10 @@ def render(config: str, results: dict[str, list[dict]]) -> str:
     names = list(next(iter(results.values()))[0]["session_hits_by_position"])
     lines += [
         "",
-        "Session accuracy (plain, all folds pooled) by the clip's position in its speaker's "
-        "session:",
+        (
+            "Session accuracy (plain, all folds pooled) by the clip's position in its "
+            "speaker's session:"
+        ),
         "",
         "| corpus | " + " | ".join(f"clip {n}" for n in names) + " |",
         "|---|" + "---:|" * len(names),

@@ -1,5 +1,6 @@
 """Render the robustness log (``SER_ROBUSTNESS_LOG``, written by ``robustlog.record``) as
-markdown: ``python tests/robustness_report.py LOG.jsonl [--load SOAK.json] [--out FILE]``.
+markdown: ``python docs/generators/robustness_report.py LOG.jsonl [--load SOAK.json]
+[--out FILE]``.
 
 Each table of the log becomes a grid, rows (input cases, faults, ...) by columns (entry
 points), each cell the outcome a test observed and asserted. The ``inputs`` table keeps
@@ -17,12 +18,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+# The catalogue of awkward inputs belongs to the tests that exercise it; the report only
+# borrows its row order, so tests/ goes on the path rather than the catalogue moving here.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
 from badinputs import ROWS, SCENARIOS
 
 COMMAND = (
     "SER_ROBUSTNESS_LOG=/tmp/r.jsonl .venv/bin/pytest -q tests/test_robustness.py "
     "tests/test_robustness_entrypoints.py tests/test_faults.py tests/test_security.py "
-    "tests/test_fuzz.py && .venv/bin/python tests/robustness_report.py /tmp/r.jsonl "
+    "tests/test_fuzz.py && .venv/bin/python docs/generators/robustness_report.py /tmp/r.jsonl "
     "--load bench/results/soak.json --out ROBUSTNESS.md"
 )
 # Known orders; anything else follows in the order it was first recorded.
@@ -92,8 +96,10 @@ def render_table(name: str, entries: Sequence[dict[str, str]]) -> list[str]:
     ]
     lines += [
         "",
-        f"{len(cells)} cells recorded ({len(rows)} rows × {len(columns)} columns, "
-        f"{len(rows) * len(columns) - len(cells)} empty).",
+        (
+            f"{len(cells)} cells recorded ({len(rows)} rows × {len(columns)} columns, "
+            f"{len(rows) * len(columns) - len(cells)} empty)."
+        ),
         f"Crash, HTTP 5xx or traceback: {', '.join(crashes)}."
         if crashes
         else "No cell shows a crash, an HTTP 5xx or a traceback.",
@@ -136,9 +142,11 @@ def render(entries: Sequence[dict[str, str]], load: str | Path | None = None, ba
     lines = [
         "# Robustness",
         "",
-        "What each entry point did with awkward and broken input, as observed and asserted "
-        f"by the robustness tests: each cell is one verified outcome, {EMPTY} where that entry "
-        "point was not exercised. Regenerate with:",
+        (
+            "What each entry point did with awkward and broken input, as observed and asserted "
+            f"by the robustness tests: each cell is one verified outcome, {EMPTY} where that "
+            "entry point was not exercised. Regenerate with:"
+        ),
         "",
         "```bash",
         COMMAND,

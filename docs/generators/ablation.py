@@ -1,6 +1,6 @@
 """Render the accuracy ablation of docs/RESULTS.md from a cross-validation's cv.json.
 
-    python docs/ablation.py checkpoints/cv/accuracy/cv.json
+    python docs/generators/ablation.py checkpoints/cv/accuracy/cv.json
 
 Each step names the model row (as in cv.json ``groups``) it reads and the step it
 is compared with; Δ is the difference of the mean speaker-independent UA across
