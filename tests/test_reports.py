@@ -11,7 +11,8 @@ import numpy as np
 from ser import reports
 from ser.config import Config
 from ser.data.corpora import Utterance
-from ser.evaluation import Examples, ModelResult, build_report, classification_metrics, mean_std
+from ser.evaluation import Examples, ModelResult, build_report
+from ser.metrics import classification_metrics, mean_std
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LABELS = ["neutral", "sad", "angry"]

@@ -36,7 +36,7 @@ BUCKETS = [(1, 1), (2, 5), (6, 10), (11, 25), (26, 50), (51, 10**9)]
 
 
 def _ua(targets: list[int], preds: list[int], classes: int) -> float:
-    from ser.evaluation import unweighted_accuracy
+    from ser.metrics import unweighted_accuracy
 
     return float(unweighted_accuracy(np.asarray(targets), np.asarray(preds), classes))
 

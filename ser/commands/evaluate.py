@@ -18,7 +18,7 @@ EXAMPLES = """examples:
   python evaluate.py checkpoints/best --data-root /new/place/of/corpora
   python evaluate.py --cv --config configs/dense.yaml     speaker-grouped k-fold per corpus
   python evaluate.py --cv -c configs/lstm.yaml -c configs/cnn.yaml -c configs/dense.yaml \\
-      --speaker-dependent --results docs/RESULTS.md      the table in docs/RESULTS.md
+      --speaker-dependent --results docs/results/defaults.md   the detail page behind docs/RESULTS.md
 """
 
 
@@ -77,7 +77,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--results",
         metavar="MARKDOWN",
-        help="--cv: also write the results page, e.g. docs/RESULTS.md",
+        help="--cv: also write the results page, e.g. docs/results/defaults.md",
     )
     p.set_defaults(func=run)
 
