@@ -193,6 +193,32 @@ class SpeakerSession:
 
 @dataclass
 class Predictor:
+    """A loaded run: turns audio into emotion probabilities exactly as training did.
+
+    Built by ``Predictor.load(run_dir)``; every consumer (``ser predict``, the HTTP
+    service and its stream, ``evaluate.py``, export, the benchmarks) goes through it.
+    Its methods form three layers, each usable on its own:
+
+    - **inputs** (CPU only, no model call): ``frame_features`` (wave -> frames [T, F]),
+      ``model_input`` (frames -> the model's input, pooled or cropped, optionally
+      normalised by a ``SpeakerSession``), ``prepare_clip`` (wave -> normalised inputs
+      of its sliding windows);
+    - **model**: ``predict_batch`` (a normalised batch through the XLA-compiled
+      function, padded to a fixed shape), ``predict_normalised`` (a list of normalised
+      inputs in batches), ``predict_inputs`` (un-normalised inputs through tf.data and
+      ``Model.predict``, the evaluation path), ``warm_up`` (compile ahead of requests);
+    - **clips**: ``predict_clip`` (wave -> windows and overall distribution),
+      ``finish_clip`` (the same from a ``prepare_clip`` and its probabilities, for a
+      server that batches windows of several requests), ``predict_wave`` (the training
+      view: one centre-cropped window), ``predict_file`` and ``describe`` (a file -> the
+      JSON-ready result).
+
+    Example::
+
+        predictor = Predictor.load("checkpoints/best")
+        result = predictor.predict_file("clip.wav")  # {"emotion": "sad", ...}
+    """
+
     run_dir: Path
     cfg: Config
     labels: list[str]
