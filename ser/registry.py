@@ -28,7 +28,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator: ``@MODELS.register("lstm")``."""
+        """Decorator: ``@MODELS.register("lstm")`` or ``MODELS.register("lstm")(build_lstm)``."""
 
         def add(item: T) -> T:
             if name in self._items:

@@ -62,6 +62,49 @@ def label_list(rows: list[Utterance], emotions: list[str]) -> list[str]:
     return [e for e in EMOTIONS if e in emotions and e in present]
 
 
+def _extract(cfg: Config, manifest: Manifest, log: Log) -> tuple[dict, ExtractionReport]:
+    """Frame features of every manifest row (through the cache), normalised in the
+    configured scope (``features.normalisation``)."""
+    features, report = extract_all(
+        [r.path for r in manifest.rows],
+        cfg.features,
+        cfg.data.sample_rate,
+        workers=cfg.features.workers,
+        cache_dir=cfg.features.cache_dir,
+        log=log,
+    )
+    log(report.summary())
+    return scope_normalise(features, manifest.rows, cfg.features.normalisation), report
+
+
+def _check_no_part_empty(rows: dict[str, list[Utterance]], features: dict, report) -> None:
+    for part in PARTS:
+        if rows[part]:
+            continue
+        if report.failed and not features:
+            raise RuntimeError(
+                f"no usable clips: all {len(report.failed)} failed feature extraction "
+                f"(first: {report.failed[0][0]}: {report.failed[0][1]})"
+            )
+        failed = f" ({len(report.failed)} clips failed feature extraction)" if report.failed else ""
+        raise RuntimeError(
+            f"the {part} split is empty{failed}; check data.corpora and split settings"
+        )
+
+
+def _normalise_by_speaker(
+    inputs: dict[str, list[np.ndarray]], rows: dict[str, list[Utterance]]
+) -> tuple[dict[str, list[np.ndarray]], Normaliser]:
+    """Each speaker's pooled vectors z-normalised by that speaker's statistics (every
+    part alike, label-free), and the average training speaker's statistics."""
+    prior = speaker_prior(inputs["train"], [r.speaker for r in rows["train"]])
+    every = [r for part in PARTS for r in rows[part]]
+    normalised = iter(
+        speaker_normalise_vectors([x for p in PARTS for x in inputs[p]], [r.speaker for r in every])
+    )
+    return {p: [next(normalised) for _ in rows[p]] for p in PARTS}, prior
+
+
 def prepare_data(
     cfg: Config,
     split: Split | None = None,
@@ -72,7 +115,9 @@ def prepare_data(
 ) -> PreparedData:
     """Manifest -> split -> cached features -> model inputs and integer targets per part.
 
-    With ``keep_features`` the frame-level features stay in ``PreparedData.features``.
+    ``split``, ``labels`` and ``manifest`` default to what the config makes; a saved
+    run passes its own. With ``keep_features`` the frame-level features stay in
+    ``PreparedData.features``.
     """
     manifest = manifest or build_manifest(cfg.data, log=log)
     if not manifest.rows:
@@ -82,16 +127,7 @@ def prepare_data(
         )
     split = split or make_split(manifest.rows, cfg.split, cfg.seed)
     log(f"split: {split.protocol()}")
-    features, report = extract_all(
-        [r.path for r in manifest.rows],
-        cfg.features,
-        cfg.data.sample_rate,
-        workers=cfg.features.workers,
-        cache_dir=cfg.features.cache_dir,
-        log=log,
-    )
-    log(report.summary())
-    features = scope_normalise(features, manifest.rows, cfg.features.normalisation)
+    features, report = _extract(cfg, manifest, log)
     labels = labels or label_list(manifest.rows, list(cfg.data.emotions))
     index = {label: i for i, label in enumerate(labels)}
     max_frames = max_frames_for(
@@ -107,28 +143,10 @@ def prepare_data(
             for r in kept
         ]
         targets[part] = np.array([index[r.emotion] for r in kept], np.int32)
-    for part in PARTS:
-        if rows[part]:
-            continue
-        if report.failed and not features:
-            raise RuntimeError(
-                f"no usable clips: all {len(report.failed)} failed feature extraction "
-                f"(first: {report.failed[0][0]}: {report.failed[0][1]})"
-            )
-        failed = f" ({len(report.failed)} clips failed feature extraction)" if report.failed else ""
-        raise RuntimeError(
-            f"the {part} split is empty{failed}; check data.corpora and split settings"
-        )
+    _check_no_part_empty(rows, features, report)
     prior = None
     if cfg.features.pooled_normalisation == "speaker":
-        prior = speaker_prior(inputs["train"], [r.speaker for r in rows["train"]])
-        every = [r for part in PARTS for r in rows[part]]
-        normalised = iter(
-            speaker_normalise_vectors(
-                [x for p in PARTS for x in inputs[p]], [r.speaker for r in every]
-            )
-        )
-        inputs = {p: [next(normalised) for _ in rows[p]] for p in PARTS}
+        inputs, prior = _normalise_by_speaker(inputs, rows)
     log(
         "examples: "
         + ", ".join(
@@ -136,17 +154,9 @@ def prepare_data(
         )
         + f"; classes: {', '.join(labels)}"
     )
+    kept_features = features if keep_features else {}
     return PreparedData(
-        manifest,
-        split,
-        labels,
-        rows,
-        inputs,
-        targets,
-        report,
-        report.failed,
-        features if keep_features else {},
-        prior,
+        manifest, split, labels, rows, inputs, targets, report, report.failed, kept_features, prior
     )
 
 

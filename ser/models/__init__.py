@@ -15,13 +15,23 @@ from typing import Any
 import keras
 
 from ser.config import ModelConfig
+from ser.models.cnn import build_cnn
+from ser.models.crnn import build_crnn
+from ser.models.dense import build_dense
+from ser.models.lstm import build_lstm
 from ser.registry import Registry
 
 Builder = Callable[[Any, int, int], keras.Model]
 MODELS: Registry[Builder] = Registry("model")
-
-# Imported for their @MODELS.register side effect; they need MODELS defined first.
-from ser.models import cnn, crnn, dense, lstm  # noqa: E402, F401
+# Registered here rather than by decorators in each module, so the builders' modules
+# never import this package back.
+for _name, _builder in (
+    ("lstm", build_lstm),
+    ("cnn", build_cnn),
+    ("crnn", build_crnn),
+    ("dense", build_dense),
+):
+    MODELS.register(_name)(_builder)
 
 
 def build_model(cfg: ModelConfig, input_dim: int, num_classes: int) -> keras.Model:

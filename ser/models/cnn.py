@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 
 from ser.config import CNNConfig
-from ser.models import MODELS
 from ser.models.layers import (
     FrameMask,
     MaskedGlobalPooling,
@@ -19,7 +18,6 @@ from ser.models.layers import (
 POOLED_STATS = ("mean", "max")
 
 
-@MODELS.register("cnn")
 def build_cnn(params: CNNConfig, input_dim: int, num_classes: int) -> keras.Model:
     """``[B, T, input_dim]`` zero-padded frames -> ``[B, num_classes]`` probabilities.
 

@@ -6,7 +6,6 @@ import keras
 from keras import layers
 
 from ser.config import CRNNConfig
-from ser.models import MODELS
 from ser.models.layers import (
     FrameMask,
     MaskedAttentionPooling,
@@ -18,7 +17,6 @@ from ser.models.layers import (
 RNN_LAYERS = {"gru": layers.GRU, "lstm": layers.LSTM}
 
 
-@MODELS.register("crnn")
 def build_crnn(params: CRNNConfig, input_dim: int, num_classes: int) -> keras.Model:
     """``[B, T, input_dim]`` zero-padded frames -> ``[B, num_classes]`` probabilities.
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import keras
 
 from ser.config import DenseConfig
-from ser.models import MODELS
 from ser.models.layers import dense_stack, emotion_output
 
 
-@MODELS.register("dense")
 def build_dense(params: DenseConfig, input_dim: int, num_classes: int) -> keras.Model:
     """``[B, input_dim]`` pooled statistics -> ``[B, num_classes]`` probabilities.
 

@@ -6,11 +6,9 @@ import keras
 from keras import layers
 
 from ser.config import LSTMConfig
-from ser.models import MODELS
 from ser.models.layers import dense_stack, emotion_output
 
 
-@MODELS.register("lstm")
 def build_lstm(params: LSTMConfig, input_dim: int, num_classes: int) -> keras.Model:
     """``[B, T, input_dim]`` zero-padded frames -> ``[B, num_classes]`` probabilities.
 
