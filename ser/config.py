@@ -1,9 +1,11 @@
 """YAML -> frozen, typed, validated configuration.
 
-A config file may start with ``extends: other.yaml`` (resolved relative to the
-file) and is deep-merged over it. Then ``SER_DATA_ROOT`` overrides ``data.root``
-and command-line ``--set a.b.c=value`` overrides apply (values parsed as YAML).
-Every key is checked: an unknown key, a wrong type or an unknown choice raises
+A config file may start with ``extends: other.yaml`` or ``extends: [a.yaml, b.yaml]``
+(resolved relative to the file): the listed files are deep-merged left to right (a
+later one wins), then the file's own keys over them. Shipped configs compose this way
+from named parts (``configs/features/``, ``configs/model/``). Then ``SER_DATA_ROOT``
+overrides ``data.root`` and command-line ``--set a.b.c=value`` overrides apply (values
+parsed as YAML). Every key is checked: an unknown key, a wrong type or an unknown choice raises
 ``ConfigError`` naming the file, the key path and the valid choices, before any
 work is done. Choices are one-ofs: ``model: {type: lstm, lstm: {...}}``.
 """
@@ -534,10 +536,8 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"{path}: 'extends' loops back to itself")
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """The top-level mapping of one YAML file, ``extends`` still in it."""
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -545,18 +545,70 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if raw is None:
-        raw = {}
+        return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    parent = raw.pop("extends", None)
-    if parent is None:
-        return raw
-    if not isinstance(parent, str):
-        raise ConfigError(f"{path}: extends: must be a file name")
-    return _deep_merge(_read_yaml(path.parent / parent, (*seen, path)), raw)
+    return raw
 
 
-def _set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+def _extends_entries(path: Path, extends: Any) -> list[str]:
+    """The file names an ``extends:`` value lists: one name, or a non-empty list of names."""
+    if extends is None:
+        return []
+    if isinstance(extends, str):
+        return [extends]
+    if isinstance(extends, list) and extends and all(isinstance(e, str) for e in extends):
+        return extends
+    raise ConfigError(
+        f"{path}: extends: must be a file name or a non-empty list of file names, "
+        f"got {extends!r}"
+    )
+
+
+def _parent_paths(path: Path, extends: Any) -> list[Path]:
+    """The files an ``extends:`` value of ``path`` names, resolved relative to it."""
+    parents = []
+    for entry in _extends_entries(path, extends):
+        parent = (path.parent / entry).resolve()
+        if not parent.is_file():
+            raise ConfigError(f"{path}: extends: {entry}: config file not found ({parent})")
+        parents.append(parent)
+    return parents
+
+
+def parent_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files a config file ``extends``, resolved relative to it, in merge order.
+
+    Raises ``ConfigError`` naming the file when ``extends:`` is neither a file name nor
+    a list of them, or names a file that does not exist.
+    """
+    path = Path(path).resolve()
+    return _parent_paths(path, _read_mapping(path).get("extends"))
+
+
+def read_yaml(path: str | os.PathLike[str], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's mapping merged over the files it ``extends`` (not validated).
+
+    ``extends:`` names one file or a list of files, relative to this one; a list is
+    merged left to right (a later file wins), then this file's own keys win. ``seen``
+    is the chain of files already being read, to report an ``extends`` loop.
+    """
+    path = Path(path).resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
+    own = _read_mapping(path)
+    tree: dict[str, Any] = {}
+    for parent in _parent_paths(path, own.pop("extends", None)):
+        tree = _deep_merge(tree, read_yaml(parent, (*seen, path)))
+    return _deep_merge(tree, own)
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    """Set ``tree["a"]["b"]["c"] = value`` for ``dotted`` "a.b.c", creating sections.
+
+    ``source`` names where the value came from, for the error when a key on the way
+    is a value rather than a section.
+    """
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -565,6 +617,11 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> Non
             raise ConfigError(f"{source}: {dotted}: {key!r} is not a section")
         node = child
     node[keys[-1]] = value
+
+
+# Old private names, still imported by ser.evaluation until it moves to the public ones.
+_read_yaml = read_yaml
+_set_path = set_path
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -627,12 +684,12 @@ def load_config(
     """Read a YAML file (or the defaults), apply SER_DATA_ROOT and overrides, validate."""
     env = os.environ if env is None else env
     source = str(path) if path is not None else "<defaults>"
-    tree = _read_yaml(Path(path)) if path is not None else {}
+    tree = read_yaml(path) if path is not None else {}
     if env.get(DATA_ROOT_ENV):
-        _set_path(tree, "data.root", env[DATA_ROOT_ENV], source)
+        set_path(tree, "data.root", env[DATA_ROOT_ENV], source)
     for text in overrides:
         key, value = parse_override(text)
-        _set_path(tree, key, value, f"{source} (--set {text})")
+        set_path(tree, key, value, f"{source} (--set {text})")
     return validate(tree, source)
 
 

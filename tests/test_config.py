@@ -15,11 +15,16 @@ from ser.config import (
     ExtractorName,
     ModelConfig,
     load_config,
+    parent_files,
     parse_override,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILES = sorted((ROOT / "configs").rglob("*.yaml"))
+# Named parts: fragments of one section each, composed by the configs through `extends`.
+PART_GROUPS = ("features", "model")
+PART_FILES = [p for p in CONFIG_FILES if p.parent.name in PART_GROUPS]
+SHIPPED_CONFIGS = [p for p in CONFIG_FILES if p not in PART_FILES]
 
 
 def test_configs_folder_is_not_empty():
@@ -27,13 +32,33 @@ def test_configs_folder_is_not_empty():
     assert {"base.yaml", "lstm.yaml", "cnn.yaml", "dense.yaml", "quick.yaml"} <= names
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_config_file_loads(path):
     cfg = load_config(path, env={})
     assert isinstance(cfg, Config)
     # The resolved config is itself a valid config (it is what a run directory saves).
     tmp = Config.model_validate(cfg.to_dict())
     assert tmp == cfg
+
+
+def extends_depth(path: Path) -> int:
+    """Levels of ``extends`` above a file: 0 for none, 1 for parents only, and so on."""
+    return max((1 + extends_depth(parent) for parent in parent_files(path)), default=0)
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_config_is_deeper_than_two_levels_of_extends(path):
+    # A reader follows at most a file, its parents and theirs to see a whole config.
+    assert extends_depth(path) <= 2
+
+
+@pytest.mark.parametrize("path", PART_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_each_part_is_one_section_used_by_a_shipped_config(path):
+    import yaml
+
+    assert set(yaml.safe_load(path.read_text())) == {path.parent.name}
+    users = [c for c in SHIPPED_CONFIGS if path.resolve() in parent_files(c)]
+    assert users, f"no config in configs/ extends {path.relative_to(ROOT)}"
 
 
 def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
@@ -98,6 +123,50 @@ def test_extends_loop_and_missing_file(tmp_path):
         load_config(tmp_path / "a.yaml", env={})
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml", env={})
+
+
+def test_extends_list_merges_left_to_right_then_own_keys(tmp_path):
+    write(tmp_path, "train:\n  epochs: 7\n  batch_size: 8\n  learning_rate: 0.5\n", "a.yaml")
+    write(tmp_path, "train:\n  epochs: 9\n  batch_size: 16\n", "b.yaml")
+    child = write(tmp_path, "extends: [a.yaml, b.yaml]\ntrain:\n  epochs: 3\n")
+    cfg = load_config(child, env={})
+    assert cfg.train.epochs == 3  # the file's own key wins
+    assert cfg.train.batch_size == 16  # the later part wins over the earlier
+    assert cfg.train.learning_rate == 0.5  # sections are merged, not replaced
+
+
+def test_extends_list_may_share_a_grandparent(tmp_path):
+    write(tmp_path, "seed: 1\n", "root.yaml")
+    write(tmp_path, "extends: root.yaml\ntrain: {epochs: 4}\n", "a.yaml")
+    write(tmp_path, "extends: root.yaml\ntrain: {batch_size: 2}\n", "b.yaml")
+    cfg = load_config(write(tmp_path, "extends: [a.yaml, b.yaml]\n"), env={})
+    assert (cfg.seed, cfg.train.epochs, cfg.train.batch_size) == (1, 4, 2)
+
+
+def test_extends_list_loop_is_reported(tmp_path):
+    write(tmp_path, "seed: 1\n", "ok.yaml")
+    write(tmp_path, "extends: [ok.yaml, b.yaml]\n", "a.yaml")
+    write(tmp_path, "extends: [a.yaml]\n", "b.yaml")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(tmp_path / "a.yaml", env={})
+
+
+@pytest.mark.parametrize("value", ["3", "[a.yaml, 3]", "[]", "{a: b.yaml}", "[[a.yaml]]"])
+def test_extends_must_be_a_name_or_a_list_of_names(tmp_path, value):
+    write(tmp_path, "seed: 1\n", "a.yaml")
+    path = write(tmp_path, f"extends: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert str(path) in str(err.value)
+    assert "extends: must be a file name or a non-empty list of file names" in str(err.value)
+
+
+def test_extends_list_names_the_missing_part(tmp_path):
+    write(tmp_path, "seed: 1\n", "a.yaml")
+    path = write(tmp_path, "extends: [a.yaml, nowhere.yaml]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, env={})
+    assert f"{path}: extends: nowhere.yaml: config file not found" in str(err.value)
 
 
 def test_bad_yaml_and_non_mapping(tmp_path):
