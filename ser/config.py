@@ -619,11 +619,6 @@ def set_path(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None
     node[keys[-1]] = value
 
 
-# Old private names, still imported by ser.evaluation until it moves to the public ones.
-_read_yaml = read_yaml
-_set_path = set_path
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """``"model.lstm.units=[64]"`` -> ``("model.lstm.units", [64])``."""
     if "=" not in text:
@@ -696,7 +691,3 @@ def load_config(
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
 
-
-# Public names for the loader helpers used by evaluation.
-read_yaml = _read_yaml
-set_path = _set_path
