@@ -571,27 +571,21 @@ def download_corpus(
         try:
             plan = plan_for(source, timeout=min(timeout, 30.0))
         except SourceUnreachable as exc:
-            raise SourceUnreachable(
-                f"{name}: {exc}\n{manual_instructions(source, str(to))}"
-            ) from None
+            raise _with_instructions(name, exc, source, to) from None
         for note in plan.notes:
             log(f"note: {note}")
-        downloads = root / DOWNLOADS
         if plan.archive:
-            remote = plan.files[0]
-            size = f" ({remote.size / 1e6:.1f} MB)" if remote.size else ""
-            log(f"{name}: downloading {remote.url}{size} to {downloads}")
-            try:
-                path = fetch(
-                    remote, downloads / remote.name, retries=retries, timeout=timeout,
-                    progress=progress, log=log,
-                )  # fmt: skip
-            except SourceUnreachable as exc:
-                raise SourceUnreachable(
-                    f"{name}: {exc}\n{manual_instructions(source, str(to))}"
-                ) from None
-            verified = "size and MD5 verified" if remote.md5 else "length verified"
-            log(f"{name}: {path.name} complete, {verified}")
+            path = _fetch_archive(
+                name,
+                source,
+                plan.files[0],
+                root,
+                to,
+                retries=retries,
+                timeout=timeout,
+                progress=progress,
+                log=log,
+            )
             unpack(path, folder, log)
             if not keep_archive:
                 path.unlink()
@@ -611,6 +605,45 @@ def download_corpus(
     origin["completed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     marker.write_text(json.dumps(origin, indent=2) + "\n", encoding="utf-8")
     return _finish(source, folder, log)
+
+
+def _with_instructions(
+    name: str, exc: SourceUnreachable, source: Source, to: str | os.PathLike[str]
+) -> SourceUnreachable:
+    """``exc`` followed by how to fetch corpus ``name`` by hand."""
+    return SourceUnreachable(f"{name}: {exc}\n{manual_instructions(source, str(to))}")
+
+
+def _fetch_archive(
+    name: str,
+    source: Source,
+    remote: RemoteFile,
+    root: Path,
+    to: str | os.PathLike[str],
+    *,
+    retries: int,
+    timeout: float,
+    progress: bool,
+    log: Log,
+) -> Path:
+    """Download the corpus archive into ``<root>/.downloads``; its verified path."""
+    downloads = root / DOWNLOADS
+    size = f" ({remote.size / 1e6:.1f} MB)" if remote.size else ""
+    log(f"{name}: downloading {remote.url}{size} to {downloads}")
+    try:
+        path = fetch(
+            remote,
+            downloads / remote.name,
+            retries=retries,
+            timeout=timeout,
+            progress=progress,
+            log=log,
+        )
+    except SourceUnreachable as exc:
+        raise _with_instructions(name, exc, source, to) from None
+    verified = "size and MD5 verified" if remote.md5 else "length verified"
+    log(f"{name}: {path.name} complete, {verified}")
+    return path
 
 
 def _finish(source: Source, folder: Path, log: Log, already_there: bool = False) -> DownloadResult:
