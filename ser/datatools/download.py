@@ -77,6 +77,8 @@ class Plan:
 
 @dataclass
 class DownloadResult:
+    """What ``download_corpus`` left on disk: the corpus folder and what its reader finds."""
+
     corpus: str
     folder: Path
     usable: int
@@ -167,83 +169,138 @@ def fetch(
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     if dest.exists():
         problem = _verify(dest, remote)
         if problem is None:
             return dest
         log(f"{dest}: {problem}; downloading it again")
         dest.unlink()
+    transfer = _Transfer(remote, dest, timeout, progress, log, expected=remote.size)
+    transfer.fill_part(retries)
+    transfer.verify_and_rename()
+    return dest
 
-    resumes = 0
-    expected = remote.size
-    while True:
-        offset = part.stat().st_size if part.exists() else 0
-        if expected is not None and offset > expected:
-            part.unlink()
+
+@dataclass
+class _Transfer:
+    """The download of one file into ``<dest>.part`` across its resumes: opening the
+    source at the right byte, appending, and renaming once the whole file checks out."""
+
+    remote: RemoteFile
+    dest: Path
+    timeout: float
+    progress: bool
+    log: Log
+    expected: int | None  # full size in bytes: as published, else as the server announces
+
+    @property
+    def part(self) -> Path:
+        return self.dest.with_name(self.dest.name + ".part")
+
+    def received(self) -> int:
+        return self.part.stat().st_size if self.part.exists() else 0
+
+    def fill_part(self, retries: int) -> None:
+        """Append to the part file until it holds the whole file, resuming up to ``retries``
+        times after a break; ``DownloadError`` (partial file kept) when that is not enough."""
+        resumes = 0
+        while True:
+            offset = self._offset()
+            if self.expected is not None and offset == self.expected:
+                return  # every byte is already here (a previous run stopped before renaming)
+            response = self._open(offset)
+            if response is None:
+                return
+            with response:
+                start = self._body_start(response, offset)
+                error = _copy(
+                    response, self.part, start, self.expected, self.dest.name, self.progress
+                )
+            got = self.received()
+            if error is None and (self.expected is None or got >= self.expected):
+                return
+            resumes += 1
+            self._interrupted(got, error, resumes, retries)
+
+    def _offset(self) -> int:
+        """Bytes already in the part file; one longer than the whole file is started afresh."""
+        offset = self.received()
+        if self.expected is not None and offset > self.expected:
+            self.part.unlink()
             offset = 0
-        if expected is not None and offset == expected:
-            break  # every byte is already here (a previous run stopped before renaming)
+        return offset
+
+    def _open(self, offset: int) -> http.client.HTTPResponse | None:
+        """The source's answer from byte ``offset``; None when it has nothing after it."""
+        url = self.remote.url
         try:
-            response = urllib.request.urlopen(_request(remote.url, offset), timeout=timeout)
+            return urllib.request.urlopen(_request(url, offset), timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and offset:
                 # The server has nothing after ``offset``: the part file is complete or
-                # wrong, and the checks below tell which.
-                break
-            kept = f"; {offset:,} bytes kept in {part}" if offset else ""
-            raise SourceUnreachable(f"{remote.url} answered {_reason(exc)}{kept}") from None
+                # wrong, and the checks in ``verify_and_rename`` tell which.
+                return None
+            kept = f"; {offset:,} bytes kept in {self.part}" if offset else ""
+            raise SourceUnreachable(f"{url} answered {_reason(exc)}{kept}") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            kept = f"; the {offset:,} bytes received so far are kept in {part}" if offset else ""
-            raise SourceUnreachable(f"cannot reach {remote.url} ({_reason(exc)}){kept}") from None
+            kept = (
+                f"; the {offset:,} bytes received so far are kept in {self.part}" if offset else ""
+            )
+            raise SourceUnreachable(f"cannot reach {url} ({_reason(exc)}){kept}") from None
 
-        with response:
-            start = 0
-            if offset and response.status == 206:
-                span = _content_range(response.headers.get("Content-Range"))
-                if span is None or span[0] != offset:
-                    raise DownloadError(
-                        f"{remote.url}: asked to resume at byte {offset:,} but the server "
-                        f"answered Content-Range {response.headers.get('Content-Range')!r}; "
-                        f"delete {part} to start again"
-                    )
-                start = offset
-                if span[1] is not None:
-                    expected = expected if expected is not None else span[1]
-            elif offset:
-                log(f"{dest.name}: the server does not resume downloads; starting again")
-            length = response.headers.get("Content-Length")
-            if expected is None and length and length.isdigit():
-                expected = start + int(length)
-            if offset and start:
-                log(f"{dest.name}: resuming at {offset:,} bytes")
-            error = _copy(response, part, start, expected, dest.name, progress)
+    def _body_start(self, response: http.client.HTTPResponse, offset: int) -> int:
+        """Where ``response``'s body goes in the part file: ``offset`` when the server
+        resumes, 0 when it sends the whole file again. Learns the full size from the
+        headers when it is not published."""
+        start = 0
+        if offset and response.status == 206:
+            span = _content_range(response.headers.get("Content-Range"))
+            if span is None or span[0] != offset:
+                raise DownloadError(
+                    f"{self.remote.url}: asked to resume at byte {offset:,} but the server "
+                    f"answered Content-Range {response.headers.get('Content-Range')!r}; "
+                    f"delete {self.part} to start again"
+                )
+            start = offset
+            if span[1] is not None:
+                self.expected = self.expected if self.expected is not None else span[1]
+        elif offset:
+            self.log(f"{self.dest.name}: the server does not resume downloads; starting again")
+        length = response.headers.get("Content-Length")
+        if self.expected is None and length and length.isdigit():
+            self.expected = start + int(length)
+        if offset and start:
+            self.log(f"{self.dest.name}: resuming at {offset:,} bytes")
+        return start
 
-        got = part.stat().st_size if part.exists() else 0
-        complete = error is None and (expected is None or got >= expected)
-        if complete:
-            break
-        resumes += 1
+    def _interrupted(
+        self, got: int, error: BaseException | None, resumes: int, retries: int
+    ) -> None:
+        """Say that the transfer broke at ``got`` bytes; raise once resumes are used up."""
         why = _reason(error) if error else "the connection closed early"
-        of = f" of {expected:,}" if expected is not None else ""
+        of = f" of {self.expected:,}" if self.expected is not None else ""
         if resumes > retries:
             tried = f" after {retries} resumes" if retries else ""
             raise DownloadError(
-                f"{dest.name}: download interrupted at {got:,}{of} bytes ({why}){tried}; "
-                f"the partial file is kept in {part}: run the same command again to resume"
+                f"{self.dest.name}: download interrupted at {got:,}{of} bytes ({why}){tried}; "
+                f"the partial file is kept in {self.part}: run the same command again to resume"
             )
-        log(f"{dest.name}: interrupted at {got:,}{of} bytes ({why}); resuming")
+        self.log(f"{self.dest.name}: interrupted at {got:,}{of} bytes ({why}); resuming")
 
-    problem = _verify(part, replace(remote, size=expected if remote.size is None else remote.size))
-    if problem is not None:
-        part.unlink()
-        raise ChecksumError(
-            f"{dest.name} from {remote.url}: {problem}. The download was deleted; run the "
-            "same command again to download it afresh (a repeated mismatch means the "
-            "file at the source changed or the connection alters it)"
-        )
-    os.replace(part, dest)
-    return dest
+    def verify_and_rename(self) -> None:
+        """Check the part file against the published (or announced) size and MD5, then
+        rename it to ``dest``; ``ChecksumError`` (part file deleted) on a mismatch."""
+        remote = self.remote
+        size = self.expected if remote.size is None else remote.size
+        problem = _verify(self.part, replace(remote, size=size))
+        if problem is not None:
+            self.part.unlink()
+            raise ChecksumError(
+                f"{self.dest.name} from {remote.url}: {problem}. The download was deleted; "
+                "run the same command again to download it afresh (a repeated mismatch means "
+                "the file at the source changed or the connection alters it)"
+            )
+        os.replace(self.part, self.dest)
 
 
 def _copy(
@@ -514,27 +571,21 @@ def download_corpus(
         try:
             plan = plan_for(source, timeout=min(timeout, 30.0))
         except SourceUnreachable as exc:
-            raise SourceUnreachable(
-                f"{name}: {exc}\n{manual_instructions(source, str(to))}"
-            ) from None
+            raise _with_instructions(name, exc, source, to) from None
         for note in plan.notes:
             log(f"note: {note}")
-        downloads = root / DOWNLOADS
         if plan.archive:
-            remote = plan.files[0]
-            size = f" ({remote.size / 1e6:.1f} MB)" if remote.size else ""
-            log(f"{name}: downloading {remote.url}{size} to {downloads}")
-            try:
-                path = fetch(
-                    remote, downloads / remote.name, retries=retries, timeout=timeout,
-                    progress=progress, log=log,
-                )  # fmt: skip
-            except SourceUnreachable as exc:
-                raise SourceUnreachable(
-                    f"{name}: {exc}\n{manual_instructions(source, str(to))}"
-                ) from None
-            verified = "size and MD5 verified" if remote.md5 else "length verified"
-            log(f"{name}: {path.name} complete, {verified}")
+            path = _fetch_archive(
+                name,
+                source,
+                plan.files[0],
+                root,
+                to,
+                retries=retries,
+                timeout=timeout,
+                progress=progress,
+                log=log,
+            )
             unpack(path, folder, log)
             if not keep_archive:
                 path.unlink()
@@ -554,6 +605,45 @@ def download_corpus(
     origin["completed"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     marker.write_text(json.dumps(origin, indent=2) + "\n", encoding="utf-8")
     return _finish(source, folder, log)
+
+
+def _with_instructions(
+    name: str, exc: SourceUnreachable, source: Source, to: str | os.PathLike[str]
+) -> SourceUnreachable:
+    """``exc`` followed by how to fetch corpus ``name`` by hand."""
+    return SourceUnreachable(f"{name}: {exc}\n{manual_instructions(source, str(to))}")
+
+
+def _fetch_archive(
+    name: str,
+    source: Source,
+    remote: RemoteFile,
+    root: Path,
+    to: str | os.PathLike[str],
+    *,
+    retries: int,
+    timeout: float,
+    progress: bool,
+    log: Log,
+) -> Path:
+    """Download the corpus archive into ``<root>/.downloads``; its verified path."""
+    downloads = root / DOWNLOADS
+    size = f" ({remote.size / 1e6:.1f} MB)" if remote.size else ""
+    log(f"{name}: downloading {remote.url}{size} to {downloads}")
+    try:
+        path = fetch(
+            remote,
+            downloads / remote.name,
+            retries=retries,
+            timeout=timeout,
+            progress=progress,
+            log=log,
+        )
+    except SourceUnreachable as exc:
+        raise _with_instructions(name, exc, source, to) from None
+    verified = "size and MD5 verified" if remote.md5 else "length verified"
+    log(f"{name}: {path.name} complete, {verified}")
+    return path
 
 
 def _finish(source: Source, folder: Path, log: Log, already_there: bool = False) -> DownloadResult:

@@ -484,76 +484,125 @@ def extract_all(
     """
     start = time.perf_counter()
     unique = list(dict.fromkeys(str(p) for p in paths))
-    found: dict[str, np.ndarray] = {}
-    failed: list[tuple[str, str]] = []
     quiet = not progress or not sys.stderr.isatty()
     with tqdm(total=len(unique), desc="features", unit="file", disable=quiet) as bar:
-
-        def say(line: str) -> None:
-            with bar.external_write_mode():
-                log(line)
-
-        def fail(path: str, reason: str) -> None:
-            failed.append((path, reason))
-            say(f"warning: skipped {path}: {reason}")
-
-        cache = FeatureCache(cache_dir or cfg.cache_dir, log=say)
-        dims = feature_dims(cfg)
+        tally = _Tally(bar, log)
+        cache = FeatureCache(cache_dir or cfg.cache_dir, log=tally.say)
         # Hashing and loading hits stay in this process, so an all-hit run never pays
         # for starting workers; unchanged files are not even re-read (DigestIndex).
         index = DigestIndex(cache.root)
-        config_part = _config_part(cfg, sample_rate)
-        misses: list[str] = []
-        for path in unique:
-            try:
-                digest = index.digest(path)
-            except OSError as exc:
-                fail(path, _reason(exc, path))
-                bar.update()
-                continue
-            array = cache.get(_key(digest, config_part), dims)
-            if array is None:
-                misses.append(path)
-            else:
-                found[path] = array
-                bar.update()
-        hits = len(found)
-
+        misses = _load_hits(unique, cfg, sample_rate, cache, index, tally)
+        hits = len(tally.found)
         if misses:
-            cache.sweep()
-            _check_extractable(cfg, sample_rate)
-            n = workers if workers is not None else cfg.workers
-            # A worker spends ~1.5 s importing librosa: only worth it for enough files.
-            n = min(n or os.cpu_count() or 1, max(1, len(misses) // _MIN_FILES_PER_WORKER))
-            if n == 1:
-                outcomes: Iterator[_Outcome] = (
-                    _extract_one(path, cfg, sample_rate, cache) for path in misses
-                )
-            else:
-                outcomes = _run_pool(misses, cfg, sample_rate, str(cache.root), n)
-            # In this process too: the small filterbank products run several times
-            # faster on one BLAS thread than with a pool spinning on busy cores.
-            with _one_blas_thread(), contextlib.closing(outcomes):
-                for outcome in outcomes:
-                    if outcome.cache_error:
-                        raise CacheError(
-                            f"feature cache directory {cache.root} cannot be written "
-                            f"({outcome.cache_error}); entries stored so far are kept. "
-                            "Free some space or set features.cache_dir to a writable directory"
-                        )
-                    if outcome.features is None:
-                        fail(outcome.path, outcome.error or "unknown error")
-                    else:
-                        found[outcome.path] = outcome.features
-                    bar.update()
+            _extract_misses(misses, cfg, sample_rate, cache, workers, tally)
         index.save()
+    return tally.results(unique, hits, seconds=time.perf_counter() - start)
 
-    order = {path: i for i, path in enumerate(unique)}
-    report = ExtractionReport(
-        total=len(unique),
-        hits=hits,
-        extracted=len(found) - hits,
-        failed=sorted(failed, key=lambda item: order[item[0]]),
-        seconds=time.perf_counter() - start,
-    )
-    return {path: found[path] for path in unique if path in found}, report
+
+@dataclass
+class _Tally:
+    """The results of one ``extract_all`` as they come in, with its progress bar and log."""
+
+    bar: tqdm
+    log: Callable[[str], None]
+    found: dict[str, np.ndarray] = field(default_factory=dict)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def say(self, line: str) -> None:
+        """Log ``line`` without breaking the progress bar."""
+        with self.bar.external_write_mode():
+            self.log(line)
+
+    def add(self, path: str, features: np.ndarray) -> None:
+        self.found[path] = features
+        self.bar.update()
+
+    def fail(self, path: str, reason: str) -> None:
+        self.failed.append((path, reason))
+        self.say(f"warning: skipped {path}: {reason}")
+        self.bar.update()
+
+    def results(
+        self, unique: list[str], hits: int, seconds: float
+    ) -> tuple[dict[str, np.ndarray], ExtractionReport]:
+        """The features in the order of ``unique``, and the report (failures in that order)."""
+        order = {path: i for i, path in enumerate(unique)}
+        report = ExtractionReport(
+            total=len(unique),
+            hits=hits,
+            extracted=len(self.found) - hits,
+            failed=sorted(self.failed, key=lambda item: order[item[0]]),
+            seconds=seconds,
+        )
+        return {path: self.found[path] for path in unique if path in self.found}, report
+
+
+def _load_hits(
+    unique: list[str],
+    cfg: FeaturesConfig,
+    sample_rate: int,
+    cache: FeatureCache,
+    index: DigestIndex,
+    tally: _Tally,
+) -> list[str]:
+    """Add every file already in ``cache`` to ``tally``; the paths still to extract."""
+    dims = feature_dims(cfg)
+    config_part = _config_part(cfg, sample_rate)
+    misses: list[str] = []
+    for path in unique:
+        try:
+            digest = index.digest(path)
+        except OSError as exc:
+            tally.fail(path, _reason(exc, path))
+            continue
+        array = cache.get(_key(digest, config_part), dims)
+        if array is None:
+            misses.append(path)
+        else:
+            tally.add(path, array)
+    return misses
+
+
+def _extract_misses(
+    misses: list[str],
+    cfg: FeaturesConfig,
+    sample_rate: int,
+    cache: FeatureCache,
+    workers: int | None,
+    tally: _Tally,
+) -> None:
+    """Extract and cache ``misses``, adding each to ``tally``; ``CacheError`` at the first
+    entry that cannot be stored."""
+    cache.sweep()
+    _check_extractable(cfg, sample_rate)
+    outcomes = _outcomes(misses, cfg, sample_rate, cache, workers)
+    # In this process too: the small filterbank products run several times
+    # faster on one BLAS thread than with a pool spinning on busy cores.
+    with _one_blas_thread(), contextlib.closing(outcomes):
+        for outcome in outcomes:
+            if outcome.cache_error:
+                raise CacheError(
+                    f"feature cache directory {cache.root} cannot be written "
+                    f"({outcome.cache_error}); entries stored so far are kept. "
+                    "Free some space or set features.cache_dir to a writable directory"
+                )
+            if outcome.features is None:
+                tally.fail(outcome.path, outcome.error or "unknown error")
+            else:
+                tally.add(outcome.path, outcome.features)
+
+
+def _outcomes(
+    misses: list[str],
+    cfg: FeaturesConfig,
+    sample_rate: int,
+    cache: FeatureCache,
+    workers: int | None,
+) -> Iterator[_Outcome]:
+    """The outcomes of ``misses``, from this process or a pool, as they are ready."""
+    n = workers if workers is not None else cfg.workers
+    # A worker spends ~1.5 s importing librosa: only worth it for enough files.
+    n = min(n or os.cpu_count() or 1, max(1, len(misses) // _MIN_FILES_PER_WORKER))
+    if n == 1:
+        return (_extract_one(path, cfg, sample_rate, cache) for path in misses)
+    return _run_pool(misses, cfg, sample_rate, str(cache.root), n)

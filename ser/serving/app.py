@@ -60,7 +60,7 @@ from ser.serving.schemas import (
     WindowOut,
 )
 from ser.serving.settings import ServingSettings
-from ser.serving.stream import StreamError, StreamSession, voice_activity
+from ser.serving.stream import StreamError, StreamSession, StreamWindow, voice_activity
 from ser.serving.uploads import UploadProblem, decode_upload, display_name
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -280,25 +280,88 @@ class Service:
             )
         return BatchItemOut(filename=prediction.filename, status=200, prediction=prediction)
 
-    # ------------------------------------------------------------------ stream
-    def _stream_inputs(
-        self, wave, rate: int, speaker: SpeakerSession | None = None
-    ) -> tuple[float, float, PreparedClip | None]:
-        s = self.settings
-        voiced, rms_db = voice_activity(wave, rate, s.vad_threshold_db)
-        if voiced < s.vad_min_voiced:
-            return voiced, rms_db, None
-        if rate != self.predictor.sample_rate:
-            from ser.audio import resample
+    async def predict_batch(self, files: list[UploadFile], session_id: str | None) -> BatchOut:
+        """Every file of a batch request predicted concurrently, each with its own status."""
+        if len(files) > self.settings.max_batch_files:
+            raise UploadProblem(
+                422,
+                "files",
+                f"files: {len(files)} files sent; at most "
+                f"{self.settings.max_batch_files} per request (setting max_batch_files)",
+            )
+        items = await asyncio.gather(*(self.predict_batch_item(f, session_id) for f in files))
+        return BatchOut(model_id=self.predictor.model_id, results=list(items))
 
-            wave = resample(wave, rate, self.predictor.sample_rate)
-        return voiced, rms_db, self.predictor.prepare_clip(wave, session=speaker)
+    def health(self) -> HealthOut:
+        """Liveness, the model id, uptime and the inference thread's counters."""
+        return HealthOut(
+            status="ok",
+            model_id=self.predictor.model_id,
+            uptime_seconds=round(time.time() - self.started, 3),
+            inference_batches=self.engine.stats.batches,
+            inference_windows=self.engine.stats.windows,
+        )
 
-    async def stream_message(
-        self, window, rate: int, speaker: SpeakerSession | None = None
-    ) -> dict[str, Any]:
+    async def run_stream(self, ws: WebSocket) -> None:
+        """Serve one ``WS /stream`` connection until it closes."""
+        await ws.accept()
+        await StreamConnection(self, ws).run()
+
+
+class StreamConnection:
+    """One accepted ``WS /stream`` connection: the socket, the audio received so far and
+    the speaker it is, answered window by window with the service's model."""
+
+    def __init__(self, service: Service, ws: WebSocket) -> None:
+        self.service = service
+        self.ws = ws
+        self.audio = StreamSession(service.settings)
+        # One speaker per stream: a speaker-normalised model learns the voice as it goes
+        # (speech windows only; windows are prepared one at a time).
+        self.speaker = service.predictor.new_session()
+
+    async def run(self) -> None:
+        """From the ``ready`` message to the close (see ``stream.py`` for the protocol)."""
+        await self.ws.send_json(self._ready_message())
+        try:
+            while await self._answer_next_message():
+                pass
+        except StreamError as exc:
+            await _close_with_error(self.ws, exc)
+        except WebSocketDisconnect:
+            return
+
+    def _ready_message(self) -> dict[str, Any]:
+        settings = self.service.settings
+        return {
+            "type": "ready",
+            "model_id": self.service.predictor.model_id,
+            "labels": self.service.predictor.labels,
+            "encoding": self.audio.encoding,
+            "sample_rate": self.audio.sample_rate,
+            "window": settings.stream_window,
+            "hop": settings.stream_hop,
+        }
+
+    async def _answer_next_message(self) -> bool:
+        """Receive one client message and answer the windows it made due; False once the
+        stream is over (the client left, or ended it and the connection was closed)."""
+        message = await self.ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return False
+        windows, ending = _windows_due(message, self.audio)
+        for window in windows:
+            await self.ws.send_json(await self._window_message(window))
+            self.audio.windows_sent += 1
+        if ending:
+            await self.ws.send_json({"type": "end", "windows": self.audio.windows_sent})
+            await self.ws.close(1000)
+        return not ending
+
+    async def _window_message(self, window: StreamWindow) -> dict[str, Any]:
+        """The ``prediction`` or ``no_speech`` message for one window."""
         voiced, rms_db, prepared = await run_in_threadpool(
-            self._stream_inputs, window.wave, rate, speaker
+            self._window_inputs, window.wave, self.audio.sample_rate
         )
         base = {
             "start": round(window.start, 3),
@@ -308,59 +371,50 @@ class Service:
         }
         if prepared is None:
             return {"type": "no_speech", **base}
-        probs = await self.engine.predict(prepared.inputs)
-        clip = self.predictor.finish_clip(prepared, probs)
+        predictor = self.service.predictor
+        probs = await self.service.engine.predict(prepared.inputs)
+        clip = predictor.finish_clip(prepared, probs)
         return {
             "type": "prediction",
             **base,
             "emotion": clip.emotion,
             "confidence": clip.confidence,
             "probabilities": clip.distribution(),
-            "session_clips": None if speaker is None else speaker.count,
+            "session_clips": None if self.speaker is None else self.speaker.count,
         }
 
-    async def run_stream(self, ws: WebSocket) -> None:
-        await ws.accept()
-        session = StreamSession(self.settings)
-        # One speaker per stream: a speaker-normalised model learns the voice as it goes
-        # (speech windows only; windows are prepared one at a time).
-        speaker = self.predictor.new_session()
-        s = self.settings
-        await ws.send_json({
-            "type": "ready", "model_id": self.predictor.model_id, "labels": self.predictor.labels,
-            "encoding": session.encoding, "sample_rate": session.sample_rate,
-            "window": s.stream_window, "hop": s.stream_hop,
-        })  # fmt: skip
-        try:
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                ending = False
-                if message.get("bytes") is not None:
-                    windows = session.feed(message["bytes"])
-                elif message.get("text") is not None:
-                    ending = session.handle_text(message["text"]) == "end"
-                    windows = session.flush() if ending else []
-                else:
-                    windows = []
-                for window in windows:
-                    await ws.send_json(
-                        await self.stream_message(window, session.sample_rate, speaker)
-                    )
-                    session.windows_sent += 1
-                if ending:
-                    await ws.send_json({"type": "end", "windows": session.windows_sent})
-                    await ws.close(1000)
-                    return
-        except StreamError as exc:
-            try:
-                await ws.send_json({"type": "error", "message": str(exc)})
-                await ws.close(exc.code, reason=str(exc)[:120])
-            except (WebSocketDisconnect, RuntimeError):
-                return  # the client left before hearing why
-        except WebSocketDisconnect:
-            return
+    def _window_inputs(self, wave, rate: int) -> tuple[float, float, PreparedClip | None]:
+        """(voiced share, RMS dBFS, model inputs or None when the window is not speech)."""
+        settings, predictor = self.service.settings, self.service.predictor
+        voiced, rms_db = voice_activity(wave, rate, settings.vad_threshold_db)
+        if voiced < settings.vad_min_voiced:
+            return voiced, rms_db, None
+        if rate != predictor.sample_rate:
+            from ser.audio import resample
+
+            wave = resample(wave, rate, predictor.sample_rate)
+        return voiced, rms_db, predictor.prepare_clip(wave, session=self.speaker)
+
+
+def _windows_due(
+    message: dict[str, Any], session: StreamSession
+) -> tuple[list[StreamWindow], bool]:
+    """The windows a client message makes due, and whether it ends the stream."""
+    if message.get("bytes") is not None:
+        return session.feed(message["bytes"]), False
+    if message.get("text") is not None:
+        ending = session.handle_text(message["text"]) == "end"
+        return (session.flush() if ending else []), ending
+    return [], False
+
+
+async def _close_with_error(ws: WebSocket, exc: StreamError) -> None:
+    """Tell the client what was wrong with its stream, then close with the error's code."""
+    try:
+        await ws.send_json({"type": "error", "message": str(exc)})
+        await ws.close(exc.code, reason=str(exc)[:120])
+    except (WebSocketDisconnect, RuntimeError):
+        return  # the client left before hearing why
 
 
 class UploadSizeLimit:
@@ -455,6 +509,29 @@ def create_app(
     if predictor is None and run_dir is None:
         raise ValueError("create_app needs a predictor or a run_dir")
     settings = settings or ServingSettings()
+    app = FastAPI(
+        title="ser: speech emotion recognition",
+        description="Predict the emotion of speech clips with a trained `ser` run: upload "
+        "clips, or stream live audio over the `/stream` WebSocket. The page at `/` does both.",
+        version="1",
+        lifespan=_lifespan(predictor, run_dir, settings),
+    )
+    _add_middleware(app, settings)
+    _add_error_handlers(app)
+    # Registration order is the order of the OpenAPI document and of route matching.
+    _add_page_routes(app)
+    _add_model_routes(app)
+    _add_prediction_routes(app)
+    _add_stream_route(app)
+    return app
+
+
+def _lifespan(
+    predictor: Predictor | None,
+    run_dir: str | os.PathLike[str] | None,
+    settings: ServingSettings,
+):
+    """Start-up and shut-down: load and warm the model, run its inference thread."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -470,24 +547,29 @@ def create_app(
         finally:
             engine.close()
 
-    app = FastAPI(
-        title="ser: speech emotion recognition",
-        description="Predict the emotion of speech clips with a trained `ser` run: upload "
-        "clips, or stream live audio over the `/stream` WebSocket. The page at `/` does both.",
-        version="1",
-        lifespan=lifespan,
-    )
+    return lifespan
+
+
+def _add_middleware(app: FastAPI, settings: ServingSettings) -> None:
+    """The upload size limit, and CORS when origins are configured."""
     app.add_middleware(UploadSizeLimit, settings=settings)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(settings.cors_origins),
-            allow_methods=["GET", "POST"], allow_headers=["*"],
-        )  # fmt: skip
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
 
-    def service(request: Request | WebSocket) -> Service:
-        return request.app.state.service
+
+def _service(request: Request | WebSocket) -> Service:
+    return request.app.state.service
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Client errors as JSON ``{"detail", "field"}`` with 413, 415 or 422."""
 
     @app.exception_handler(UploadProblem)
     async def _upload_problem(request: Request, exc: UploadProblem) -> JSONResponse:
@@ -501,16 +583,22 @@ def create_app(
         if exc.status_code == 400 and request.url.path in ("/predict", "/predict/batch"):
             detail = str(exc.detail).rstrip(".")
             return JSONResponse(
-                {"detail": f"the multipart/form-data body could not be parsed ({detail})",
-                 "field": None},
+                {
+                    "detail": f"the multipart/form-data body could not be parsed ({detail})",
+                    "field": None,
+                },
                 status_code=422,
-            )  # fmt: skip
+            )
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail, field = _validation_message(exc)
         return JSONResponse({"detail": detail, "field": field}, status_code=422)
+
+
+def _add_page_routes(app: FastAPI) -> None:
+    """``GET /``, the web page, and the files it loads under ``/static``."""
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
@@ -519,25 +607,28 @@ def create_app(
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+
+def _add_model_routes(app: FastAPI) -> None:
+    """``GET /health`` and ``GET /model``."""
+
     @app.get("/health", response_model=HealthOut, summary="liveness and model id")
     async def health(request: Request) -> HealthOut:
-        svc = service(request)
-        return HealthOut(
-            status="ok",
-            model_id=svc.predictor.model_id,
-            uptime_seconds=round(time.time() - svc.started, 3),
-            inference_batches=svc.engine.stats.batches,
-            inference_windows=svc.engine.stats.windows,
-        )
+        return _service(request).health()
 
     @app.get("/model", response_model=ModelInfoOut, summary="labels, features, config, metrics")
     async def model(request: Request) -> ModelInfoOut:
-        return service(request).info
+        return _service(request).info
+
+
+def _add_prediction_routes(app: FastAPI) -> None:
+    """``POST /predict`` and ``POST /predict/batch``."""
 
     @app.post(
-        "/predict", response_model=PredictionOut, responses=ERROR_RESPONSES,
+        "/predict",
+        response_model=PredictionOut,
+        responses=ERROR_RESPONSES,
         summary="emotion of one clip",
-    )  # fmt: skip
+    )
     async def predict(
         request: Request,
         file: Annotated[
@@ -548,12 +639,14 @@ def create_app(
         ],
         session: SessionQuery = None,
     ) -> PredictionOut:
-        return await service(request).predict_upload(file, "file", session)
+        return await _service(request).predict_upload(file, "file", session)
 
     @app.post(
-        "/predict/batch", response_model=BatchOut, responses=ERROR_RESPONSES,
+        "/predict/batch",
+        response_model=BatchOut,
+        responses=ERROR_RESPONSES,
         summary="emotions of several clips; each file gets its own status",
-    )  # fmt: skip
+    )
     async def predict_batch(
         request: Request,
         files: Annotated[
@@ -561,19 +654,12 @@ def create_app(
         ],
         session: SessionQuery = None,
     ) -> BatchOut:
-        svc = service(request)
-        if len(files) > svc.settings.max_batch_files:
-            raise UploadProblem(
-                422,
-                "files",
-                f"files: {len(files)} files sent; at most "
-                f"{svc.settings.max_batch_files} per request (setting max_batch_files)",
-            )
-        items = await asyncio.gather(*(svc.predict_batch_item(f, session) for f in files))
-        return BatchOut(model_id=svc.predictor.model_id, results=list(items))
+        return await _service(request).predict_batch(files, session)
+
+
+def _add_stream_route(app: FastAPI) -> None:
+    """``WS /stream``: live PCM in, window predictions out."""
 
     @app.websocket("/stream")
     async def stream(ws: WebSocket) -> None:
-        await service(ws).run_stream(ws)
-
-    return app
+        await _service(ws).run_stream(ws)

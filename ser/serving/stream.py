@@ -51,6 +51,8 @@ class StreamError(ValueError):
 
 @dataclass(frozen=True)
 class StreamWindow:
+    """One window of received audio to answer for, with its place in the stream."""
+
     start: float  # seconds
     end: float
     wave: np.ndarray  # float32 [samples] at the client's rate
@@ -98,6 +100,7 @@ class StreamSession:
         return max(1, round(self.settings.stream_hop * self.sample_rate))
 
     def configure(self, message: dict[str, Any]) -> None:
+        """Apply a ``config`` message: the encoding and sample rate of the audio to come."""
         if self.received or self._pending:
             raise StreamError("config must come before any audio")
         unknown = set(message) - {"type", "encoding", "sample_rate"}
@@ -147,32 +150,41 @@ class StreamSession:
 
     def feed(self, data: bytes) -> list[StreamWindow]:
         """One binary message -> the windows that became due (oldest first)."""
-        seconds = len(data) / np.dtype(ENCODINGS[self.encoding][0]).itemsize / self.sample_rate
-        if seconds > self.settings.stream_max_chunk_seconds:
-            raise StreamError(
-                f"binary message holds {seconds:.1f} s of audio; send at most "
-                f"{self.settings.stream_max_chunk_seconds:g} s per message",
-                CLOSE_TOO_BIG,
-            )
+        self._check_message_length(len(data))
         wave = self._decode(data)
-        if (self.received + wave.shape[0]) / self.sample_rate > self.settings.stream_max_seconds:
-            raise StreamError(
-                f"stream longer than {self.settings.stream_max_seconds:g} s "
-                "(setting stream_max_seconds); open a new connection",
-                CLOSE_TOO_BIG,
-            )
+        self._check_stream_length(wave.shape[0])
         self._buffer = np.concatenate([self._buffer, wave])
         self.received += wave.shape[0]
         due = []
         while self.received >= self._next_end:
             due.append(self._cut(self._next_end - self._window, self._next_end))
             self._next_end += self._hop
-        # Keep what the next window needs and, for ``flush``, the last full window.
+        self._drop_unneeded()
+        return due
+
+    def _check_message_length(self, size: int) -> None:
+        seconds = size / np.dtype(ENCODINGS[self.encoding][0]).itemsize / self.sample_rate
+        if seconds > self.settings.stream_max_chunk_seconds:
+            raise StreamError(
+                f"binary message holds {seconds:.1f} s of audio; send at most "
+                f"{self.settings.stream_max_chunk_seconds:g} s per message",
+                CLOSE_TOO_BIG,
+            )
+
+    def _check_stream_length(self, new_samples: int) -> None:
+        if (self.received + new_samples) / self.sample_rate > self.settings.stream_max_seconds:
+            raise StreamError(
+                f"stream longer than {self.settings.stream_max_seconds:g} s "
+                "(setting stream_max_seconds); open a new connection",
+                CLOSE_TOO_BIG,
+            )
+
+    def _drop_unneeded(self) -> None:
+        """Keep what the next window needs and, for ``flush``, the last full window."""
         keep_from = max(0, min(self._next_end, self.received) - self._window)
         if keep_from > self._buffer_start:
             self._buffer = self._buffer[keep_from - self._buffer_start :]
             self._buffer_start = keep_from
-        return due
 
     def flush(self) -> list[StreamWindow]:
         """At the end of the stream: the last ``stream_window`` seconds, if they hold audio
