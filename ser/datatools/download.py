@@ -22,7 +22,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from ser.datatools import DataToolError
 from ser.datatools.sources import SOURCES, Source, manual_instructions
+from ser.progress import Log
 
 USER_AGENT = "ser-data-download/1 (python urllib)"
 MARKER = ".ser-source.json"
@@ -40,7 +40,6 @@ _CHUNK = 1 << 20
 # Transient network errors while bytes are flowing; the transfer is resumed.
 _TRANSFER_ERRORS = (http.client.HTTPException, OSError)
 
-Log = Callable[[str], None]
 
 
 class DownloadError(DataToolError):

@@ -23,11 +23,11 @@ import tempfile
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO
+from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -40,6 +40,7 @@ from ser.features.extractors import (
     feature_dims,
     opensmile_version,
 )
+from ser.progress import Log
 
 _BLOCK = 1 << 20  # bytes read per hashing step
 _MIN_FILES_PER_WORKER = 16
@@ -230,7 +231,7 @@ class FeatureCache:
     ``RuntimeWarning``.
     """
 
-    def __init__(self, root: str | os.PathLike[str], log: Callable[[str], None] | None = None):
+    def __init__(self, root: str | os.PathLike[str], log: Log | None = None):
         self.root = Path(root)
         self._log = log
         try:
@@ -466,7 +467,7 @@ def extract_all(
     workers: int | None = None,
     cache_dir: str | None = None,
     progress: bool = True,
-    log: Callable[[str], None] = print,
+    log: Log = print,
 ) -> tuple[dict[str, np.ndarray], ExtractionReport]:
     """Frame-level features of every readable file in ``paths``, through the cache.
 
@@ -504,7 +505,7 @@ class _Tally:
     """The results of one ``extract_all`` as they come in, with its progress bar and log."""
 
     bar: tqdm
-    log: Callable[[str], None]
+    log: Log
     found: dict[str, np.ndarray] = field(default_factory=dict)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 

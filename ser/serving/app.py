@@ -39,6 +39,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ser import runs
 from ser.inference import (
     XLA_BATCH_SIZES,
     ClipPrediction,
@@ -103,17 +104,10 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def run_metrics(run_dir: Path) -> dict[str, Any] | None:
     """Test metrics saved by training and, if present, the evaluation's ranking."""
-    summary = _read_json(run_dir / "summary.json")
-    report = _read_json(run_dir / "report.json")
+    summary = runs.read_json(run_dir / runs.SUMMARY)
+    report = runs.read_json(run_dir / runs.REPORT_JSON)
     out: dict[str, Any] = {}
     if isinstance(summary, dict):
         test = summary.get("test") or {}
