@@ -58,6 +58,11 @@ Log = Callable[[str], None]
 ManifestLoader = Callable[[DataConfig], Manifest]
 Record = dict[str, Any]
 CV_FORMAT = "ser-cv/1"
+# The files of a cross-validation folder (fold runs sit in <config>/<corpus>/fold<k>/).
+CV_JSON = "cv.json"
+CV_MARKDOWN = "cv.md"
+JOURNAL = "folds.jsonl"
+DETAIL_LOG = "cv.log"
 
 
 # --------------------------------------------------------------------------- plan
@@ -642,17 +647,18 @@ def cross_validate(
     started = time.time()
     out = Path(out_dir) if out_dir else _default_out_dir(cfgs[0])
     out.mkdir(parents=True, exist_ok=True)
-    journal = _Journal(out / "folds.jsonl", resume)
+    journal = _Journal(out / JOURNAL, resume)
     invocation = _Invocation(
         started=started,
         versions=versions(),  # the code that produced the numbers
         command=command,
-        previous=_read_previous(out / "cv.json") if resume else None,
+        previous=_read_previous(out / CV_JSON) if resume else None,
     )
     log(
-        f"cross-validation: {', '.join(config_labels(cfgs))} -> {out} (details in {out / 'cv.log'})"
+        f"cross-validation: {', '.join(config_labels(cfgs))} -> {out} "
+        f"(details in {out / DETAIL_LOG})"
     )
-    with _detail_log(out / "cv.log") as detail:
+    with _detail_log(out / DETAIL_LOG) as detail:
         plan = plan_cross_validation(
             cfgs,
             out,
@@ -661,40 +667,29 @@ def cross_validate(
             baselines=baselines,
             speaker_dependent=speaker_dependent,
         )
-        records, reused = _run_jobs(plan.jobs, journal, log, detail)
+        records: list[Record] = []
+        reused: set[str] = set()  # keys of records taken from the journal, not computed
+        progress = _Progress(plan.jobs, log, detail)
+        for job in progress:
+            # Looked up as each job starts, not when planning: a baseline an earlier
+            # config of this run fitted on the same data and split is reused.
+            done = job.finished(journal.records)
+            records += done
+            reused.update(r["key"] for r in done)
+            todo = job.unfinished(journal.records)
+            if todo is not None:
+                records += run_fold(todo, journal, progress.say, detail)
     result = _cv_result(invocation, cfgs, plan, out, records, reused)
-    (out / "cv.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    (out / "cv.md").write_text(reports.render_cv_markdown(result), encoding="utf-8")
+    (out / CV_JSON).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (out / CV_MARKDOWN).write_text(reports.render_cv_markdown(result), encoding="utf-8")
     log(reports.format_cv_table(result["groups"]))
-    log(f"cross-validation report: {out / 'cv.md'} (and cv.json, folds.jsonl)")
+    log(f"cross-validation report: {out / CV_MARKDOWN} (and {CV_JSON}, {JOURNAL})")
     return result
 
 
 def _default_out_dir(cfg: Config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(cfg.train.checkpoints_dir) / "cv" / f"{cfg.name}-{stamp}"
-
-
-def _run_jobs(
-    jobs: Sequence[FoldJob], journal: _Journal, log: Log, detail: Log
-) -> tuple[list[Record], set[str]]:
-    """Run each job's unfinished part, in order; returns every job's records (reused
-    ones first within a job) and the keys of those taken from the journal.
-
-    Finished parts are looked up as each job starts, not when planning: a baseline
-    that an earlier config of this run already fitted on the same data is reused.
-    """
-    records: list[Record] = []
-    reused: set[str] = set()
-    progress = _Progress(jobs, log, detail)
-    for job in progress:
-        done = job.finished(journal.records)
-        records += done
-        reused.update(r["key"] for r in done)
-        todo = job.unfinished(journal.records)
-        if todo is not None:
-            records += run_fold(todo, journal, progress.say, detail)
-    return records, reused
 
 
 class _Progress:
