@@ -1,4 +1,5 @@
-"""Speaker-grouped cross-validation on generated corpora: folds, summaries, dedupe, resume."""
+"""Speaker-grouped cross-validation: the plan and the summary on made-up rows and
+records, then whole runs on generated corpora (folds, reports, dedupe, resume)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from fakes import make_emodb, make_tess
 from test_evaluation import tiny_config
 
 import ser.training
-from ser.crossval import cross_validate
+from ser.crossval import FoldJob, config_labels, cross_validate, plan_cross_validation, summarise
+from ser.data.corpora import Manifest, Utterance
 
 QUIET = {"log": lambda _line: None}
 CV = {
@@ -21,6 +23,170 @@ CV = {
 }
 
 
+# ---------------------------------------------------------- plan (no training)
+EMOTIONS = ("neutral", "happy", "sad", "angry")
+SPEAKERS = {"emodb": 5, "tess": 2}
+
+
+def fake_manifest(corpus: str, speakers: int, clips: int = 2) -> Manifest:
+    """Rows only (no audio): ``clips`` per speaker and emotion."""
+    rows = [
+        Utterance(f"/nowhere/{corpus}/{s}_{e}_{k}.wav", corpus, f"{corpus}:{s:02d}", None, e, 1.0)
+        for s in range(speakers)
+        for e in EMOTIONS
+        for k in range(clips)
+    ]
+    return Manifest(rows=rows)
+
+
+class FakeManifests:
+    """A manifest loader over made-up corpora that counts what it is asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, ...]] = []
+
+    def __call__(self, data) -> Manifest:
+        self.asked.append(tuple(data.corpora))
+        rows = [r for c in data.corpora for r in fake_manifest(c, SPEAKERS[c]).rows]
+        return Manifest(rows=rows)
+
+
+def plan_config(tmp_path: Path, corpora: str = "[emodb, tess]", **extra: str):
+    return tiny_config(tmp_path, tmp_path, corpora, model="dense", name="dense", **{**CV, **extra})
+
+
+def plan(cfgs, tmp_path: Path, **options) -> tuple[list[FoldJob], list[str], FakeManifests]:
+    manifests = FakeManifests()
+    made = plan_cross_validation(cfgs, tmp_path / "out", manifests, **options)
+    return made.jobs, made.notes, manifests
+
+
+def test_plan_lists_speaker_folds_then_references_config_by_config_corpus_by_corpus(tmp_path):
+    jobs, notes, manifests = plan([plan_config(tmp_path)], tmp_path, speaker_dependent=True)
+    si_emodb = "speaker-independent, 2-fold by speaker"
+    si_tess = "speaker-independent, leave-one-speaker-out (2 folds)"
+    sd = "SPEAKER-DEPENDENT, random split x2"
+    assert [(j.corpus, j.protocol, j.fold) for j in jobs] == [
+        ("emodb", si_emodb, 0),
+        ("emodb", si_emodb, 1),
+        ("emodb", sd, 0),
+        ("emodb", sd, 1),
+        ("tess", si_tess, 0),
+        ("tess", si_tess, 1),
+        ("tess", sd, 0),
+        ("tess", sd, 1),
+    ]
+    assert [n.split(": ")[0] for n in notes] == ["emodb", "emodb", "tess", "tess"]
+    assert manifests.asked == [("emodb",), ("tess",)]
+    for job in jobs:
+        assert list(job.baseline_keys) == ["svc", "knn"]
+        assert job.cfg.train.run_name == f"fold{job.fold}"
+        assert job.cfg.train.checkpoints_dir == str(tmp_path / "out" / "dense" / job.corpus)
+        if job.split.speaker_independent:
+            assert job.keras_key == f"keras|dense|{job.corpus}|{job.protocol}|{job.fold}"
+            assert job.cfg.split.fold == job.fold
+        else:  # Keras runs only on speaker-independent folds
+            assert job.keras_key is None and job.cfg.split.method == "random"
+
+
+def test_plan_test_speakers_partition_each_corpus_and_never_train(tmp_path):
+    jobs, _, _ = plan([plan_config(tmp_path)], tmp_path)
+    assert all(j.split.speaker_independent for j in jobs)  # no reference asked for
+    for corpus, n in (("emodb", 5), ("tess", 2)):
+        folds = [j.split for j in jobs if j.corpus == corpus]
+        tested = [s for split in folds for s in split.test_speakers]
+        assert len(tested) == len(set(tested)) == n
+        for split in folds:
+            assert not set(split.test_speakers) & {*split.train_speakers, *split.val_speakers}
+
+
+def test_plan_options_leave_out_keras_baselines_and_references(tmp_path):
+    cfg = plan_config(tmp_path, **{"evaluation.cv.speaker_dependent_reference": "true"})
+    jobs, _, _ = plan([cfg], tmp_path, keras=False)
+    assert len(jobs) == 8 and all(j.keras_key is None for j in jobs)
+    jobs, notes, _ = plan([cfg], tmp_path, baselines=False)
+    # No baselines: no speaker-dependent reference (it scores baselines only).
+    assert len(jobs) == 4 and all(j.keras_key and not j.baseline_keys for j in jobs)
+    assert not any("SPEAKER-DEPENDENT" in n for n in notes)
+
+
+def test_plan_gives_configs_with_the_same_baseline_inputs_the_same_keys(tmp_path):
+    a = tiny_config(tmp_path, tmp_path, "[emodb]", **{**CV, "name": "a"})
+    b = tiny_config(tmp_path, tmp_path, "[emodb]", model="dense", **{**CV, "name": "b"})
+    c = tiny_config(tmp_path, tmp_path, "[emodb]", **{**CV, "name": "a", "seed": "7"})
+    assert config_labels([a, b, c]) == ["a", "b", "a-2"]
+    jobs, _, manifests = plan([a, b, c], tmp_path)
+    assert manifests.asked == [("emodb",)] * 3  # the loader memoises, the plan does not
+    by_config = {label: [j for j in jobs if j.config == label] for label in ("a", "b", "a-2")}
+    assert [j.keras_model for j in jobs[::2]] == ["lstm (a)", "dense (b)", "lstm (a-2)"]
+    for ja, jb in zip(by_config["a"], by_config["b"], strict=True):
+        assert ja.baseline_keys == jb.baseline_keys and ja.keras_key != jb.keras_key
+    assert by_config["a"][0].baseline_keys != by_config["a-2"][0].baseline_keys  # other seed
+
+
+def test_resume_keeps_only_the_unfinished_part_of_a_job(tmp_path):
+    job = plan([plan_config(tmp_path, "[tess]")], tmp_path)[0][0]
+    svc, knn = job.baseline_keys.values()
+    record = {"key": svc, "ua": 0.5}
+    assert job.keys == [svc, knn, job.keras_key]
+    assert job.unfinished({}) == job and job.finished({}) == []
+    todo = job.unfinished({svc: record})
+    assert todo is not None and todo.keras_key == job.keras_key
+    assert todo.baseline_keys == {"knn": knn} and job.finished({svc: record}) == [record]
+    keras_done = job.unfinished({job.keras_key: record})
+    assert keras_done is not None and keras_done.keras_key is None
+    assert job.unfinished({key: record for key in job.keys}) is None
+
+
+# ------------------------------------------------------------- summary (no training)
+def fake_record(model: str, fold: int, ua: float, protocol: str = "speaker-independent, x") -> dict:
+    return {
+        "key": f"{model}|{protocol}|{fold}",
+        "config": "c",
+        "model": model,
+        "kind": "baseline",
+        "corpus": "emodb",
+        "protocol": protocol,
+        "fold": fold,
+        "test_speakers": [f"s{fold}"],
+        "n": 10,
+        "ua": ua,
+        "wa": ua + 0.1,
+        "macro_f1": ua - 0.1,
+        "fit_seconds": 2.0 * (fold + 1),
+        "features": "mfcc",
+        "params": {},
+        "grid": None,
+        "classes": ["a", "b"],
+    }
+
+
+def test_summarise_gives_mean_and_sample_std_per_model_and_protocol():
+    records = [
+        fake_record("knn", 1, 0.7),
+        fake_record("knn", 0, 0.5),
+        fake_record("svc", 0, 0.4),
+        fake_record("svc", 1, 0.4),
+        fake_record("svc", 0, 0.9, "SPEAKER-DEPENDENT, random"),
+    ]
+    groups = summarise(records)
+    assert [(g["model"], g["speaker_independent"]) for g in groups] == [
+        ("knn", True),
+        ("svc", True),
+        ("svc", False),
+    ]  # speaker-independent first, then best mean UA first
+    knn = groups[0]
+    assert knn["ua"]["values"] == [0.5, 0.7]  # in fold order
+    assert knn["ua"]["mean"] == pytest.approx(0.6)
+    assert knn["ua"]["std"] == pytest.approx(np.std([0.5, 0.7], ddof=1))
+    assert knn["wa"]["mean"] == pytest.approx(0.7) and knn["macro_f1"]["mean"] == pytest.approx(0.5)
+    assert knn["fit_seconds"]["mean"] == pytest.approx(3.0)
+    assert (knn["folds"], knn["speakers"], knn["classes"]) == (2, 2, ["a", "b"])
+    assert groups[1]["ua"]["std"] == 0.0
+    assert groups[2]["folds"] == 1 and groups[2]["ua"]["std"] == 0.0
+
+
+# ------------------------------------------------------------ whole runs (training)
 @pytest.fixture(scope="module")
 def corpora(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("corpora")
@@ -127,9 +293,10 @@ def test_per_corpus_method_and_speaker_normalised_pooled_vectors(corpora, tmp_pa
     """emodb leave-one-speaker-out while tess keeps 2-fold; the fold data the model and
     the baselines see is z-normalised per speaker."""
     from ser import baselines, training
+    from ser.data import prepare as preparation
 
     seen: list[tuple[str, np.ndarray]] = []
-    real_prepare, real_matrix = training.prepare_data, baselines.PooledFeatures.matrix
+    real_prepare, real_matrix = preparation.prepare_data, baselines.PooledFeatures.matrix
 
     def prepare(*args, **kwargs):
         data = real_prepare(*args, **kwargs)
@@ -145,7 +312,9 @@ def test_per_corpus_method_and_speaker_normalised_pooled_vectors(corpora, tmp_pa
             np.testing.assert_allclose(own.mean(0), 0, atol=1e-4)
         return x
 
+    # Training binds prepare_data at import; the baselines import it when they run.
     monkeypatch.setattr(training, "prepare_data", prepare)
+    monkeypatch.setattr(preparation, "prepare_data", prepare)
     monkeypatch.setattr(baselines.PooledFeatures, "matrix", matrix)
     cfg = tiny_config(
         corpora, tmp_path, "[emodb, tess]", model="dense", name="dense",
