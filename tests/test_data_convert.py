@@ -12,11 +12,11 @@ import pytest
 import soundfile as sf
 from fakes import write_bytes, write_empty_wav, write_tone
 
-from ser.audio import AudioError
+from ser import audio
+from ser.audio import AudioError, load_any_audio
 from ser.cli import main
 from ser.datatools import DataToolError
-from ser.datatools import convert as convert_module
-from ser.datatools.convert import convert, read_any
+from ser.datatools.convert import convert
 
 needs_ffmpeg = pytest.mark.skipif(
     shutil.which("ffmpeg") is None,
@@ -48,7 +48,7 @@ def assert_wav(path: Path, rate: int = 16000) -> np.ndarray:
 
 @pytest.fixture
 def no_ffmpeg(monkeypatch):
-    monkeypatch.setattr(convert_module, "ffmpeg_path", lambda: None)
+    monkeypatch.setattr(audio, "ffmpeg_path", lambda: None)
 
 
 def test_stereo_44k_float_becomes_mono_16bit_16k_keeping_name_and_pitch(tmp_path):
@@ -167,7 +167,7 @@ def test_formats_soundfile_cannot_read_go_through_ffmpeg(tmp_path, ext, codec):
 def test_corrupt_m4a_through_ffmpeg_fails_with_its_reason(tmp_path):
     src = write_bytes(tmp_path / "broken.m4a", b"\x00\x00\x00\x20ftypM4A garbage" * 3)
     with pytest.raises(AudioError, match=r"broken\.m4a: not readable as audio \(ffmpeg: "):
-        read_any(src, 16000)
+        load_any_audio(src, 16000)
 
 
 def test_clashing_names_and_in_place_overwrites_are_refused(tmp_path):
