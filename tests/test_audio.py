@@ -98,8 +98,9 @@ def test_m4a_file_decodes_through_ffmpeg_to_mono_at_the_rate(tmp_path):
 @needs_ffmpeg
 def test_damaged_file_through_ffmpeg_names_it_and_gives_ffmpegs_reason(tmp_path):
     src = write_bytes(tmp_path / "broken.m4a", b"\x00\x00\x00\x20ftypM4A garbage" * 3)
-    with pytest.raises(AudioError, match=r"broken\.m4a: not readable as audio \(ffmpeg: .+\)"):
-        decode_file_with_ffmpeg(src, 16000)
+    for decoder in (decode_file_with_ffmpeg, load_any_audio):
+        with pytest.raises(AudioError, match=r"broken\.m4a: not readable as audio \(ffmpeg: .+\)"):
+            decoder(src, 16000)
 
 
 @needs_ffmpeg
