@@ -1,15 +1,25 @@
-"""Audio loading and the small pure functions around it.
+"""Audio decoding, the one place: a file or uploaded bytes -> float32 mono at a rate.
 
-``load_audio`` reads any format soundfile reads (WAV, FLAC, OGG, MP3, ...), mixes
-to mono, resamples to the asked rate and validates the result. Every failure is an
-``AudioError`` whose message names the file and the reason, so callers can skip a
-bad file with a useful warning.
+``decode`` and ``load_audio`` read any format soundfile reads (WAV, FLAC, OGG, MP3,
+AIFF, ...) in-process, mix to mono, resample to the asked rate and validate the
+result; training, evaluation and the corpus readers load audio through them only.
+Containers soundfile cannot open (m4a, aac, webm, ...) go through ``ffmpeg`` when it
+is installed (``ffmpeg_path``): ``load_any_audio`` is soundfile first, then ffmpeg,
+for files (``ser data convert``); ``decode_file_with_ffmpeg`` decodes a local file
+and ``decode_bytes_with_ffmpeg`` decodes bytes held in memory (uploads to the HTTP
+service, ``ser predict``'s fallback) with ffmpeg kept to pipes and audio demuxers.
+Every failure is an ``AudioError`` whose message names the file and the reason, so
+callers can skip a bad file with a useful warning. ``to_mono`` and ``resample`` are
+the pure steps around them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 import numpy as np
@@ -76,18 +86,6 @@ def resample(wave: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return librosa.resample(wave, orig_sr=orig_sr, target_sr=target_sr).astype(np.float32)
 
 
-def pad_or_crop(wave: np.ndarray, length: int) -> np.ndarray:
-    """Centre-crop or symmetrically zero-pad ``wave`` [samples] to ``length`` samples."""
-    n = wave.shape[0]
-    if n == length:
-        return wave
-    if n > length:
-        start = (n - length) // 2
-        return wave[start : start + length]
-    before = (length - n) // 2
-    return np.pad(wave, (before, length - n - before))
-
-
 def decode(
     source: str | os.PathLike[str] | IO[bytes], sample_rate: int, min_samples: int = 1
 ) -> np.ndarray:
@@ -121,3 +119,130 @@ def decode(
 def load_audio(path: str | os.PathLike[str], sample_rate: int, min_samples: int = 1) -> np.ndarray:
     """float32 mono waveform of ``path`` at ``sample_rate`` Hz, in [-1, 1] for PCM input."""
     return decode(path, sample_rate, min_samples)
+
+
+# ---------------------------------------------------------------- ffmpeg, for containers
+# Containers libsndfile does not read; only ffmpeg decodes them.
+FFMPEG_EXTENSIONS = frozenset(
+    {".m4a", ".aac", ".mp4", ".webm", ".weba", ".mka", ".mkv", ".mov", ".3gp", ".3gpp", ".amr",
+     ".wma", ".ac3"}
+)  # fmt: skip
+FFMPEG_INSTALL = (
+    "install ffmpeg (Debian/Ubuntu: apt-get install ffmpeg; macOS: brew install ffmpeg; "
+    "Windows: winget install ffmpeg) and run the command again"
+)
+# Demuxers ffmpeg may pick for bytes from elsewhere (names as `ffmpeg -demuxers` prints
+# them): an uploaded playlist must not make it open files or URLs.
+FFMPEG_DEMUXERS = "matroska,webm,ogg,mov,mp4,m4a,mp3,aac,wav,flac,aiff,caf"
+FFMPEG_BYTES_TIMEOUT = 60.0  # seconds; bytes are at most an upload or one file
+FFMPEG_FILE_TIMEOUT = 600.0  # seconds; a local file may be a long recording
+
+
+def ffmpeg_path() -> str | None:
+    """The ffmpeg executable on PATH, or None: the one check of whether ffmpeg is there."""
+    return shutil.which("ffmpeg")
+
+
+def _run_ffmpeg(
+    arguments: list[str], data: bytes | None, timeout: float
+) -> subprocess.CompletedProcess[bytes]:
+    """ffmpeg (quiet, no prompts) with ``arguments``; ``data`` on its stdin.
+
+    Returns the ``subprocess.CompletedProcess``; raises ``OSError`` when ffmpeg
+    cannot start and ``subprocess.TimeoutExpired`` after ``timeout`` seconds.
+    """
+    command = [ffmpeg_path() or "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"]
+    return subprocess.run(
+        command + arguments, input=data, capture_output=True, timeout=timeout, check=False
+    )
+
+
+def _last_line(stderr: bytes) -> str | None:
+    """ffmpeg's last non-blank line of error output (its reason), or None when silent."""
+    lines = [line.strip() for line in stderr.decode("utf-8", "replace").splitlines()]
+    lines = [line for line in lines if line]
+    return lines[-1][:200] if lines else None
+
+
+def _f32_samples(stdout: bytes) -> np.ndarray:
+    """float32 [samples] from ffmpeg's raw little-endian float output (a torn tail dropped)."""
+    usable = len(stdout) - len(stdout) % 4
+    return np.frombuffer(stdout[:usable], dtype="<f4").astype(np.float32)
+
+
+def decode_bytes_with_ffmpeg(data: bytes, sample_rate: int, max_seconds: float) -> np.ndarray:
+    """float32 mono [samples] at ``sample_rate`` from any container ffmpeg reads, in memory.
+
+    ffmpeg reads only its stdin and only audio container formats, and decodes a
+    little past ``max_seconds``: enough to tell that a clip is too long. The result
+    may be empty or hold non-finite samples; callers check. Raises ``AudioError``
+    with ffmpeg's reason (no file name: the caller names the bytes).
+    """
+    arguments = [
+        "-protocol_whitelist", "pipe", "-format_whitelist", FFMPEG_DEMUXERS,
+        "-i", "pipe:0", "-t", f"{max_seconds + 0.5:.3f}",
+        "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
+    ]  # fmt: skip
+    try:
+        done = _run_ffmpeg(arguments, data, FFMPEG_BYTES_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AudioError(f"ffmpeg did not finish within {FFMPEG_BYTES_TIMEOUT:.0f} s") from None
+    if done.returncode != 0:
+        raise AudioError(_last_line(done.stderr) or "no output")
+    return _f32_samples(done.stdout)
+
+
+def decode_file_with_ffmpeg(path: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
+    """float32 mono [samples] at ``sample_rate`` of the first audio stream of ``path``.
+
+    Raises ``AudioError`` naming the file: ffmpeg missing or stuck, its reason for
+    refusing the file, no samples, or NaN/infinite samples.
+    """
+    arguments = [
+        "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", str(sample_rate),
+        "-f", "f32le", "-acodec", "pcm_f32le", "-",
+    ]  # fmt: skip
+    try:
+        done = _run_ffmpeg(arguments, None, FFMPEG_FILE_TIMEOUT)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AudioError(f"{path}: ffmpeg could not run ({exc})") from None
+    if done.returncode != 0:
+        reason = _last_line(done.stderr) or f"exit code {done.returncode}"
+        raise AudioError(f"{path}: not readable as audio (ffmpeg: {reason})")
+    wave = _f32_samples(done.stdout)
+    if wave.size == 0:
+        raise AudioError(f"{path}: empty audio (0 samples)")
+    if not np.isfinite(wave).all():
+        raise AudioError(f"{path}: contains NaN or infinite samples")
+    return wave
+
+
+def load_any_audio(path: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
+    """float32 mono [samples] at ``sample_rate`` Hz from any format soundfile or ffmpeg reads.
+
+    Soundfile first (as ``load_audio``); a container only ffmpeg reads, or a file
+    soundfile refuses (a WAV with a codec libsndfile lacks, a misnamed container),
+    goes through ffmpeg when it is installed. Raises ``AudioError`` naming the file
+    and the reason (including "needs ffmpeg"); when both decoders refuse a file
+    that is not a known container, the reason is soundfile's.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AudioError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    if path.suffix.lower() in FFMPEG_EXTENSIONS:
+        if ffmpeg_path() is None:
+            raise AudioError(
+                f"{path}: {path.suffix.lower()} files need ffmpeg, which is not installed; "
+                + FFMPEG_INSTALL
+            )
+        return decode_file_with_ffmpeg(path, sample_rate)
+    try:
+        return decode(path, sample_rate)
+    except AudioError as first:
+        # ffmpeg would only find the same emptiness or the same NaNs.
+        if ffmpeg_path() is None or "empty audio" in str(first) or "NaN" in str(first):
+            raise
+        try:
+            return decode_file_with_ffmpeg(path, sample_rate)
+        except AudioError:
+            raise first from None

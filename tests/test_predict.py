@@ -169,9 +169,9 @@ def test_record_on_this_machine_records_or_explains(run_dir):
 
 
 def test_predict_reads_browser_webm_when_ffmpeg_is_there(run_dir, tmp_path, capsys):
-    from ser.serving.uploads import ffmpeg_available
+    from ser.audio import ffmpeg_path
 
-    if not ffmpeg_available():
+    if ffmpeg_path() is None:
         pytest.skip("ffmpeg not installed")
     webm = tmp_path / "rec.webm"
     webm.write_bytes(subprocess.run(

@@ -66,17 +66,15 @@ def predict_path(predictor, path: Path, session=None) -> dict[str, Any]:
     ``session``: the speaker's ``SpeakerSession``, which the clip is counted into."""
     import numpy as np
 
-    from ser.audio import AudioError
+    from ser.audio import AudioError, decode_bytes_with_ffmpeg, ffmpeg_path
 
     try:
         return predictor.predict_file(path, session)
     except AudioError as first:
-        from ser.serving.uploads import decode_with_ffmpeg, ffmpeg_available
-
-        if not ffmpeg_available():
+        if ffmpeg_path() is None:
             raise
         try:
-            wave = decode_with_ffmpeg(path.read_bytes(), predictor.sample_rate, 24 * 3600)
+            wave = decode_bytes_with_ffmpeg(path.read_bytes(), predictor.sample_rate, 24 * 3600)
         except (AudioError, OSError):  # OSError: e.g. no read permission
             raise first from None
         if wave.size == 0:

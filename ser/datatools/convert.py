@@ -1,8 +1,8 @@
 """``ser data convert``: any recording -> mono 16-bit PCM WAV at one sample rate.
 
-Whatever soundfile reads (WAV, FLAC, OGG, MP3, AIFF, ...) is decoded in-process
-with ``ser.audio.decode`` (channel mean, soxr resampling), exactly as training
-reads audio. Containers soundfile cannot open (m4a, aac, webm, ...) go through
+Inputs are decoded by ``ser.audio.load_any_audio``: whatever soundfile reads (WAV,
+FLAC, OGG, MP3, AIFF, ...) in-process (channel mean, soxr resampling), exactly as
+training reads audio; containers soundfile cannot open (m4a, aac, webm, ...) through
 ffmpeg when it is installed; without it the file fails with a message saying so.
 Outputs are written to a hidden temporary file and renamed, so a file that exists
 under its final name is complete; one that is already a mono 16-bit WAV at the
@@ -18,8 +18,6 @@ about 1 s on threads and 7.8 s on 2 spawned processes, start-up included.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,76 +30,15 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from ser.audio import AudioError, decode
+from ser.audio import FFMPEG_EXTENSIONS, AudioError, load_any_audio
 from ser.data.corpora import AUDIO_EXTENSIONS
 from ser.datatools import DataToolError
 
-# Containers libsndfile does not read; only ffmpeg decodes them.
-FFMPEG_EXTENSIONS = frozenset(
-    {".m4a", ".aac", ".mp4", ".webm", ".weba", ".mka", ".mkv", ".mov", ".3gp", ".3gpp", ".amr",
-     ".wma", ".ac3"}
-)  # fmt: skip
 INPUT_EXTENSIONS = AUDIO_EXTENSIONS | FFMPEG_EXTENSIONS
-FFMPEG_INSTALL = (
-    "install ffmpeg (Debian/Ubuntu: apt-get install ffmpeg; macOS: brew install ffmpeg; "
-    "Windows: winget install ffmpeg) and run the command again"
-)
+# The name ``ser.datatools.custom`` imports the decoder by; new code uses ser.audio.
+read_any = load_any_audio
 
 Log = Callable[[str], None]
-
-
-def ffmpeg_path() -> str | None:
-    """The ffmpeg executable on PATH, or None."""
-    return shutil.which("ffmpeg")
-
-
-def _ffmpeg_decode(ffmpeg: str, path: Path, rate: int) -> np.ndarray:
-    """float32 mono [samples] at ``rate``, decoded and resampled by ffmpeg."""
-    command = [
-        ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path),
-        "-map", "0:a:0", "-ac", "1", "-ar", str(rate), "-f", "f32le", "-acodec", "pcm_f32le", "-",
-    ]  # fmt: skip
-    try:
-        done = subprocess.run(command, capture_output=True, check=False, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise AudioError(f"{path}: ffmpeg could not run ({exc})") from None
-    if done.returncode != 0:
-        lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        reason = lines[-1] if lines else f"exit code {done.returncode}"
-        raise AudioError(f"{path}: not readable as audio (ffmpeg: {reason[:200]})")
-    wave = np.frombuffer(done.stdout, dtype="<f4").astype(np.float32)
-    if wave.size == 0:
-        raise AudioError(f"{path}: empty audio (0 samples)")
-    if not np.isfinite(wave).all():
-        raise AudioError(f"{path}: contains NaN or infinite samples")
-    return wave
-
-
-def read_any(path: str | os.PathLike[str], rate: int) -> np.ndarray:
-    """float32 mono [samples] at ``rate`` Hz from any format soundfile or ffmpeg reads.
-
-    Raises ``AudioError`` naming the file and the reason (including "needs ffmpeg").
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    ffmpeg = ffmpeg_path()
-    if path.suffix.lower() in FFMPEG_EXTENSIONS:
-        if ffmpeg is None:
-            raise AudioError(
-                f"{path}: {path.suffix.lower()} files need ffmpeg, which is not installed; "
-                + FFMPEG_INSTALL
-            )
-        return _ffmpeg_decode(ffmpeg, path, rate)
-    try:
-        return decode(path, rate)
-    except AudioError as first:
-        if ffmpeg is None or "empty audio" in str(first) or "NaN" in str(first):
-            raise
-        try:  # e.g. a WAV with a codec libsndfile lacks, or a misnamed container
-            return _ffmpeg_decode(ffmpeg, path, rate)
-        except AudioError:
-            raise first from None
 
 
 def write_wav(path: str | os.PathLike[str], wave: np.ndarray, rate: int) -> int:
@@ -225,7 +162,7 @@ def _convert_one(src: Path, out: Path, rate: int) -> tuple[str, str]:
             f"{rate} Hz); choose another --to folder"
         )
     try:
-        wave = read_any(src, rate)
+        wave = load_any_audio(src, rate)
         clipped = write_wav(out, wave, rate)
     except AudioError as exc:
         return "failed", str(exc).removeprefix(f"{src}: ")

@@ -1,32 +1,30 @@
 """Uploaded bytes -> float32 mono wave at the model's rate, or a client error.
 
-Uploads are decoded from memory and the client's file name is only ever echoed
-back as text: no path is ever built from it. (Starlette's form parser keeps a part
-over 1 MB in an anonymous temporary file, unlinked when created and closed after
-the request; nothing else touches the disk.) Formats soundfile reads (WAV, FLAC, OGG
-Vorbis/Opus, MP3, AIFF, ...) decode in-process; others (WebM/Opus from browsers'
-MediaRecorder, M4A) go through ``ffmpeg`` over pipes when it is installed, limited
-to the pipe protocol and to audio container demuxers so that an uploaded playlist
-cannot make it open files or URLs.
+What is HTTP-specific lives here: clip length limits, naming the upload in
+messages, and mapping decoding failures to 415/422 (``UploadProblem``); decoding
+itself is ``ser.audio``'s. Uploads are decoded from memory and the client's file
+name is only ever echoed back as text: no path is ever built from it. (Starlette's
+form parser keeps a part over 1 MB in an anonymous temporary file, unlinked when
+created and closed after the request; nothing else touches the disk.) Formats
+soundfile reads (WAV, FLAC, OGG Vorbis/Opus, MP3, AIFF, ...) decode in-process;
+others (WebM/Opus from browsers' MediaRecorder, M4A) go through ``ffmpeg`` over
+pipes when it is installed (``ser.audio.decode_bytes_with_ffmpeg``), limited to the
+pipe protocol and to audio container demuxers so that an uploaded playlist cannot
+make it open files or URLs.
 """
 
 from __future__ import annotations
 
 import io
 import re
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 import numpy as np
 import soundfile as sf
 
-from ser.audio import AudioError, decode
+from ser.audio import AudioError, decode, decode_bytes_with_ffmpeg, ffmpeg_path
 
 MIN_SECONDS = 0.1
-FFMPEG_TIMEOUT = 60.0
-# Demuxers ffmpeg may pick for an upload (names as `ffmpeg -demuxers` prints them).
-FFMPEG_DEMUXERS = "matroska,webm,ogg,mov,mp4,m4a,mp3,aac,wav,flac,aiff,caf"
 
 
 @dataclass
@@ -47,37 +45,6 @@ def display_name(field: str, filename: str | None) -> str:
         return field
     name = filename.replace("\r", " ").replace("\n", " ")
     return f"{field} {name[:200]!r}"
-
-
-def ffmpeg_available() -> bool:
-    return shutil.which("ffmpeg") is not None
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else "no output"
-
-
-def decode_with_ffmpeg(data: bytes, sample_rate: int, max_seconds: float) -> np.ndarray:
-    """Decode any container ffmpeg reads from memory; raises ``AudioError`` with its reason."""
-    cmd = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-protocol_whitelist", "pipe", "-format_whitelist", FFMPEG_DEMUXERS,
-        "-i", "pipe:0",
-        # Decode a little past the limit: enough to tell that a clip is too long.
-        "-t", f"{max_seconds + 0.5:.3f}",
-        "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
-    ]  # fmt: skip
-    try:
-        proc = subprocess.run(
-            cmd, input=data, capture_output=True, timeout=FFMPEG_TIMEOUT, check=False
-        )
-    except subprocess.TimeoutExpired:
-        raise AudioError(f"ffmpeg did not finish within {FFMPEG_TIMEOUT:.0f} s") from None
-    if proc.returncode != 0:
-        raise AudioError(_first_line(proc.stderr.decode("utf-8", "replace")))
-    usable = len(proc.stdout) - len(proc.stdout) % 4
-    return np.frombuffer(proc.stdout[:usable], dtype="<f4").astype(np.float32)
 
 
 def decode_upload(
@@ -139,7 +106,7 @@ def _decode_other(
 ) -> np.ndarray:
     reason = str(first).strip().splitlines()[-1] if str(first).strip() else type(first).__name__
     reason = re.sub(r"^Error opening <.*?>: ", "", reason)[:200]
-    if not ffmpeg_available():
+    if ffmpeg_path() is None:
         raise UploadProblem(
             415,
             field,
@@ -147,7 +114,7 @@ def _decode_other(
             "(WebM and M4A need ffmpeg on the server)",
         )
     try:
-        return decode_with_ffmpeg(data, sample_rate, max_seconds)
+        return decode_bytes_with_ffmpeg(data, sample_rate, max_seconds)
     except AudioError as exc:
         raise UploadProblem(
             415, field, f"{name}: not readable as audio (soundfile: {reason}; ffmpeg: {exc})"
