@@ -33,6 +33,7 @@ from ser.config import (
     RavdessOptions,
     TessOptions,
 )
+from ser.progress import Log
 from ser.registry import Registry
 
 AUDIO_EXTENSIONS = frozenset(
@@ -369,7 +370,7 @@ def _counts(counter: Iterable[tuple[str, int]]) -> str:
     return ", ".join(f"{key} {n}" for key, n in sorted(counter)) or "none"
 
 
-def build_manifest(data: DataConfig, log: Callable[[str], None] = print) -> Manifest:
+def build_manifest(data: DataConfig, log: Log = print) -> Manifest:
     """Read every configured corpus; keep rows whose emotion is in ``data.emotions``."""
     wanted = set(data.emotions)
     manifest = Manifest(rows=[], skipped=[], dropped={})

@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +33,9 @@ from tqdm import tqdm
 from ser.audio import FFMPEG_EXTENSIONS, AudioError, load_any_audio
 from ser.data.corpora import AUDIO_EXTENSIONS
 from ser.datatools import DataToolError
+from ser.progress import Log
 
 INPUT_EXTENSIONS = AUDIO_EXTENSIONS | FFMPEG_EXTENSIONS
-# The name ``ser.datatools.custom`` imports the decoder by; new code uses ser.audio.
-read_any = load_any_audio
-
-Log = Callable[[str], None]
 
 
 def write_wav(path: str | os.PathLike[str], wave: np.ndarray, rate: int) -> int:

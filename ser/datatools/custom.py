@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from ser.audio import AudioError
+from ser.audio import AudioError, load_any_audio
 from ser.config import EMOTIONS
 from ser.data.corpora import EMOTION_SYNONYMS, canonical_emotion
 from ser.datatools import DataToolError
-from ser.datatools.convert import read_any, write_wav
+from ser.datatools.convert import write_wav
 from ser.progress import Log
 
 # The value for data.custom.speaker_pattern that reads the speaker back from the names
@@ -122,7 +122,7 @@ def add_custom(
     for given in files:
         src = Path(given)
         try:
-            wave = read_any(src, rate)
+            wave = load_any_audio(src, rate)
             when = datetime.fromtimestamp(src.stat().st_mtime)
         except (AudioError, OSError) as exc:
             reason = str(exc).removeprefix(f"{src}: ")
