@@ -7,7 +7,6 @@ import subprocess
 
 import numpy as np
 import pytest
-from fakes import write_bytes, write_empty_wav, write_tone
 
 from ser import audio
 from ser.audio import (
@@ -18,6 +17,7 @@ from ser.audio import (
     load_any_audio,
     load_audio,
 )
+from tests.support.fakes import write_bytes, write_empty_wav, write_tone
 
 needs_ffmpeg = pytest.mark.skipif(
     shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (apt-get install ffmpeg)"

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import make_corpora
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+from tests.support.fakes import make_corpora
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ from ser.config import ConfigError, FeaturesConfig
 from ser.features import cache as cache_module
 from ser.features.cache import (
     CacheError,
+    DigestIndex,
     ExtractionReport,
     FeatureCache,
     cache_key,
     extract_all,
-    DigestIndex,
     file_digest,
 )
 from ser.features.extractors import extract_features

@@ -18,8 +18,8 @@ from ser.config import (
     parent_files,
     parse_override,
 )
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILES = sorted((ROOT / "configs").rglob("*.yaml"))
 # Named parts: fragments of one section each, composed by the configs through `extends`.
 PART_GROUPS = ("features", "model")

@@ -7,16 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from fakes import (
-    make_corpora,
-    make_custom,
-    make_emodb,
-    make_ravdess,
-    make_tess,
-    write_bytes,
-    write_empty_wav,
-    write_tone,
-)
 
 from ser.config import DATA_ROOT_ENV, EMOTIONS, CustomOptions, DataConfig
 from ser.data.corpora import (
@@ -27,6 +17,16 @@ from ser.data.corpora import (
     Utterance,
     build_manifest,
     canonical_emotion,
+)
+from tests.support.fakes import (
+    make_corpora,
+    make_custom,
+    make_emodb,
+    make_ravdess,
+    make_tess,
+    write_bytes,
+    write_empty_wav,
+    write_tone,
 )
 
 

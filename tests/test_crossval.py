@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import make_emodb, make_tess
-from test_evaluation import tiny_config
 
 import ser.training
 from ser.crossval import FoldJob, config_labels, cross_validate, plan_cross_validation, summarise
 from ser.data.corpora import Manifest, Utterance
+from tests.support.fakes import make_emodb, make_tess
+from tests.support.tiny_run import tiny_config
 
 QUIET = {"log": lambda _line: None}
 CV = {

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from fakes import write_bytes, write_empty_wav, write_tone
 
 from ser import audio
 from ser.cli import main
 from ser.datatools import DataToolError
 from ser.datatools.convert import convert
+from tests.support.fakes import write_bytes, write_empty_wav, write_tone
 
 needs_ffmpeg = pytest.mark.skipif(
     shutil.which("ffmpeg") is None,

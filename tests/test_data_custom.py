@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from fakes import write_bytes, write_tone
 
 from ser.cli import main
 from ser.config import EMOTIONS, CustomOptions, DataConfig, load_config
 from ser.data.corpora import Utterance, build_manifest, read_custom
 from ser.datatools import DataToolError
 from ser.datatools.custom import SPEAKER_PATTERN, add_custom, custom_name
+from tests.support import ROOT
+from tests.support.fakes import write_bytes, write_tone
 
 WHEN = datetime(2019, 6, 16, 12, 57, 14)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def recorded_at(path: Path, when: datetime = WHEN) -> Path:

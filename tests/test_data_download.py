@@ -16,7 +16,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from fakes import make_emodb, make_ravdess, make_tess, write_bytes
 
 from ser.cli import main
 from ser.datatools.download import (
@@ -30,6 +29,7 @@ from ser.datatools.download import (
     unpack,
 )
 from ser.datatools.sources import SOURCES
+from tests.support.fakes import make_emodb, make_ravdess, make_tess, write_bytes
 
 
 # ------------------------------------------------------------------ local server

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-from fakes import make_corpora, make_custom, write_bytes, write_tone
 
 from ser.cli import main
 from ser.config import DATA_ROOT_ENV, EMOTIONS, CustomOptions, DataConfig
 from ser.datatools.custom import SPEAKER_PATTERN
 from ser.datatools.summary import format_summary, summarise, write_summary
+from tests.support.fakes import make_corpora, make_custom, write_bytes, write_tone
 
 BASE = str(Path(__file__).resolve().parents[1] / "configs" / "base.yaml")
 PNG = b"\x89PNG\r\n\x1a\n"

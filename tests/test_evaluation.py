@@ -11,30 +11,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import make_corpora
-from tiny_run import tiny_overrides
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from ser.config import ConfigError, load_config
-from ser.data.corpora import CorpusNotFoundError
 from ser.cross_corpus import evaluate_cross_corpus
+from ser.data.corpora import CorpusNotFoundError
 from ser.evaluation import EvaluationError, evaluate_run, evaluation_config
 from ser.metrics import classification_metrics, mean_std, metrics_by_group
 from ser.runs import RunDirError
 from ser.training import train
+from tests.support import ROOT
+from tests.support.fakes import make_corpora
+from tests.support.tiny_run import tiny_config
 
-ROOT = Path(__file__).resolve().parent.parent
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUIET = {"log": lambda _line: None}
 FAST_BASELINES = "evaluation.baselines=[svc, logistic_regression, knn, seed_mlp]"
-
-
-def tiny_config(data_root: Path, work: Path, corpora: str, model: str = "lstm", **extra: str):
-    """A config that trains in seconds on the generated corpora."""
-    extra = {"train.epochs": "2", "train.confusion_images": "false",
-             "evaluation.seed_mlp.max_iter": "50", "evaluation.mlp.max_iter": "50", **extra}
-    sets = tiny_overrides(data_root, work, model, corpora, **extra)
-    return load_config(ROOT / "configs" / "base.yaml", sets, env={})
 
 
 @pytest.fixture(scope="module")

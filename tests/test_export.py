@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from fakes import EMOTION_HZ
-from tiny_run import tiny_run, tone
 
 from ser.cli import main
 from ser.export import export_run, load_exported
 from ser.inference import Predictor
+from tests.support.fakes import EMOTION_HZ
+from tests.support.tiny_run import tiny_run, tone
 
 
 @pytest.fixture(scope="module", params=["lstm", "cnn", "crnn", "dense"])

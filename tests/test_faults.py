@@ -24,17 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import make_emodb, write_tone
-from robustlog import record
-from tiny_run import tiny_overrides, tiny_run
 
 from ser.audio import load_audio
 from ser.config import FeaturesConfig
 from ser.features import cache as cache_module
 from ser.features.cache import CacheError, FeatureCache, extract_all
 from ser.features.extractors import extract_features, feature_dims
+from tests.support import ROOT
+from tests.support.fakes import make_emodb, write_tone
+from tests.support.robustlog import record
+from tests.support.tiny_run import tiny_overrides, tiny_run
 
-ROOT = Path(__file__).resolve().parent.parent
 SR = 16000
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 ENV.pop("SER_DATA_ROOT", None)

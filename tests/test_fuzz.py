@@ -25,15 +25,15 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from robustlog import record
 from schemathesis import GenerationMode, checks
-from tiny_run import tiny_run
 
 from ser.audio import AudioError, decode
 from ser.config import FeaturesConfig
 from ser.features.extractors import extract_features, feature_dims
 from ser.serving.app import create_app
 from ser.serving.settings import ServingSettings
+from tests.support.robustlog import record
+from tests.support.tiny_run import tiny_run
 
 
 def bounded(examples: int):

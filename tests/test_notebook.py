@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import make_emodb
-from test_evaluation import tiny_config
 
 from ser.training import train
+from tests.support import ROOT
+from tests.support.fakes import make_emodb
+from tests.support.tiny_run import tiny_config
 
-ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "walkthrough.ipynb"
 
 

@@ -12,16 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from fakes import EMOTION_HZ
-from tiny_run import ROOT, encode, tiny_run, tone
 
 from ser.cli import main
 from ser.inference import Predictor
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory)
+from tests.support import ROOT
+from tests.support.fakes import EMOTION_HZ
+from tests.support.tiny_run import encode, tiny_run, tone
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from badinputs import (
-    BROKEN_ONLY, CATALOGUE, MIXED, NAME_CASES, expected_usable, observed, short, write_broken_only,
-    write_corpus,
-)  # fmt: skip
 
 from ser.config import load_config
 from ser.data.corpora import Manifest, build_manifest
 from ser.features.cache import extract_all
+from tests.support import ROOT
+from tests.support.badinputs import (
+    BROKEN_ONLY,
+    CATALOGUE,
+    MIXED,
+    NAME_CASES,
+    expected_usable,
+    observed,
+    short,
+    write_broken_only,
+    write_corpus,
+)  # fmt: skip
 
-ROOT = Path(__file__).resolve().parent.parent
 CASES = sorted(CATALOGUE)
 
 

@@ -23,19 +23,30 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from badinputs import (
-    BROKEN_ONLY, CATALOGUE, MIXED, NAME_CASES, NOTHING_USABLE, ROWS, expected_usable, observed,
-    running_as_root, short, write_broken_only, write_case, write_corpus,
-)  # fmt: skip
 from fastapi.testclient import TestClient
-from robustlog import record
 from starlette.websockets import WebSocketDisconnect
-from tiny_run import tiny_run, tone
 
 from ser.cli import main
 from ser.inference import Predictor
 from ser.serving.app import create_app
 from ser.serving.settings import ServingSettings
+from tests.support.badinputs import (
+    BROKEN_ONLY,
+    CATALOGUE,
+    MIXED,
+    NAME_CASES,
+    NOTHING_USABLE,
+    ROWS,
+    expected_usable,
+    observed,
+    running_as_root,
+    short,
+    write_broken_only,
+    write_case,
+    write_corpus,
+)  # fmt: skip
+from tests.support.robustlog import record
+from tests.support.tiny_run import tone
 
 FOLDER = "directory named like a file"
 # Uploads up to 25 MB, so that the 10-minute clip is parsed (spilled to a temporary file)
@@ -51,16 +62,6 @@ def corpus(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     """``root/custom``: every case (the 10-minute one written once here) and good clips."""
     root = tmp_path_factory.mktemp("entry")
     return root, write_corpus(root / "custom", good_per_class=3)
-
-
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory) -> Predictor:
-    return Predictor.load(tiny_run(tmp_path_factory))
-
-
-@pytest.fixture(scope="module")
-def run_dir(predictor) -> Path:
-    return predictor.run_dir
 
 
 @pytest.fixture

@@ -24,16 +24,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 from fastapi.testclient import TestClient
-from robustlog import record
-from tiny_run import encode, tiny_run, tone
 
 from ser.config import ConfigError, load_config
 from ser.inference import Predictor
 from ser.runs import RunDirError
 from ser.serving.app import create_app
 from ser.serving.settings import ServingSettings
+from tests.support import ROOT
+from tests.support.robustlog import record
+from tests.support.tiny_run import encode, tiny_run, tone
 
-ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ServingSettings(max_upload_mb=2, max_clip_seconds=30, max_batch_files=3)
 MARKER = "ser-probe-5e1f"
 

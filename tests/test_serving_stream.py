@@ -6,23 +6,17 @@ import json
 
 import numpy as np
 import pytest
-from fakes import EMOTION_HZ
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
-from tiny_run import silence, tiny_run, tone
 
-from ser.inference import Predictor
 from ser.serving.app import create_app
 from ser.serving.settings import ServingSettings
 from ser.serving.stream import StreamError, StreamSession, voice_activity
+from tests.support.fakes import EMOTION_HZ
+from tests.support.tiny_run import silence, tone
 
 SETTINGS = ServingSettings(stream_window=1.0, stream_hop=0.5, max_batch_windows=2,
                            stream_max_chunk_seconds=2.0, stream_max_seconds=30)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def predictor(tmp_path_factory) -> Predictor:
-    return Predictor.load(tiny_run(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from fakes import make_emodb
-from tiny_run import ROOT, tiny_overrides
 
 from ser.config import load_config
 from ser.data.pipeline import Normaliser, speaker_prior
@@ -16,6 +14,9 @@ from ser.data.prepare import prepare_data
 from ser.inference import Predictor
 from ser.runs import SPEAKER_PRIOR, RunDirError
 from ser.training import train
+from tests.support import ROOT
+from tests.support.fakes import make_emodb
+from tests.support.tiny_run import tiny_overrides
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import make_corpora, write_bytes, write_empty_wav
-from tiny_run import tiny_overrides
 
 from ser.config import load_config
 from ser.training import class_weights, train
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT
+from tests.support.fakes import make_corpora, write_bytes, write_empty_wav
+from tests.support.tiny_run import tiny_overrides
 
 
 @pytest.fixture(scope="module")

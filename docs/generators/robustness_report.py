@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 # The catalogue of awkward inputs belongs to the tests that exercise it; the report only
-# borrows its row order, so tests/ goes on the path rather than the catalogue moving here.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
-from badinputs import ROWS, SCENARIOS
+# borrows its row order, so the project root goes on the path rather than the catalogue
+# moving here.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.support.badinputs import ROWS, SCENARIOS  # noqa: E402
 
 COMMAND = (
     "SER_ROBUSTNESS_LOG=/tmp/r.jsonl .venv/bin/pytest -q tests/test_robustness.py "

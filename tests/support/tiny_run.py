@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from fakes import EMOTION_HZ, make_emodb
 
 from ser.config import load_config
 from ser.training import train
+from tests.support import ROOT
+from tests.support.fakes import EMOTION_HZ, make_emodb
 
-ROOT = Path(__file__).resolve().parent.parent
 WINDOW_SECONDS = 1.0
 _RUNS: dict[str, Path] = {}
 
@@ -52,6 +52,19 @@ def tiny_overrides(
         **extra,
     }
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def tiny_config(data_root: Path, work: Path, corpora: str, model: str = "lstm", **extra: str):
+    """A config that trains in seconds on generated corpora (two epochs, quick baselines)."""
+    extra = {
+        "train.epochs": "2",
+        "train.confusion_images": "false",
+        "evaluation.seed_mlp.max_iter": "50",
+        "evaluation.mlp.max_iter": "50",
+        **extra,
+    }
+    sets = tiny_overrides(data_root, work, model, corpora, **extra)
+    return load_config(ROOT / "configs" / "base.yaml", sets, env={})
 
 
 def tiny_run(tmp_path_factory, model: str = "lstm") -> Path:

@@ -11,28 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import EMOTION_HZ
 from fastapi.testclient import TestClient
-from tiny_run import WINDOW_SECONDS, encode, silence, tiny_run, tone
 
-from ser.inference import Predictor
 from ser.serving.app import create_app
 from ser.serving.settings import ServingSettings, load_settings
+from tests.support.fakes import EMOTION_HZ
+from tests.support.tiny_run import WINDOW_SECONDS, encode, silence, tone
 
 SETTINGS = ServingSettings(
     max_upload_mb=0.5, max_clip_seconds=20, max_batch_files=3, max_batch_windows=4,
     stream_window=1.0, stream_hop=0.5,
 )  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def predictor(run_dir) -> Predictor:
-    return Predictor.load(run_dir)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,11 @@ import time
 import httpx
 import numpy as np
 import pytest
-from tiny_run import ROOT, encode, tiny_run, tone
+
+from tests.support import ROOT, free_port
+from tests.support.tiny_run import encode, tiny_run, tone
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ser(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

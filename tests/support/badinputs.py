@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from robustlog import record
+
+from tests.support.robustlog import record
 
 SR = 16000
 
