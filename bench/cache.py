@@ -35,16 +35,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache:
         cold, _ = timed(lambda: extract_all(paths, cfg.features, 16000, cache_dir=cache, **quiet))
         warm, (_, report) = timed(
-            lambda: extract_all(paths, cfg.features, 16000, cache_dir=cache, **quiet))
+            lambda: extract_all(paths, cfg.features, 16000, cache_dir=cache, **quiet)
+        )
         assert report.hits == len(paths) - len(report.failed)
         (Path(cache) / DigestIndex.FILE).unlink()
         rehash, _ = timed(lambda: extract_all(paths, cfg.features, 16000, cache_dir=cache, **quiet))
         size = du(cache)
-        out.update(cold_s=cold, warm_s=warm, warm_rehash_s=rehash, cold_over_warm=cold / warm,
-                   cache_bytes=size, cache_mb_per_hour=size / 1e6 / hours)
-        rows_out = [["feature stage, cold cache", cold, 1.0],
-                    ["feature stage, warm cache", warm, cold / warm],
-                    ["feature stage, warm, files re-hashed", rehash, cold / rehash]]
+        out.update(
+            cold_s=cold,
+            warm_s=warm,
+            warm_rehash_s=rehash,
+            cold_over_warm=cold / warm,
+            cache_bytes=size,
+            cache_mb_per_hour=size / 1e6 / hours,
+        )
+        rows_out = [
+            ["feature stage, cold cache", cold, 1.0],
+            ["feature stage, warm cache", warm, cold / warm],
+            ["feature stage, warm, files re-hashed", rehash, cold / rehash],
+        ]
     if not args.no_epoch:
         from bench.common import epoch_seconds
 
@@ -54,15 +63,24 @@ def main() -> None:
             warm_prep, data = timed(lambda: prepare(cfg, rows, cache))
             warm_epoch = epoch_seconds(cfg, data)[0]
         cold_total, warm_total = cold_prep + cold_epoch, warm_prep + warm_epoch
-        out.update(first_epoch_cold_s=cold_total, first_epoch_warm_s=warm_total,
-                   prep_cold_s=cold_prep, prep_warm_s=warm_prep,
-                   epoch_cold_s=cold_epoch, epoch_warm_s=warm_epoch)
-        rows_out += [["data prep (manifest rows given), cold", cold_prep, 1.0],
-                     ["data prep (manifest rows given), warm", warm_prep, cold_prep / warm_prep],
-                     ["data prep + first LSTM epoch, cold", cold_total, 1.0],
-                     ["data prep + first LSTM epoch, warm", warm_total, cold_total / warm_total]]
-    print(f"{len(paths)} files, {hours:.2f} h; cache {size / 1e6:.1f} MB "
-          f"= {size / 1e6 / hours:.0f} MB per hour of audio")
+        out.update(
+            first_epoch_cold_s=cold_total,
+            first_epoch_warm_s=warm_total,
+            prep_cold_s=cold_prep,
+            prep_warm_s=warm_prep,
+            epoch_cold_s=cold_epoch,
+            epoch_warm_s=warm_epoch,
+        )
+        rows_out += [
+            ["data prep (manifest rows given), cold", cold_prep, 1.0],
+            ["data prep (manifest rows given), warm", warm_prep, cold_prep / warm_prep],
+            ["data prep + first LSTM epoch, cold", cold_total, 1.0],
+            ["data prep + first LSTM epoch, warm", warm_total, cold_total / warm_total],
+        ]
+    print(
+        f"{len(paths)} files, {hours:.2f} h; cache {size / 1e6:.1f} MB "
+        f"= {size / 1e6 / hours:.0f} MB per hour of audio"
+    )
     print(table(rows_out, ["what", "seconds", "x faster than cold"]))
     write(args.out, "cache", out)
 

@@ -26,11 +26,14 @@ RESULTS = ROOT / "bench" / "results"
 def parser(name: str, doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"python -m bench.{name}", description=doc)
     p.add_argument(
-        "--data-root", default=os.environ.get("SER_DATA_ROOT") or str(ROOT.parent / "shared" / "data"),
+        "--data-root",
+        default=os.environ.get("SER_DATA_ROOT") or str(ROOT.parent / "shared" / "data"),
         help="folder holding ravdess/, tess/, emodb/ (default $SER_DATA_ROOT or ../shared/data)",
     )
     p.add_argument("--corpora", default="ravdess,tess,emodb", help="comma-separated corpora")
-    p.add_argument("--limit", type=int, default=0, help="at most this many files per corpus (0 = all)")
+    p.add_argument(
+        "--limit", type=int, default=0, help="at most this many files per corpus (0 = all)"
+    )
     p.add_argument("--out", default=str(RESULTS / f"{name}.json"), help="where to write the JSON")
     return p
 
@@ -46,7 +49,11 @@ def machine() -> dict[str, Any]:
         pass
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = "unknown"
@@ -64,7 +71,9 @@ def manifest_rows(args: argparse.Namespace):
     from ser.config import load_config
     from ser.data.corpora import build_manifest
 
-    cfg = load_config(None, [f"data.root={args.data_root}", f"data.corpora=[{args.corpora}]"], env={})
+    cfg = load_config(
+        None, [f"data.root={args.data_root}", f"data.corpora=[{args.corpora}]"], env={}
+    )
     rows = build_manifest(cfg.data, log=lambda line: None).rows
     if args.limit:
         kept = []
@@ -78,8 +87,12 @@ def manifest_rows(args: argparse.Namespace):
 
 def percentiles(seconds: Sequence[float]) -> dict[str, float]:
     ms = np.asarray(seconds) * 1000
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "mean_ms": float(ms.mean()), "n": int(ms.size)}
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p95_ms": float(np.percentile(ms, 95)),
+        "mean_ms": float(ms.mean()),
+        "n": int(ms.size),
+    }
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -138,8 +151,11 @@ def compiled_model(cfg, data):
 
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(cfg.model, data.input_dim, len(data.labels))
-    model.compile(optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.train.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -147,8 +163,14 @@ def train_dataset(cfg, data):
     from ser.data.pipeline import Normaliser, make_dataset
 
     norm = Normaliser.fit(data.inputs["train"])
-    return make_dataset(data.inputs["train"], data.targets["train"], normaliser=norm,
-                        batch_size=cfg.train.batch_size, training=True, seed=cfg.seed)
+    return make_dataset(
+        data.inputs["train"],
+        data.targets["train"],
+        normaliser=norm,
+        batch_size=cfg.train.batch_size,
+        training=True,
+        seed=cfg.seed,
+    )
 
 
 def epoch_seconds(cfg, data, epochs: int = 1) -> list[float]:
@@ -167,6 +189,7 @@ def epoch_seconds(cfg, data, epochs: int = 1) -> list[float]:
             self.times.append(time.perf_counter() - self.start)
 
     clock = Clock()
-    compiled_model(cfg, data).fit(train_dataset(cfg, data), epochs=epochs, verbose=0,
-                                  callbacks=[clock])
+    compiled_model(cfg, data).fit(
+        train_dataset(cfg, data), epochs=epochs, verbose=0, callbacks=[clock]
+    )
     return clock.times

@@ -43,15 +43,25 @@ def seed_recipe(path: str) -> np.ndarray:
 def feature_configs():
     from ser.config import load_config
 
-    same = ["features.extractors=[mfcc, chroma, mel]", "features.mfcc.n_mfcc=40",
-            "features.mfcc.n_mels=128", "features.mel.n_mels=128", "features.mode=pooled",
-            "features.pooling=[mean]", "model.type=dense"]
+    same = [
+        "features.extractors=[mfcc, chroma, mel]",
+        "features.mfcc.n_mfcc=40",
+        "features.mfcc.n_mels=128",
+        "features.mel.n_mels=128",
+        "features.mode=pooled",
+        "features.pooling=[mean]",
+        "model.type=dense",
+    ]
     seed_frame = [f"features.frame.{k}={v}" for k, v in SEED_FRAME.items()]
     return {
         "seed features, seed frames": load_config(None, same + seed_frame, env={}).features,
         "seed features, our frames": load_config(None, same, env={}).features,
-        "lstm/cnn default (mfcc+chroma+contrast)": load_config("configs/lstm.yaml", env={}).features,
-        "dense default (mfcc+chroma+mel+contrast)": load_config("configs/dense.yaml", env={}).features,
+        "lstm/cnn default (mfcc+chroma+contrast)": load_config(
+            "configs/lstm.yaml", env={}
+        ).features,
+        "dense default (mfcc+chroma+mel+contrast)": load_config(
+            "configs/dense.yaml", env={}
+        ).features,
     }
 
 
@@ -75,14 +85,26 @@ def main() -> None:
 
     results = []
     seconds, _ = timed(lambda: [seed_recipe(p) for p in paths])
-    results.append({"path": "seed recipe (separate librosa calls)", "workers": 1,
-                    "seconds": seconds, "files_per_s": len(paths) / seconds})
+    results.append(
+        {
+            "path": "seed recipe (separate librosa calls)",
+            "workers": 1,
+            "seconds": seconds,
+            "files_per_s": len(paths) / seconds,
+        }
+    )
     # The seed ran with NumPy's default BLAS pool; on a busy machine one thread is
     # much faster, so the seed is also given that advantage and the faster is the bar.
     with threadpool_limits(1):
         seconds, _ = timed(lambda: [seed_recipe(p) for p in paths])
-    results.append({"path": "seed recipe, one BLAS thread", "workers": 1,
-                    "seconds": seconds, "files_per_s": len(paths) / seconds})
+    results.append(
+        {
+            "path": "seed recipe, one BLAS thread",
+            "workers": 1,
+            "seconds": seconds,
+            "files_per_s": len(paths) / seconds,
+        }
+    )
     seed_rate = max(r["files_per_s"] for r in results)
     for r in results:
         r["vs_seed"] = r["files_per_s"] / seed_rate
@@ -91,24 +113,52 @@ def main() -> None:
         extract_features(load_audio(paths[0], 16000), 16000, cfg)  # warm filterbanks
         for workers in (1, 2):
             with tempfile.TemporaryDirectory() as cache:
-                seconds, (_, report) = timed(lambda: extract_all(
-                    paths, cfg, 16000, workers=workers, cache_dir=cache, progress=False,
-                    log=lambda line: None))
+                seconds, (_, report) = timed(
+                    lambda: extract_all(
+                        paths,
+                        cfg,
+                        16000,
+                        workers=workers,
+                        cache_dir=cache,
+                        progress=False,
+                        log=lambda line: None,
+                    )
+                )
             assert report.extracted == len(paths) - len(report.failed)
-            results.append({"path": f"ours: {name}", "workers": workers, "seconds": seconds,
-                            "files_per_s": len(paths) / seconds,
-                            "vs_seed": len(paths) / seconds / seed_rate})
+            results.append(
+                {
+                    "path": f"ours: {name}",
+                    "workers": workers,
+                    "seconds": seconds,
+                    "files_per_s": len(paths) / seconds,
+                    "vs_seed": len(paths) / seconds / seed_rate,
+                }
+            )
         if name.startswith("seed features"):
             # The bare compute path: decode + extract in-process, no hashing, no cache.
             with threadpool_limits(1):
-                seconds, _ = timed(lambda: [extract_features(load_audio(p, 16000), 16000, cfg)
-                                            for p in paths])
-            results.append({"path": f"ours, no cache: {name}", "workers": 1, "seconds": seconds,
-                            "files_per_s": len(paths) / seconds,
-                            "vs_seed": len(paths) / seconds / seed_rate})
+                seconds, _ = timed(
+                    lambda: [extract_features(load_audio(p, 16000), 16000, cfg) for p in paths]
+                )
+            results.append(
+                {
+                    "path": f"ours, no cache: {name}",
+                    "workers": 1,
+                    "seconds": seconds,
+                    "files_per_s": len(paths) / seconds,
+                    "vs_seed": len(paths) / seconds / seed_rate,
+                }
+            )
 
-    print(table([[r["path"], r["workers"], r["seconds"], r["files_per_s"], r["vs_seed"]]
-                 for r in results], ["path", "workers", "seconds", "files/s", "x seed"]))
+    print(
+        table(
+            [
+                [r["path"], r["workers"], r["seconds"], r["files_per_s"], r["vs_seed"]]
+                for r in results
+            ],
+            ["path", "workers", "seconds", "files/s", "x seed"],
+        )
+    )
     write(args.out, "extraction", {"files": len(paths), "hours": hours, "results": results})
 
 

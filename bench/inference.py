@@ -75,16 +75,38 @@ def main() -> None:
         rate = batch * reps / (time.perf_counter() - t0)
         batch_rows.append({"batch": batch, "clips_per_s": rate})
 
-    latency = {"features_only": percentiles(features), "clip_end_to_end": percentiles(total),
-               "file_end_to_end": percentiles(decode)}
-    print(f"run {predictor.run_dir} ({predictor.cfg.model.type}, "
-          f"{predictor.model.count_params():,} parameters), {args.seconds:.0f} s clip")
-    print(table([[k, v["p50_ms"], v["p95_ms"]] for k, v in latency.items()],
-                ["latency", "p50 ms", "p95 ms"]))
-    print(table([[r["batch"], r["clips_per_s"]] for r in batch_rows],
-                ["batch (model only, features precomputed)", "clips/s"]))
-    write(args.out, "inference", {"run": str(predictor.run_dir), "model": predictor.cfg.model.type,
-                                  "seconds": args.seconds, "latency": latency, "batches": batch_rows})
+    latency = {
+        "features_only": percentiles(features),
+        "clip_end_to_end": percentiles(total),
+        "file_end_to_end": percentiles(decode),
+    }
+    print(
+        f"run {predictor.run_dir} ({predictor.cfg.model.type}, "
+        f"{predictor.model.count_params():,} parameters), {args.seconds:.0f} s clip"
+    )
+    print(
+        table(
+            [[k, v["p50_ms"], v["p95_ms"]] for k, v in latency.items()],
+            ["latency", "p50 ms", "p95 ms"],
+        )
+    )
+    print(
+        table(
+            [[r["batch"], r["clips_per_s"]] for r in batch_rows],
+            ["batch (model only, features precomputed)", "clips/s"],
+        )
+    )
+    write(
+        args.out,
+        "inference",
+        {
+            "run": str(predictor.run_dir),
+            "model": predictor.cfg.model.type,
+            "seconds": args.seconds,
+            "latency": latency,
+            "batches": batch_rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -18,7 +18,14 @@ import tempfile
 import time
 
 from bench.common import (
-    ROOT, bench_config, compiled_model, manifest_rows, parser, prepare, table, train_dataset,
+    ROOT,
+    bench_config,
+    compiled_model,
+    manifest_rows,
+    parser,
+    prepare,
+    table,
+    train_dataset,
     write,
 )
 
@@ -36,9 +43,14 @@ def peak_rss_mb(args, epochs: int) -> float:
     """Peak RSS (MB) of a full training run in a child process."""
     with tempfile.TemporaryDirectory() as work:
         cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/lstm.yaml")]
-        for s in (f"data.root={args.data_root}", f"data.corpora=[{args.corpora}]",
-                  f"train.epochs={epochs}", f"features.cache_dir={work}/cache",
-                  f"train.checkpoints_dir={work}/ck", f"train.experiments_dir={work}/ex"):
+        for s in (
+            f"data.root={args.data_root}",
+            f"data.corpora=[{args.corpora}]",
+            f"train.epochs={epochs}",
+            f"features.cache_dir={work}/cache",
+            f"train.checkpoints_dir={work}/ck",
+            f"train.experiments_dir={work}/ex",
+        ):
             cmd += ["--set", s]
         subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
@@ -63,17 +75,33 @@ def main() -> None:
             model.fit(ds, epochs=1, verbose=0)
             steps = sum(1 for _ in ds)
             step_rate = steps / (time.perf_counter() - start)
-            results.append({"model": name, "input_batches_per_s": input_rate,
-                            "train_batches_per_s": step_rate, "ratio": input_rate / step_rate,
-                            "batch_size": cfg.train.batch_size, "train_examples": len(data.rows["train"])})
-    print(table([[r["model"], r["input_batches_per_s"], r["train_batches_per_s"], r["ratio"]]
-                 for r in results], ["model", "tf.data batches/s", "train steps/s", "input / model"]))
+            results.append(
+                {
+                    "model": name,
+                    "input_batches_per_s": input_rate,
+                    "train_batches_per_s": step_rate,
+                    "ratio": input_rate / step_rate,
+                    "batch_size": cfg.train.batch_size,
+                    "train_examples": len(data.rows["train"]),
+                }
+            )
+    print(
+        table(
+            [
+                [r["model"], r["input_batches_per_s"], r["train_batches_per_s"], r["ratio"]]
+                for r in results
+            ],
+            ["model", "tf.data batches/s", "train steps/s", "input / model"],
+        )
+    )
     out = {"files": len(rows), "results": results}
     if not args.no_rss:
         out["peak_rss_mb"] = peak_rss_mb(args, args.rss_epochs)
         out["rss_epochs"] = args.rss_epochs
-        print(f"peak RSS of a full lstm training run ({args.rss_epochs} epochs, "
-              f"{args.corpora}): {out['peak_rss_mb']:.0f} MB")
+        print(
+            f"peak RSS of a full lstm training run ({args.rss_epochs} epochs, "
+            f"{args.corpora}): {out['peak_rss_mb']:.0f} MB"
+        )
     write(args.out, "pipeline", out)
 
 

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 import tempfile
 
-from bench.common import bench_config, epoch_seconds, manifest_rows, parser, prepare, table, timed, write
+from bench.common import (
+    bench_config,
+    epoch_seconds,
+    manifest_rows,
+    parser,
+    prepare,
+    table,
+    timed,
+    write,
+)
 
 
 def fraction_of(rows, fraction: float):
@@ -38,14 +47,40 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as cache:
             prep, data = timed(lambda: prepare(cfg, subset, cache))
         epochs = epoch_seconds(cfg, data, args.epochs)
-        results.append({"fraction": fraction, "files": len(subset), "hours": hours,
-                        "extract_and_prepare_s": prep, "epoch_s": min(epochs),
-                        "train_examples": len(data.rows["train"])})
+        results.append(
+            {
+                "fraction": fraction,
+                "files": len(subset),
+                "hours": hours,
+                "extract_and_prepare_s": prep,
+                "epoch_s": min(epochs),
+                "train_examples": len(data.rows["train"]),
+            }
+        )
     base = results[-1]
-    print(table([[f"{r['fraction']:.0%}", r["files"], r["hours"], r["extract_and_prepare_s"],
-                  r["epoch_s"], r["epoch_s"] / base["epoch_s"]] for r in results],
-                ["data", "files", "hours", "extract+prepare s", f"{args.model} epoch s",
-                 "epoch vs 100 %"]))
+    print(
+        table(
+            [
+                [
+                    f"{r['fraction']:.0%}",
+                    r["files"],
+                    r["hours"],
+                    r["extract_and_prepare_s"],
+                    r["epoch_s"],
+                    r["epoch_s"] / base["epoch_s"],
+                ]
+                for r in results
+            ],
+            [
+                "data",
+                "files",
+                "hours",
+                "extract+prepare s",
+                f"{args.model} epoch s",
+                "epoch vs 100 %",
+            ],
+        )
+    )
     write(args.out, "scaling", {"model": args.model, "epochs": args.epochs, "results": results})
 
 

@@ -59,7 +59,9 @@ class MemorySampler(threading.Thread):
     def run(self) -> None:
         started = time.perf_counter()
         while not self.stopping.is_set():
-            self.samples.append([round(time.perf_counter() - started, 2), round(rss_mb(self.pid), 2)])
+            self.samples.append(
+                [round(time.perf_counter() - started, 2), round(rss_mb(self.pid), 2)]
+            )
             self.stopping.wait(self.interval)
 
     def stop(self) -> list[list[float]]:
@@ -98,8 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run_level(url, body, 1, args.warmup, 60.0))
         before = wait_healthy(url, proc)
         load_before = os.getloadavg()[0]
-        print(f"server {url} (pid {proc.pid}): model {health['model_id']}; {args.clients} clients "
-              f"for {args.seconds:g} s; load average {load_before:.1f}", flush=True)  # fmt: skip
+        print(
+            f"server {url} (pid {proc.pid}): model {health['model_id']}; {args.clients} clients "
+            f"for {args.seconds:g} s; load average {load_before:.1f}",
+            flush=True,
+        )
         sampler = MemorySampler(proc.pid)
         sampler.start()
         try:
@@ -126,17 +131,24 @@ def main(argv: list[str] | None = None) -> int:
         "model_id": health["model_id"],
         "duration_asked_s": args.seconds,
         "clip": f"generated {args.clip_seconds:g} s voiced clip, 16 kHz PCM_16 WAV ({len(body)} bytes)",
-        "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "load_average_1min": {
+            "before": round(load_before, 2),
+            "after": round(os.getloadavg()[0], 2),
+        },
         **{("clients" if k == "concurrency" else k): v for k, v in load.items()},
         "mean_batch_windows": round(windows / batches, 2) if batches else None,
         **memory,
         "rss_mb_over_time": samples,
     }
-    print(f"{load['requests']} requests, {load['errors']} errors, {load['requests_per_second']} req/s; "
-          f"p50 {load['p50_ms']} ms, p95 {load['p95_ms']} ms, p99 {load['p99_ms']} ms")  # fmt: skip
-    print(f"RSS {memory['rss_start_mb']:.0f} -> {memory['rss_end_mb']:.0f} MB (max "
-          f"{memory['rss_max_mb']:.0f}); slope {memory['rss_slope_mb_per_min']} MB/min, second half "
-          f"{memory['rss_slope_second_half_mb_per_min']} MB/min")  # fmt: skip
+    print(
+        f"{load['requests']} requests, {load['errors']} errors, {load['requests_per_second']} req/s; "
+        f"p50 {load['p50_ms']} ms, p95 {load['p95_ms']} ms, p99 {load['p99_ms']} ms"
+    )
+    print(
+        f"RSS {memory['rss_start_mb']:.0f} -> {memory['rss_end_mb']:.0f} MB (max "
+        f"{memory['rss_max_mb']:.0f}); slope {memory['rss_slope_mb_per_min']} MB/min, second half "
+        f"{memory['rss_slope_second_half_mb_per_min']} MB/min"
+    )
     write(args.out, "soak", report)
     return 0 if load["errors"] == 0 else 1
 

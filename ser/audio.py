@@ -45,7 +45,11 @@ class AudioInfo:
 
 
 def _name(source: str | os.PathLike[str] | IO[bytes]) -> str:
-    return str(source) if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<upload>")
+    return (
+        str(source)
+        if isinstance(source, (str, os.PathLike))
+        else getattr(source, "name", "<upload>")
+    )
 
 
 def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
@@ -124,9 +128,22 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int, min_samples: int 
 # ---------------------------------------------------------------- ffmpeg, for containers
 # Containers libsndfile does not read; only ffmpeg decodes them.
 FFMPEG_EXTENSIONS = frozenset(
-    {".m4a", ".aac", ".mp4", ".webm", ".weba", ".mka", ".mkv", ".mov", ".3gp", ".3gpp", ".amr",
-     ".wma", ".ac3"}
-)  # fmt: skip
+    {
+        ".m4a",
+        ".aac",
+        ".mp4",
+        ".webm",
+        ".weba",
+        ".mka",
+        ".mkv",
+        ".mov",
+        ".3gp",
+        ".3gpp",
+        ".amr",
+        ".wma",
+        ".ac3",
+    }
+)
 FFMPEG_INSTALL = (
     "install ffmpeg (Debian/Ubuntu: apt-get install ffmpeg; macOS: brew install ffmpeg; "
     "Windows: winget install ffmpeg) and run the command again"
@@ -179,10 +196,23 @@ def decode_bytes_with_ffmpeg(data: bytes, sample_rate: int, max_seconds: float) 
     with ffmpeg's reason (no file name: the caller names the bytes).
     """
     arguments = [
-        "-protocol_whitelist", "pipe", "-format_whitelist", FFMPEG_DEMUXERS,
-        "-i", "pipe:0", "-t", f"{max_seconds + 0.5:.3f}",
-        "-vn", "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
-    ]  # fmt: skip
+        "-protocol_whitelist",
+        "pipe",
+        "-format_whitelist",
+        FFMPEG_DEMUXERS,
+        "-i",
+        "pipe:0",
+        "-t",
+        f"{max_seconds + 0.5:.3f}",
+        "-vn",
+        "-ac",
+        "1",
+        "-ar",
+        str(sample_rate),
+        "-f",
+        "f32le",
+        "pipe:1",
+    ]
     try:
         done = _run_ffmpeg(arguments, data, FFMPEG_BYTES_TIMEOUT)
     except subprocess.TimeoutExpired:
@@ -199,9 +229,20 @@ def decode_file_with_ffmpeg(path: str | os.PathLike[str], sample_rate: int) -> n
     refusing the file, no samples, or NaN/infinite samples.
     """
     arguments = [
-        "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", str(sample_rate),
-        "-f", "f32le", "-acodec", "pcm_f32le", "-",
-    ]  # fmt: skip
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-ac",
+        "1",
+        "-ar",
+        str(sample_rate),
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-",
+    ]
     try:
         done = _run_ffmpeg(arguments, None, FFMPEG_FILE_TIMEOUT)
     except (OSError, subprocess.TimeoutExpired) as exc:

@@ -82,9 +82,14 @@ def build_svc(p: SVCParams, seed: int, n_jobs: int) -> SVC:
 @BASELINES.register("random_forest")
 def build_random_forest(p: RandomForestParams, seed: int, n_jobs: int) -> RandomForestClassifier:
     return RandomForestClassifier(
-        n_estimators=p.n_estimators, max_depth=p.max_depth, min_samples_leaf=p.min_samples_leaf,
-        max_features=p.max_features, class_weight=p.class_weight, random_state=seed, n_jobs=n_jobs,
-    )  # fmt: skip
+        n_estimators=p.n_estimators,
+        max_depth=p.max_depth,
+        min_samples_leaf=p.min_samples_leaf,
+        max_features=p.max_features,
+        class_weight=p.class_weight,
+        random_state=seed,
+        n_jobs=n_jobs,
+    )
 
 
 @BASELINES.register("hist_gradient_boosting")
@@ -92,10 +97,14 @@ def build_hist_gradient_boosting(
     p: HistGradientBoostingParams, seed: int, n_jobs: int
 ) -> HistGradientBoostingClassifier:
     return HistGradientBoostingClassifier(
-        learning_rate=p.learning_rate, max_iter=p.max_iter, max_leaf_nodes=p.max_leaf_nodes,
-        l2_regularization=p.l2_regularization, class_weight=p.class_weight,
-        early_stopping=False, random_state=seed,
-    )  # fmt: skip
+        learning_rate=p.learning_rate,
+        max_iter=p.max_iter,
+        max_leaf_nodes=p.max_leaf_nodes,
+        l2_regularization=p.l2_regularization,
+        class_weight=p.class_weight,
+        early_stopping=False,
+        random_state=seed,
+    )
 
 
 @BASELINES.register("knn")
@@ -106,10 +115,13 @@ def build_knn(p: KNNParams, seed: int, n_jobs: int) -> KNeighborsClassifier:
 @BASELINES.register("mlp")
 def build_mlp(p: MLPParams, seed: int, n_jobs: int) -> MLPClassifier:
     return MLPClassifier(
-        hidden_layer_sizes=tuple(p.hidden_layer_sizes), alpha=p.alpha,
-        learning_rate_init=p.learning_rate_init, batch_size=p.batch_size, max_iter=p.max_iter,
+        hidden_layer_sizes=tuple(p.hidden_layer_sizes),
+        alpha=p.alpha,
+        learning_rate_init=p.learning_rate_init,
+        batch_size=p.batch_size,
+        max_iter=p.max_iter,
         random_state=seed,
-    )  # fmt: skip
+    )
 
 
 @BASELINES.register("logistic_regression")
@@ -124,9 +136,14 @@ def build_logistic_regression(
 @BASELINES.register("seed_mlp")
 def build_seed_mlp(p: SeedMLPParams, seed: int, n_jobs: int) -> MLPClassifier:
     return MLPClassifier(
-        hidden_layer_sizes=tuple(p.hidden_layer_sizes), alpha=p.alpha, batch_size=p.batch_size,
-        learning_rate=p.learning_rate, max_iter=p.max_iter, epsilon=1e-8, random_state=seed,
-    )  # fmt: skip
+        hidden_layer_sizes=tuple(p.hidden_layer_sizes),
+        alpha=p.alpha,
+        batch_size=p.batch_size,
+        learning_rate=p.learning_rate,
+        max_iter=p.max_iter,
+        epsilon=1e-8,
+        random_state=seed,
+    )
 
 
 def params_of(cfg: EvaluationConfig, name: str) -> Any:
@@ -220,9 +237,12 @@ class PooledFeatures:
         missing = [r.path for r in rows if r.path not in self._frames]
         if missing:
             found, report = extract_all(
-                missing, self.features, self.sample_rate, cache_dir=self.features.cache_dir,
+                missing,
+                self.features,
+                self.sample_rate,
+                cache_dir=self.features.cache_dir,
                 log=self._log,
-            )  # fmt: skip
+            )
             self._log(f"baseline {report.summary()}")
             if report.failed:
                 path, reason = report.failed[0]
@@ -316,15 +336,23 @@ def fit_baseline(
                 y_search = np.concatenate([y_train, y_val])
                 fold = np.r_[np.full(len(x_train), -1), np.zeros(len(x_val), int)]
                 search = GridSearchCV(
-                    pipeline, grid_spec, scoring="balanced_accuracy",
-                    cv=PredefinedSplit(fold), n_jobs=n_jobs, refit=False,
-                )  # fmt: skip
+                    pipeline,
+                    grid_spec,
+                    scoring="balanced_accuracy",
+                    cv=PredefinedSplit(fold),
+                    n_jobs=n_jobs,
+                    refit=False,
+                )
                 search.fit(x_search, y_search)
             else:
                 search = GridSearchCV(
-                    pipeline, grid_spec, scoring="balanced_accuracy", cv=splitter,
-                    n_jobs=n_jobs, refit=False,
-                )  # fmt: skip
+                    pipeline,
+                    grid_spec,
+                    scoring="balanced_accuracy",
+                    cv=splitter,
+                    n_jobs=n_jobs,
+                    refit=False,
+                )
                 search.fit(x_train, y_train, groups=groups)
             best = search.best_params_
             pipeline.set_params(**best)
@@ -333,14 +361,18 @@ def fit_baseline(
                     list(value) if isinstance(value, tuple) else value
                 )
             search_report = {
-                "searched": {k.removeprefix("clf__"): [list(v) if isinstance(v, tuple) else v
-                                                        for v in vs] for k, vs in grid_spec.items()},
-                "best": {k.removeprefix("clf__"): (list(v) if isinstance(v, tuple) else v)
-                         for k, v in best.items()},
+                "searched": {
+                    k.removeprefix("clf__"): [list(v) if isinstance(v, tuple) else v for v in vs]
+                    for k, vs in grid_spec.items()
+                },
+                "best": {
+                    k.removeprefix("clf__"): (list(v) if isinstance(v, tuple) else v)
+                    for k, v in best.items()
+                },
                 "best_cv_ua": float(search.best_score_),
                 "folds": how,
                 "candidates": len(search.cv_results_["params"]),
-            }  # fmt: skip
+            }
             log(
                 f"grid {name}: best {search_report['best']} (cv UA {search.best_score_:.3f}, {how})"
             )

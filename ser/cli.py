@@ -25,7 +25,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
         "--config", "-c", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})"
     )
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set model.lstm.units=[256] (repeatable)",
     )
 

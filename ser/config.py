@@ -45,8 +45,21 @@ ExtractorName = Literal[
 # Utterance-level functionals from the optional `opensmile` package: one [1, D] row per clip.
 UTTERANCE_EXTRACTORS = ("egemaps", "compare")
 PoolingName = Literal[
-    "mean", "std", "min", "max", "median", "p1", "p25", "p75", "p99", "range", "iqr",
-    "skew", "kurtosis", "slope", "delta",
+    "mean",
+    "std",
+    "min",
+    "max",
+    "median",
+    "p1",
+    "p25",
+    "p75",
+    "p99",
+    "range",
+    "iqr",
+    "skew",
+    "kurtosis",
+    "slope",
+    "delta",
 ]
 DATA_ROOT_ENV = "SER_DATA_ROOT"
 
@@ -64,8 +77,7 @@ def _folder_name(value: str) -> str:
     # a path in one (../../x, /etc/x) would write outside them.
     if value in ("", ".", "..") or any(c in value for c in "/\\\0") or len(value) > 200:
         raise ValueError(
-            "must be a plain folder name (1-200 characters, no '/', '\\' or NUL, "
-            "not '.' or '..')"
+            "must be a plain folder name (1-200 characters, no '/', '\\' or NUL, not '.' or '..')"
         )
     return value
 
@@ -240,7 +252,9 @@ class FeaturesConfig(Strict):
         if self.pooled_normalisation != "none" and self.mode != "pooled":
             raise ValueError("pooled_normalisation needs mode: pooled")
         utterance = [e for e in self.extractors if e in UTTERANCE_EXTRACTORS]
-        if utterance and (len(self.extractors) > 1 or self.mode != "pooled" or self.pooling != ["mean"]):
+        if utterance and (
+            len(self.extractors) > 1 or self.mode != "pooled" or self.pooling != ["mean"]
+        ):
             raise ValueError(
                 f"{utterance[0]} gives one row of functionals per clip: use it alone, with "
                 "mode: pooled and pooling: [mean]"
@@ -338,9 +352,14 @@ class TrainConfig(Strict):
 # parameters and, under ``grid``, the values ``--grid`` searches with speaker-grouped
 # folds of the training speakers (an empty list leaves that parameter fixed).
 BaselineName = Literal[
-    "svc", "random_forest", "hist_gradient_boosting", "knn", "mlp", "logistic_regression",
+    "svc",
+    "random_forest",
+    "hist_gradient_boosting",
+    "knn",
+    "mlp",
+    "logistic_regression",
     "seed_mlp",
-]  # fmt: skip
+]
 ClassWeight = Literal["balanced"] | None
 Gamma = Literal["scale", "auto"] | float
 
@@ -471,9 +490,14 @@ class CrossValidationConfig(Strict):
 
 class EvaluationConfig(Strict):
     baselines: list[BaselineName] = [
-        "svc", "random_forest", "hist_gradient_boosting", "knn", "mlp", "logistic_regression",
+        "svc",
+        "random_forest",
+        "hist_gradient_boosting",
+        "knn",
+        "mlp",
+        "logistic_regression",
         "seed_mlp",
-    ]  # fmt: skip
+    ]
     grid: bool = False  # search each baseline's grid (training speakers only)
     grid_folds: int = Field(default=3, ge=2)  # speaker-grouped folds of the training split
     n_jobs: int = Field(default=1, ge=1)  # processes for forests and grid search
@@ -560,8 +584,7 @@ def _extends_entries(path: Path, extends: Any) -> list[str]:
     if isinstance(extends, list) and extends and all(isinstance(e, str) for e in extends):
         return extends
     raise ConfigError(
-        f"{path}: extends: must be a file name or a non-empty list of file names, "
-        f"got {extends!r}"
+        f"{path}: extends: must be a file name or a non-empty list of file names, got {extends!r}"
     )
 
 
@@ -690,4 +713,3 @@ def load_config(
 
 def save_config(cfg: Config, path: str | os.PathLike[str]) -> None:
     Path(path).write_text(cfg.to_yaml(), encoding="utf-8")
-

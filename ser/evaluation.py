@@ -163,9 +163,13 @@ def load_run_data(
     log(f"data: {where}")
     try:
         data = prepare_data(
-            predictor.cfg, split=split, labels=list(predictor.labels), manifest=manifest,
-            log=log, keep_features=True,
-        )  # fmt: skip
+            predictor.cfg,
+            split=split,
+            labels=list(predictor.labels),
+            manifest=manifest,
+            log=log,
+            keep_features=True,
+        )
     except SplitError as exc:
         raise EvaluationError(f"{run_dir}: {exc}") from None
     check_speaker_independent(data.split, data.rows)
@@ -260,10 +264,19 @@ def evaluate_baselines(
         )
         x_val = x_all[len(train.rows) + len(test.rows) :] if use_val else None
         fit = fit_baseline(
-            name, params, x_train, train.targets, groups, seed=cfg.seed, grid=grid,
-            grid_folds=ev.grid_folds, n_jobs=ev.n_jobs, x_val=x_val,
-            y_val=val.targets if x_val is not None else None, log=log,
-        )  # fmt: skip
+            name,
+            params,
+            x_train,
+            train.targets,
+            groups,
+            seed=cfg.seed,
+            grid=grid,
+            grid_folds=ev.grid_folds,
+            n_jobs=ev.n_jobs,
+            x_val=x_val,
+            y_val=val.targets if x_val is not None else None,
+            log=log,
+        )
         started = time.perf_counter()
         pred = predict(fit.estimator, x_test, num_classes, allowed)
         seconds = time.perf_counter() - started
@@ -408,9 +421,12 @@ def finish_report(
         out_dir.mkdir(parents=True, exist_ok=True)
         header, rows = _predictions_table(test, report["labels"], results)
         report["files"] = reports.write_report(
-            report, out_dir, history=history, plots=cfg.evaluation.plots,
+            report,
+            out_dir,
+            history=history,
+            plots=cfg.evaluation.plots,
             predictions=(header, rows),
-        )  # fmt: skip
+        )
         if cfg.evaluation.tensorboard and tensorboard_dir is not None:
             reports.write_tensorboard(report, tensorboard_dir, cfg)
             report["tensorboard"] = str(tensorboard_dir)
@@ -458,17 +474,28 @@ def evaluate_run(
             cfg.features, cfg.data.sample_rate, known=data.features, log=log
         )
         results += evaluate_baselines(
-            cfg, part["train"], part["test"], labels, run_features, val=part["val"], grid=grid,
+            cfg,
+            part["train"],
+            part["test"],
+            labels,
+            run_features,
+            val=part["val"],
+            grid=grid,
             log=log,
-        )  # fmt: skip
+        )
     protocol = _protocol(data.split, data.rows)
     report = build_report(
-        predictor, cfg, protocol, labels, part["test"], results,
+        predictor,
+        cfg,
+        protocol,
+        labels,
+        part["test"],
+        results,
         examples={p: len(data.rows[p]) for p in PARTS},
         data_note=f"{len(data.manifest.rows)} utterances of {', '.join(cfg.data.corpora)}; "
         f"{data.extraction.summary()}",
         extra={"grid": cfg.evaluation.grid if grid is None else grid},
-    )  # fmt: skip
+    )
     at_training = report["model"]["test_ua_at_training"]
     if at_training is not None and abs(at_training - keras_metrics["ua"]) > 1e-6:
         note = (
@@ -480,7 +507,13 @@ def evaluate_run(
         report["models"][0]["notes"] = results[0].notes
     report["seconds"] = time.perf_counter() - started
     return finish_report(
-        report, predictor.run_dir, part["test"], results, cfg, write=write,
+        report,
+        predictor.run_dir,
+        part["test"],
+        results,
+        cfg,
+        write=write,
         history=predictor.run_dir / runs.HISTORY,
-        tensorboard_dir=Path(report["log_dir"]) / "evaluation", log=log,
-    )  # fmt: skip
+        tensorboard_dir=Path(report["log_dir"]) / "evaluation",
+        log=log,
+    )

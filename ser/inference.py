@@ -295,7 +295,9 @@ class Predictor:
     def new_session(self, prior_weight: float = SESSION_PRIOR_WEIGHT) -> SpeakerSession | None:
         """Statistics for one speaker's clips, or None when the model does not use them
         (no ``features.pooled_normalisation: speaker``)."""
-        return None if self.speaker_prior is None else SpeakerSession(self.speaker_prior, prior_weight)
+        return (
+            None if self.speaker_prior is None else SpeakerSession(self.speaker_prior, prior_weight)
+        )
 
     def model_input(
         self, features: np.ndarray, session: SpeakerSession | None = None
@@ -353,9 +355,10 @@ class Predictor:
         seconds_per_frame = c.features.frame.hop_length / c.data.sample_rate
         if total <= width:
             return PreparedClip(
-                duration, [(0.0, duration)],
+                duration,
+                [(0.0, duration)],
                 [self.normaliser.apply(self.model_input(frames, session))],
-            )  # fmt: skip
+            )
         hop = width // 2 if hop_seconds is None else max(1, round(hop_seconds / seconds_per_frame))
         starts = list(range(0, total - width + 1, hop))
         if starts[-1] != total - width:
@@ -451,8 +454,12 @@ class Predictor:
     def predict_inputs(self, inputs: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Model inputs -> class probabilities [N, num_classes]."""
         ds = make_dataset(
-            list(inputs), None, normaliser=self.normaliser, batch_size=batch_size,
-            training=False, seed=0,
+            list(inputs),
+            None,
+            normaliser=self.normaliser,
+            batch_size=batch_size,
+            training=False,
+            seed=0,
         )
         return np.asarray(self.model.predict(ds, verbose=0))
 

@@ -52,8 +52,9 @@ def test_every_baseline_learns_separable_data(name):
 
 def test_restricted_prediction_picks_among_allowed_classes_only():
     x, y = blobs()
-    fit = baselines.fit_baseline("svc", EvaluationConfig().svc, x, y, np.repeat(["a", "b"], 45),
-                                 seed=0, log=lambda _: None)  # fmt: skip
+    fit = baselines.fit_baseline(
+        "svc", EvaluationConfig().svc, x, y, np.repeat(["a", "b"], 45), seed=0, log=lambda _: None
+    )
     pred = baselines.predict(fit.estimator, x, 3, allowed=[0, 2])
     assert set(pred.tolist()) <= {0, 1}  # positions in `allowed`
     # Class 1 (middle blob) must go to one of its neighbours; 0 and 2 stay right.
@@ -65,8 +66,16 @@ def _rows(speakers, n_per_class=10, start=0):
     for speaker in speakers:
         for k, label in enumerate(LABELS):
             for i in range(n_per_class):
-                rows.append(Utterance(f"/x/{speaker}/{label}{i}.wav", "emodb",
-                                      f"emodb:{speaker}", None, label, 1.0))  # fmt: skip
+                rows.append(
+                    Utterance(
+                        f"/x/{speaker}/{label}{i}.wav",
+                        "emodb",
+                        f"emodb:{speaker}",
+                        None,
+                        label,
+                        1.0,
+                    )
+                )
     return rows
 
 
@@ -129,9 +138,14 @@ def test_baselines_refuse_training_rows_of_a_test_speaker():
     test, rest = _examples(_rows(["12"]), rng)
     with pytest.raises(EvaluationError, match="test speakers emodb:12"):
         evaluate_baselines(
-            Config(), train, test, LABELS, _Frames({**table, **rest}), names=["knn"],
+            Config(),
+            train,
+            test,
+            LABELS,
+            _Frames({**table, **rest}),
+            names=["knn"],
             log=lambda _: None,
-        )  # fmt: skip
+        )
 
 
 def test_seed_recipe_has_180_utterance_means():

@@ -26,7 +26,11 @@ def run_bench(name: str, out: Path, *args: str) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(
         [sys.executable, "-m", f"bench.{name}", "--out", str(out), *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     payload = json.loads(out.read_text())
@@ -44,13 +48,21 @@ def test_extraction_bench(corpora, tmp_path):
 
 def test_cache_bench(corpora, tmp_path):
     out = run_bench("cache", tmp_path / "c.json", "--data-root", str(corpora))
-    for key in ("cold_s", "warm_s", "cold_over_warm", "cache_mb_per_hour", "first_epoch_cold_s",
-                "first_epoch_warm_s"):
+    for key in (
+        "cold_s",
+        "warm_s",
+        "cold_over_warm",
+        "cache_mb_per_hour",
+        "first_epoch_cold_s",
+        "first_epoch_warm_s",
+    ):
         assert out[key] > 0, key
 
 
 def test_pipeline_bench(corpora, tmp_path):
-    out = run_bench("pipeline", tmp_path / "p.json", "--data-root", str(corpora), "--rss-epochs", "1")
+    out = run_bench(
+        "pipeline", tmp_path / "p.json", "--data-root", str(corpora), "--rss-epochs", "1"
+    )
     assert [r["model"] for r in out["results"]] == ["lstm", "cnn", "dense"]
     assert all(r["ratio"] > 0 for r in out["results"])
     assert out["peak_rss_mb"] > 0

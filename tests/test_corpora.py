@@ -51,13 +51,23 @@ def test_ravdess_labels_speakers_genders_info(tmp_path):
     assert [r.path for r in m.rows] == sorted(str(p) for p in paths)
     assert {r.speaker: r.gender for r in m.rows} == {"ravdess:01": "male", "ravdess:02": "female"}
     assert m.counts("emotion") == {
-        "angry": 4, "calm": 4, "disgust": 4, "fear": 4, "happy": 4, "neutral": 2, "ps": 4, "sad": 4,
-    }  # fmt: skip
+        "angry": 4,
+        "calm": 4,
+        "disgust": 4,
+        "fear": 4,
+        "happy": 4,
+        "neutral": 2,
+        "ps": 4,
+        "sad": 4,
+    }
     row = next(r for r in m.rows if r.path.endswith("03-01-06-02-01-01-02.flac"))
     assert (row.corpus, row.emotion, row.speaker) == ("ravdess", "fear", "ravdess:02")
     assert row.info == {
-        "vocal_channel": "speech", "intensity": "strong", "statement": 1, "repetition": 1,
-    }  # fmt: skip
+        "vocal_channel": "speech",
+        "intensity": "strong",
+        "statement": 1,
+        "repetition": 1,
+    }
     assert row.duration == pytest.approx(0.3)
     assert os.path.isabs(row.path)
 
@@ -142,8 +152,15 @@ def test_emodb_labels_genders_info(tmp_path):
     assert len(m.rows) == 28
     assert {r.speaker: r.gender for r in m.rows} == {"emodb:03": "male", "emodb:08": "female"}
     by_name = {Path(r.path).stem: r for r in m.rows}
-    expected = {"W": "angry", "L": "boredom", "E": "disgust", "A": "fear", "F": "happy",
-                "T": "sad", "N": "neutral"}  # fmt: skip
+    expected = {
+        "W": "angry",
+        "L": "boredom",
+        "E": "disgust",
+        "A": "fear",
+        "F": "happy",
+        "T": "sad",
+        "N": "neutral",
+    }
     for letter, emotion in expected.items():
         assert by_name[f"03a01{letter}a"].emotion == emotion
     assert by_name["08b10Ta"].info == {"text": "b10", "version": "a"}
@@ -234,8 +251,11 @@ def test_broken_files_are_skipped_and_logged_the_rest_is_read(tmp_path):
     assert sorted(Path(r.path).name for r in m.rows) == ["OAF_back_angry.wav", "OAF_bar_angry.wav"]
     skipped = {Path(s.path).name: s.reason for s in m.skipped}
     assert set(skipped) == {
-        "OAF_text_angry.wav", "OAF_zero_angry.flac", "OAF_empty_angry.wav", "OAF_cut_angry.wav",
-    }  # fmt: skip
+        "OAF_text_angry.wav",
+        "OAF_zero_angry.flac",
+        "OAF_empty_angry.wav",
+        "OAF_cut_angry.wav",
+    }
     assert "not readable as audio" in skipped["OAF_text_angry.wav"]
     assert "empty" in skipped["OAF_empty_angry.wav"]
     warnings = [line for line in lines if line.startswith("warning:")]
@@ -353,9 +373,14 @@ def test_real_corpora_counts():
         e: 400 for e in ("angry", "disgust", "fear", "happy", "neutral", "ps", "sad")
     }
     assert {e: n for (c, e), n in by.items() if c == "emodb"} == {
-        "angry": 127, "boredom": 81, "disgust": 46, "fear": 69, "happy": 71, "sad": 62,
+        "angry": 127,
+        "boredom": 81,
+        "disgust": 46,
+        "fear": 69,
+        "happy": 71,
+        "sad": 62,
         "neutral": 79,
-    }  # fmt: skip
+    }
     speakers = m.counts("speaker")
     assert sorted(s for s in speakers if s.startswith("ravdess:")) == [
         f"ravdess:{a:02d}" for a in range(1, 21)

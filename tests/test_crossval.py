@@ -269,11 +269,23 @@ def test_cli_cross_validates_baselines_and_writes_the_results_page(
     monkeypatch.delenv("SER_DATA_ROOT", raising=False)  # it would replace data.root
 
     sets = {
-        "data.root": str(corpora), "data.corpora": "[emodb]", "features.extractors": "[mfcc]",
-        "features.workers": "1", "features.cache_dir": str(tmp_path / "cache"), **CV,
-    }  # fmt: skip
-    args = ["evaluate", "--cv", "--no-keras", "--speaker-dependent", "--out", str(tmp_path / "cv"),
-            "--results", str(tmp_path / "RESULTS.md")]  # fmt: skip
+        "data.root": str(corpora),
+        "data.corpora": "[emodb]",
+        "features.extractors": "[mfcc]",
+        "features.workers": "1",
+        "features.cache_dir": str(tmp_path / "cache"),
+        **CV,
+    }
+    args = [
+        "evaluate",
+        "--cv",
+        "--no-keras",
+        "--speaker-dependent",
+        "--out",
+        str(tmp_path / "cv"),
+        "--results",
+        str(tmp_path / "RESULTS.md"),
+    ]
     for key, value in sets.items():
         args += ["--set", f"{key}={value}"]
     assert main(args) == 0
@@ -283,8 +295,10 @@ def test_cli_cross_validates_baselines_and_writes_the_results_page(
     assert page.startswith("# Results: speaker-independent cross-validation")
     command = page.split("```bash\n")[1].split("\n")[0]  # the command that made the page
     assert command.startswith("python evaluate.py --cv --set data.root=")
-    assert command.endswith(f"--no-keras --speaker-dependent --out {tmp_path / 'cv'} "
-                            f"--results {tmp_path / 'RESULTS.md'}")  # fmt: skip
+    assert command.endswith(
+        f"--no-keras --speaker-dependent --out {tmp_path / 'cv'} "
+        f"--results {tmp_path / 'RESULTS.md'}"
+    )
     assert "## EMO-DB: 7 classes" in page and "SPEAKER-DEPENDENT, random split x2" in page
     assert "## The speaker-dependent gap" not in page  # no seed_mlp in this run
 
@@ -317,11 +331,18 @@ def test_per_corpus_method_and_speaker_normalised_pooled_vectors(corpora, tmp_pa
     monkeypatch.setattr(preparation, "prepare_data", prepare)
     monkeypatch.setattr(baselines.PooledFeatures, "matrix", matrix)
     cfg = tiny_config(
-        corpora, tmp_path, "[emodb, tess]", model="dense", name="dense",
-        **{**CV, "evaluation.baselines": "[logistic_regression]",
-           "evaluation.cv.method_by_corpus": "{emodb: loso}",
-           "features.pooled_normalisation": "speaker"},
-    )  # fmt: skip
+        corpora,
+        tmp_path,
+        "[emodb, tess]",
+        model="dense",
+        name="dense",
+        **{
+            **CV,
+            "evaluation.baselines": "[logistic_regression]",
+            "evaluation.cv.method_by_corpus": "{emodb: loso}",
+            "features.pooled_normalisation": "speaker",
+        },
+    )
     out = cross_validate([cfg], out_dir=tmp_path / "out", **QUIET)
     groups = {(g["corpus"], g["model"]): g for g in out["groups"]}
     assert groups[("emodb", "dense")]["folds"] == 5  # one per speaker
@@ -338,10 +359,17 @@ def test_per_corpus_method_and_speaker_normalised_pooled_vectors(corpora, tmp_pa
 
 def test_extra_training_corpora_join_training_only(corpora, tmp_path):
     cfg = tiny_config(
-        corpora, tmp_path, "[tess]", model="dense", name="multi",
-        **{**CV, "evaluation.baselines": "[logistic_regression]",
-           "evaluation.cv.extra_training_corpora": "{tess: [emodb]}"},
-    )  # fmt: skip
+        corpora,
+        tmp_path,
+        "[tess]",
+        model="dense",
+        name="multi",
+        **{
+            **CV,
+            "evaluation.baselines": "[logistic_regression]",
+            "evaluation.cv.extra_training_corpora": "{tess: [emodb]}",
+        },
+    )
     out = cross_validate([cfg], out_dir=tmp_path / "out", **QUIET)
     groups = {g["model"]: g for g in out["groups"]}
     assert {g["corpus"] for g in out["groups"]} == {"tess"}

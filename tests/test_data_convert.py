@@ -39,8 +39,11 @@ def peak_hz(wave: np.ndarray, sr: int) -> float:
 def assert_wav(path: Path, rate: int = 16000) -> np.ndarray:
     info = sf.info(str(path))
     assert (info.format, info.subtype, info.channels, info.samplerate) == (
-        "WAV", "PCM_16", 1, rate,
-    )  # fmt: skip
+        "WAV",
+        "PCM_16",
+        1,
+        rate,
+    )
     wave, _ = sf.read(str(path), dtype="float32")
     return wave
 
@@ -52,9 +55,14 @@ def no_ffmpeg(monkeypatch):
 
 def test_stereo_44k_float_becomes_mono_16bit_16k_keeping_name_and_pitch(tmp_path):
     src = write_tone(
-        tmp_path / "in" / "phone take.wav", seconds=1.0, sr=44100, channels=2, subtype="FLOAT",
-        hz=440.0, noise=0.0,
-    )  # fmt: skip
+        tmp_path / "in" / "phone take.wav",
+        seconds=1.0,
+        sr=44100,
+        channels=2,
+        subtype="FLOAT",
+        hz=440.0,
+        noise=0.0,
+    )
     report, _ = run([src], tmp_path / "out")
     out = tmp_path / "out" / "phone take.wav"
     assert report.converted == [(str(src), str(out))] and report.failed == []
@@ -79,9 +87,12 @@ def test_folders_keep_their_layout_and_non_audio_is_ignored(tmp_path):
     write_bytes(src / "notes.txt", b"recorded in the kitchen")
     write_tone(src / ".hidden" / "c.wav")
     report, _ = run([src], tmp_path / "out")
-    assert sorted(Path(o).relative_to(tmp_path / "out").as_posix() for _, o in report.converted) == [
-        "alice/a.wav", "bob/b.wav",
-    ]  # fmt: skip
+    assert sorted(
+        Path(o).relative_to(tmp_path / "out").as_posix() for _, o in report.converted
+    ) == [
+        "alice/a.wav",
+        "bob/b.wav",
+    ]
     assert report.ignored == 1 and report.failed == []
 
 

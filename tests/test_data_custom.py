@@ -62,9 +62,10 @@ def test_phone_recordings_are_converted_and_labelled_by_the_reader(tmp_path):
 
     # The same names through the whole manifest, as a training run would read them.
     data = DataConfig(
-        root=str(tmp_path / "data"), corpora=["custom"],
+        root=str(tmp_path / "data"),
+        corpora=["custom"],
         custom=CustomOptions(speaker_pattern=SPEAKER_PATTERN),
-    )  # fmt: skip
+    )
     manifest = build_manifest(data, log=lambda _: None)
     assert manifest.counts(("speaker", "emotion")) == {("custom:alice", "happy"): 2}
 
@@ -75,8 +76,9 @@ def test_same_second_gets_a_counter_and_re_adding_is_a_no_op(tmp_path):
     folder = tmp_path / "custom"
     first, _ = add([a, b], "sad", "bob", folder)
     assert [Path(o).name for _, o in first.added] == [
-        "20190616_125714_bob_sad.wav", "20190616_125714-2_bob_sad.wav",
-    ]  # fmt: skip
+        "20190616_125714_bob_sad.wav",
+        "20190616_125714-2_bob_sad.wav",
+    ]
     again, lines = add([b], "sad", "bob", folder)
     assert again.added == [] and again.present == [(str(b), first.added[1][1])]
     assert lines == [f"{b}: already added as {first.added[1][1]}"]

@@ -131,12 +131,20 @@ def serve_zenodo(server, archive: bytes, published_md5: str | None = None) -> ob
     record = {
         "id": 1188976,
         "files": [
-            {"key": "Audio_Song_Actors_01-24.zip", "size": 1, "checksum": "md5:0",
-             "links": {"self": server.base + "/wrong"}},
-            {"key": key, "size": len(archive), "checksum": f"md5:{published_md5 or md5(archive)}",
-             "links": {"self": server.base + file_path}},
+            {
+                "key": "Audio_Song_Actors_01-24.zip",
+                "size": 1,
+                "checksum": "md5:0",
+                "links": {"self": server.base + "/wrong"},
+            },
+            {
+                "key": key,
+                "size": len(archive),
+                "checksum": f"md5:{published_md5 or md5(archive)}",
+                "links": {"self": server.base + file_path},
+            },
         ],
-    }  # fmt: skip
+    }
     server.state.routes["/api/records/1188976"] = json.dumps(record).encode()
     server.state.routes[file_path] = archive
     return replace(SOURCES.get("ravdess"), url=server.base + "/api/records/1188976")
@@ -231,9 +239,11 @@ def test_a_known_checksum_per_source_is_enforced(server, tmp_path, good):
     server.state.routes["/download/download.zip"] = archive
     known = md5(archive) if good else md5(archive + b"x")
     source = replace(
-        SOURCES.get("emodb"), url=server.base + "/download/download.zip", md5=known,
+        SOURCES.get("emodb"),
+        url=server.base + "/download/download.zip",
+        md5=known,
         size=len(archive),
-    )  # fmt: skip
+    )
     if good:
         result, lines = download("emodb", tmp_path / "data", source)
         assert (
@@ -283,9 +293,10 @@ def test_unreachable_zenodo_api_falls_back_to_direct_link_without_checksum(
 ):
     server.state.routes["/direct.zip"] = ravdess_zip
     source = replace(
-        SOURCES.get("ravdess"), url=closed_port_url() + "/api/records/1188976",
+        SOURCES.get("ravdess"),
+        url=closed_port_url() + "/api/records/1188976",
         fallback_url=server.base + "/direct.zip",
-    )  # fmt: skip
+    )
     result, lines = download("ravdess", tmp_path / "data", source)
     assert result.usable == RAVDESS_FILES
     assert any("could not read the published checksum" in line for line in lines)
@@ -312,12 +323,19 @@ def dataverse_listing(server, files: dict[str, bytes], wrong_md5: str | None = N
         folder, _, name = relative.rpartition("/")
         server.state.routes[f"/api/access/datafile/{i}"] = data
         checksum = "f" * 32 if relative == wrong_md5 else md5(data)
-        entries.append({
-            "label": name, "directoryLabel": f"TESS Toronto emotional speech set data/{folder}",
-            "restricted": False,
-            "dataFile": {"id": i, "filename": name, "filesize": len(data),
-                         "checksum": {"type": "MD5", "value": checksum}},
-        })  # fmt: skip
+        entries.append(
+            {
+                "label": name,
+                "directoryLabel": f"TESS Toronto emotional speech set data/{folder}",
+                "restricted": False,
+                "dataFile": {
+                    "id": i,
+                    "filename": name,
+                    "filesize": len(data),
+                    "checksum": {"type": "MD5", "value": checksum},
+                },
+            }
+        )
     return json.dumps({"status": "OK", "data": {"latestVersion": {"files": entries}}}).encode()
 
 

@@ -24,17 +24,22 @@ def root(tmp_path: Path) -> Path:
     make_custom(tmp_path / "data", ["20190616_125714_alice_happy.wav"], seconds=0.5)
     write_tone(
         tmp_path / "data" / "custom" / "20190616_130000_alice_sad.wav",
-        seconds=1.0, sr=44100, channels=2, subtype="FLOAT",
-    )  # fmt: skip
+        seconds=1.0,
+        sr=44100,
+        channels=2,
+        subtype="FLOAT",
+    )
     write_bytes(tmp_path / "data" / "emodb" / "wav" / "16b10Td.wav", b"not audio")
     return tmp_path / "data"
 
 
 def config(root: Path, **kw) -> DataConfig:
     return DataConfig(
-        root=str(root), corpora=["ravdess", "tess", "emodb", "custom"],
-        custom=CustomOptions(speaker_pattern=SPEAKER_PATTERN), **kw,
-    )  # fmt: skip
+        root=str(root),
+        corpora=["ravdess", "tess", "emodb", "custom"],
+        custom=CustomOptions(speaker_pattern=SPEAKER_PATTERN),
+        **kw,
+    )
 
 
 def test_counts_durations_census_and_unreadable_files(root):
@@ -73,15 +78,21 @@ def test_files_written_are_json_text_and_two_png_plots(root, tmp_path):
     summary = summarise(config(root), log=lambda _: None)
     written = write_summary(summary, tmp_path / "summary")
     assert sorted(p.name for p in written) == [
-        "class_balance.png", "durations.png", "summary.json", "summary.txt",
-    ]  # fmt: skip
+        "class_balance.png",
+        "durations.png",
+        "summary.json",
+        "summary.txt",
+    ]
     for png in ("class_balance.png", "durations.png"):
         data = (tmp_path / "summary" / png).read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000
     saved = json.loads((tmp_path / "summary" / "summary.json").read_text())
     assert saved["files"] == 125 and saved["speakers"] == {
-        "custom": 1, "emodb": 5, "ravdess": 4, "tess": 2,
-    }  # fmt: skip
+        "custom": 1,
+        "emodb": 5,
+        "ravdess": 4,
+        "tess": 2,
+    }
     assert saved["unreadable"][0]["path"].endswith("16b10Td.wav")
 
 
@@ -97,8 +108,9 @@ def test_a_missing_corpus_is_reported_and_the_rest_summarised(root):
 def test_cli_summary_exit_codes(root, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
     out = tmp_path / "report"
-    code = main(["data", "summary", "--config", BASE, "--set", f"data.root={root}",
-                 "--out", str(out)])  # fmt: skip
+    code = main(
+        ["data", "summary", "--config", BASE, "--set", f"data.root={root}", "--out", str(out)]
+    )
     printed = capsys.readouterr().out
     assert (
         code == 0 and "Files per emotion" in printed and f"wrote {out / 'durations.png'}" in printed
@@ -106,8 +118,19 @@ def test_cli_summary_exit_codes(root, tmp_path, monkeypatch, capsys):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    code = main(["data", "summary", "--config", BASE, "--set", f"data.root={empty}", "--no-plots",
-                 "--out", str(tmp_path / "r2")])  # fmt: skip
+    code = main(
+        [
+            "data",
+            "summary",
+            "--config",
+            BASE,
+            "--set",
+            f"data.root={empty}",
+            "--no-plots",
+            "--out",
+            str(tmp_path / "r2"),
+        ]
+    )
     assert code == 1 and "no usable recordings" in capsys.readouterr().err
 
 
@@ -135,9 +158,14 @@ def test_summary_of_the_real_corpora_matches_their_readme(tmp_path):
         ("angry", "disgust", "fear", "happy", "neutral", "ps", "sad"), 400
     )
     assert {e: sum(s.values()) for e, s in counts["emodb"].items()} == {
-        "angry": 127, "boredom": 81, "disgust": 46, "fear": 69, "happy": 71, "sad": 62,
+        "angry": 127,
+        "boredom": 81,
+        "disgust": 46,
+        "fear": 69,
+        "happy": 71,
+        "sad": 62,
         "neutral": 79,
-    }  # fmt: skip
+    }
     # Every file here is 16 kHz mono 16-bit FLAC (the README's conversion note).
     assert {(sr, ch, enc) for _, sr, ch, enc in summary.census} == {(16000, 1, "FLAC/PCM_16")}
     assert sum(summary.census.values()) == 4535

@@ -52,8 +52,12 @@ def test_metrics_match_hand_computed_values():
     assert m["wa"] == pytest.approx(4 / 6)
     assert m["ua"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
     # precision a 2/2, b 1/2, c 1/2; F1 a 0.8, b 0.5, c 2/3.
-    assert m["per_class"]["a"] == {"precision": 1.0, "recall": pytest.approx(2 / 3),
-                                   "f1": pytest.approx(0.8), "support": 3}  # fmt: skip
+    assert m["per_class"]["a"] == {
+        "precision": 1.0,
+        "recall": pytest.approx(2 / 3),
+        "f1": pytest.approx(0.8),
+        "support": 3,
+    }
     assert m["per_class"]["c"]["f1"] == pytest.approx(2 / 3)
     assert m["macro_f1"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
     assert m["absent"] == ["d"] and m["per_class"]["d"]["recall"] is None
@@ -81,8 +85,14 @@ def test_evaluate_run_writes_a_complete_report(run, capsys):
     report = evaluate_run(run, overrides=[FAST_BASELINES])
     out = capsys.readouterr().out
 
-    for name in ("report.md", "report.json", "predictions.csv", "confusion.png",
-                 "per_class_recall.png", "training_curves.png"):  # fmt: skip
+    for name in (
+        "report.md",
+        "report.json",
+        "predictions.csv",
+        "confusion.png",
+        "per_class_recall.png",
+        "training_curves.png",
+    ):
         assert (run / name).is_file(), name
     for png in run.glob("*.png"):
         assert png.read_bytes()[:8] == PNG_MAGIC
@@ -130,8 +140,13 @@ def test_evaluate_cli_prints_the_table(run):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "evaluate.py"), str(run), "--baselines", "svc"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "rank  model" in proc.stdout and "svc" in proc.stdout
     assert "report: " in proc.stdout

@@ -100,9 +100,13 @@ def test_extraction_killed_mid_run_leaves_whole_entries_and_a_rerun_finishes(tmp
     root = tmp_path / "cache"
     # Its own session, so the kill reaches the worker processes too (like a killed job).
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(root), str(listing)], cwd=ROOT, env=ENV,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        [sys.executable, str(script), str(root), str(listing)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while len(entries(root)) < 20 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -137,7 +141,9 @@ def test_extraction_killed_mid_run_leaves_whole_entries_and_a_rerun_finishes(tmp
 
     features, report, lines = extract(paths, cfg)
     assert (report.hits, report.extracted, report.failed) == (
-        len(stored), len(paths) - len(stored), []
+        len(stored),
+        len(paths) - len(stored),
+        [],
     ), lines
     assert list(features) == paths
     for path in paths:
@@ -148,12 +154,14 @@ def test_extraction_killed_mid_run_leaves_whole_entries_and_a_rerun_finishes(tmp
     assert temp_files(root) == [live]  # every leftover of a dead writer is gone
     assert len(entries(root)) == len(paths)
     record(
-        "faults", "kill -9 during feature extraction (2 workers)", "behaviour",
+        "faults",
+        "kill -9 during feature extraction (2 workers)",
+        "behaviour",
         f"killed with {len(stored)}/{len(paths)} entries stored, all whole "
         f"({len(left_by_kill)} temp file(s) left by the kill); rerun: {report.hits} hits, "
         f"{report.extracted} extracted, 0 failed; dead writers' temp files deleted, "
         "a live writer's kept",
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------- killed training
@@ -233,7 +241,9 @@ MOMENTS = {
 
 
 def epochs_printed(out: str) -> list[int]:
-    return [int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("epoch ")]
+    return [
+        int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("epoch ")
+    ]
 
 
 def history_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -244,10 +254,17 @@ def history_rows(run_dir: Path) -> list[dict[str, str]]:
 def test_training_killed_while_writing_an_epoch_resumes_after_its_last_backup(tmp_path):
     make_emodb(tmp_path / "corpora")
     sets = tiny_overrides(
-        tmp_path / "corpora", tmp_path, "lstm", "[emodb]",
-        **{"train.epochs": "5", "train.run_name": "killed", "train.monitor": "val_loss",
-           "train.confusion_images": "false"},
-    )  # fmt: skip
+        tmp_path / "corpora",
+        tmp_path,
+        "lstm",
+        "[emodb]",
+        **{
+            "train.epochs": "5",
+            "train.run_name": "killed",
+            "train.monitor": "val_loss",
+            "train.confusion_images": "false",
+        },
+    )
     script = tmp_path / "train_with_fault.py"
     script.write_text(TRAIN_SCRIPT)
     run_dir = tmp_path / "checkpoints" / "killed"
@@ -257,18 +274,24 @@ def test_training_killed_while_writing_an_epoch_resumes_after_its_last_backup(tm
     def run(args: list[str], fault: str | None) -> tuple[int, str]:
         env = {**ENV, "SER_FAULT": fault or "none@999"}
         proc = subprocess.run(
-            [sys.executable, str(script), *args], cwd=ROOT, env=env,
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [sys.executable, str(script), *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         return proc.returncode, proc.stdout + proc.stderr
 
     # Each fault strikes the end of epoch k, which is then not backed up: the next
     # resume must start at epoch k again, with nothing of the killed epoch kept.
     observed = []
     for args, fault, first_epoch in [
-        (start, "model@1", 1), (resume, "commit@2", 1), (resume, "backup@3", 2),
+        (start, "model@1", 1),
+        (resume, "commit@2", 1),
+        (resume, "backup@3", 2),
         (resume, None, 3),
-    ]:  # fmt: skip
+    ]:
         code, out = run(args, fault)
         printed = epochs_printed(out)
         # (killed while saving its first epoch's model, the first run prints no epoch line)
@@ -295,7 +318,9 @@ def test_training_killed_while_writing_an_epoch_resumes_after_its_last_backup(tm
     assert keras.models.load_model(run_dir / "model.keras").count_params() == summary["parameters"]
     for moment, k, rows in observed:
         record(
-            "faults", f"kill -9 during training, {moment}", "ser train --resume",
+            "faults",
+            f"kill -9 during training, {moment}",
+            "ser train --resume",
             f"killed in epoch {k} with {len(rows)} history row(s) on disk"
             + (" (its own, dropped on resume)" if len(rows) == k else "")
             + f"; resumed at epoch {k}; "
@@ -316,10 +341,12 @@ def no_permission(*args, **kwargs):
 
 @pytest.mark.parametrize(
     "target, replacement, reason",
-    [(np, ("save", no_space), "No space left on device"),
-     (cache_module.tempfile, ("mkstemp", no_permission), "Permission denied")],
+    [
+        (np, ("save", no_space), "No space left on device"),
+        (cache_module.tempfile, ("mkstemp", no_permission), "Permission denied"),
+    ],
     ids=["disk full", "permission denied"],
-)  # fmt: skip
+)
 def test_cache_refusing_writes_stops_with_a_clear_error_and_keeps_stored_entries(
     tmp_path, monkeypatch, target, replacement, reason
 ):
@@ -341,10 +368,18 @@ def test_cache_refusing_writes_stops_with_a_clear_error_and_keeps_stored_entries
     for path in paths[:3]:
         np.testing.assert_array_equal(after[path], before[path])
     message = message.replace(str(tmp_path / "cache"), "<cache dir>")
-    record("faults", f"cache write fails mid-run: {reason.lower()}", "extraction",
-           f"CacheError: {message[:150]}")  # fmt: skip
-    record("faults", f"cache write fails mid-run: {reason.lower()}", "entries stored before",
-           "kept and valid (3/3 hits on the next run), no temporary files")  # fmt: skip
+    record(
+        "faults",
+        f"cache write fails mid-run: {reason.lower()}",
+        "extraction",
+        f"CacheError: {message[:150]}",
+    )
+    record(
+        "faults",
+        f"cache write fails mid-run: {reason.lower()}",
+        "entries stored before",
+        "kept and valid (3/3 hits on the next run), no temporary files",
+    )
 
 
 def test_ser_train_reports_a_cache_that_refuses_writes_without_a_traceback(
@@ -355,13 +390,19 @@ def test_ser_train_reports_a_cache_that_refuses_writes_without_a_traceback(
     make_emodb(tmp_path / "corpora")
     sets = tiny_overrides(tmp_path / "corpora", tmp_path, "lstm", "[emodb]")
     monkeypatch.setattr(np, "save", no_space)
-    code = main(["train", "--config", "configs/base.yaml", *[a for s in sets for a in ("--set", s)]])
+    code = main(
+        ["train", "--config", "configs/base.yaml", *[a for s in sets for a in ("--set", s)]]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: feature cache directory"), err
     assert "No space left on device" in err and "Traceback" not in err
     err = err.strip().replace(str(tmp_path / "cache"), "<cache dir>")
-    record("faults", "cache write fails mid-run: no space left on device", "ser train",
-           f"exit 2, {err[:120]}")  # fmt: skip
+    record(
+        "faults",
+        "cache write fails mid-run: no space left on device",
+        "ser train",
+        f"exit 2, {err[:120]}",
+    )
 
 
 # ------------------------------------------------------------- damaged entries
@@ -388,12 +429,19 @@ TRAILER = 16  # checksum tag and value after the array
 
 @pytest.mark.parametrize(
     "where, damage",
-    [("one bit in the first value", lambda p: flip_bit(p, data_start(p))),
-     ("one bit mid-data", lambda p: flip_bit(p, (data_start(p) + p.stat().st_size - TRAILER) // 2)),
-     ("eight data bytes zeroed", lambda p: zero_bytes(p, p.stat().st_size - TRAILER - 40)),
-     ("one bit of the stored checksum", lambda p: flip_bit(p, p.stat().st_size - 3))],
-)  # fmt: skip
-def test_flipped_bits_in_an_entry_are_caught_by_its_checksum_and_recomputed(tmp_path, where, damage):
+    [
+        ("one bit in the first value", lambda p: flip_bit(p, data_start(p))),
+        (
+            "one bit mid-data",
+            lambda p: flip_bit(p, (data_start(p) + p.stat().st_size - TRAILER) // 2),
+        ),
+        ("eight data bytes zeroed", lambda p: zero_bytes(p, p.stat().st_size - TRAILER - 40)),
+        ("one bit of the stored checksum", lambda p: flip_bit(p, p.stat().st_size - 3)),
+    ],
+)
+def test_flipped_bits_in_an_entry_are_caught_by_its_checksum_and_recomputed(
+    tmp_path, where, damage
+):
     paths = [str(write_tone(tmp_path / "audio" / f"{i}.wav", hz=200.0 + 90 * i)) for i in range(3)]
     cfg = features_config(tmp_path / "cache")
     before, _, _ = extract(paths, cfg)
@@ -409,8 +457,12 @@ def test_flipped_bits_in_an_entry_are_caught_by_its_checksum_and_recomputed(tmp_
     for path in paths:
         np.testing.assert_array_equal(after[path], before[path])
     assert victim.read_bytes() == original  # rewritten whole
-    record("faults", f"cache entry damaged: {where}", "extraction",
-           "checksum mismatch: entry discarded with a warning naming it, recomputed identically")  # fmt: skip
+    record(
+        "faults",
+        f"cache entry damaged: {where}",
+        "extraction",
+        "checksum mismatch: entry discarded with a warning naming it, recomputed identically",
+    )
 
 
 # ------------------------------------------------------------------ soak smoke
@@ -418,10 +470,26 @@ def test_soak_bench_holds_load_and_writes_memory_over_time(tmp_path_factory, tmp
     run_dir = tiny_run(tmp_path_factory)
     out = tmp_path / "soak.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.soak", str(run_dir), "--clients", "2", "--seconds", "3",
-         "--warmup", "2", "--out", str(out)],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.soak",
+            str(run_dir),
+            "--clients",
+            "2",
+            "--seconds",
+            "3",
+            "--warmup",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     assert report["bench"] == "soak" and {"date", "commit", "cores"} <= report["machine"].keys()

@@ -44,8 +44,15 @@ def run(name: str, wave: np.ndarray, **params) -> np.ndarray:
 
 def test_registry_names() -> None:
     assert FEATURES.names() == [
-        "chroma", "compare", "contrast", "egemaps", "mel", "mfcc", "prosody", "tonnetz"
-    ]  # fmt: skip
+        "chroma",
+        "compare",
+        "contrast",
+        "egemaps",
+        "mel",
+        "mfcc",
+        "prosody",
+        "tonnetz",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -224,7 +231,19 @@ def test_prosody_tracks_pitch_and_energy() -> None:
 
 def test_functional_statistics_have_known_answers() -> None:
     ramp = np.linspace(0.0, 10.0, 101)[:, None].astype(np.float32)  # 0, 0.1, ..., 10
-    names = ["median", "p1", "p25", "p75", "p99", "range", "iqr", "skew", "kurtosis", "slope", "delta"]
+    names = [
+        "median",
+        "p1",
+        "p25",
+        "p75",
+        "p99",
+        "range",
+        "iqr",
+        "skew",
+        "kurtosis",
+        "slope",
+        "delta",
+    ]
     out = dict(zip(names, pool(ramp, names), strict=True))
     assert out["median"] == pytest.approx(5.0)
     assert out["p1"] == pytest.approx(0.1) and out["p99"] == pytest.approx(9.9)

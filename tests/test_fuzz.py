@@ -38,9 +38,12 @@ from tests.support.tiny_run import tiny_run
 
 def bounded(examples: int):
     return settings(
-        max_examples=examples, deadline=None, derandomize=True, database=None,
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        database=None,
         suppress_health_check=list(HealthCheck),
-    )  # fmt: skip
+    )
 
 
 # ------------------------------------------------------------------ audio bytes
@@ -51,7 +54,7 @@ def _chunk(tag: bytes, body: bytes) -> bytes:
 FORMAT_TAGS = [1, 3, 6, 7, 2, 0x11, 0xFFFE, 0x55]  # PCM, float, A/mu-law, ADPCMs, extensible, MP3
 SAMPLES = st.sampled_from(
     [0.0, 0.3, -1.0, 1.0, 1e30, -3e38, float("nan"), float("inf"), -float("inf"), 1e-45, 1e300]
-) | st.floats(allow_nan=True, allow_infinity=True)  # fmt: skip
+) | st.floats(allow_nan=True, allow_infinity=True)
 
 
 @st.composite
@@ -90,8 +93,10 @@ def playable_wavs(draw) -> bytes:
     from 100 Hz to 192 kHz, 1 frame to 1.5 s of tones, noise, silence or extremes."""
     rate = draw(st.sampled_from([8000, 16000, 44100]) | st.integers(100, 192_000))
     channels = draw(st.integers(1, 4))
-    frames = draw(st.integers(1, 8) | st.integers(1, 4000)) if draw(st.booleans()) else (
-        max(1, int(draw(st.floats(0.05, 1.5)) * rate))
+    frames = (
+        draw(st.integers(1, 8) | st.integers(1, 4000))
+        if draw(st.booleans())
+        else (max(1, int(draw(st.floats(0.05, 1.5)) * rate)))
     )
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     shape = draw(st.sampled_from(["noise", "tone", "silence", "full scale", "huge", "denormal"]))
@@ -121,12 +126,26 @@ def wav_bytes(wave: np.ndarray, rate: int, float32: bool) -> bytes:
 
 # Found by these tests: float samples near the float32 limit decoded to NaN once mixed
 # to mono and resampled, and extracted to NaN features (served as null probabilities).
-NEAR_FLOAT32_MAX = wav_bytes(np.full((2000, 2), 3e38) * [1, -1] ** np.arange(2000)[:, None], 44100, True)
+NEAR_FLOAT32_MAX = wav_bytes(
+    np.full((2000, 2), 3e38) * [1, -1] ** np.arange(2000)[:, None], 44100, True
+)
 HUGE_NOISE = wav_bytes(np.random.default_rng(0).standard_normal((8000, 1)) * 1e30, 16000, True)
 
 
-MAGIC = [b"", b"RIFF", b"RIFX", b"fLaC", b"OggS", b"ID3\x03\x00\x00\x00\x00\x00\x00", b"\xff\xfb",
-         b"FORM\x00\x00\x00\x20AIFF", b".snd", b"caff", b"wvpk", b"\x1aE\xdf\xa3"]  # fmt: skip
+MAGIC = [
+    b"",
+    b"RIFF",
+    b"RIFX",
+    b"fLaC",
+    b"OggS",
+    b"ID3\x03\x00\x00\x00\x00\x00\x00",
+    b"\xff\xfb",
+    b"FORM\x00\x00\x00\x20AIFF",
+    b".snd",
+    b"caff",
+    b"wvpk",
+    b"\x1aE\xdf\xa3",
+]
 junk = st.builds(lambda magic, rest: magic + rest, st.sampled_from(MAGIC), st.binary(max_size=4000))
 audio_bytes = st.one_of(playable_wavs(), wav_files(), junk)
 
@@ -174,15 +193,25 @@ def test_decoder_and_extractor_on_generated_audio_files():
     seconds = time.perf_counter() - started
     assert seen["decode: wave"] and seen["decode: AudioError"]
     assert seen["then extract_features: features"] and seen["then extract_features: ValueError"]
-    record("fuzz", "audio files: built WAV headers, playable WAVs, random bytes after 12 magics",
-           "ser.audio.decode + extract_features",
-           f"{sum(v for k, v in seen.items() if k.startswith('decode'))} examples in {seconds:.0f} s: "
-           + ", ".join(f"{k} {v}" for k, v in sorted(seen.items()))
-           + "; no other exception, no NaN")  # fmt: skip
+    record(
+        "fuzz",
+        "audio files: built WAV headers, playable WAVs, random bytes after 12 magics",
+        "ser.audio.decode + extract_features",
+        f"{sum(v for k, v in seen.items() if k.startswith('decode'))} examples in {seconds:.0f} s: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(seen.items()))
+        + "; no other exception, no NaN",
+    )
 
 
-EXTRACTOR_SETS = [["mfcc"], ["chroma"], ["mel"], ["contrast"], ["tonnetz"], ["prosody"],
-                  ["mfcc", "chroma", "contrast"]]  # fmt: skip
+EXTRACTOR_SETS = [
+    ["mfcc"],
+    ["chroma"],
+    ["mel"],
+    ["contrast"],
+    ["tonnetz"],
+    ["prosody"],
+    ["mfcc", "chroma", "contrast"],
+]
 CONFIGS = [FeaturesConfig.model_validate({"extractors": names}) for names in EXTRACTOR_SETS]
 
 
@@ -192,8 +221,23 @@ def waves(draw) -> np.ndarray:
     scale, float32 maximum, huge or subnormal values, with NaN or infinity dropped in."""
     n = draw(st.integers(0, 6000) | st.integers(0, 5))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    kind = draw(st.sampled_from(["noise", "zeros", "dc", "full scale", "float32 max", "huge",
-                                 "subnormal", "nan", "inf", "float64 beyond float32", "stereo"]))  # fmt: skip
+    kind = draw(
+        st.sampled_from(
+            [
+                "noise",
+                "zeros",
+                "dc",
+                "full scale",
+                "float32 max",
+                "huge",
+                "subnormal",
+                "nan",
+                "inf",
+                "float64 beyond float32",
+                "stereo",
+            ]
+        )
+    )
     wave = (0.3 * rng.standard_normal(n)).astype(np.float32)
     if kind == "zeros":
         wave[:] = 0
@@ -228,10 +272,13 @@ def test_extractors_on_generated_arrays():
     run()
     seconds = time.perf_counter() - started
     assert seen["features"] and seen["ValueError"]
-    record("fuzz", "arrays: empty to 6000 samples, NaN/inf, huge, float32 max, subnormal, stereo",
-           "extract_features (mfcc, chroma, mel, contrast, tonnetz, prosody, a mix; 8-44.1 kHz)",
-           f"{sum(seen.values())} examples in {seconds:.0f} s: finite features {seen['features']}, "
-           f"ValueError with a message {seen['ValueError']}; no other exception, no NaN")  # fmt: skip
+    record(
+        "fuzz",
+        "arrays: empty to 6000 samples, NaN/inf, huge, float32 max, subnormal, stereo",
+        "extract_features (mfcc, chroma, mel, contrast, tonnetz, prosody, a mix; 8-44.1 kHz)",
+        f"{sum(seen.values())} examples in {seconds:.0f} s: finite features {seen['features']}, "
+        f"ValueError with a message {seen['ValueError']}; no other exception, no NaN",
+    )
 
 
 # ------------------------------------------------------------------ HTTP API
@@ -242,8 +289,12 @@ def api_schema(tmp_path_factory):
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
-API_CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
-              checks.content_type_conformance, checks.response_schema_conformance]  # fmt: skip
+API_CHECKS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_schema_conformance,
+]
 OPERATIONS = [
     ("POST", "/predict", GenerationMode.POSITIVE),
     ("POST", "/predict", GenerationMode.NEGATIVE),
@@ -260,7 +311,11 @@ def test_api_answers_generated_requests_as_its_schema_says(api_schema, method, p
     statuses: Counter[int] = Counter()
     # Invalid data must be refused with a 4xx, except that a batch answers 200 with a
     # status per file: a generated "boolean" part is, on the wire, a file holding "true".
-    extra = [checks.negative_data_rejection] if (mode, path) == (GenerationMode.NEGATIVE, "/predict") else []
+    extra = (
+        [checks.negative_data_rejection]
+        if (mode, path) == (GenerationMode.NEGATIVE, "/predict")
+        else []
+    )
 
     audio = st.none() | st.lists(playable_wavs() | audio_bytes, min_size=1, max_size=3)
 
@@ -278,11 +333,18 @@ def test_api_answers_generated_requests_as_its_schema_says(api_schema, method, p
     run()
     seconds = time.perf_counter() - started
     assert not [s for s in statuses if s >= 500]
-    record("fuzz", f"{method} {path}, {mode.value} cases from the OpenAPI schema"
-           + (" (half carrying generated audio)" if method == "POST" and mode == GenerationMode.POSITIVE else ""),
-           "schemathesis: no 5xx, documented status, content type and body",
-           f"{sum(statuses.values())} requests in {seconds:.0f} s: "
-           + ", ".join(f"{s} x{n}" for s, n in sorted(statuses.items())))  # fmt: skip
+    record(
+        "fuzz",
+        f"{method} {path}, {mode.value} cases from the OpenAPI schema"
+        + (
+            " (half carrying generated audio)"
+            if method == "POST" and mode == GenerationMode.POSITIVE
+            else ""
+        ),
+        "schemathesis: no 5xx, documented status, content type and body",
+        f"{sum(statuses.values())} requests in {seconds:.0f} s: "
+        + ", ".join(f"{s} x{n}" for s, n in sorted(statuses.items())),
+    )
 
 
 def test_api_refuses_audio_whose_features_overflow(api_schema):
@@ -291,5 +353,9 @@ def test_api_refuses_audio_whose_features_overflow(api_schema):
     with TestClient(api_schema.app) as client:
         r = client.post("/predict", files={"file": ("loud.wav", HUGE_NOISE, "audio/wav")})
     assert r.status_code == 422 and "not finite" in r.json()["detail"], r.text
-    record("fuzz", "float WAV of noise scaled to 1e30 (found by the extractor fuzz)", "POST /predict",
-           f"422 {r.json()['detail'][:110]!r} (was 200 with null probabilities)")  # fmt: skip
+    record(
+        "fuzz",
+        "float WAV of noise scaled to 1e30 (found by the extractor fuzz)",
+        "POST /predict",
+        f"422 {r.json()['detail'][:110]!r} (was 200 with null probabilities)",
+    )

@@ -41,7 +41,12 @@ VARIANTS = {
     "cnn_pool3": CNNConfig(filters=[8, 8], kernel_size=4, pool_size=3, dense_units=[8]),
     "crnn": TINY["crnn"],
     "crnn_lstm_pool3": CRNNConfig(
-        filters=[8], kernel_size=4, pool_size=3, rnn="lstm", rnn_units=4, attention_units=4,
+        filters=[8],
+        kernel_size=4,
+        pool_size=3,
+        rnn="lstm",
+        rnn_units=4,
+        attention_units=4,
         dense_units=[8],
     ),
 }

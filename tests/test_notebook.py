@@ -25,21 +25,29 @@ def test_walkthrough_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     client = nbclient.NotebookClient(
-        notebook, timeout=300, kernel_name="python3",
+        notebook,
+        timeout=300,
+        kernel_name="python3",
         resources={"metadata": {"path": str(NOTEBOOK.parent)}},
-    )  # fmt: skip
+    )
     client.execute()  # raises CellExecutionError, with the cell and traceback, on failure
 
     outputs = [
-        out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-        for out in cell.get("outputs", []) if out.get("output_type") == "stream"
-    ]  # fmt: skip
+        out.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream"
+    ]
     text = "".join(outputs)
     assert f"run {Path(run_dir).name}: lstm model" in text
     assert "speaker-independent" in text and "rank  model" in text
     assert text.count("predicted ") == 5
     images = [
-        out for cell in notebook.cells if cell.cell_type == "code"
-        for out in cell.get("outputs", []) if "image/png" in out.get("data", {})
-    ]  # fmt: skip
+        out
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if "image/png" in out.get("data", {})
+    ]
     assert len(images) >= 2  # the clip's features and the confusion matrix

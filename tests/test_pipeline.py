@@ -77,10 +77,14 @@ def test_augmentation_only_changes_training_batches():
     labels = np.zeros(4, int)
     norm = Normaliser.fit(xs)
     aug = AugmentConfig(time_masks=2, time_mask_width=10, feature_masks=1, gaussian_noise=0.1)
-    plain = make_dataset(xs, labels, normaliser=norm, batch_size=4, training=False, seed=0, augment=aug)
+    plain = make_dataset(
+        xs, labels, normaliser=norm, batch_size=4, training=False, seed=0, augment=aug
+    )
     x_plain = next(iter(plain.as_numpy_iterator()))[0]
     np.testing.assert_allclose(x_plain, np.stack([norm.apply(x) for x in xs]), atol=1e-6)
-    trained = make_dataset(xs, labels, normaliser=norm, batch_size=4, training=True, seed=0, augment=aug)
+    trained = make_dataset(
+        xs, labels, normaliser=norm, batch_size=4, training=True, seed=0, augment=aug
+    )
     x_aug = next(iter(trained.as_numpy_iterator()))[0]
     assert x_aug.shape == x_plain.shape
     assert not np.allclose(np.sort(x_aug.ravel()), np.sort(x_plain.ravel()))
@@ -109,8 +113,12 @@ def test_scope_normalise_by_utterance_and_by_speaker():
         "b1": rng.normal(-4, 3, (8, 2)).astype(np.float32),
         "u1": rng.normal(9, 9, (5, 2)).astype(np.float32),
     }
-    rows = [Row(path="a1", speaker="x:A"), Row(path="a2", speaker="x:A"),
-            Row(path="b1", speaker="x:B"), Row(path="u1", speaker="custom:unknown")]
+    rows = [
+        Row(path="a1", speaker="x:A"),
+        Row(path="a2", speaker="x:A"),
+        Row(path="b1", speaker="x:B"),
+        Row(path="u1", speaker="custom:unknown"),
+    ]
     assert scope_normalise(feats, rows, "none") is feats
     per_utt = scope_normalise(feats, rows, "utterance")
     for x in per_utt.values():
@@ -162,9 +170,13 @@ def test_pooled_noise_only_in_training_and_fresh_each_epoch():
     norm = Normaliser.fit(xs)
     aug = AugmentConfig(gaussian_noise=0.5)
     clean = np.stack([norm.apply(x) for x in xs])
-    plain = make_dataset(xs, labels, normaliser=norm, batch_size=64, training=False, seed=0, augment=aug)
+    plain = make_dataset(
+        xs, labels, normaliser=norm, batch_size=64, training=False, seed=0, augment=aug
+    )
     np.testing.assert_allclose(next(iter(plain.as_numpy_iterator()))[0], clean, atol=1e-6)
-    noisy = make_dataset(xs, labels, normaliser=norm, batch_size=64, training=True, seed=0, augment=aug)
+    noisy = make_dataset(
+        xs, labels, normaliser=norm, batch_size=64, training=True, seed=0, augment=aug
+    )
     epochs = []
     for _ in range(2):
         x, y = next(iter(noisy.as_numpy_iterator()))
@@ -177,14 +189,28 @@ def test_pooled_noise_only_in_training_and_fresh_each_epoch():
 
 def test_one_hot_targets_for_pooled_and_sequence_batches():
     norm = Normaliser.fit(sequences())
-    ds = make_dataset(sequences(), np.array([0, 2, 1, 2, 0]), normaliser=norm, batch_size=5,
-                      training=False, seed=0, one_hot=3)  # fmt: skip
+    ds = make_dataset(
+        sequences(),
+        np.array([0, 2, 1, 2, 0]),
+        normaliser=norm,
+        batch_size=5,
+        training=False,
+        seed=0,
+        one_hot=3,
+    )
     _, y = next(iter(ds.as_numpy_iterator()))
     assert y.dtype == np.float32 and y.shape == (5, 3)
     np.testing.assert_array_equal(y.argmax(axis=1), [0, 2, 1, 2, 0])
     pooled = [x.mean(axis=0) for x in sequences()]
-    ds = make_dataset(pooled, np.array([1, 1, 0, 0, 2]), normaliser=Normaliser.fit(pooled),
-                      batch_size=5, training=False, seed=0, one_hot=3)  # fmt: skip
+    ds = make_dataset(
+        pooled,
+        np.array([1, 1, 0, 0, 2]),
+        normaliser=Normaliser.fit(pooled),
+        batch_size=5,
+        training=False,
+        seed=0,
+        one_hot=3,
+    )
     _, y = next(iter(ds.as_numpy_iterator()))
     np.testing.assert_array_equal(y, np.eye(3, dtype=np.float32)[[1, 1, 0, 0, 2]])
 
@@ -197,16 +223,32 @@ def test_mixup_blends_vectors_and_targets_with_the_same_weight():
     xs = [np.eye(classes, dtype=np.float32)[c] * 10 for c in labels]
     identity = Normaliser(mean=np.zeros(classes, np.float32), std=np.ones(classes, np.float32))
     aug = AugmentConfig(mixup=0.4)
-    ds = make_dataset(xs, labels, normaliser=identity, batch_size=n, training=True, seed=3,
-                      augment=aug, one_hot=classes)  # fmt: skip
+    ds = make_dataset(
+        xs,
+        labels,
+        normaliser=identity,
+        batch_size=n,
+        training=True,
+        seed=3,
+        augment=aug,
+        one_hot=classes,
+    )
     x, y = next(iter(ds.as_numpy_iterator()))
     np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)  # still distributions
     np.testing.assert_allclose(x / 10, y, atol=1e-5)  # the same blend for inputs and targets
     top = y.max(axis=1)
     assert (top < 0.999).mean() > 0.3  # most examples really are blended ...
     assert 0.5 <= top.min() and top.mean() > 0.7  # ... and Beta(0.4, 0.4) keeps one side strong
-    plain = make_dataset(xs, labels, normaliser=identity, batch_size=n, training=False, seed=3,
-                         augment=aug, one_hot=classes)  # fmt: skip
+    plain = make_dataset(
+        xs,
+        labels,
+        normaliser=identity,
+        batch_size=n,
+        training=False,
+        seed=3,
+        augment=aug,
+        one_hot=classes,
+    )
     _, y = next(iter(plain.as_numpy_iterator()))
     assert set(np.unique(y)) == {0.0, 1.0}  # never on validation or test batches
 
@@ -216,7 +258,14 @@ def test_mixup_needs_one_hot_targets_and_pooled_features():
 
     pooled = [x.mean(axis=0) for x in sequences()]
     with pytest.raises(ValueError, match="one_hot"):
-        make_dataset(pooled, np.zeros(5, int), normaliser=Normaliser.fit(pooled), batch_size=2,
-                     training=True, seed=0, augment=AugmentConfig(mixup=0.2))  # fmt: skip
+        make_dataset(
+            pooled,
+            np.zeros(5, int),
+            normaliser=Normaliser.fit(pooled),
+            batch_size=2,
+            training=True,
+            seed=0,
+            augment=AugmentConfig(mixup=0.2),
+        )
     with pytest.raises(ValueError, match="augment.mixup needs features.mode: pooled"):
         load_config(None, ["augment.mixup=0.2"], env={})

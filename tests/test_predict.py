@@ -154,8 +154,13 @@ def test_record_on_this_machine_records_or_explains(run_dir):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(
         [sys.executable, "-m", "ser.cli", "record", "--seconds", "0.5", "--run", str(run_dir)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     if proc.returncode == 0:
         assert "recording 0.5 s" in proc.stdout
     else:
@@ -170,10 +175,25 @@ def test_predict_reads_browser_webm_when_ffmpeg_is_there(run_dir, tmp_path, caps
     if ffmpeg_path() is None:
         pytest.skip("ffmpeg not installed")
     webm = tmp_path / "rec.webm"
-    webm.write_bytes(subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-i", "pipe:0", "-c:a", "libopus", "-f", "webm", "pipe:1"],
-        input=encode(tone(1.0)), capture_output=True, check=True,
-    ).stdout)  # fmt: skip
+    webm.write_bytes(
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-loglevel",
+                "error",
+                "-i",
+                "pipe:0",
+                "-c:a",
+                "libopus",
+                "-f",
+                "webm",
+                "pipe:1",
+            ],
+            input=encode(tone(1.0)),
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
     assert main(["predict", str(webm), "--run", str(run_dir), "--json"]) == 0
     (result,) = json.loads(capsys.readouterr().out)["results"]
     assert result["duration"] == pytest.approx(1.0, abs=0.05)
@@ -196,8 +216,9 @@ def test_predictor_z_scores_each_clip_when_the_run_did(run_dir, scope):
     np.testing.assert_allclose(prepared.inputs[0], plain.normaliser.apply(frames[:101]), atol=1e-6)
     np.testing.assert_allclose(
         scoped.input_from_wave(wave[:8000]),
-        zscore(extract_features(wave[:8000], 16000, features)), atol=1e-6,
-    )  # fmt: skip
+        zscore(extract_features(wave[:8000], 16000, features)),
+        atol=1e-6,
+    )
     assert not np.allclose(prepared.inputs[0], plain.prepare_clip(wave).inputs[0])
 
 
@@ -205,7 +226,9 @@ def test_predictor_z_scores_each_clip_when_the_run_did(run_dir, scope):
 def test_compiled_padded_batches_give_the_keras_models_answer(tmp_path_factory, model):
     """The XLA path pads every batch to max_frames and a fixed batch size: no effect."""
     predictor = Predictor.load(tiny_run(tmp_path_factory, model))
-    waves = [tone(s, hz, seed=i) for i, (s, hz) in enumerate([(0.4, 200.0), (1.0, 420.0), (2.2, 150.0)])]
+    waves = [
+        tone(s, hz, seed=i) for i, (s, hz) in enumerate([(0.4, 200.0), (1.0, 420.0), (2.2, 150.0)])
+    ]
     prepared = [predictor.prepare_clip(w) for w in waves]
     inputs = [x for p in prepared for x in p.inputs]
     compiled = predictor.predict_normalised(inputs)  # one padded batch of 5 -> size 8
@@ -232,10 +255,17 @@ def test_a_run_trained_with_trimming_trims_served_clips(tmp_path_factory):
         wave, sr = sf.read(path, dtype="float32")
         sf.write(path, np.concatenate([silence(0.3), wave, silence(0.3)]), sr)
     sets = tiny_overrides(
-        work / "corpora", work, "dense", "[emodb]",
-        **{"features.trim_db": "30", "data.max_seconds": str(WINDOW_SECONDS),
-           "train.run_name": "trim", "train.confusion_images": "false"},
-    )  # fmt: skip
+        work / "corpora",
+        work,
+        "dense",
+        "[emodb]",
+        **{
+            "features.trim_db": "30",
+            "data.max_seconds": str(WINDOW_SECONDS),
+            "train.run_name": "trim",
+            "train.confusion_images": "false",
+        },
+    )
     summary = train(load_config(ROOT / "configs" / "base.yaml", sets, env={}), log=lambda _: None)
     predictor = Predictor.load(summary["run_dir"], xla=False)
     features = predictor.cfg.features

@@ -21,10 +21,15 @@ LABELS = ["neutral", "sad", "angry"]
 def _result(name, kind, y_true, y_pred, corpora):
     metrics = classification_metrics(y_true, y_pred, LABELS)
     return ModelResult(
-        name=name, kind=kind, title=name, features="mfcc 13 per frame", metrics=metrics,
+        name=name,
+        kind=kind,
+        title=name,
+        features="mfcc 13 per frame",
+        metrics=metrics,
         per_corpus={c: {"ua": 0.5, "wa": 0.5, "macro_f1": 0.5, "n": 3} for c in corpora},
-        predictions=np.asarray(y_pred), fit_seconds=None if kind == "keras" else 1.25,
-    )  # fmt: skip
+        predictions=np.asarray(y_pred),
+        fit_seconds=None if kind == "keras" else 1.25,
+    )
 
 
 def make_report(tmp_path: Path, speaker_independent: bool = True) -> dict:
@@ -51,8 +56,15 @@ def make_report(tmp_path: Path, speaker_independent: bool = True) -> dict:
         "val_utterances_from_train_speakers": 7,
     }
     predictor = SimpleNamespace(run_dir=tmp_path)
-    return build_report(predictor, Config(), protocol, LABELS, test, results,
-                        examples={"train": 10, "val": 4, "test": 6})  # fmt: skip
+    return build_report(
+        predictor,
+        Config(),
+        protocol,
+        LABELS,
+        test,
+        results,
+        examples={"train": 10, "val": 4, "test": 6},
+    )
 
 
 def test_table_ranks_by_ua_and_names_the_protocol(tmp_path):
@@ -107,26 +119,50 @@ def test_plots_are_png_files(tmp_path):
 def test_results_page_states_command_protocol_and_gap():
     def group(model, corpus, independent, ua):
         return {
-            "corpus": corpus, "model": model, "kind": "baseline",
-            "protocol": "speaker-independent, 5-fold by speaker" if independent
+            "corpus": corpus,
+            "model": model,
+            "kind": "baseline",
+            "protocol": "speaker-independent, 5-fold by speaker"
+            if independent
             else "SPEAKER-DEPENDENT, random split x5",
-            "speaker_independent": independent, "folds": 2, "features": "f",
-            "classes": ["neutral", "sad"], "speakers": 4,
-            "ua": mean_std(ua), "wa": mean_std(ua), "macro_f1": mean_std(ua),
+            "speaker_independent": independent,
+            "folds": 2,
+            "features": "f",
+            "classes": ["neutral", "sad"],
+            "speakers": 4,
+            "ua": mean_std(ua),
+            "wa": mean_std(ua),
+            "macro_f1": mean_std(ua),
             "fit_seconds": mean_std([1.0, 2.0]),
-        }  # fmt: skip
+        }
 
     result = {
-        "created": "2026-01-01 00:00:00", "commit": "abcdef1234567890", "machine": "x86_64, 2 CPU",
-        "seconds": 7200.0, "versions": {"python": "3.11", "git_commit": "abcdef"},
+        "created": "2026-01-01 00:00:00",
+        "commit": "abcdef1234567890",
+        "machine": "x86_64, 2 CPU",
+        "seconds": 7200.0,
+        "versions": {"python": "3.11", "git_commit": "abcdef"},
         "protocol_notes": ["ravdess: speaker-independent, 5-fold by speaker"],
         "configs": {"lstm": Config(name="lstm").to_dict()},
-        "groups": [group("seed_mlp (x)", "ravdess", True, [0.4, 0.36]),
-                   group("seed_mlp (x)", "ravdess", False, [0.6, 0.62])],
-        "folds": [{"corpus": "ravdess", "model": "seed_mlp (x)", "protocol": "p", "fold": 0,
-                   "test_speakers": ["ravdess:01"], "n": 60, "ua": 0.4, "wa": 0.41, "kind": "baseline",
-                   "fit_seconds": 1.0}],
-    }  # fmt: skip
+        "groups": [
+            group("seed_mlp (x)", "ravdess", True, [0.4, 0.36]),
+            group("seed_mlp (x)", "ravdess", False, [0.6, 0.62]),
+        ],
+        "folds": [
+            {
+                "corpus": "ravdess",
+                "model": "seed_mlp (x)",
+                "protocol": "p",
+                "fold": 0,
+                "test_speakers": ["ravdess:01"],
+                "n": 60,
+                "ua": 0.4,
+                "wa": 0.41,
+                "kind": "baseline",
+                "fit_seconds": 1.0,
+            }
+        ],
+    }
     page = reports.render_results_markdown(result, "python evaluate.py --cv")
     assert "```bash\npython evaluate.py --cv\n```" in page
     assert "commit `abcdef123456`" in page and "2.0 h in total" in page
@@ -145,23 +181,40 @@ def test_ablation_table_differences_come_from_the_cv_groups():
 
     def group(corpus, model, mean, si=True):
         kind = "baseline" if model.startswith("svc") else "keras"
-        return {"corpus": corpus, "model": model, "speaker_independent": si, "kind": kind,
-                "protocol": "speaker-independent", "ua": {"mean": mean, "std": 0.01}}  # fmt: skip
+        return {
+            "corpus": corpus,
+            "model": model,
+            "speaker_independent": si,
+            "kind": kind,
+            "protocol": "speaker-independent",
+            "ua": {"mean": mean, "std": 0.01},
+        }
 
-    cv = {"groups": [
-        group("tess", "dense (dense_meanstd)", 0.40),
-        group("tess", "dense (dense_meanstd_spk)", 0.55),
-        group("tess", "dense (dense_meanstd_spk)", 0.99, si=False),  # never read
-        group("emodb", "dense (dense_meanstd_spk)", 0.70),
-    ]}  # fmt: skip
+    cv = {
+        "groups": [
+            group("tess", "dense (dense_meanstd)", 0.40),
+            group("tess", "dense (dense_meanstd_spk)", 0.55),
+            group("tess", "dense (dense_meanstd_spk)", 0.99, si=False),  # never read
+            group("emodb", "dense (dense_meanstd_spk)", 0.70),
+        ]
+    }
     lines = ablation.render(cv).splitlines()
     row = next(line for line in lines if line.startswith("| + per-speaker z-norm"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:] == ["n/a", "", "55.0 ± 1.0", "+15.0", "70.0 ± 1.0", ""]
     cv["groups"].append(group("tess", "svc (x)", 0.60))
     targets = ablation.render_targets(cv).splitlines()
-    tess = [c.strip() for c in next(t for t in targets if t.startswith("| tess")).strip("|").split("|")]
-    assert tess == ["tess", "80", "dense (dense_meanstd_spk)", "55.0 ± 1.0", "svc (x)", "60.0 ± 1.0"]
+    tess = [
+        c.strip() for c in next(t for t in targets if t.startswith("| tess")).strip("|").split("|")
+    ]
+    assert tess == [
+        "tess",
+        "80",
+        "dense (dense_meanstd_spk)",
+        "55.0 ± 1.0",
+        "svc (x)",
+        "60.0 ± 1.0",
+    ]
 
 
 # ------------------------------------------------- fixed inputs, pages as rendered before
@@ -179,11 +232,20 @@ def _scores(recalls, f1s, support):
 
 def _model(name, kind, ua, recalls, **extra):
     model = {
-        "name": name, "kind": kind, "title": f"{name} title", "features": "mfcc 13 per frame",
-        "ua": ua, "wa": ua + 0.05, "macro_f1": ua - 0.05, "fit_seconds": None if kind == "keras" else 0.5,
+        "name": name,
+        "kind": kind,
+        "title": f"{name} title",
+        "features": "mfcc 13 per frame",
+        "ua": ua,
+        "wa": ua + 0.05,
+        "macro_f1": ua - 0.05,
+        "fit_seconds": None if kind == "keras" else 0.5,
         "per_corpus": {"emodb": {"ua": ua, "wa": 0.5}, "tess": {"ua": 0.25, "wa": 0.75}},
         "per_class": _scores(recalls, [0.5, float("nan"), 1.0], [2, 2, 2]),
-        "confusion": [[2, 0, 0], [0, 1, 1], [1, 0, 1]], "params": {}, "grid": None, "notes": [],
+        "confusion": [[2, 0, 0], [0, 1, 1], [1, 0, 1]],
+        "params": {},
+        "grid": None,
+        "notes": [],
     }
     model.update(extra)
     return model
@@ -194,15 +256,29 @@ def evaluation_report(cross_corpus: bool) -> dict:
     models = [_model("lstm", "keras", 0.6667, [1.0, 0.5, 0.5])]
     if cross_corpus:
         models += [
-            _model("svc", "baseline", 0.8333, [1.0, 1.0, 0.5], params={"C": 1.0, "kernel": "rbf"},
-                   grid={"best": {"C": 10}, "best_cv_ua": 0.71, "folds": "3 speaker folds"},
-                   notes=["refit on all training speakers"]),
-            _model("knn", "baseline", 0.3333, [0.0, 0.5, 0.5], params={"k": 5}, fit_seconds=12.25,
-                   per_corpus={"emodb": {"ua": 0.1, "wa": 0.2}}),
+            _model(
+                "svc",
+                "baseline",
+                0.8333,
+                [1.0, 1.0, 0.5],
+                params={"C": 1.0, "kernel": "rbf"},
+                grid={"best": {"C": 10}, "best_cv_ua": 0.71, "folds": "3 speaker folds"},
+                notes=["refit on all training speakers"],
+            ),
+            _model(
+                "knn",
+                "baseline",
+                0.3333,
+                [0.0, 0.5, 0.5],
+                params={"k": 5},
+                fit_seconds=12.25,
+                per_corpus={"emodb": {"ua": 0.1, "wa": 0.2}},
+            ),
         ]
     ranked = sorted(models, key=lambda m: -m["ua"])
     protocol = {
-        "line": "cross-corpus: trained on ravdess, tested on emodb+tess" if cross_corpus
+        "line": "cross-corpus: trained on ravdess, tested on emodb+tess"
+        if cross_corpus
         else "SPEAKER-DEPENDENT random stratified split (seed 1)",
         "speaker_independent": cross_corpus,
         "method": "cross-corpus" if cross_corpus else "random",
@@ -212,18 +288,27 @@ def evaluation_report(cross_corpus: bool) -> dict:
         "val_utterances_from_train_speakers": 7 if cross_corpus else 0,
     }
     return {
-        "kind": "cross-corpus" if cross_corpus else "run", "run": "20260101-lstm",
+        "kind": "cross-corpus" if cross_corpus else "run",
+        "run": "20260101-lstm",
         "created": "2026-01-01 00:00:00 +0000",
         "commit": {"evaluation": "0123456789abcdef", "training": "fedcba9876543210"},
-        "protocol": protocol, "labels": LABELS,
+        "protocol": protocol,
+        "labels": LABELS,
         "examples": {"train": 10, "val": 4, "test": 6} if cross_corpus else {"test": 6},
         "test_by_corpus": {"emodb": 3, "tess": 3} if cross_corpus else {"emodb": 6},
         "data": "/data (moved from /old)" if cross_corpus else "as trained",
         "model": {"best_epoch": [12, 9, 15], "best_value": 0.61234, "monitor": "val_ua"}
-        if cross_corpus else {"best_epoch": 4, "best_value": 0.5, "monitor": "val_ua"},
+        if cross_corpus
+        else {"best_epoch": 4, "best_value": 0.5, "monitor": "val_ua"},
         "models": models,
         "ranking": [
-            {"rank": i + 1, "name": m["name"], "ua": m["ua"], "wa": m["wa"], "macro_f1": m["macro_f1"]}
+            {
+                "rank": i + 1,
+                "name": m["name"],
+                "ua": m["ua"],
+                "wa": m["wa"],
+                "macro_f1": m["macro_f1"],
+            }
             for i, m in enumerate(ranked)
         ],
     }
@@ -232,19 +317,36 @@ def evaluation_report(cross_corpus: bool) -> dict:
 def _group(model, corpus, independent, ua, kind="baseline"):
     summary = {"n": 2, "mean": ua, "std": 0.012}
     return {
-        "corpus": corpus, "model": model, "kind": kind,
-        "protocol": "speaker-independent, 5-fold by speaker" if independent
+        "corpus": corpus,
+        "model": model,
+        "kind": kind,
+        "protocol": "speaker-independent, 5-fold by speaker"
+        if independent
         else "SPEAKER-DEPENDENT, random split x5",
-        "speaker_independent": independent, "folds": 2, "classes": ["neutral", "sad"], "speakers": 4,
-        "ua": summary, "wa": summary, "macro_f1": {"n": 0},
+        "speaker_independent": independent,
+        "folds": 2,
+        "classes": ["neutral", "sad"],
+        "speakers": 4,
+        "ua": summary,
+        "wa": summary,
+        "macro_f1": {"n": 0},
         "fit_seconds": {"n": 2, "mean": 0.25} if kind == "baseline" else {"n": 0},
     }
 
 
 def _fold(model, corpus, kind, fold, **extra):
-    row = {"corpus": corpus, "model": model, "protocol": "p", "fold": fold, "kind": kind,
-           "test_speakers": [f"{corpus}:0{fold}", f"{corpus}:1{fold}"], "n": 60, "ua": 0.4,
-           "wa": float("nan"), "fit_seconds": 12.5}
+    row = {
+        "corpus": corpus,
+        "model": model,
+        "protocol": "p",
+        "fold": fold,
+        "kind": kind,
+        "test_speakers": [f"{corpus}:0{fold}", f"{corpus}:1{fold}"],
+        "n": 60,
+        "ua": 0.4,
+        "wa": float("nan"),
+        "fit_seconds": 12.5,
+    }
     row.update(extra)
     return row
 
@@ -255,24 +357,37 @@ def cv_result(resumed: bool) -> dict:
     dense = Config(name="dense").to_dict()
     dense["train"]["early_stopping"]["enabled"] = False
     return {
-        "created": "2026-01-01 00:00:00 +0000", "commit": "abcdef1234567890",
-        "machine": "x86_64, 2 CPU", "seconds": 5400.0 if resumed else 7200.0,
+        "created": "2026-01-01 00:00:00 +0000",
+        "commit": "abcdef1234567890",
+        "machine": "x86_64, 2 CPU",
+        "seconds": 5400.0 if resumed else 7200.0,
         "versions": {"python": "3.11", "git_commit": "abcdef", "keras": "3.0"},
         "resumed": ["2026-01-01 01:00:00: resumed with 3 results reused"] if resumed else [],
-        "protocol_notes": ["ravdess: speaker-independent, 5-fold by speaker",
-                           "emodb: speaker-independent, leave-one-speaker-out"],
+        "protocol_notes": [
+            "ravdess: speaker-independent, 5-fold by speaker",
+            "emodb: speaker-independent, leave-one-speaker-out",
+        ],
         "configs": {"lstm": lstm, "dense": dense},
         "groups": [
-            _group("seed_mlp (x)", "ravdess", True, 0.4), _group("seed_mlp (x)", "ravdess", False, 0.6),
-            _group("seed_mlp (x)", "emodb", True, 0.5), _group("lstm", "emodb", True, 0.55, "keras"),
+            _group("seed_mlp (x)", "ravdess", True, 0.4),
+            _group("seed_mlp (x)", "ravdess", False, 0.6),
+            _group("seed_mlp (x)", "emodb", True, 0.5),
+            _group("lstm", "emodb", True, 0.55, "keras"),
             _group("seed_mlp (x)", "tess+emodb", False, 0.9),
-        ] if resumed else [_group("lstm", "emodb", True, 0.55, "keras")],
+        ]
+        if resumed
+        else [_group("lstm", "emodb", True, 0.55, "keras")],
         "folds": [
             _fold("lstm", "emodb", "keras", 0, train_seconds=14.0, best_epoch=7),
-            _fold("lstm", "emodb", "keras", 1, train_seconds=0.5, best_epoch=[3, 4], fit_seconds=None),
+            _fold(
+                "lstm", "emodb", "keras", 1, train_seconds=0.5, best_epoch=[3, 4], fit_seconds=None
+            ),
             _fold("seed_mlp (x)", "ravdess", "baseline", 0, fit_seconds=0.04),
-        ] if resumed else [_fold("seed_mlp (x)", "ravdess", "baseline", 0)],
+        ]
+        if resumed
+        else [_fold("seed_mlp (x)", "ravdess", "baseline", 0)],
     }
+
 
 CROSS_CORPUS_REPORT_MD = r"""
 # Cross-corpus evaluation: 20260101-lstm

@@ -27,7 +27,7 @@ from tests.support.badinputs import (
     short,
     write_broken_only,
     write_corpus,
-)  # fmt: skip
+)
 
 CASES = sorted(CATALOGUE)
 
@@ -41,11 +41,16 @@ def custom_corpus(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 
 def overrides(root: Path, tmp: Path) -> list[str]:
     return [
-        f"data.root={root}", "data.corpora=[custom]", "data.emotions=[happy, sad]",
-        "split.method=random", "features.workers=1", f"features.cache_dir={tmp / 'cache'}",
-        "train.epochs=1", f"train.checkpoints_dir={tmp / 'ck'}",
+        f"data.root={root}",
+        "data.corpora=[custom]",
+        "data.emotions=[happy, sad]",
+        "split.method=random",
+        "features.workers=1",
+        f"features.cache_dir={tmp / 'cache'}",
+        "train.epochs=1",
+        f"train.checkpoints_dir={tmp / 'ck'}",
         f"train.experiments_dir={tmp / 'ex'}",
-    ]  # fmt: skip
+    ]
 
 
 def config(root: Path, tmp: Path):
@@ -88,15 +93,22 @@ def test_extraction_gives_finite_features_or_a_named_failure(custom_corpus, tmp_
     targets = [str(paths[c]) for c in CASES if not paths[c].is_dir()]
     lines: list[str] = []
     features, report = extract_all(
-        targets, cfg.features, 16000, workers=1, cache_dir=str(tmp_path / "cache"),
-        progress=False, log=lines.append,
+        targets,
+        cfg.features,
+        16000,
+        workers=1,
+        cache_dir=str(tmp_path / "cache"),
+        progress=False,
+        log=lines.append,
     )
     failed = dict(report.failed)
     assert "NaN" in failed[str(paths["NaN and Inf samples"])]
     long = features[str(paths["10 minutes"])]
     assert long.shape[0] == pytest.approx(600 * 100, rel=0.01)  # 10 ms hop
     # No temp files or partial entries left behind.
-    leftovers = [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name.startswith(".")]
+    leftovers = [
+        p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.name.startswith(".")
+    ]
     assert leftovers == []
     for case in CASES:
         path = str(paths[case])

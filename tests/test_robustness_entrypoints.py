@@ -44,7 +44,7 @@ from tests.support.badinputs import (
     write_broken_only,
     write_case,
     write_corpus,
-)  # fmt: skip
+)
 from tests.support.robustlog import record
 from tests.support.tiny_run import tone
 
@@ -52,9 +52,14 @@ FOLDER = "directory named like a file"
 # Uploads up to 25 MB, so that the 10-minute clip is parsed (spilled to a temporary file)
 # and then refused for its length; few compiled batch sizes to keep start-up short.
 SETTINGS = ServingSettings(
-    max_upload_mb=25, max_clip_seconds=120, max_batch_files=len(ROWS), max_batch_windows=2,
-    stream_window=1.0, stream_hop=1.0, stream_max_chunk_seconds=2.0,
-)  # fmt: skip
+    max_upload_mb=25,
+    max_clip_seconds=120,
+    max_batch_files=len(ROWS),
+    max_batch_windows=2,
+    stream_window=1.0,
+    stream_hop=1.0,
+    stream_max_chunk_seconds=2.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +87,21 @@ def good_clip(corpus) -> Path:
 
 # ------------------------------------------------------------------ evaluate.py
 def evaluate(run_dir: Path, root: Path, capsys) -> tuple[int, str]:
-    code = main([
-        "evaluate", str(run_dir), "--corpus", "custom", "--data-root", str(root), "--no-baselines",
-        "--set", "evaluation.plots=false", "--set", "evaluation.tensorboard=false",
-    ])  # fmt: skip
+    code = main(
+        [
+            "evaluate",
+            str(run_dir),
+            "--corpus",
+            "custom",
+            "--data-root",
+            str(root),
+            "--no-baselines",
+            "--set",
+            "evaluation.plots=false",
+            "--set",
+            "evaluation.tensorboard=false",
+        ]
+    )
     captured = capsys.readouterr()
     return code, captured.out + captured.err
 

@@ -53,8 +53,18 @@ def predictor(client) -> Predictor:
 
 # ------------------------------------------------------------ file-system watch
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-_MUTATING = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "os.symlink", "os.link",
-             "os.truncate", "os.chmod", "shutil.copyfile", "shutil.move"}  # fmt: skip
+_MUTATING = {
+    "os.rename",
+    "os.remove",
+    "os.rmdir",
+    "os.mkdir",
+    "os.symlink",
+    "os.link",
+    "os.truncate",
+    "os.chmod",
+    "shutil.copyfile",
+    "shutil.move",
+}
 _watching: list[list[tuple[str, str]]] = []
 
 
@@ -69,7 +79,9 @@ def _audit(event: str, args: tuple) -> None:
         if writes and not isinstance(path, int):
             _watching[-1].append((event, os.fsdecode(path)))
     elif event in _MUTATING:
-        _watching[-1].append((event, " ".join(os.fsdecode(a) for a in args if isinstance(a, (str, bytes)))))
+        _watching[-1].append(
+            (event, " ".join(os.fsdecode(a) for a in args if isinstance(a, (str, bytes))))
+        )
 
 
 sys.addaudithook(_audit)  # cannot be removed; does nothing unless a test is watching
@@ -117,11 +129,17 @@ def multipart(field: str, parts: list[tuple[bytes, bytes]]) -> dict:
     body = b""
     for filename, data in parts:
         body += (
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"".encode()
-            + filename + b"\"\r\nContent-Type: audio/wav\r\n\r\n" + data + b"\r\n"
-        )  # fmt: skip
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{field}"; filename="'.encode()
+            + filename
+            + b'"\r\nContent-Type: audio/wav\r\n\r\n'
+            + data
+            + b"\r\n"
+        )
     body += f"--{BOUNDARY}--\r\n".encode()
-    return {"content": body, "headers": {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}}
+    return {
+        "content": body,
+        "headers": {"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
+    }
 
 
 def big_clip() -> bytes:
@@ -142,8 +160,11 @@ def test_upload_names_are_text_never_paths(client, case):
     statuses = [r.status_code for r in responses]
     assert all(r.headers["content-type"] == "application/json" for r in responses)
     assert statuses == [200, 200, 200], [r.text[:300] for r in responses]
-    echoed = {single.json()["filename"], spooled.json()["filename"],
-              *(r["filename"] for r in batch.json()["results"])}  # fmt: skip
+    echoed = {
+        single.json()["filename"],
+        spooled.json()["filename"],
+        *(r["filename"] for r in batch.json()["results"]),
+    }
     assert all(r["status"] == 200 for r in batch.json()["results"])
     assert len(echoed) == 1 and all(len(e) <= 255 for e in echoed)
     assert_only_temp_area(writes)
@@ -152,10 +173,14 @@ def test_upload_names_are_text_never_paths(client, case):
         assert not [p for p in folder.iterdir() if MARKER in p.name], folder
     shown = echoed.pop()
     opened = sorted({path for _, path in writes})
-    record("security", f"upload file name: {case}", "POST /predict, /predict/batch",
-           f"200; echoed as text {shown[:40]!r}{'...' if len(shown) > 40 else ''} "
-           f"({len(shown)} chars); disk writes: {len(writes)} opens of {', '.join(opened)} "
-           "(anonymous spooled parts), none named by the client")  # fmt: skip
+    record(
+        "security",
+        f"upload file name: {case}",
+        "POST /predict, /predict/batch",
+        f"200; echoed as text {shown[:40]!r}{'...' if len(shown) > 40 else ''} "
+        f"({len(shown)} chars); disk writes: {len(writes)} opens of {', '.join(opened)} "
+        "(anonymous spooled parts), none named by the client",
+    )
 
 
 @pytest.mark.parametrize("case", sorted(UNPARSABLE_NAMES))
@@ -172,8 +197,12 @@ def test_upload_names_that_break_the_form_are_a_422_naming_the_problem(client, c
         assert r.json() == {"detail": responses[0].json()["detail"], "field": None}
         assert "multipart/form-data body could not be parsed" in r.json()["detail"]
     assert_only_temp_area(writes)
-    record("security", f"upload file name: {case}", "POST /predict, /predict/batch",
-           f"422 {responses[0].json()['detail']!r}; nothing written under the name")  # fmt: skip
+    record(
+        "security",
+        f"upload file name: {case}",
+        "POST /predict, /predict/batch",
+        f"422 {responses[0].json()['detail']!r}; nothing written under the name",
+    )
 
 
 # --------------------------------------------------------------- size and length
@@ -200,7 +229,11 @@ def test_chunked_upload_over_the_limit_is_refused_while_streaming(client):
         async def app(scope, receive, send):
             raise AssertionError("an oversized body must not reach the app")
 
-        scope = {"type": "http", "path": "/predict", "headers": [(b"content-type", headers["content-type"].encode())]}
+        scope = {
+            "type": "http",
+            "path": "/predict",
+            "headers": [(b"content-type", headers["content-type"].encode())],
+        }
         await UploadSizeLimit(app, SETTINGS)(scope, receive, send)
         return received, sent
 
@@ -208,8 +241,12 @@ def test_chunked_upload_over_the_limit_is_refused_while_streaming(client):
     assert sent[0]["status"] == 413
     limit = SETTINGS.max_upload_bytes + 64 * 1024  # one file plus the form's framing
     assert (received - 1) * len(chunk) <= limit < received * len(chunk)
-    record("security", "upload over max_upload_mb, chunked (no Content-Length)", "POST /predict",
-           f"413 after reading {received * 64} kB of 4096 kB: {r.json()['detail'][:80]}")  # fmt: skip
+    record(
+        "security",
+        "upload over max_upload_mb, chunked (no Content-Length)",
+        "POST /predict",
+        f"413 after reading {received * 64} kB of 4096 kB: {r.json()['detail'][:80]}",
+    )
 
 
 def flac_silence(seconds: float) -> bytes:
@@ -220,10 +257,28 @@ def flac_silence(seconds: float) -> bytes:
 
 def webm_silence(seconds: float, path: Path) -> bytes:
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-f", "lavfi",
-         "-i", "anullsrc=r=48000:cl=mono", "-t", str(seconds), "-c:a", "libopus", "-b:a", "6k",
-         "-y", str(path)], check=True, timeout=120,
-    )  # fmt: skip
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "anullsrc=r=48000:cl=mono",
+            "-t",
+            str(seconds),
+            "-c:a",
+            "libopus",
+            "-b:a",
+            "6k",
+            "-y",
+            str(path),
+        ],
+        check=True,
+        timeout=120,
+    )
     return path.read_bytes()
 
 
@@ -234,8 +289,14 @@ def wav_claiming_more_than_it_holds() -> bytes:
     return bytes(data)
 
 
-@pytest.mark.parametrize("case", ["FLAC, 1 h of silence", "WebM/Opus, 10 min of silence",
-                                  "WAV header declaring 1 GB of samples"])  # fmt: skip
+@pytest.mark.parametrize(
+    "case",
+    [
+        "FLAC, 1 h of silence",
+        "WebM/Opus, 10 min of silence",
+        "WAV header declaring 1 GB of samples",
+    ],
+)
 def test_small_uploads_that_decode_to_long_audio_are_refused_quickly(client, case, tmp_path):
     if case.startswith("WebM") and not shutil.which("ffmpeg"):
         pytest.skip("ffmpeg is not installed")
@@ -254,8 +315,12 @@ def test_small_uploads_that_decode_to_long_audio_are_refused_quickly(client, cas
     else:
         assert r.status_code == 422 and "max_clip_seconds" in r.json()["detail"], r.text
     shown = r.json().get("detail") or f"duration {r.json()['duration']} s"
-    record("security", f"upload of {len(data) // 1024} kB: {case}", "POST /predict",
-           f"{r.status_code} in {seconds:.2f} s: {shown[:100]}")  # fmt: skip
+    record(
+        "security",
+        f"upload of {len(data) // 1024} kB: {case}",
+        "POST /predict",
+        f"{r.status_code} in {seconds:.2f} s: {shown[:100]}",
+    )
 
 
 # ------------------------------------------------------------------- run names
@@ -264,30 +329,51 @@ def test_small_uploads_that_decode_to_long_audio_are_refused_quickly(client, cas
 def test_run_names_cannot_leave_the_checkpoints_folder(key, value, tmp_path, capsys):
     from ser.cli import main
 
-    sets = [f"{key}={value}", f"train.checkpoints_dir={tmp_path / 'ck'}",
-            f"train.experiments_dir={tmp_path / 'ex'}"]  # fmt: skip
+    sets = [
+        f"{key}={value}",
+        f"train.checkpoints_dir={tmp_path / 'ck'}",
+        f"train.experiments_dir={tmp_path / 'ex'}",
+    ]
     with pytest.raises(ConfigError, match=rf"{key}: must be a plain folder name"):
         load_config(ROOT / "configs" / "base.yaml", sets, env={})
-    code = main(["train", "--config", str(ROOT / "configs" / "base.yaml"),
-                 *[a for s in sets for a in ("--set", s)]])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs" / "base.yaml"),
+            *[a for s in sets for a in ("--set", s)],
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and f"{key}: must be a plain folder name" in err
     assert not (tmp_path / "ck").exists() and not (tmp_path / "ex").exists()
-    record("security", f"run name {value!r} in the config", key,
-           "ser train: exit 2 before any work, ConfigError 'must be a plain folder name'")  # fmt: skip
+    record(
+        "security",
+        f"run name {value!r} in the config",
+        key,
+        "ser train: exit 2 before any work, ConfigError 'must be a plain folder name'",
+    )
 
 
 def test_config_files_may_extend_and_point_to_any_path_of_their_owner(tmp_path):
     # A config is the user's own file: `extends: ../x.yaml` and data.root elsewhere are
     # theirs to choose, resolved relative to the file and to the working directory.
     (tmp_path / "shared").mkdir()
-    (tmp_path / "shared" / "base.yaml").write_text(f"extends: {ROOT / 'configs' / 'base.yaml'}\nseed: 7\n")
+    (tmp_path / "shared" / "base.yaml").write_text(
+        f"extends: {ROOT / 'configs' / 'base.yaml'}\nseed: 7\n"
+    )
     (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "exp.yaml").write_text("extends: ../shared/base.yaml\ndata: {root: ../../corpora}\n")
+    (tmp_path / "mine" / "exp.yaml").write_text(
+        "extends: ../shared/base.yaml\ndata: {root: ../../corpora}\n"
+    )
     cfg = load_config(tmp_path / "mine" / "exp.yaml", env={})
     assert cfg.seed == 7 and cfg.data.root == "../../corpora"
-    record("security", "config extends: ../shared/base.yaml, data.root: ../../corpora", "load_config",
-           "accepted: a config is the user's own file (extends resolved relative to it)")  # fmt: skip
+    record(
+        "security",
+        "config extends: ../shared/base.yaml, data.root: ../../corpora",
+        "load_config",
+        "accepted: a config is the user's own file (extends resolved relative to it)",
+    )
 
 
 # ------------------------------------------------------------------ model files
@@ -300,7 +386,9 @@ def test_a_model_with_code_in_it_is_refused_by_predictor_load(predictor, tmp_pat
     inputs = keras.Input(shape=(None, 13))
     # Keras stores a Python lambda as marshalled bytecode: loading it would run it.
     touched = keras.layers.Lambda(lambda x: (open(marker, "w").close(), x)[1])(inputs)
-    outputs = keras.layers.Dense(7, activation="softmax")(keras.layers.GlobalAveragePooling1D()(touched))
+    outputs = keras.layers.Dense(7, activation="softmax")(
+        keras.layers.GlobalAveragePooling1D()(touched)
+    )
     keras.Model(inputs, outputs).save(unsafe / "model.keras")
     os.unlink(marker)  # building the model called the lambda once
 
@@ -316,8 +404,12 @@ def test_a_model_with_code_in_it_is_refused_by_predictor_load(predictor, tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and "safe mode" in err and "Traceback" not in err, err
     assert not os.path.exists(marker)
-    record("security", "model.keras holding a Lambda layer with Python code", "Predictor.load, ser predict",
-           f"refused, code never run; exit 2: {str(caught.value).split(': ', 1)[1][:110]}")  # fmt: skip
+    record(
+        "security",
+        "model.keras holding a Lambda layer with Python code",
+        "Predictor.load, ser predict",
+        f"refused, code never run; exit 2: {str(caught.value).split(': ', 1)[1][:110]}",
+    )
 
 
 def test_evaluation_with_baselines_writes_no_pickles(predictor, tmp_path):
@@ -326,16 +418,28 @@ def test_evaluation_with_baselines_writes_no_pickles(predictor, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(predictor.run_dir, run, symlinks=True)
     report = evaluate_run(
-        run, overrides=["evaluation.baselines=[svc, logistic_regression, knn, seed_mlp]",
-                        "evaluation.seed_mlp.max_iter=50"], log=lambda _line: None,
-    )  # fmt: skip
+        run,
+        overrides=[
+            "evaluation.baselines=[svc, logistic_regression, knn, seed_mlp]",
+            "evaluation.seed_mlp.max_iter=50",
+        ],
+        log=lambda _line: None,
+    )
     assert {m["name"] for m in report["models"]} >= {"svc", "knn", "seed_mlp"}
     written = [p for p in run.rglob("*") if p.is_file()]
-    pickles = [p for p in written if p.read_bytes()[:1] == b"\x80" and p.read_bytes()[1:2] in b"\x02\x03\x04\x05"]
+    pickles = [
+        p
+        for p in written
+        if p.read_bytes()[:1] == b"\x80" and p.read_bytes()[1:2] in b"\x02\x03\x04\x05"
+    ]
     assert pickles == [] and not [p for p in written if p.suffix in {".pkl", ".pickle", ".joblib"}]
-    record("security", "evaluation with scikit-learn baselines", "evaluate.py",
-           f"no pickle in the {len(written)} files of the run folder (content checked); "
-           "baselines are refit on every evaluation, never saved")  # fmt: skip
+    record(
+        "security",
+        "evaluation with scikit-learn baselines",
+        "evaluate.py",
+        f"no pickle in the {len(written)} files of the run folder (content checked); "
+        "baselines are refit on every evaluation, never saved",
+    )
 
 
 # -------------------------------------------------------------- listen address
@@ -354,9 +458,16 @@ def test_the_server_listens_on_loopback_unless_told_otherwise(predictor, monkeyp
     assert args.func(args) == 0
     assert seen["host"] == "127.0.0.1" and "host" not in ServingSettings.model_fields
     help_text = subprocess.run(
-        [sys.executable, "-m", "ser.cli", "serve", "--help"], cwd=ROOT, capture_output=True,
-        text=True, timeout=60,
-    ).stdout  # fmt: skip
+        [sys.executable, "-m", "ser.cli", "serve", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
     assert "default 127.0.0.1" in " ".join(help_text.split())
-    record("security", "ser serve with no --host", "bind address",
-           "127.0.0.1 (loopback only); other interfaces need an explicit --host")  # fmt: skip
+    record(
+        "security",
+        "ser serve with no --host",
+        "bind address",
+        "127.0.0.1 (loopback only); other interfaces need an explicit --host",
+    )

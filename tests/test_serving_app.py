@@ -19,9 +19,13 @@ from tests.support.fakes import EMOTION_HZ
 from tests.support.tiny_run import WINDOW_SECONDS, encode, silence, tone
 
 SETTINGS = ServingSettings(
-    max_upload_mb=0.5, max_clip_seconds=20, max_batch_files=3, max_batch_windows=4,
-    stream_window=1.0, stream_hop=0.5,
-)  # fmt: skip
+    max_upload_mb=0.5,
+    max_clip_seconds=20,
+    max_batch_files=3,
+    max_batch_windows=4,
+    stream_window=1.0,
+    stream_hop=0.5,
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +55,12 @@ def test_model_card_has_labels_features_config_and_metrics(client, run_dir):
     assert info["model_type"] == "lstm" and info["parameters"] > 0
     assert info["window_seconds"] == WINDOW_SECONDS
     assert info["input"] == {
-        "mode": "sequence", "dim": 13, "max_frames": 101, "sample_rate": 16000, "hop_seconds": 0.01,
-    }  # fmt: skip
+        "mode": "sequence",
+        "dim": 13,
+        "max_frames": 101,
+        "sample_rate": 16000,
+        "hop_seconds": 0.01,
+    }
     assert info["features"]["extractors"] == ["mfcc"] and info["features"]["mfcc"]["n_mfcc"] == 13
     assert "chroma" not in info["features"]  # only the extractors the run uses
     assert info["config"]["corpora"] == ["emodb"] and info["config"]["model"]["units"] == [8]
@@ -150,10 +158,28 @@ def test_any_soundfile_format_rate_and_channel_count(client, name, fmt, subtype,
 def test_browser_webm_opus_is_decoded_through_ffmpeg(client):
     wave = tone(1.2)
     webm = subprocess.run(
-        ["ffmpeg", "-loglevel", "error", "-f", "f32le", "-ar", "16000", "-ac", "1", "-i", "pipe:0",
-         "-c:a", "libopus", "-f", "webm", "pipe:1"],
-        input=wave.tobytes(), capture_output=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-f",
+            "f32le",
+            "-ar",
+            "16000",
+            "-ac",
+            "1",
+            "-i",
+            "pipe:0",
+            "-c:a",
+            "libopus",
+            "-f",
+            "webm",
+            "pipe:1",
+        ],
+        input=wave.tobytes(),
+        capture_output=True,
+        check=True,
+    ).stdout
     r = post_clip(client, webm, "recording.webm", mime="audio/webm")
     assert r.status_code == 200, r.text
     assert r.json()["duration"] == pytest.approx(1.2, abs=0.05)
@@ -226,9 +252,10 @@ def test_too_large_upload_is_413(client):
 
 def test_declared_oversized_body_is_refused_before_reading(client):
     r = client.post(
-        "/predict", content=b"x" * 10,
+        "/predict",
+        content=b"x" * 10,
         headers={"content-type": "multipart/form-data; boundary=b", "content-length": str(10**9)},
-    )  # fmt: skip
+    )
     assert_problem(r, 413, "max_upload_mb")
 
 
@@ -356,7 +383,9 @@ def test_model_card_metrics_are_json_safe_and_include_the_evaluation(tmp_path):
         '{"protocol": "speaker-independent", "speaker_independent": true, "best_epoch": 3,'
         ' "test": {"ua": NaN, "wa": 0.5, "macro_f1": 0.4, "n": 10, "per_class": {}}}'
     )
-    ranking = [{"rank": 1, "name": "lstm", "kind": "keras", "ua": 0.6, "wa": 0.62, "macro_f1": 0.58}]
+    ranking = [
+        {"rank": 1, "name": "lstm", "kind": "keras", "ua": 0.6, "wa": 0.62, "macro_f1": 0.58}
+    ]
     (tmp_path / "report.json").write_text(
         json.dumps({"created": "2026-11-24", "protocol": {"test_speakers": 7}, "ranking": ranking})
     )
@@ -369,12 +398,14 @@ def test_model_card_metrics_are_json_safe_and_include_the_evaluation(tmp_path):
 
 def test_session_is_ignored_by_a_model_without_speaker_normalisation(client):
     r = client.post(
-        "/predict", params={"session": "any-speaker"},
+        "/predict",
+        params={"session": "any-speaker"},
         files={"file": ("clip.wav", encode(tone(1.0)), "audio/wav")},
-    )  # fmt: skip
+    )
     assert r.status_code == 200 and r.json()["session_clips"] is None
     r = client.post(
-        "/predict", params={"session": "x" * 65},
+        "/predict",
+        params={"session": "x" * 65},
         files={"file": ("clip.wav", encode(tone(1.0)), "audio/wav")},
-    )  # fmt: skip
+    )
     assert r.status_code == 422 and r.json()["field"] == "session"

@@ -41,10 +41,15 @@ pytestmark = [
     pytest.mark.slow,
 ]
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-]  # fmt: skip
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +57,20 @@ def server(run_dir, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
     cmd = [
-        sys.executable, "-m", "ser.cli", "serve", str(run_dir), "--port", str(port),
-        "--stream-window", "1", "--stream-hop", "0.5", "--log-level", "warning",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "ser.cli",
+        "serve",
+        str(run_dir),
+        "--port",
+        str(port),
+        "--stream-window",
+        "1",
+        "--stream-hop",
+        "0.5",
+        "--log-level",
+        "warning",
+    ]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -114,9 +130,10 @@ def test_live_microphone_predictions_appear_on_the_page(server, run_dir, tmp_pat
     assert clip.is_file()  # a missing file would silently give a silent microphone
     with sync_playwright() as p:
         chromium = p.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
+            executable_path=CHROMIUM,
+            headless=True,
             args=[*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={clip}"],
-        )  # fmt: skip
+        )
         try:
             page = open_page(chromium, server)
             page.click("#start")

@@ -28,8 +28,13 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 def ser(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ser.cli", *args],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +43,22 @@ def server(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     cmd = [
-        sys.executable, "-m", "ser.cli", "serve", str(run_dir), "--port", str(port),
-        "--max-upload-mb", "0.5", "--stream-window", "1", "--stream-hop", "0.5",
-        "--log-level", "warning",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "ser.cli",
+        "serve",
+        str(run_dir),
+        "--port",
+        str(port),
+        "--max-upload-mb",
+        "0.5",
+        "--stream-window",
+        "1",
+        "--stream-hop",
+        "0.5",
+        "--log-level",
+        "warning",
+    ]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -105,10 +122,27 @@ def test_load_benchmark_script_runs_against_the_server(server, tmp_path):
     url, _ = server
     out = tmp_path / "load.json"
     proc = subprocess.run(
-        [sys.executable, "bench/load_http.py", "--url", url, "--requests", "8",
-         "--concurrency", "1,2", "--warmup", "2", "--out", str(out)],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "bench/load_http.py",
+            "--url",
+            url,
+            "--requests",
+            "8",
+            "--concurrency",
+            "1,2",
+            "--warmup",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     assert report["model_id"].startswith("tiny-lstm@")
@@ -120,9 +154,21 @@ def test_load_benchmark_script_runs_against_the_server(server, tmp_path):
 
 def test_load_benchmark_refuses_other_hosts(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "bench/load_http.py", "--url", "http://example.org", "--out", str(tmp_path / "x.json")],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "bench/load_http.py",
+            "--url",
+            "http://example.org",
+            "--out",
+            str(tmp_path / "x.json"),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 2 and "loopback" in proc.stderr
 
 

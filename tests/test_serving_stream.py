@@ -15,8 +15,13 @@ from ser.serving.stream import StreamError, StreamSession, voice_activity
 from tests.support.fakes import EMOTION_HZ
 from tests.support.tiny_run import silence, tone
 
-SETTINGS = ServingSettings(stream_window=1.0, stream_hop=0.5, max_batch_windows=2,
-                           stream_max_chunk_seconds=2.0, stream_max_seconds=30)  # fmt: skip
+SETTINGS = ServingSettings(
+    stream_window=1.0,
+    stream_hop=0.5,
+    max_batch_windows=2,
+    stream_max_chunk_seconds=2.0,
+    stream_max_seconds=30,
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +94,11 @@ def test_short_stream_is_answered_at_the_end(client):
 def test_float_pcm_at_another_rate_is_resampled(client):
     wave = tone(2.0, sr=44100)
     replies = stream(
-        client, wave.astype("<f4").tobytes(), chunk=4410 * 4,
+        client,
+        wave.astype("<f4").tobytes(),
+        chunk=4410 * 4,
         config={"type": "config", "encoding": "pcm_f32le", "sample_rate": 44100},
-    )  # fmt: skip
+    )
     windows = replies[1:-1]
     assert [w["type"] for w in windows] == ["prediction"] * 3
     assert [w["end"] for w in windows] == [1.0, 1.5, 2.0]

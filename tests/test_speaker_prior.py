@@ -24,10 +24,16 @@ def run(tmp_path_factory):
     work = tmp_path_factory.mktemp("prior")
     make_emodb(work / "corpora")
     sets = tiny_overrides(
-        work / "corpora", work, "dense", "[emodb]",
-        **{"features.pooled_normalisation": "speaker", "train.run_name": "prior",
-           "train.confusion_images": "false"},
-    )  # fmt: skip
+        work / "corpora",
+        work,
+        "dense",
+        "[emodb]",
+        **{
+            "features.pooled_normalisation": "speaker",
+            "train.run_name": "prior",
+            "train.confusion_images": "false",
+        },
+    )
     cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
     summary = train(cfg, log=lambda _line: None)
     return cfg, summary
@@ -92,9 +98,7 @@ def test_session_starts_at_the_prior_and_converges_to_the_speakers_statistics():
     # After many clips: what training and cross-validation use, the speaker's own z-norm.
     k = 5 / 405
     np.testing.assert_allclose(last.mean, (1 - k) * clips.mean(0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(
-        last.std, np.sqrt((1 - k) * clips.var(0) + k), rtol=1e-5
-    )
+    np.testing.assert_allclose(last.std, np.sqrt((1 - k) * clips.var(0) + k), rtol=1e-5)
     with pytest.raises(ValueError, match="pooled vector of 3"):
         session.add(np.zeros(4))
     with pytest.raises(ValueError, match="prior_weight"):
@@ -152,14 +156,15 @@ def test_http_sessions_and_streams_normalise_by_the_speaker_so_far(run):
         assert post(clips[0], "speaker-1").json()["session_clips"] == 1  # was evicted
         assert third_alone != post(clips[2], "speaker-1").json()["probabilities"]
         batch = client.post(
-            "/predict/batch", params={"session": "batch"},
+            "/predict/batch",
+            params={"session": "batch"},
             files=[("files", (f"{i}.wav", c, "audio/wav")) for i, c in enumerate(clips)],
-        ).json()  # fmt: skip
+        ).json()
         assert sorted(r["prediction"]["session_clips"] for r in batch["results"]) == [1, 2, 3]
         bad = post(clips[0], "../etc")
         assert bad.status_code == 422 and "session" in bad.text
         # A live stream is one speaker: each speech window counts into it.
-        pcm = (np.concatenate([tone(1.0, 150), tone(1.0, 220), tone(1.0, 330)]) * 32767)
+        pcm = np.concatenate([tone(1.0, 150), tone(1.0, 220), tone(1.0, 330)]) * 32767
         with client.websocket_connect("/stream") as ws:
             assert ws.receive_json()["type"] == "ready"
             ws.send_bytes(pcm.astype("<i2").tobytes())
@@ -188,7 +193,9 @@ def test_predict_one_speaker_normalises_the_files_by_each_other(run, tmp_path, c
     predictor = Predictor.load(summary["run_dir"], xla=False)
     session = predictor.new_session()
     expected = [  # the files as written (16-bit), one session in the order given
-        predictor.predict_clip(load_audio(tmp_path / f"{i}.wav", 16000), session=session).probabilities
+        predictor.predict_clip(
+            load_audio(tmp_path / f"{i}.wav", 16000), session=session
+        ).probabilities
         for i in range(3)
     ]
     for result, probs in zip(together, expected, strict=True):

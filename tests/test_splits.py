@@ -26,7 +26,7 @@ def corpus_rows(
             gender,
             emotion,
             1.0,
-        )  # fmt: skip
+        )
         for name, gender in speakers.items()
         for emotion in EMOTIONS7
         for i in range(per_emotion)

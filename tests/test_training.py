@@ -36,9 +36,19 @@ def test_one_epoch_end_to_end_writes_a_complete_run(corpora, tmp_path, capsys):
     out = capsys.readouterr().out
 
     run_dir = Path(summary["run_dir"])
-    for name in ("model.keras", "config.json", "model.weights.h5", "run.yaml", "labels.json",
-                 "normaliser.json", "split.json", "versions.json", "manifest.jsonl",
-                 "history.csv", "summary.json"):
+    for name in (
+        "model.keras",
+        "config.json",
+        "model.weights.h5",
+        "run.yaml",
+        "labels.json",
+        "normaliser.json",
+        "split.json",
+        "versions.json",
+        "manifest.jsonl",
+        "history.csv",
+        "summary.json",
+    ):
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "backup").exists()  # removed once training finished
 
@@ -70,13 +80,17 @@ def test_one_epoch_end_to_end_writes_a_complete_run(corpora, tmp_path, capsys):
 
     split = json.loads((run_dir / "split.json").read_text())
     test_speakers = set(split["test_speakers"])
-    assert test_speakers and not test_speakers & set(split["train_speakers"] + split["val_speakers"])
+    assert test_speakers and not test_speakers & set(
+        split["train_speakers"] + split["val_speakers"]
+    )
 
 
 def test_second_run_reads_every_feature_from_the_cache(corpora, tmp_path):
     cfg = load_config(ROOT / "configs" / "quick.yaml", tiny_overrides(corpora, tmp_path), env={})
     first = train(cfg)
-    second = train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": "again"})}))
+    second = train(
+        cfg.model_copy(update={"train": cfg.train.model_copy(update={"run_name": "again"})})
+    )
     assert first["files"]["extracted"] == first["files"]["manifest_rows"]
     assert second["files"]["extracted"] == 0
     assert second["files"]["cache_hits"] == second["files"]["manifest_rows"]
@@ -84,7 +98,9 @@ def test_second_run_reads_every_feature_from_the_cache(corpora, tmp_path):
 
 @pytest.mark.parametrize("model", ["cnn", "crnn", "dense"])
 def test_other_models_train_end_to_end(corpora, tmp_path, model):
-    cfg = load_config(ROOT / "configs" / "base.yaml", tiny_overrides(corpora, tmp_path, model), env={})
+    cfg = load_config(
+        ROOT / "configs" / "base.yaml", tiny_overrides(corpora, tmp_path, model), env={}
+    )
     summary = train(cfg)
     assert summary["model"] == model
     assert np.isfinite(summary["test"]["ua"])
@@ -110,8 +126,13 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("SER_DATA_ROOT", None)
     return subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw,
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kw,
     )
 
 
@@ -132,7 +153,9 @@ def test_resume_after_kill_continues_from_saved_epoch(corpora, tmp_path):
     resumed = _cli(["--resume", str(run_dir)])
     out, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, out
-    epochs = [int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("epoch ")]
+    epochs = [
+        int(line.split()[1].split("/")[0]) for line in out.splitlines() if line.startswith("epoch ")
+    ]
     assert epochs and epochs[0] >= 3 and epochs[-1] == 6, out
     assert "features: " in out and " 0 extracted" in out
     assert json.loads((run_dir / "summary.json").read_text())["run"] == "killed"
@@ -147,7 +170,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 from ser.config import load_config
 from ser.training import train, make_strategy
 assert make_strategy("mirrored").num_replicas_in_sync == 2
-summary = train(load_config({str(ROOT / 'configs' / 'quick.yaml')!r}, {sets!r}, env={{}}))
+summary = train(load_config({str(ROOT / "configs" / "quick.yaml")!r}, {sets!r}, env={{}}))
 print("REPLICAS-OK", summary["test"]["ua"])
 """
     out = subprocess.run(
@@ -159,7 +182,9 @@ print("REPLICAS-OK", summary["test"]["ua"])
 
 def test_bad_config_fails_before_any_work(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("extends: " + str(ROOT / "configs" / "base.yaml") + "\nmodel:\n  lstm:\n    layers: 3\n")
+    bad.write_text(
+        "extends: " + str(ROOT / "configs" / "base.yaml") + "\nmodel:\n  lstm:\n    layers: 3\n"
+    )
     proc = _cli(["--config", str(bad), "--set", f"train.checkpoints_dir={tmp_path / 'ck'}"])
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
@@ -171,17 +196,26 @@ def test_seed_ensemble_averages_members_and_resumes_past_finished_ones(corpora, 
     import keras
 
     sets = tiny_overrides(
-        corpora, tmp_path, "dense",
-        **{"model.ensemble": "3", "train.epochs": "2", "train.run_name": "ens",
-           "train.label_smoothing": "0.1", "augment.mixup": "0.2"},
-    )  # fmt: skip
+        corpora,
+        tmp_path,
+        "dense",
+        **{
+            "model.ensemble": "3",
+            "train.epochs": "2",
+            "train.run_name": "ens",
+            "train.label_smoothing": "0.1",
+            "augment.mixup": "0.2",
+        },
+    )
     cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
     lines: list[str] = []
     summary = train(cfg, log=lines.append)
     run_dir = Path(summary["run_dir"])
     assert [m["seed"] for m in summary["members"]] == [42, 43, 44]
     assert len(summary["best_epoch"]) == 3 and "ensemble of 3: validation UA" in "\n".join(lines)
-    members = [keras.models.load_model(run_dir / "members" / str(k) / "model.keras") for k in range(3)]
+    members = [
+        keras.models.load_model(run_dir / "members" / str(k) / "model.keras") for k in range(3)
+    ]
     model = keras.models.load_model(run_dir / "model.keras")
     assert model.output_shape == (None, len(summary["labels"]))
     x = np.random.default_rng(0).normal(size=(6, model.input_shape[-1])).astype(np.float32)
@@ -207,9 +241,11 @@ def test_seed_ensemble_averages_members_and_resumes_past_finished_ones(corpora, 
 
 def test_label_smoothing_and_mixup_train_with_probability_targets(corpora, tmp_path):
     sets = tiny_overrides(
-        corpora, tmp_path, "dense",
+        corpora,
+        tmp_path,
+        "dense",
         **{"train.label_smoothing": "0.2", "augment.mixup": "0.3", "train.epochs": "2"},
-    )  # fmt: skip
+    )
     summary = train(load_config(ROOT / "configs" / "base.yaml", sets, env={}), log=lambda _l: None)
     assert summary["members"] is None and isinstance(summary["best_epoch"], int)
     assert np.isfinite(summary["test"]["ua"])

@@ -18,30 +18,76 @@ CORPORA = ("ravdess", "tess", "emodb")
 STEPS = [
     ("seed recipe: MLP on 180 utterance means", "seed_mlp (mfcc40+chroma12+mel128 means)", None),
     ("Keras dense on mean+std of MFCC, chroma, mel, contrast", "dense (dense_meanstd)", None),
-    ("+ per-speaker z-norm of the pooled vectors", "dense (dense_meanstd_spk)", "dense (dense_meanstd)"),
-    ("+ MFCC deltas, 13 functionals per feature", "dense (dense_functionals_spk)", "dense (dense_meanstd_spk)"),
-    ("+ prosody (log-F0, energy, ZCR)", "dense (dense_functionals_prosody_spk)", "dense (dense_functionals_spk)"),
-    ("+ Gaussian noise on the vectors (train only)", "dense (dense_functionals_prosody_spk_noise)", "dense (dense_functionals_prosody_spk)"),
-    ("+ wider net, input dropout, AdamW (with the noise)", "dense (dense_functionals_prosody_spk_reg)", "dense (dense_functionals_prosody_spk_noise)"),
-    ("+ label smoothing 0.1 (with the noise)", "dense (dense_functionals_prosody_spk_noise_ls)", "dense (dense_functionals_prosody_spk_noise)"),
-    ("+ mixup, Beta(0.3, 0.3) (with the noise)", "dense (dense_functionals_prosody_spk_noise_mixup)", "dense (dense_functionals_prosody_spk_noise)"),
-    ("+ silence trimmed at 30 dB below peak (with the noise)", "dense (dense_functionals_prosody_spk_noise_trim)", "dense (dense_functionals_prosody_spk_noise)"),
-    ("+ seed ensemble of 5 (with the noise)", "dense (dense_functionals_prosody_spk_noise_ens5)", "dense (dense_functionals_prosody_spk_noise)"),
-    ("+ seed ensemble of 5 and trimming (with the noise)", "dense (dense_functionals_prosody_spk_noise_trim_ens5)", "dense (dense_functionals_prosody_spk_noise_ens5)"),
-    ("+ multi-corpus training (other two corpora)", "dense (dense_functionals_prosody_spk_multi)", "dense (dense_functionals_prosody_spk)"),
+    (
+        "+ per-speaker z-norm of the pooled vectors",
+        "dense (dense_meanstd_spk)",
+        "dense (dense_meanstd)",
+    ),
+    (
+        "+ MFCC deltas, 13 functionals per feature",
+        "dense (dense_functionals_spk)",
+        "dense (dense_meanstd_spk)",
+    ),
+    (
+        "+ prosody (log-F0, energy, ZCR)",
+        "dense (dense_functionals_prosody_spk)",
+        "dense (dense_functionals_spk)",
+    ),
+    (
+        "+ Gaussian noise on the vectors (train only)",
+        "dense (dense_functionals_prosody_spk_noise)",
+        "dense (dense_functionals_prosody_spk)",
+    ),
+    (
+        "+ wider net, input dropout, AdamW (with the noise)",
+        "dense (dense_functionals_prosody_spk_reg)",
+        "dense (dense_functionals_prosody_spk_noise)",
+    ),
+    (
+        "+ label smoothing 0.1 (with the noise)",
+        "dense (dense_functionals_prosody_spk_noise_ls)",
+        "dense (dense_functionals_prosody_spk_noise)",
+    ),
+    (
+        "+ mixup, Beta(0.3, 0.3) (with the noise)",
+        "dense (dense_functionals_prosody_spk_noise_mixup)",
+        "dense (dense_functionals_prosody_spk_noise)",
+    ),
+    (
+        "+ silence trimmed at 30 dB below peak (with the noise)",
+        "dense (dense_functionals_prosody_spk_noise_trim)",
+        "dense (dense_functionals_prosody_spk_noise)",
+    ),
+    (
+        "+ seed ensemble of 5 (with the noise)",
+        "dense (dense_functionals_prosody_spk_noise_ens5)",
+        "dense (dense_functionals_prosody_spk_noise)",
+    ),
+    (
+        "+ seed ensemble of 5 and trimming (with the noise)",
+        "dense (dense_functionals_prosody_spk_noise_trim_ens5)",
+        "dense (dense_functionals_prosody_spk_noise_ens5)",
+    ),
+    (
+        "+ multi-corpus training (other two corpora)",
+        "dense (dense_functionals_prosody_spk_multi)",
+        "dense (dense_functionals_prosody_spk)",
+    ),
     ("CNN on frames, frame-level speaker z-norm, SpecAugment", "cnn (cnn_spk)", None),
     ("CRNN (conv + BiGRU + attention pooling), same inputs", "crnn (crnn_spk)", "cnn (cnn_spk)"),
     ("Keras dense on openSMILE eGeMAPS, speaker z-norm", "dense (egemaps_spk)", None),
     ("Keras dense on openSMILE ComParE, speaker z-norm", "dense (compare_spk)", None),
     ("+ seed ensemble of 5", "dense (compare_spk_ens5)", "dense (compare_spk)"),
-    ("+ seed ensemble of 5 and trimming (EMO-DB only)", "dense (compare_trim_spk_ens5)", "dense (compare_spk_ens5)"),
+    (
+        "+ seed ensemble of 5 and trimming (EMO-DB only)",
+        "dense (compare_trim_spk_ens5)",
+        "dense (compare_spk_ens5)",
+    ),
 ]
 
 
 def ua_by_model(cv: dict) -> dict[tuple[str, str], dict]:
-    return {
-        (g["corpus"], g["model"]): g["ua"] for g in cv["groups"] if g["speaker_independent"]
-    }
+    return {(g["corpus"], g["model"]): g["ua"] for g in cv["groups"] if g["speaker_independent"]}
 
 
 def render(cv: dict) -> str:
@@ -76,13 +122,16 @@ def render_targets(cv: dict) -> str:
         rows = [g for g in cv["groups"] if g["corpus"] == corpus and g["speaker_independent"]]
         cells = [corpus, f"{TARGETS[corpus]:.0f}"]
         for kind in ("keras", "baseline"):
-            best = max((g for g in rows if g["kind"] == kind), key=lambda g: g["ua"]["mean"], default=None)
+            best = max(
+                (g for g in rows if g["kind"] == kind), key=lambda g: g["ua"]["mean"], default=None
+            )
             name = best["model"] if best else "n/a"
             if best and "training also on" in best["protocol"]:
                 name += ", trained with the other corpora too"
             cells += (
                 [name, f"{100 * best['ua']['mean']:.1f} ± {100 * best['ua']['std']:.1f}"]
-                if best else [name, ""]
+                if best
+                else [name, ""]
             )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

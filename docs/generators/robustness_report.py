@@ -34,10 +34,16 @@ COMMAND = (
 ROW_ORDER = {"inputs": [*ROWS, *SCENARIOS]}
 COLUMN_ORDER = {
     "inputs": [
-        "reader", "extraction", "train.py", "evaluate.py", "ser predict", "ser data convert",
-        "HTTP API", "WebSocket",
+        "reader",
+        "extraction",
+        "train.py",
+        "evaluate.py",
+        "ser predict",
+        "ser data convert",
+        "HTTP API",
+        "WebSocket",
     ],
-}  # fmt: skip
+}
 CELL_LIMIT = 90
 EMPTY = "—"
 # What counts as a crash in an outcome: a server error status, a traceback, a crash or

@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{corpus_dir.name} {fold.name} ...", file=sys.stderr, flush=True)
                 results[corpus_dir.name].append(replay_fold(fold, args.seed))
     if not results:
-        raise SystemExit(f"{args.config_dir}: no finished fold runs (<corpus>/fold<k>/summary.json)")
+        raise SystemExit(
+            f"{args.config_dir}: no finished fold runs (<corpus>/fold<k>/summary.json)"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(render(args.config_dir.name, results))

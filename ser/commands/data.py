@@ -24,13 +24,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     d = actions.add_parser(
-        "download", help="fetch a corpus from its official source, verify and unpack it",
+        "download",
+        help="fetch a corpus from its official source, verify and unpack it",
         description="Fetch corpora from their official sources, verify them where the source "
         "publishes a checksum, resume broken downloads, unpack into the layout the readers "
         "expect and print the licence.",
-    )  # fmt: skip
-    d.add_argument("corpora", nargs="+", choices=SOURCES.names(), metavar="CORPUS",
-                   help=f"one or more of: {', '.join(SOURCES.names())}")  # fmt: skip
+    )
+    d.add_argument(
+        "corpora",
+        nargs="+",
+        choices=SOURCES.names(),
+        metavar="CORPUS",
+        help=f"one or more of: {', '.join(SOURCES.names())}",
+    )
     d.add_argument(
         "--to", default="data", help="data root; corpora go to <to>/<corpus> (default data)"
     )
@@ -51,11 +57,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.set_defaults(func=run_download)
 
     c = actions.add_parser(
-        "convert", help="convert recordings to mono 16-bit WAV at one sample rate",
+        "convert",
+        help="convert recordings to mono 16-bit WAV at one sample rate",
         description="Convert files and folders (any format soundfile reads; m4a/aac/webm... "
         "through ffmpeg when installed) to mono 16-bit WAV, keeping names and folder layout. "
         "Files already converted are skipped.",
-    )  # fmt: skip
+    )
     c.add_argument("sources", nargs="+", metavar="SRC", help="audio files or folders")
     c.add_argument("--to", required=True, metavar="DIR", help="output folder")
     c.add_argument("--rate", type=int, default=16000, help="sample rate in Hz (default 16000)")
@@ -63,10 +70,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_convert)
 
     a = actions.add_parser(
-        "add-custom", help="add your own recordings, named so the custom reader labels them",
+        "add-custom",
+        help="add your own recordings, named so the custom reader labels them",
         description="Convert recordings to mono 16-bit WAV named "
         "<YYYYMMDD>_<HHMMSS>_<speaker>_<emotion>.wav (time of the recording's file).",
-    )  # fmt: skip
+    )
     a.add_argument("files", nargs="+", metavar="FILE", help="recordings of one emotion")
     a.add_argument("--emotion", required=True, help="the emotion all FILEs express, e.g. happy")
     a.add_argument("--speaker", help="who speaks (letters, digits, '-'); default 'unknown'")
@@ -75,11 +83,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=run_add_custom)
 
     s = actions.add_parser(
-        "summary", help="counts, durations and formats of the configured corpora, with plots",
+        "summary",
+        help="counts, durations and formats of the configured corpora, with plots",
         description="Counts per corpus x emotion x speaker, durations, a sample-rate/channel "
         "census and unreadable files of the corpora in the config's data section; writes "
         "summary.txt, summary.json, class_balance.png and durations.png.",
-    )  # fmt: skip
+    )
     add_config_args(s)
     s.add_argument(
         "--out", default="data/summary", help="folder for the files (default data/summary)"
@@ -110,14 +119,22 @@ def run_download(args: argparse.Namespace) -> int:
         source = SOURCES.get(name)
         if args.url:
             source = replace(
-                source, kind="url", url=args.url, md5=args.md5, size=None,
+                source,
+                kind="url",
+                url=args.url,
+                md5=args.md5,
+                size=None,
                 checksum_note="a mirror given with --url" + ("" if args.md5 else ", no --md5"),
-            )  # fmt: skip
+            )
         try:
             download_corpus(
-                name, args.to, archive=args.archive, keep_archive=args.keep_archive,
-                source=source, retries=args.retries,
-            )  # fmt: skip
+                name,
+                args.to,
+                archive=args.archive,
+                keep_archive=args.keep_archive,
+                source=source,
+                retries=args.retries,
+            )
             done.append(name)
         except DataToolError as exc:
             _error(str(exc))

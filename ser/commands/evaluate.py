@@ -36,14 +36,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "run_dir", nargs="?", metavar="RUN_DIR", help="a run directory, e.g. checkpoints/best"
     )
     p.add_argument(
-        "--config", "-c", action="append", default=[], metavar="YAML",
+        "--config",
+        "-c",
+        action="append",
+        default=[],
+        metavar="YAML",
         help="with RUN_DIR: use this file's evaluation section; with --cv: a config to "
         f"cross-validate (repeatable; default {DEFAULT_CONFIG})",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value (with RUN_DIR only evaluation.* keys), repeatable",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--grid", action="store_true", help="search each baseline's grid (training speakers only)"
     )
@@ -52,22 +60,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-baselines", action="store_true", help="score the Keras model only")
     p.add_argument(
-        "--corpus", action="append", default=[], metavar="NAME",
+        "--corpus",
+        action="append",
+        default=[],
+        metavar="NAME",
         help="cross-corpus: evaluate RUN_DIR on this corpus, which it was not trained on (repeatable)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--data-root", metavar="DIR",
+        "--data-root",
+        metavar="DIR",
         help="folder holding the corpus folders, if they moved since training "
         "(default: where training read them, else $SER_DATA_ROOT)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--cv", action="store_true", help="speaker-grouped cross-validation (see evaluation.cv)"
     )
     p.add_argument("--no-keras", action="store_true", help="--cv: baselines only")
     p.add_argument(
-        "--speaker-dependent", action="store_true",
+        "--speaker-dependent",
+        action="store_true",
         help="--cv: also score baselines on random (SPEAKER-DEPENDENT) splits, for the gap",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--out", metavar="DIR", help="--cv: output folder (default checkpoints/cv/<name>-<time>)"
     )
@@ -159,8 +172,13 @@ def run(args: argparse.Namespace) -> int:
             )
         if len(args.config) > 1:
             raise RuntimeError("with RUN_DIR, --config names one file (its evaluation section)")
-        for flag, given in (("--no-keras", args.no_keras), ("--speaker-dependent", args.speaker_dependent),
-                            ("--out", args.out), ("--resume", args.resume), ("--results", args.results)):  # fmt: skip
+        for flag, given in (
+            ("--no-keras", args.no_keras),
+            ("--speaker-dependent", args.speaker_dependent),
+            ("--out", args.out),
+            ("--resume", args.resume),
+            ("--results", args.results),
+        ):
             if given:
                 raise RuntimeError(f"{flag} only applies with --cv")
         common = {

@@ -7,10 +7,11 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="export a run's model as a SavedModel or TFLite file",
+        "export",
+        help="export a run's model as a SavedModel or TFLite file",
         description="Write the model with its labels, normaliser and features config, then "
         "check that it gives the Keras model's probabilities.",
-    )  # fmt: skip
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. checkpoints/best")
     p.add_argument(
         "--format", required=True, choices=["savedmodel", "tflite"], help="savedmodel or tflite"

@@ -9,19 +9,33 @@ from pathlib import Path
 from typing import Any
 
 AUDIO_SUFFIXES = {
-    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au",
-    ".caf", ".w64", ".rf64", ".webm", ".m4a",
-}  # fmt: skip
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".mp3",
+    ".aif",
+    ".aiff",
+    ".aifc",
+    ".au",
+    ".caf",
+    ".w64",
+    ".rf64",
+    ".webm",
+    ".m4a",
+}
 DEFAULT_RUN = "checkpoints/best"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "predict", help="predict the emotion of audio files or folders",
+        "predict",
+        help="predict the emotion of audio files or folders",
         description="Predict every file given, and every audio file under the folders given "
         f"({', '.join(sorted(AUDIO_SUFFIXES))}). Clips longer than the model's window "
         "are cut into sliding windows; the table then shows how many.",
-    )  # fmt: skip
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="audio files or folders")
     p.add_argument(
         "--run",
@@ -32,12 +46,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--timeline", action="store_true", help="also print each window of long clips")
     p.add_argument(
-        "--one-speaker", action="store_true",
+        "--one-speaker",
+        action="store_true",
         help="the files are one speaker's clips: a speaker-normalised model "
         "(features.pooled_normalisation: speaker) normalises each by that speaker's clips so "
         "far, in the order given, as an HTTP session does; otherwise each clip is normalised "
         "by the average training speaker",
-    )  # fmt: skip
+    )
     p.set_defaults(func=run)
 
 
@@ -124,8 +139,9 @@ def run(args: argparse.Namespace) -> int:
     if args.one_speaker and session is None:
         print(
             f"note: {predictor.run_dir.name} does not normalise by speaker; --one-speaker "
-            "changes nothing", file=sys.stderr,
-        )  # fmt: skip
+            "changes nothing",
+            file=sys.stderr,
+        )
     results: list[dict[str, Any]] = list(errors)
     for path in files:
         try:

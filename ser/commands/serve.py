@@ -7,10 +7,11 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "serve", help="serve a trained run: REST API, live microphone stream and web page",
+        "serve",
+        help="serve a trained run: REST API, live microphone stream and web page",
         description="Load RUN_DIR once and serve POST /predict, /predict/batch, GET /health, "
         "/model, /docs, WS /stream and the live page at /.",
-    )  # fmt: skip
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. checkpoints/best")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -19,10 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-clip-seconds", type=float, help="longest clip accepted (default 120)")
     p.add_argument("--max-batch-files", type=int, help="files per /predict/batch (default 16)")
     p.add_argument(
-        "--cors-origin", action="append", metavar="ORIGIN",
+        "--cors-origin",
+        action="append",
+        metavar="ORIGIN",
         help="allow browser calls from this origin, e.g. https://example.org (repeatable; "
         "default: CORS off)",
-    )  # fmt: skip
+    )
     p.add_argument("--stream-window", type=float, help="live window in seconds (default 2)")
     p.add_argument("--stream-hop", type=float, help="seconds between live windows (default 0.5)")
     p.add_argument("--vad-threshold-db", type=float, help="speech level in dBFS (default -45)")
@@ -68,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"serving {predictor.model_id} ({predictor.cfg.model.type}, labels: "
         f"{', '.join(predictor.labels)}) at http://{args.host}:{args.port}/  "
-        f"(API docs: /docs)", flush=True,
-    )  # fmt: skip
+        f"(API docs: /docs)",
+        flush=True,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

@@ -11,7 +11,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config")
     add_config_args(p)
     p.add_argument(
-        "--resume", metavar="RUN_DIR",
+        "--resume",
+        metavar="RUN_DIR",
         help="continue an interrupted run from its directory (uses the run's saved config)",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

@@ -207,9 +207,15 @@ CORPORA: Registry[Callable[[Path, Any], Iterator[Utterance | Skipped | Excluded]
 
 _RAVDESS_NAME = re.compile(r"(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)")
 _RAVDESS_EMOTIONS = {
-    "01": "neutral", "02": "calm", "03": "happy", "04": "sad",
-    "05": "angry", "06": "fear", "07": "disgust", "08": "ps",
-}  # fmt: skip
+    "01": "neutral",
+    "02": "calm",
+    "03": "happy",
+    "04": "sad",
+    "05": "angry",
+    "06": "fear",
+    "07": "disgust",
+    "08": "ps",
+}
 _RAVDESS_CHANNELS = {"01": "speech", "02": "song"}
 _RAVDESS_INTENSITIES = {"01": "normal", "02": "strong"}
 
@@ -245,10 +251,16 @@ def read_ravdess(folder: Path, options: RavdessOptions) -> Iterator[Utterance | 
             yield Excluded(str(path), f"ravdess:{strength} intensity")
             continue
         yield _utterance(
-            path, "ravdess", actor, "male" if int(actor) % 2 else "female", _RAVDESS_EMOTIONS[emo],
-            vocal_channel=vocal_channel, intensity=strength,
-            statement=int(statement), repetition=int(repetition),
-        )  # fmt: skip
+            path,
+            "ravdess",
+            actor,
+            "male" if int(actor) % 2 else "female",
+            _RAVDESS_EMOTIONS[emo],
+            vocal_channel=vocal_channel,
+            intensity=strength,
+            statement=int(statement),
+            repetition=int(repetition),
+        )
 
 
 # The original TESS release names one OAF file "OA_bite_neutral".
@@ -277,9 +289,14 @@ def read_tess(folder: Path, options: TessOptions) -> Iterator[Utterance | Skippe
 
 _EMODB_NAME = re.compile(r"(\d\d)([a-z]\d\d)([a-z])([a-z])", re.IGNORECASE)
 _EMODB_EMOTIONS = {
-    "W": "angry", "L": "boredom", "E": "disgust", "A": "fear",
-    "F": "happy", "T": "sad", "N": "neutral",
-}  # fmt: skip
+    "W": "angry",
+    "L": "boredom",
+    "E": "disgust",
+    "A": "fear",
+    "F": "happy",
+    "T": "sad",
+    "N": "neutral",
+}
 _EMODB_GENDERS = {
     **dict.fromkeys(("03", "10", "11", "12", "15"), "male"),
     **dict.fromkeys(("08", "09", "13", "14", "16"), "female"),
@@ -301,9 +318,14 @@ def read_emodb(folder: Path, options: EmodbOptions) -> Iterator[Utterance | Skip
             continue
         speaker, text, _, version = match.groups()  # type: ignore[union-attr]
         yield _utterance(
-            path, "emodb", speaker, _EMODB_GENDERS.get(speaker), _EMODB_EMOTIONS[letter],
-            text=text.lower(), version=version.lower(),
-        )  # fmt: skip
+            path,
+            "emodb",
+            speaker,
+            _EMODB_GENDERS.get(speaker),
+            _EMODB_EMOTIONS[letter],
+            text=text.lower(),
+            version=version.lower(),
+        )
 
 
 @CORPORA.register("custom")

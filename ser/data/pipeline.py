@@ -126,7 +126,9 @@ def speaker_prior(vectors: Sequence[np.ndarray], speakers: Sequence[str]) -> Nor
     means = np.stack([np.mean(g, axis=0) for g in groups.values()])
     stds = np.stack([np.std(g, axis=0) for g in groups.values()])
     std = stds.mean(axis=0)
-    return Normaliser(means.mean(axis=0).astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32))
+    return Normaliser(
+        means.mean(axis=0).astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32)
+    )
 
 
 def centre_crop(frames: np.ndarray, max_frames: int) -> np.ndarray:
@@ -176,7 +178,9 @@ def _spec_augment(x, cfg: AugmentConfig, seed: int):
 
 
 def augmentation_enabled(cfg: AugmentConfig | None) -> bool:
-    return cfg is not None and (cfg.time_masks > 0 or cfg.feature_masks > 0 or cfg.gaussian_noise > 0)
+    return cfg is not None and (
+        cfg.time_masks > 0 or cfg.feature_masks > 0 or cfg.gaussian_noise > 0
+    )
 
 
 def make_dataset(
@@ -246,8 +250,15 @@ def make_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _pooled_dataset(x: np.ndarray, labels: np.ndarray | None, batch_size: int, training: bool,
-                    seed: int, noise: float = 0.0, mixup: float = 0.0):
+def _pooled_dataset(
+    x: np.ndarray,
+    labels: np.ndarray | None,
+    batch_size: int,
+    training: bool,
+    seed: int,
+    noise: float = 0.0,
+    mixup: float = 0.0,
+):
     """[N, D] vectors -> batches [B, D]: shuffle and batch indices, then one gather per
     batch (slicing element by element costs more than a dense model's training step).
     ``noise`` > 0 (training only) adds N(0, noise^2) to every normalised value, a fresh
@@ -265,7 +276,9 @@ def _pooled_dataset(x: np.ndarray, labels: np.ndarray | None, batch_size: int, t
     if labels is None:
         ds = index.map(lambda i: tf.gather(features, i))
     else:
-        targets = tf.constant(labels if labels.dtype == np.float32 else np.asarray(labels, np.int32))
+        targets = tf.constant(
+            labels if labels.dtype == np.float32 else np.asarray(labels, np.int32)
+        )
         ds = index.map(lambda i: (tf.gather(features, i), tf.gather(targets, i)))
     if noise > 0 or mixup > 0:
         tf.random.set_seed(seed)

@@ -63,9 +63,12 @@ def is_converted(source: Path, output: Path, rate: int) -> bool:
     except (OSError, RuntimeError, ValueError):  # missing or unreadable: convert again
         return False
     return (
-        info.format == "WAV" and info.subtype == "PCM_16"
-        and info.channels == 1 and info.samplerate == rate and info.frames > 0
-    )  # fmt: skip
+        info.format == "WAV"
+        and info.subtype == "PCM_16"
+        and info.channels == 1
+        and info.samplerate == rate
+        and info.frames > 0
+    )
 
 
 @dataclass

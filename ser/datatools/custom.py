@@ -32,7 +32,6 @@ SPEAKER_PATTERN = r"^\d{8}_\d{6}(?:-\d+)?_(?P<speaker>[^_]+)_"
 DEFAULT_SPEAKER = "unknown"
 
 
-
 def emotion_label(text: str) -> str:
     """A user's emotion word -> canonical label; ``DataToolError`` listing the valid ones."""
     label = canonical_emotion(text)

@@ -41,7 +41,6 @@ _CHUNK = 1 << 20
 _TRANSFER_ERRORS = (http.client.HTTPException, OSError)
 
 
-
 class DownloadError(DataToolError):
     """A download that did not complete; the message says what is kept and what to do."""
 
@@ -315,10 +314,16 @@ def _copy(
     with (
         open(part, "r+b" if part.exists() else "wb") as out,
         tqdm(
-            total=expected, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-            desc=label, disable=quiet, leave=False,
+            total=expected,
+            initial=start,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=label,
+            disable=quiet,
+            leave=False,
         ) as bar,
-    ):  # fmt: skip
+    ):
         out.truncate(start)
         out.seek(start)
         try:
@@ -397,10 +402,13 @@ def _dataverse_plan(source: Source, timeout: float) -> Plan:
         size = data.get("filesize") if isinstance(data.get("filesize"), int) else None
         files.append(
             RemoteFile(
-                f"{base}/api/access/datafile/{data['id']}", relative, size,
-                md5 or data.get("md5"), "the Dataverse dataset",
+                f"{base}/api/access/datafile/{data['id']}",
+                relative,
+                size,
+                md5 or data.get("md5"),
+                "the Dataverse dataset",
             )
-        )  # fmt: skip
+        )
     if not files:
         raise DownloadError(f"{source.url}: the dataset lists no downloadable file")
     return Plan(tuple(files), False, tuple(notes))
@@ -501,9 +509,15 @@ def _count(source: Source, folder: Path) -> tuple[int, int, int]:
 
 
 def _fetch_files(
-    plan: Plan, folder: Path, *, workers: int, retries: int, timeout: float,
-    progress: bool, log: Log,
-) -> list[str]:  # fmt: skip
+    plan: Plan,
+    folder: Path,
+    *,
+    workers: int,
+    retries: int,
+    timeout: float,
+    progress: bool,
+    log: Log,
+) -> list[str]:
     """Fetch every file of ``plan`` into ``folder``; the failures, one line each."""
     failures: list[str] = []
     quiet = not progress or not sys.stderr.isatty()
@@ -512,9 +526,13 @@ def _fetch_files(
         def one(remote: RemoteFile) -> str | None:
             try:
                 fetch(
-                    remote, folder.joinpath(*PurePosixPath(remote.name).parts),
-                    retries=retries, timeout=timeout, progress=False, log=say,
-                )  # fmt: skip
+                    remote,
+                    folder.joinpath(*PurePosixPath(remote.name).parts),
+                    retries=retries,
+                    timeout=timeout,
+                    progress=False,
+                    log=say,
+                )
                 return None
             except DownloadError as exc:
                 return str(exc)
@@ -591,9 +609,14 @@ def download_corpus(
         else:
             log(f"{name}: downloading {len(plan.files)} files from {source.page} into {folder}")
             failures = _fetch_files(
-                plan, folder, workers=workers, retries=retries, timeout=timeout,
-                progress=progress, log=log,
-            )  # fmt: skip
+                plan,
+                folder,
+                workers=workers,
+                retries=retries,
+                timeout=timeout,
+                progress=progress,
+                log=log,
+            )
             if failures:
                 raise DownloadError(
                     f"{name}: {len(failures)} of {len(plan.files)} files failed (first: "

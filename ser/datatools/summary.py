@@ -137,12 +137,27 @@ def format_summary(summary: DataSummary) -> str:
         files = sum(n for e in counts[c].values() for n in e.values())
         speakers = len({s for e in counts[c].values() for s in e})
         seconds = by_corpus[c]
-        rows.append([c, files, speakers, f"{seconds / 3600:.2f}", _minutes(seconds),
-                     f"{seconds / files:.2f}"])  # fmt: skip
+        rows.append(
+            [
+                c,
+                files,
+                speakers,
+                f"{seconds / 3600:.2f}",
+                _minutes(seconds),
+                f"{seconds / files:.2f}",
+            ]
+        )
     total = sum(by_corpus.values())
-    rows.append(["total", len(summary.rows), len({r.speaker for r in summary.rows}),
-                 f"{total / 3600:.2f}", _minutes(total),
-                 f"{total / max(1, len(summary.rows)):.2f}"])  # fmt: skip
+    rows.append(
+        [
+            "total",
+            len(summary.rows),
+            len({r.speaker for r in summary.rows}),
+            f"{total / 3600:.2f}",
+            _minutes(total),
+            f"{total / max(1, len(summary.rows)):.2f}",
+        ]
+    )
     header = ["corpus", "files", "speakers", "hours", "minutes", "mean s"]
     out += ["Corpora", *_table(header, rows), ""]
 
@@ -151,19 +166,32 @@ def format_summary(summary: DataSummary) -> str:
     rows = []
     for e in emotions:
         n = sum(per[(c, e)] for c in corpora)
-        rows.append([e, *(per[(c, e)] for c in corpora), n, _minutes(by_emotion[e]),
-                     f"{by_emotion[e] / n:.2f}"])  # fmt: skip
-    out += ["Files per emotion (duration per class)",
-            *_table(["emotion", *corpora, "total", "minutes", "mean s"], rows), ""]  # fmt: skip
+        rows.append(
+            [
+                e,
+                *(per[(c, e)] for c in corpora),
+                n,
+                _minutes(by_emotion[e]),
+                f"{by_emotion[e] / n:.2f}",
+            ]
+        )
+    out += [
+        "Files per emotion (duration per class)",
+        *_table(["emotion", *corpora, "total", "minutes", "mean s"], rows),
+        "",
+    ]
 
     for c in corpora:
         speakers = sorted({s for e in counts[c].values() for s in e})
         here = [e for e in emotions if e in counts[c]]
         rows = [
-            [s.split(":", 1)[1], *(counts[c].get(e, {}).get(s, 0) for e in here),
-             sum(counts[c].get(e, {}).get(s, 0) for e in here)]
+            [
+                s.split(":", 1)[1],
+                *(counts[c].get(e, {}).get(s, 0) for e in here),
+                sum(counts[c].get(e, {}).get(s, 0) for e in here),
+            ]
             for s in speakers
-        ]  # fmt: skip
+        ]
         out += [
             f"{c}: files per speaker and emotion",
             *_table(["speaker", *here, "total"], rows),
@@ -173,12 +201,17 @@ def format_summary(summary: DataSummary) -> str:
     rank = {c: i for i, c in enumerate(corpora)}
     census = sorted(summary.census.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0]))
     rows = [[c, sr, ch, enc, n] for (c, sr, ch, enc), n in census]
-    out += ["Sample rates and channels (file headers)",
-            *_table(["corpus", "Hz", "channels", "encoding", "files"], rows), ""]  # fmt: skip
+    out += [
+        "Sample rates and channels (file headers)",
+        *_table(["corpus", "Hz", "channels", "encoding", "files"], rows),
+        "",
+    ]
 
     if summary.dropped:
-        out.append("Left out by data.emotions or corpus options: " + ", ".join(
-            f"{k} {n}" for k, n in summary.dropped.items()))  # fmt: skip
+        out.append(
+            "Left out by data.emotions or corpus options: "
+            + ", ".join(f"{k} {n}" for k, n in summary.dropped.items())
+        )
     out.append(f"Unreadable or unparseable files: {len(summary.skipped)}")
     out += [f"  {s.path}: {s.reason}" for s in summary.skipped]
     for corpus, why in summary.missing.items():

@@ -208,7 +208,9 @@ class DigestIndex:
     def save(self) -> None:
         if not self.changed:
             return
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=_temp_prefix("digests"), suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(
+            dir=self.path.parent, prefix=_temp_prefix("digests"), suffix=".tmp"
+        )
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(self.entries, f)

@@ -254,16 +254,22 @@ def extract_prosody(spectra: Spectra, params: ProsodyParams) -> np.ndarray:
     pitch_frame = max(params.pitch_frame, int(np.ceil(2 * sr / params.fmin)) + 2)
     padded = np.pad(wave, (0, max(0, pitch_frame - wave.shape[0])))
     f0 = librosa.yin(
-        padded, fmin=params.fmin, fmax=min(params.fmax, sr / 2 - 1), sr=sr,
-        frame_length=pitch_frame, hop_length=frame.hop_length,
-    )  # fmt: skip
+        padded,
+        fmin=params.fmin,
+        fmax=min(params.fmax, sr / 2 - 1),
+        sr=sr,
+        frame_length=pitch_frame,
+        hop_length=frame.hop_length,
+    )
     rms = librosa.feature.rms(y=wave, frame_length=frame.win_length, hop_length=frame.hop_length)[0]
     zcr = librosa.feature.zero_crossing_rate(
         wave, frame_length=frame.win_length, hop_length=frame.hop_length
     )[0]
     n = min(f0.shape[0], rms.shape[0], zcr.shape[0])
     log_f0 = np.log(np.clip(f0[:n], params.fmin, None))
-    return np.ascontiguousarray(np.stack([log_f0, np.log(rms[:n] + 1e-5), zcr[:n]], axis=1), np.float32)
+    return np.ascontiguousarray(
+        np.stack([log_f0, np.log(rms[:n] + 1e-5), zcr[:n]], axis=1), np.float32
+    )
 
 
 class OpenSMILEMissing(RuntimeError):
@@ -406,7 +412,9 @@ _STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "kurtosis": lambda x: _moment(x, 4),
     "slope": _slope,
     # Mean absolute frame-to-frame change: how fast each feature moves.
-    "delta": lambda x: np.abs(np.diff(x, axis=0)).mean(axis=0) if x.shape[0] > 1 else np.zeros(x.shape[1]),
+    "delta": lambda x: (
+        np.abs(np.diff(x, axis=0)).mean(axis=0) if x.shape[0] > 1 else np.zeros(x.shape[1])
+    ),
 }
 # Statistics over frames, in utterance-level functionals as openSMILE's ComParE set
 # computes them (percentiles, ranges, moments, regression slope). "range" is the

@@ -42,14 +42,19 @@ class OpenSMILEProcess:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "ser.features.opensmile_worker"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            )  # fmt: skip
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
         return self._proc
 
     def functionals(self, wave: np.ndarray, sample_rate: int, feature_set: str) -> np.ndarray:
         """float32 [D] functionals of mono ``wave``; raises ``OpenSMILEError``."""
         data = np.ascontiguousarray(wave, dtype="<f4").tobytes()
-        head = {"feature_set": feature_set, "sample_rate": int(sample_rate), "samples": len(data) // 4}
+        head = {
+            "feature_set": feature_set,
+            "sample_rate": int(sample_rate),
+            "samples": len(data) // 4,
+        }
         with self._lock:
             proc = self._start()
             assert proc.stdin is not None and proc.stdout is not None

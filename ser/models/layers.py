@@ -198,9 +198,7 @@ class MaskedAttentionPooling(ExplicitMaskLayer):
         return {**super().get_config(), "units": self.units}
 
 
-def conv_blocks(
-    x, mask, filters: Sequence[int], kernel_size: int, pool_size: int, dropout: float
-):
+def conv_blocks(x, mask, filters: Sequence[int], kernel_size: int, pool_size: int, dropout: float):
     """``[x [B, T, D], mask [B, T]] -> [x [B, T', filters[-1]], mask [B, T']]``.
 
     ``T' = ceil(T / pool_size**len(filters))``, applying the ceiling at every block.

@@ -131,9 +131,10 @@ def model_info(predictor: Predictor, settings: ServingSettings) -> ModelInfoOut:
     cfg = predictor.cfg
     features = cfg.features.model_dump(mode="json", exclude={"cache_dir", "workers"})
     features = {
-        k: v for k, v in features.items()
+        k: v
+        for k, v in features.items()
         if k not in ("mfcc", "chroma", "mel", "contrast", "tonnetz") or k in cfg.features.extractors
-    }  # fmt: skip
+    }
     return ModelInfoOut(
         model_id=predictor.model_id,
         run=predictor.run_dir.name,
@@ -429,16 +430,24 @@ class UploadSizeLimit:
         )
 
     async def _refuse(self, send, size: str) -> None:
-        body = json.dumps({
-            "detail": f"request body {size} is larger than this server accepts "
-                      f"({self.settings.max_upload_mb:g} MB per file, setting max_upload_mb)",
-            "field": None,
-        }).encode()  # fmt: skip
-        await send({
-            "type": "http.response.start", "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
-                        (b"content-length", str(len(body)).encode())],
-        })  # fmt: skip
+        body = json.dumps(
+            {
+                "detail": f"request body {size} is larger than this server accepts "
+                f"({self.settings.max_upload_mb:g} MB per file, setting max_upload_mb)",
+                "field": None,
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"connection", b"close"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope, receive, send) -> None:

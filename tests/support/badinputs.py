@@ -59,7 +59,10 @@ def _unreadable(path: Path) -> None:
 Writer = Callable[[Path], None]
 CATALOGUE: dict[str, tuple[Writer, bool]] = {
     "empty file": (lambda p: p.write_bytes(b""), False),
-    "zero-length audio": (lambda p: _write(p, np.zeros((0, 1), np.float32), subtype="PCM_16"), False),
+    "zero-length audio": (
+        lambda p: _write(p, np.zeros((0, 1), np.float32), subtype="PCM_16"),
+        False,
+    ),
     "truncated header": (lambda p: p.write_bytes(_valid_wav_bytes()[:30]), False),
     "random bytes": (lambda p: p.write_bytes(np.random.default_rng(0).bytes(4000)), False),
     "text file": (lambda p: p.write_text("this is a text file, not audio\n" * 20), False),

@@ -23,21 +23,39 @@ import soundfile as sf
 
 # Distinct pitch (Hz) per canonical emotion.
 EMOTION_HZ = {
-    "neutral": 200.0, "calm": 260.0, "happy": 330.0, "sad": 150.0, "angry": 420.0,
-    "fear": 520.0, "disgust": 240.0, "ps": 600.0, "boredom": 120.0,
-}  # fmt: skip
+    "neutral": 200.0,
+    "calm": 260.0,
+    "happy": 330.0,
+    "sad": 150.0,
+    "angry": 420.0,
+    "fear": 520.0,
+    "disgust": 240.0,
+    "ps": 600.0,
+    "boredom": 120.0,
+}
 
 RAVDESS_CODES = {
-    "neutral": "01", "calm": "02", "happy": "03", "sad": "04",
-    "angry": "05", "fear": "06", "disgust": "07", "ps": "08",
-}  # fmt: skip
+    "neutral": "01",
+    "calm": "02",
+    "happy": "03",
+    "sad": "04",
+    "angry": "05",
+    "fear": "06",
+    "disgust": "07",
+    "ps": "08",
+}
 # Song was recorded for these emotions only.
 RAVDESS_SONG = ("neutral", "calm", "happy", "sad", "angry", "fear")
 TESS_EMOTIONS = ("angry", "disgust", "fear", "happy", "neutral", "ps", "sad")
 EMODB_LETTERS = {
-    "angry": "W", "boredom": "L", "disgust": "E", "fear": "A",
-    "happy": "F", "sad": "T", "neutral": "N",
-}  # fmt: skip
+    "angry": "W",
+    "boredom": "L",
+    "disgust": "E",
+    "fear": "A",
+    "happy": "F",
+    "sad": "T",
+    "neutral": "N",
+}
 
 
 def write_tone(

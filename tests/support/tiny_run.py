@@ -23,7 +23,10 @@ _RUNS: dict[str, Path] = {}
 
 
 def tiny_overrides(
-    data_root: Path, work: Path, model: str = "lstm", corpora: str = "[ravdess, tess, emodb]",
+    data_root: Path,
+    work: Path,
+    model: str = "lstm",
+    corpora: str = "[ravdess, tess, emodb]",
     **extra: str,
 ) -> list[str]:
     """``--set`` overrides for a run that trains in seconds on generated corpora."""
@@ -73,9 +76,15 @@ def tiny_run(tmp_path_factory, model: str = "lstm") -> Path:
         work = tmp_path_factory.mktemp(f"tiny-{model}")
         make_emodb(work / "corpora")
         sets = tiny_overrides(
-            work / "corpora", work, model, "[emodb]",
-            **{"data.max_seconds": str(WINDOW_SECONDS), "train.confusion_images": "false",
-               "train.run_name": f"tiny-{model}"},
+            work / "corpora",
+            work,
+            model,
+            "[emodb]",
+            **{
+                "data.max_seconds": str(WINDOW_SECONDS),
+                "train.confusion_images": "false",
+                "train.run_name": f"tiny-{model}",
+            },
         )
         cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
         summary = train(cfg, log=lambda _line: None)
