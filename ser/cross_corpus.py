@@ -23,7 +23,8 @@ import numpy as np
 from ser import runs
 from ser.config import DATA_ROOT_ENV, Config, DataConfig
 from ser.data.corpora import CORPORA, CorpusNotFoundError, Manifest, build_manifest
-from ser.data.pipeline import scope_normalise, speaker_normalise_vectors
+from ser.data.pipeline import speaker_normalise_vectors
+from ser.data.prepare import extract_manifest_features
 from ser.data.splits import Split
 from ser.evaluation import (
     EvaluationError,
@@ -36,7 +37,7 @@ from ser.evaluation import (
     finish_report,
     load_run_data,
 )
-from ser.features.cache import ExtractionReport, extract_all
+from ser.features.cache import ExtractionReport
 from ser.inference import Predictor
 from ser.progress import Log
 
@@ -112,16 +113,7 @@ def _read_new_corpus(
     )
     # Every clip of the corpus, as training saw its corpora: a speaker-scope
     # normalisation (features.normalisation) pools all of a speaker's clips.
-    features, extraction = extract_all(
-        [r.path for r in manifest.rows],
-        cfg.features,
-        cfg.data.sample_rate,
-        workers=cfg.features.workers,
-        cache_dir=cfg.features.cache_dir,
-        log=log,
-    )
-    log(extraction.summary())
-    features = scope_normalise(features, manifest.rows, cfg.features.normalisation)
+    features, extraction = extract_manifest_features(cfg, manifest, log)
     rows = [r for r in manifest.rows if r.emotion in shared and r.path in features]
     if not rows:
         raise _nothing_usable(corpus, root, manifest, len(extraction.failed))

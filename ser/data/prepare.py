@@ -62,7 +62,9 @@ def label_list(rows: list[Utterance], emotions: list[str]) -> list[str]:
     return [e for e in EMOTIONS if e in emotions and e in present]
 
 
-def _extract(cfg: Config, manifest: Manifest, log: Log) -> tuple[dict, ExtractionReport]:
+def extract_manifest_features(
+    cfg: Config, manifest: Manifest, log: Log
+) -> tuple[dict, ExtractionReport]:
     """Frame features of every manifest row (through the cache), normalised in the
     configured scope (``features.normalisation``)."""
     features, report = extract_all(
@@ -127,7 +129,7 @@ def prepare_data(
         )
     split = split or make_split(manifest.rows, cfg.split, cfg.seed)
     log(f"split: {split.protocol()}")
-    features, report = _extract(cfg, manifest, log)
+    features, report = extract_manifest_features(cfg, manifest, log)
     labels = labels or label_list(manifest.rows, list(cfg.data.emotions))
     index = {label: i for i, label in enumerate(labels)}
     max_frames = max_frames_for(
