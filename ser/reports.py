@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ser import runs
 from ser.config import Config
 
 UA_WA_NOTE = (
@@ -429,13 +430,13 @@ def write_report(
     """``report.md``, ``report.json``, PNG plots and ``predictions.csv`` in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     images = write_plots(report, out_dir, history) if plots else []
-    files: dict[str, Any] = {"markdown": "report.md", "json": "report.json", "plots": images}
+    files: dict[str, Any] = {"markdown": runs.REPORT_MD, "json": runs.REPORT_JSON, "plots": images}
     if predictions is not None:
-        write_predictions(out_dir / "predictions.csv", *predictions)
-        files["predictions"] = "predictions.csv"
+        write_predictions(out_dir / runs.PREDICTIONS, *predictions)
+        files["predictions"] = runs.PREDICTIONS
     report["files"] = files
-    (out_dir / "report.md").write_text(render_markdown(report, images), encoding="utf-8")
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out_dir / runs.REPORT_MD).write_text(render_markdown(report, images), encoding="utf-8")
+    (out_dir / runs.REPORT_JSON).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return files
 
 

@@ -56,6 +56,7 @@ MEMBERS = "members"
 MEMBER_DONE = "member.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+PREDICTIONS = "predictions.csv"
 CROSS_CORPUS = "cross_corpus"
 BEST_LINK = "best"
 # What inference needs; the other files serve evaluation, resuming and provenance.

@@ -146,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         print(render(args.config_dir.name, json.loads(args.from_json.read_text(encoding="utf-8"))))
         return 0
+    from ser import runs
+
     results: dict[str, list[dict]] = {}
     for corpus_dir in sorted(p for p in args.config_dir.iterdir() if p.is_dir()):
-        folds = sorted(p for p in corpus_dir.glob("fold*") if (p / "summary.json").is_file())
+        folds = sorted(p for p in corpus_dir.glob("fold*") if (p / runs.SUMMARY).is_file())
         if folds:
             results[corpus_dir.name] = []
             for fold in folds:

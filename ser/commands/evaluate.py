@@ -129,8 +129,8 @@ def _command_line(args: argparse.Namespace) -> str:
 def _cross_validate(args: argparse.Namespace) -> int:
     from ser.config import load_config
     from ser.crossval import cross_validate
-    from ser.inference import check_run_dir
     from ser.reports import render_results_markdown
+    from ser.runs import CONFIG, check_run_dir
 
     overrides = list(args.overrides) + _shortcuts(args)
     if args.data_root:
@@ -138,7 +138,7 @@ def _cross_validate(args: argparse.Namespace) -> int:
     if args.run_dir:
         if args.config:
             raise RuntimeError("--cv takes either RUN_DIR (its config) or --config, not both")
-        cfgs = [load_config(check_run_dir(args.run_dir) / "run.yaml", overrides)]
+        cfgs = [load_config(check_run_dir(args.run_dir) / CONFIG, overrides)]
     else:
         cfgs = [load_config(path, overrides) for path in (args.config or [DEFAULT_CONFIG])]
     result = cross_validate(
@@ -159,8 +159,8 @@ def _cross_validate(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ser.data.splits import SplitError
     from ser.cross_corpus import evaluate_cross_corpus
+    from ser.data.splits import SplitError
     from ser.evaluation import evaluate_run
 
     try:
