@@ -297,6 +297,58 @@ def _search_folds(groups: np.ndarray, n_folds: int, has_val: bool, log: Log) -> 
     return None, "the run's validation split (one training speaker)"
 
 
+def _plain(value: Any) -> Any:
+    """A grid value as JSON keeps it (tuples become lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _grid_search(
+    name: str,
+    pipeline: Pipeline,
+    grid_spec: dict[str, list[Any]],
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    groups: np.ndarray,
+    *,
+    grid_folds: int,
+    n_jobs: int,
+    x_val: np.ndarray | None,
+    y_val: np.ndarray | None,
+    log: Log,
+) -> dict[str, Any]:
+    """Search ``grid_spec`` by balanced accuracy on speaker-grouped folds of the training
+    rows (or on the validation rows, with one training speaker), set the best
+    parameters on ``pipeline`` and return what was searched and found."""
+    splitter, how = _search_folds(groups, grid_folds, x_val is not None, log)
+    search = GridSearchCV(
+        pipeline,
+        grid_spec,
+        scoring="balanced_accuracy",
+        cv=splitter,
+        n_jobs=n_jobs,
+        refit=False,
+    )
+    if splitter is None:
+        fold = np.r_[np.full(len(x_train), -1), np.zeros(len(x_val), int)]
+        search.set_params(cv=PredefinedSplit(fold))
+        search.fit(np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]))
+    else:
+        search.fit(x_train, y_train, groups=groups)
+    best = search.best_params_
+    pipeline.set_params(**best)
+    report = {
+        "searched": {
+            k.removeprefix("clf__"): [_plain(v) for v in vs] for k, vs in grid_spec.items()
+        },
+        "best": {k.removeprefix("clf__"): _plain(v) for k, v in best.items()},
+        "best_cv_ua": float(search.best_score_),
+        "folds": how,
+        "candidates": len(search.cv_results_["params"]),
+    }
+    log(f"grid {name}: best {report['best']} (cv UA {search.best_score_:.3f}, {how})")
+    return report
+
+
 def fit_baseline(
     name: str,
     params: Any,
@@ -330,52 +382,21 @@ def fit_baseline(
         pipeline = make_pipeline(name, params, seed, n_jobs)
         grid_spec = param_grid(params) if grid else {}
         if grid_spec:
-            splitter, how = _search_folds(groups, grid_folds, x_val is not None, log)
-            if splitter is None:
-                x_search = np.concatenate([x_train, x_val])
-                y_search = np.concatenate([y_train, y_val])
-                fold = np.r_[np.full(len(x_train), -1), np.zeros(len(x_val), int)]
-                search = GridSearchCV(
-                    pipeline,
-                    grid_spec,
-                    scoring="balanced_accuracy",
-                    cv=PredefinedSplit(fold),
-                    n_jobs=n_jobs,
-                    refit=False,
-                )
-                search.fit(x_search, y_search)
-            else:
-                search = GridSearchCV(
-                    pipeline,
-                    grid_spec,
-                    scoring="balanced_accuracy",
-                    cv=splitter,
-                    n_jobs=n_jobs,
-                    refit=False,
-                )
-                search.fit(x_train, y_train, groups=groups)
-            best = search.best_params_
-            pipeline.set_params(**best)
-            for key, value in best.items():
-                chosen[key.removeprefix("clf__")] = (
-                    list(value) if isinstance(value, tuple) else value
-                )
-            search_report = {
-                "searched": {
-                    k.removeprefix("clf__"): [list(v) if isinstance(v, tuple) else v for v in vs]
-                    for k, vs in grid_spec.items()
-                },
-                "best": {
-                    k.removeprefix("clf__"): (list(v) if isinstance(v, tuple) else v)
-                    for k, v in best.items()
-                },
-                "best_cv_ua": float(search.best_score_),
-                "folds": how,
-                "candidates": len(search.cv_results_["params"]),
-            }
-            log(
-                f"grid {name}: best {search_report['best']} (cv UA {search.best_score_:.3f}, {how})"
+            search_report = _grid_search(
+                name,
+                pipeline,
+                grid_spec,
+                x_train,
+                y_train,
+                groups,
+                grid_folds=grid_folds,
+                n_jobs=n_jobs,
+                x_val=x_val,
+                y_val=y_val,
+                log=log,
             )
+            for key, value in search_report["best"].items():
+                chosen[key] = value
         pipeline.fit(x_train, y_train)
     for w in seen:
         if issubclass(w.category, ConvergenceWarning):

@@ -217,6 +217,49 @@ def evaluate_keras(
     )
 
 
+def _score_baseline(
+    fit: Any,
+    features: str,
+    x_test: np.ndarray,
+    test: Examples,
+    labels: Sequence[str],
+    num_classes: int,
+    allowed: Sequence[int] | None,
+) -> ModelResult:
+    """A fitted baseline (``ser.baselines.BaselineFit``) scored on the test rows."""
+    from ser.baselines import TITLES, predict
+
+    started = time.perf_counter()
+    pred = predict(fit.estimator, x_test, num_classes, allowed)
+    seconds = time.perf_counter() - started
+    corpora = [r.corpus for r in test.rows]
+    return ModelResult(
+        name=fit.name,
+        kind="baseline",
+        title=TITLES[fit.name],
+        features=features,
+        metrics=classification_metrics(test.targets, pred, labels),
+        per_corpus=metrics_by_group(test.targets, pred, corpora, labels),
+        predictions=pred,
+        fit_seconds=fit.seconds,
+        predict_seconds=seconds,
+        params=fit.params,
+        grid=fit.grid,
+        notes=[f"{len(fit.warnings)} convergence warning(s)"] if fit.warnings else [],
+    )
+
+
+def _check_no_test_speaker_fits(
+    cfg: Config, train: Examples, test: Examples, val: Examples | None
+) -> None:
+    """The guard the whole design rests on: no test speaker among the fitting rows."""
+    if not test.rows or cfg.split.method == "random":
+        return
+    fitting = set(train.speakers) | (set(val.speakers) if val is not None else set())
+    if shared := sorted(set(test.speakers) & fitting):
+        raise EvaluationError(f"baselines would train on test speakers {', '.join(shared)}")
+
+
 def evaluate_baselines(
     cfg: Config,
     train: Examples,
@@ -238,19 +281,14 @@ def evaluate_baselines(
     (``num_classes`` of them, default ``len(labels)``); ``allowed`` restricts the
     predictions as in ``evaluate_keras``.
     """
-    from ser.baselines import TITLES, features_for, fit_baseline, params_of, predict
+    from ser.baselines import features_for, fit_baseline, params_of
 
     ev = cfg.evaluation
     names = list(ev.baselines if names is None else names)
     grid = ev.grid if grid is None else grid
     num_classes = len(labels) if num_classes is None else num_classes
     groups = np.array([r.speaker for r in train.rows])
-    # The guard the whole design rests on: no test speaker among the fitting rows.
-    if test.rows and cfg.split.method != "random":
-        test_speakers = set(test.speakers)
-        fitting = set(groups) | (set(val.speakers) if val is not None else set())
-        if shared := sorted(test_speakers & fitting):
-            raise EvaluationError(f"baselines would train on test speakers {', '.join(shared)}")
+    _check_no_test_speaker_fits(cfg, train, test, val)
     results = []
     for name in names:
         params = params_of(ev, name)
@@ -263,6 +301,7 @@ def evaluate_baselines(
             x_all[len(train.rows) : len(train.rows) + len(test.rows)],
         )
         x_val = x_all[len(train.rows) + len(test.rows) :] if use_val else None
+        y_val = val.targets if x_val is not None else None
         fit = fit_baseline(
             name,
             params,
@@ -274,31 +313,14 @@ def evaluate_baselines(
             grid_folds=ev.grid_folds,
             n_jobs=ev.n_jobs,
             x_val=x_val,
-            y_val=val.targets if x_val is not None else None,
+            y_val=y_val,
             log=log,
         )
-        started = time.perf_counter()
-        pred = predict(fit.estimator, x_test, num_classes, allowed)
-        seconds = time.perf_counter() - started
-        metrics = classification_metrics(test.targets, pred, labels)
-        results.append(
-            ModelResult(
-                name=name,
-                kind="baseline",
-                title=TITLES[name],
-                features=features.description,
-                metrics=metrics,
-                per_corpus=metrics_by_group(
-                    test.targets, pred, [r.corpus for r in test.rows], labels
-                ),
-                predictions=pred,
-                fit_seconds=fit.seconds,
-                predict_seconds=seconds,
-                params=fit.params,
-                grid=fit.grid,
-                notes=[f"{len(fit.warnings)} convergence warning(s)"] if fit.warnings else [],
-            )
+        result = _score_baseline(
+            fit, features.description, x_test, test, labels, num_classes, allowed
         )
+        results.append(result)
+        metrics = result.metrics
         log(
             f"baseline {name}: UA {metrics['ua']:.3f}  WA {metrics['wa']:.3f}  "
             f"macro-F1 {metrics['macro_f1']:.3f}  ({fit.seconds:.1f} s)"

@@ -126,14 +126,11 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f}"
 
 
-def format_summary(summary: DataSummary) -> str:
-    """Plain-text tables: corpora, emotion x corpus with durations, speakers, census, problems."""
-    out: list[str] = []
-    corpora, emotions = summary.corpora, summary.emotions
+def _corpora_table(summary: DataSummary) -> list[str]:
     by_corpus = summary.seconds("corpus")
     counts = summary.counts()
     rows = []
-    for c in corpora:
+    for c in summary.corpora:
         files = sum(n for e in counts[c].values() for n in e.values())
         speakers = len({s for e in counts[c].values() for s in e})
         seconds = by_corpus[c]
@@ -159,12 +156,15 @@ def format_summary(summary: DataSummary) -> str:
         ]
     )
     header = ["corpus", "files", "speakers", "hours", "minutes", "mean s"]
-    out += ["Corpora", *_table(header, rows), ""]
+    return ["Corpora", *_table(header, rows), ""]
 
+
+def _emotions_table(summary: DataSummary) -> list[str]:
+    corpora = summary.corpora
     by_emotion = summary.seconds("emotion")
     per = Counter((r.corpus, r.emotion) for r in summary.rows)
     rows = []
-    for e in emotions:
+    for e in summary.emotions:
         n = sum(per[(c, e)] for c in corpora)
         rows.append(
             [
@@ -175,15 +175,19 @@ def format_summary(summary: DataSummary) -> str:
                 f"{by_emotion[e] / n:.2f}",
             ]
         )
-    out += [
+    return [
         "Files per emotion (duration per class)",
         *_table(["emotion", *corpora, "total", "minutes", "mean s"], rows),
         "",
     ]
 
-    for c in corpora:
+
+def _speaker_tables(summary: DataSummary) -> list[str]:
+    counts = summary.counts()
+    out: list[str] = []
+    for c in summary.corpora:
         speakers = sorted({s for e in counts[c].values() for s in e})
-        here = [e for e in emotions if e in counts[c]]
+        here = [e for e in summary.emotions if e in counts[c]]
         rows = [
             [
                 s.split(":", 1)[1],
@@ -197,16 +201,22 @@ def format_summary(summary: DataSummary) -> str:
             *_table(["speaker", *here, "total"], rows),
             "",
         ]
+    return out
 
-    rank = {c: i for i, c in enumerate(corpora)}
+
+def _census_table(summary: DataSummary) -> list[str]:
+    rank = {c: i for i, c in enumerate(summary.corpora)}
     census = sorted(summary.census.items(), key=lambda kv: (rank.get(kv[0][0], 99), kv[0]))
     rows = [[c, sr, ch, enc, n] for (c, sr, ch, enc), n in census]
-    out += [
+    return [
         "Sample rates and channels (file headers)",
         *_table(["corpus", "Hz", "channels", "encoding", "files"], rows),
         "",
     ]
 
+
+def _problems(summary: DataSummary) -> list[str]:
+    out: list[str] = []
     if summary.dropped:
         out.append(
             "Left out by data.emotions or corpus options: "
@@ -216,6 +226,18 @@ def format_summary(summary: DataSummary) -> str:
     out += [f"  {s.path}: {s.reason}" for s in summary.skipped]
     for corpus, why in summary.missing.items():
         out.append(f"Missing corpus {corpus}: {why}")
+    return out
+
+
+def format_summary(summary: DataSummary) -> str:
+    """Plain-text tables: corpora, emotion x corpus with durations, speakers, census, problems."""
+    out = [
+        *_corpora_table(summary),
+        *_emotions_table(summary),
+        *_speaker_tables(summary),
+        *_census_table(summary),
+        *_problems(summary),
+    ]
     return "\n".join(out).rstrip() + "\n"
 
 
