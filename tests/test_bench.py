@@ -76,10 +76,9 @@ def test_scaling_bench(corpora, tmp_path):
 
 
 def test_inference_bench(corpora, tmp_path):
-    from tiny_run import tiny_overrides
-
     from ser.config import load_config
     from ser.training import train
+    from tests.support.tiny_run import tiny_overrides
 
     cfg = load_config(ROOT / "configs" / "quick.yaml", tiny_overrides(corpora, tmp_path), env={})
     run_dir = train(cfg, log=lambda line: None)["run_dir"]

@@ -240,14 +240,13 @@ def test_compiled_padded_batches_give_the_keras_models_answer(tmp_path_factory, 
 
 def test_a_run_trained_with_trimming_trims_served_clips(tmp_path_factory):
     """Training (the cache workers) and the Predictor cut leading and trailing silence alike."""
-    from fakes import make_emodb
-    from tiny_run import WINDOW_SECONDS, silence, tiny_overrides
-
     from ser.audio import load_audio
     from ser.config import load_config
     from ser.features.cache import extract_all
     from ser.features.extractors import extract_features, silence_bounds
     from ser.training import train
+    from tests.support.fakes import make_emodb
+    from tests.support.tiny_run import WINDOW_SECONDS, silence, tiny_overrides
 
     work = tmp_path_factory.mktemp("trim")
     paths = make_emodb(work / "corpora")

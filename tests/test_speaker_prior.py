@@ -128,10 +128,10 @@ def test_predictor_counts_each_clip_into_its_session(run):
 
 def test_http_sessions_and_streams_normalise_by_the_speaker_so_far(run):
     from fastapi.testclient import TestClient
-    from tiny_run import encode, tone
 
     from ser.serving.app import create_app
     from ser.serving.settings import ServingSettings
+    from tests.support.tiny_run import encode, tone
 
     _, summary = run
     predictor = Predictor.load(summary["run_dir"], xla=False)
@@ -177,10 +177,10 @@ def test_http_sessions_and_streams_normalise_by_the_speaker_so_far(run):
 
 def test_predict_one_speaker_normalises_the_files_by_each_other(run, tmp_path, capsys):
     import soundfile as sf
-    from tiny_run import tone
 
     from ser.audio import load_audio
     from ser.cli import main
+    from tests.support.tiny_run import tone
 
     _, summary = run
     for i, hz in enumerate((150, 220, 330)):
