@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -21,8 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.support import ROOT, free_port
 from tests.support.fakes import EMOTION_HZ
+from tests.support.servers import serving
 from tests.support.tiny_run import silence, tone
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -54,43 +51,10 @@ CHROMIUM_FLAGS = [
 
 @pytest.fixture(scope="module")
 def server(run_dir, tmp_path_factory):
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "ser.cli",
-        "serve",
-        str(run_dir),
-        "--port",
-        str(port),
-        "--stream-window",
-        "1",
-        "--stream-hop",
-        "0.5",
-        "--log-level",
-        "warning",
-    ]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, f"server exited: {log.read_text()}"
-            assert time.time() < deadline, f"server not up after 180 s: {log.read_text()}"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+    options = ["--stream-window", "1", "--stream-hop", "0.5", "--log-level", "warning"]
+    with serving(run_dir, log, *options) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")

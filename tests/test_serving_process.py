@@ -13,14 +13,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
 import pytest
 
 from tests.support import ROOT, free_port
-from tests.support.tiny_run import encode, tiny_run, tone
+from tests.support.servers import serving
+from tests.support.tiny_run import encode, tone
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -38,47 +38,11 @@ def ser(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    run_dir = tiny_run(tmp_path_factory)
-    port = free_port()
+def server(run_dir, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "ser.cli",
-        "serve",
-        str(run_dir),
-        "--port",
-        str(port),
-        "--max-upload-mb",
-        "0.5",
-        "--stream-window",
-        "1",
-        "--stream-hop",
-        "0.5",
-        "--log-level",
-        "warning",
-    ]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.time() < deadline, log.read_text()
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+    options = ["--max-upload-mb", "0.5", "--stream-window", "1", "--stream-hop", "0.5"]
+    with serving(run_dir, log, *options, "--log-level", "warning", env=ENV) as url:
         yield url, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_serve_announces_the_model_and_answers(server):
