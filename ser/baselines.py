@@ -320,20 +320,16 @@ def _grid_search(
     rows (or on the validation rows, with one training speaker), set the best
     parameters on ``pipeline`` and return what was searched and found."""
     splitter, how = _search_folds(groups, grid_folds, x_val is not None, log)
-    search = GridSearchCV(
-        pipeline,
-        grid_spec,
-        scoring="balanced_accuracy",
-        cv=splitter,
-        n_jobs=n_jobs,
-        refit=False,
-    )
-    if splitter is None:
+    if splitter is None:  # one training speaker: search on the validation rows
         fold = np.r_[np.full(len(x_train), -1), np.zeros(len(x_val), int)]
-        search.set_params(cv=PredefinedSplit(fold))
-        search.fit(np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val]))
+        cv, fit_args = PredefinedSplit(fold), {}
+        x, y = np.concatenate([x_train, x_val]), np.concatenate([y_train, y_val])
     else:
-        search.fit(x_train, y_train, groups=groups)
+        cv, fit_args, x, y = splitter, {"groups": groups}, x_train, y_train
+    search = GridSearchCV(
+        pipeline, grid_spec, scoring="balanced_accuracy", cv=cv, n_jobs=n_jobs, refit=False
+    )
+    search.fit(x, y, **fit_args)
     best = search.best_params_
     pipeline.set_params(**best)
     report = {
@@ -395,8 +391,7 @@ def fit_baseline(
                 y_val=y_val,
                 log=log,
             )
-            for key, value in search_report["best"].items():
-                chosen[key] = value
+            chosen.update(search_report["best"])
         pipeline.fit(x_train, y_train)
     for w in seen:
         if issubclass(w.category, ConvergenceWarning):

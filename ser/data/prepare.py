@@ -79,7 +79,10 @@ def extract_manifest_features(
     return scope_normalise(features, manifest.rows, cfg.features.normalisation), report
 
 
-def _check_no_part_empty(rows: dict[str, list[Utterance]], features: dict, report) -> None:
+def _check_no_part_empty(
+    rows: dict[str, list[Utterance]], features: dict, report: ExtractionReport
+) -> None:
+    """Raise naming the first empty part, or that every clip failed extraction."""
     for part in PARTS:
         if rows[part]:
             continue
