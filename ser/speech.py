@@ -1,0 +1,204 @@
+"""Is there speech in this audio? The one speech detector, used before every prediction.
+
+``detect_speech(wave, sample_rate)`` says whether a clip (or a live window) holds
+speech, with the evidence it decided on (``SpeechEvidence``). It decides by cues
+that do not depend on the recording level, so speech 30 dB quieter is still speech,
+and only near-digital silence is silent by level:
+
+1. **Voicing.** Each 20 ms frame (10 ms hop) gets YIN's aperiodicity: the minimum of
+   the cumulative mean normalised difference function over lags of a voice pitch
+   (``F0_MIN_HZ``-``F0_MAX_HZ``), and the pitch at that lag. A frame is *voiced* when
+   it is periodic (aperiodicity below ``SpeechThresholds.max_aperiodicity``), not
+   digital silence, and within ``relative_floor_db`` of the clip's loud frames (a
+   mains hum in the pauses is not a voice). Noise of any colour and level is
+   aperiodic, so it has almost no voiced frames.
+2. **Voiced runs.** Consecutive voiced frames form runs, split where the pitch jumps.
+   Speech alternates short voiced runs (syllables) with unvoiced consonants and pauses,
+   and its pitch moves within a run (intonation). A run of at least ``FLAT_RUN_SECONDS``
+   whose pitch stays within ``FLAT_SEMITONES`` is *flat*: a held tone, a musical note.
+
+A clip is speech when at least ``min_voiced`` of its frames lie in voiced runs and at
+most ``max_flat`` of those voiced frames lie in flat runs. Measured on the corpora
+(RAVDESS actors 1-20, TESS, EMO-DB): every clip is speech, the quietest included, and
+so is each of them 30 dB quieter; noises, chords and note sequences are not
+(tests/test_speech.py). About 3 ms for a 4 s clip at 16 kHz.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+
+F0_MIN_HZ, F0_MAX_HZ = 60.0, 1000.0  # voice pitch range searched (screams reach ~1 kHz)
+FRAME_SECONDS, HOP_SECONDS = 0.020, 0.010
+ANALYSIS_RATE = 8000  # Hz; audio is block-averaged down to about this rate first
+SILENT_DB = -100.0  # frames quieter than this (dBFS) are digital silence
+PITCH_JUMP_SEMITONES = 1.5  # a larger step between frames ends a voiced run
+MIN_RUN_FRAMES = 3  # shorter voiced runs are ignored (clicks, chance periodicity)
+FLAT_RUN_SECONDS = 0.15
+FLAT_SEMITONES = 0.5
+
+
+@dataclass(frozen=True)
+class SpeechThresholds:
+    """The detector's decision thresholds, shared by every entry point and the stream.
+
+    ``min_voiced``: least share of frames in voiced runs for speech; ``max_flat``: most
+    share of voiced frames in flat (tonal) runs; ``max_aperiodicity``: YIN aperiodicity
+    under which a frame is periodic; ``relative_floor_db``: frames this far below the
+    clip's loud frames (95th percentile) never count as voiced.
+    """
+
+    min_voiced: float = 0.03
+    max_flat: float = 0.6
+    max_aperiodicity: float = 0.3
+    relative_floor_db: float = 45.0
+
+
+DEFAULT_THRESHOLDS = SpeechThresholds()
+
+
+@dataclass(frozen=True)
+class SpeechEvidence:
+    """The detector's answer for one clip and the cues behind it.
+
+    ``voiced``: share of frames in voiced runs; ``flat``: share of the voiced frames in
+    flat (tonal) runs; ``rms_db``: the clip's RMS level in dBFS (shown, not decided on
+    except for digital silence).
+    """
+
+    speech: bool
+    voiced: float
+    flat: float
+    rms_db: float
+
+    def as_dict(self) -> dict[str, float]:
+        """The evidence as JSON-ready numbers (rounded), as every entry point reports it."""
+        return {
+            "voiced": round(self.voiced, 3),
+            "flat": round(self.flat, 3),
+            "rms_db": round(self.rms_db, 1),
+        }
+
+
+def level_db(wave: np.ndarray) -> float:
+    """RMS level of ``wave`` in dBFS (-200 for an empty or all-zero wave)."""
+    rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) if wave.size else 0.0
+    return 20.0 * float(np.log10(max(rms, 1e-10)))
+
+
+def detect_speech(
+    wave: np.ndarray, sample_rate: int, thresholds: SpeechThresholds = DEFAULT_THRESHOLDS
+) -> SpeechEvidence:
+    """Whether float mono ``wave`` [samples] at ``sample_rate`` Hz holds speech, and why."""
+    rms_db = level_db(wave)
+    low, rate = block_average(np.asarray(wave, np.float64), sample_rate)
+    aperiodicity, semitones, levels = frame_periodicity(low, rate)
+    audible = levels > SILENT_DB
+    if not audible.any():
+        return SpeechEvidence(False, 0.0, 0.0, rms_db)
+    loud = audible & (levels > np.percentile(levels, 95) - thresholds.relative_floor_db)
+    voiced_mask = loud & (aperiodicity < thresholds.max_aperiodicity)
+    runs = voiced_runs(voiced_mask, semitones)
+    voiced_frames = sum(end - start for start, end in runs)
+    flat_frames = sum(end - start for start, end in runs if is_flat(semitones[start:end]))
+    voiced = voiced_frames / len(levels)
+    flat = flat_frames / voiced_frames if voiced_frames else 0.0
+    speech = voiced >= thresholds.min_voiced and flat <= thresholds.max_flat
+    return SpeechEvidence(bool(speech), float(voiced), float(flat), rms_db)
+
+
+def block_average(wave: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
+    """``wave`` averaged over blocks of ``sample_rate // ANALYSIS_RATE`` samples (a cheap
+    low-pass and decimation; aliased noise stays noise), and the new rate."""
+    factor = max(1, sample_rate // ANALYSIS_RATE)
+    usable = wave.shape[0] - wave.shape[0] % factor
+    if factor == 1 or usable == 0:
+        return wave, sample_rate
+    return wave[:usable].reshape(-1, factor).mean(axis=1), sample_rate // factor
+
+
+def frame_periodicity(wave: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per frame: YIN aperiodicity (0 = periodic), pitch in semitones above 100 Hz, and
+    level in dBFS; frames of ``FRAME_SECONDS`` every ``HOP_SECONDS``."""
+    size = max(1, int(FRAME_SECONDS * rate))
+    hop = max(1, int(HOP_SECONDS * rate))
+    min_lag = max(2, int(rate / F0_MAX_HZ))
+    max_lag = max(min_lag + 2, int(np.ceil(rate / F0_MIN_HZ)))
+    frames = sliding_frames(wave, size + max_lag, hop)
+    difference, energy = yin_difference(frames, size, max_lag)
+    lags = np.arange(1, max_lag + 1)
+    running = np.cumsum(difference[:, 1:], axis=1)
+    normalised = np.ones_like(difference)
+    periodic = running > 1e-12 * size
+    normalised[:, 1:] = np.where(
+        periodic, difference[:, 1:] * lags / np.where(periodic, running, 1.0), 1.0
+    )
+    searched = normalised[:, min_lag : max_lag + 1]
+    best = np.argmin(searched, axis=1)
+    rows = np.arange(searched.shape[0])
+    aperiodicity = searched[rows, best]
+    lag = min_lag + best + parabolic_offset(searched, best)
+    semitones = 12.0 * np.log2(rate / lag / 100.0)
+    levels = 10.0 * np.log10(np.maximum(energy / size, 1e-20))
+    return aperiodicity, semitones, levels
+
+
+def sliding_frames(wave: np.ndarray, size: int, hop: int) -> np.ndarray:
+    """Frames [n, size] every ``hop`` samples; a short wave is zero-padded to one frame."""
+    if wave.shape[0] < size:
+        wave = np.pad(wave, (0, size - wave.shape[0]))
+    return np.lib.stride_tricks.sliding_window_view(wave, size)[::hop]
+
+
+def yin_difference(frames: np.ndarray, size: int, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """YIN's difference function d(lag) for lags 0..``max_lag`` of each frame's first
+    ``size`` samples [n, max_lag + 1], by FFT correlation; and those samples' energy [n]."""
+    n_fft = 1 << int(np.ceil(np.log2(frames.shape[1] + size)))
+    head = np.fft.rfft(frames[:, :size], n_fft)
+    whole = np.fft.rfft(frames, n_fft)
+    correlation = np.fft.irfft(np.conj(head) * whole, n_fft)[:, : max_lag + 1]
+    squares = np.concatenate(
+        [np.zeros((frames.shape[0], 1)), np.cumsum(np.square(frames), axis=1)], axis=1
+    )
+    energy = squares[:, size]
+    shifted_energy = squares[:, size : size + max_lag + 1] - squares[:, : max_lag + 1]
+    difference = np.maximum(energy[:, None] + shifted_energy - 2.0 * correlation, 0.0)
+    difference[:, 0] = 0.0
+    return difference, energy
+
+
+def parabolic_offset(curve: np.ndarray, best: np.ndarray) -> np.ndarray:
+    """Sub-sample position of each row's minimum at ``best`` (-1..1; 0 at the ends)."""
+    inner = np.clip(best, 1, curve.shape[1] - 2)
+    rows = np.arange(curve.shape[0])
+    left, mid, right = curve[rows, inner - 1], curve[rows, inner], curve[rows, inner + 1]
+    bend = left - 2.0 * mid + right
+    offset = np.where(np.abs(bend) > 1e-12, 0.5 * (left - right) / np.where(bend, bend, 1.0), 0.0)
+    at_end = (best == 0) | (best == curve.shape[1] - 1)
+    return np.where(at_end, 0.0, np.clip(offset, -1.0, 1.0))
+
+
+def voiced_runs(voiced: np.ndarray, semitones: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) frame spans of consecutive voiced frames, split where the pitch
+    jumps by more than ``PITCH_JUMP_SEMITONES``; runs shorter than ``MIN_RUN_FRAMES``
+    dropped."""
+    jump = np.zeros(voiced.shape[0], bool)
+    jump[1:] = np.abs(np.diff(semitones)) > PITCH_JUMP_SEMITONES
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], voiced, [False]]).astype(np.int8)))
+    runs = []
+    for start, end in zip(edges[::2], edges[1::2]):
+        cuts = [start, *(start + 1 + np.flatnonzero(jump[start + 1 : end])), end]
+        runs.extend((a, b) for a, b in pairwise(cuts) if b - a >= MIN_RUN_FRAMES)
+    return runs
+
+
+def is_flat(semitones: np.ndarray) -> bool:
+    """True for a voiced run long enough to judge whose (smoothed) pitch hardly moves:
+    a held tone or note, not a syllable of speech."""
+    if semitones.shape[0] < round(FLAT_RUN_SECONDS / HOP_SECONDS):
+        return False
+    smooth = np.convolve(semitones, np.ones(3) / 3.0, mode="valid")
+    return float(np.ptp(smooth)) < FLAT_SEMITONES
