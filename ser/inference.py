@@ -18,6 +18,10 @@ XLA compiles once per input shape, so batches are padded to a few fixed shapes:
 ``max_frames`` frames (zero frames are masked, so padding changes nothing) and a
 batch size from ``XLA_BATCH_SIZES``. ``warm_up`` compiles them ahead of the first
 request. Inputs longer than the window use the uncompiled graph function.
+
+Before a clip is predicted it is checked for speech (``ser.speech``): silence, noise
+and music-like tones get a ``no_speech`` result with the detector's evidence and no
+emotion, never a label. ``Predictor(speech_check=False)`` turns the check off.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +47,15 @@ from ser.data.pipeline import (
 )
 from ser.features.extractors import extract_features, silence_bounds
 from ser.runs import RunDirError, check_run_dir, model_id_of
+from ser.speech import DEFAULT_THRESHOLDS, SpeechEvidence, SpeechThresholds, detect_speech
 
 # Batch sizes the XLA function is compiled for; a batch is padded up to the next one.
 XLA_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
+# Probabilities and confidences in JSON output (API, ``ser predict --json``) are rounded
+# to this many decimals: more digits are noise of the float32 model.
+PROBABILITY_DECIMALS = 4
+# The evidence fields of ``ClipPrediction.summary`` (``SpeechEvidence.as_dict``).
+NO_EVIDENCE = ("voiced", "flat", "rms_db")
 
 
 def limit_blas_threads(threads: int = 1) -> None:
@@ -88,31 +98,65 @@ class WindowPrediction:
     probabilities: np.ndarray
 
 
+def rounded(probability: float) -> float:
+    """A probability as JSON output shows it (``PROBABILITY_DECIMALS`` decimals)."""
+    return round(float(probability), PROBABILITY_DECIMALS)
+
+
 @dataclass(frozen=True)
 class ClipPrediction:
-    """A whole clip: the overall distribution (mean over windows) and every window."""
+    """A whole clip: the overall distribution (mean over windows) and every window.
+
+    A clip the speech check found no speech in has ``probabilities`` None, no windows
+    and ``kind`` ``no_speech``; ``speech`` is the check's evidence (None: not checked).
+    """
 
     labels: list[str]
     duration: float  # seconds
-    probabilities: np.ndarray  # [num_classes]
+    probabilities: np.ndarray | None  # [num_classes]; None when there is no speech
     windows: list[WindowPrediction]
+    speech: SpeechEvidence | None = None
 
     @property
-    def emotion(self) -> str:
+    def kind(self) -> str:
+        """``prediction``, or ``no_speech`` when the speech check found none."""
+        return "no_speech" if self.probabilities is None else "prediction"
+
+    @property
+    def emotion(self) -> str | None:
+        if self.probabilities is None:
+            return None
         return self.labels[int(np.argmax(self.probabilities))]
 
     @property
-    def confidence(self) -> float:
-        return float(np.max(self.probabilities))
+    def confidence(self) -> float | None:
+        return None if self.probabilities is None else float(np.max(self.probabilities))
 
     @property
     def windowed(self) -> bool:
         """True when the clip was longer than the model's window."""
         return len(self.windows) > 1
 
-    def distribution(self, probs: np.ndarray | None = None) -> dict[str, float]:
+    def distribution(self, probs: np.ndarray | None = None) -> dict[str, float] | None:
+        """``probs`` (default: the clip's) by label, rounded for JSON; None without speech."""
         probs = self.probabilities if probs is None else probs
-        return {label: float(p) for label, p in zip(self.labels, probs)}
+        if probs is None:
+            return None
+        return {label: rounded(p) for label, p in zip(self.labels, probs)}
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-ready fields every entry point reports for a clip: ``type``,
+        ``emotion``, ``confidence``, ``probabilities`` (null for ``no_speech``) and the
+        speech check's ``voiced``, ``flat``, ``rms_db`` (null when not checked)."""
+        confidence = self.confidence
+        evidence = self.speech.as_dict() if self.speech else dict.fromkeys(NO_EVIDENCE)
+        return {
+            "type": self.kind,
+            "emotion": self.emotion,
+            "confidence": None if confidence is None else rounded(confidence),
+            "probabilities": self.distribution(),
+            **evidence,
+        }
 
     def timeline(self) -> list[dict[str, Any]]:
         """One dict per window: start, end (s), emotion, confidence, probabilities."""
@@ -121,7 +165,7 @@ class ClipPrediction:
                 "start": round(w.start, 3),
                 "end": round(w.end, 3),
                 "emotion": self.labels[int(np.argmax(w.probabilities))],
-                "confidence": float(np.max(w.probabilities)),
+                "confidence": rounded(np.max(w.probabilities)),
                 "probabilities": self.distribution(w.probabilities),
             }
             for w in self.windows
@@ -135,6 +179,7 @@ class PreparedClip:
     duration: float  # seconds
     spans: list[tuple[float, float]]  # (start, end) seconds per window
     inputs: list[np.ndarray]  # normalised; [T, D] (sequence) or [D] (pooled) each
+    speech: SpeechEvidence | None = None  # the speech check it passed, if checked
 
 
 # Pseudo-clips of the average training speaker blended into a session's statistics:
@@ -230,15 +275,24 @@ class Predictor:
     # its pooled vector is normalised by the average training speaker's (mean of the
     # speakers' means and stds, speaker_prior.json). Less accurate than a speaker's own.
     speaker_prior: Normaliser | None = None
+    # Check every clip for speech first (``ser.speech``); clips without get ``no_speech``.
+    speech_check: bool = True
+    speech_thresholds: SpeechThresholds = DEFAULT_THRESHOLDS
     _functions: dict[bool, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(
-        cls, run_dir: str | os.PathLike[str], *, warm_up: bool = False, xla: bool = True
+        cls,
+        run_dir: str | os.PathLike[str],
+        *,
+        warm_up: bool = False,
+        xla: bool = True,
+        speech_check: bool = True,
     ) -> Predictor:
         """Read a run directory. ``warm_up`` compiles the model function for every batch
         size in ``XLA_BATCH_SIZES`` now (a server); otherwise each compiles on first use.
-        ``xla=False`` keeps the plain graph function (no compilation, slower calls)."""
+        ``xla=False`` keeps the plain graph function (no compilation, slower calls).
+        ``speech_check=False`` predicts every clip, speech or not."""
         import keras
 
         import ser.models  # noqa: F401  (registers the custom layers before loading)
@@ -262,7 +316,9 @@ class Predictor:
                     f"{path}: missing {runs.SPEAKER_PRIOR} (features.pooled_normalisation)"
                 )
             prior = Normaliser.load(path / runs.SPEAKER_PRIOR)
-        predictor = cls(path, cfg, labels, normaliser, model, model_id_of(path), xla, prior)
+        predictor = cls(
+            path, cfg, labels, normaliser, model, model_id_of(path), xla, prior, speech_check
+        )
         if warm_up:
             predictor.warm_up()
         return predictor
@@ -464,6 +520,19 @@ class Predictor:
         return np.asarray(self.model.predict(ds, verbose=0))
 
     # ------------------------------------------------------------------ clips
+    def check_speech(
+        self, wave: np.ndarray, sample_rate: int | None = None
+    ) -> SpeechEvidence | None:
+        """The speech check's evidence for ``wave`` (at ``sample_rate``, default the
+        run's), or None when ``speech_check`` is off."""
+        if not self.speech_check:
+            return None
+        return detect_speech(wave, sample_rate or self.sample_rate, self.speech_thresholds)
+
+    def no_speech_clip(self, duration: float, evidence: SpeechEvidence) -> ClipPrediction:
+        """The result for a clip of ``duration`` seconds the speech check rejected."""
+        return ClipPrediction(list(self.labels), duration, None, [], evidence)
+
     def finish_clip(self, prepared: PreparedClip, probs: np.ndarray) -> ClipPrediction:
         """Window probabilities [W, C] of ``prepared`` -> the clip's prediction."""
         windows = [
@@ -471,7 +540,9 @@ class Predictor:
             for (start, end), p in zip(prepared.spans, probs)
         ]
         overall = np.asarray(probs, np.float32).mean(axis=0)
-        return ClipPrediction(list(self.labels), prepared.duration, overall, windows)
+        return ClipPrediction(
+            list(self.labels), prepared.duration, overall, windows, prepared.speech
+        )
 
     def predict_clip(
         self,
@@ -479,8 +550,14 @@ class Predictor:
         hop_seconds: float | None = None,
         session: SpeakerSession | None = None,
     ) -> ClipPrediction:
-        """One clip (float32 mono at the run's rate), any length -> windows and overall."""
-        prepared = self.prepare_clip(wave, hop_seconds, session)
+        """One clip (float32 mono at the run's rate), any length -> windows and overall.
+
+        A clip without speech (``check_speech``) is not predicted and not counted into
+        ``session``: its result is ``no_speech``."""
+        evidence = self.check_speech(wave)
+        if evidence is not None and not evidence.speech:
+            return self.no_speech_clip(wave.shape[0] / self.sample_rate, evidence)
+        prepared = replace(self.prepare_clip(wave, hop_seconds, session), speech=evidence)
         return self.finish_clip(prepared, self.predict_normalised(prepared.inputs))
 
     def predict_wave(self, wave: np.ndarray) -> np.ndarray:
@@ -494,18 +571,19 @@ class Predictor:
     def predict_file(
         self, path: str | os.PathLike[str], session: SpeakerSession | None = None
     ) -> dict[str, Any]:
-        """One audio file -> emotion, confidence, probabilities, duration (s), model id;
-        a clip longer than the window also gets a ``timeline`` of its windows."""
+        """One audio file -> type, emotion, confidence, probabilities, the speech check's
+        evidence, duration (s), model id (see ``describe``); a clip longer than the window
+        also gets a ``timeline`` of its windows."""
         wave = load_audio(path, self.sample_rate)
         return self.describe(self.predict_clip(wave, session=session), path)
 
     def describe(self, clip: ClipPrediction, path: str | os.PathLike[str]) -> dict[str, Any]:
-        """``clip`` as the JSON-ready dict ``predict_file`` returns."""
+        """``clip`` as the JSON-ready dict ``predict_file`` returns: ``path``, then
+        ``ClipPrediction.summary`` (``type`` ``no_speech`` with null emotion, confidence
+        and probabilities when the clip holds no speech), ``duration``, ``model_id``."""
         result = {
             "path": str(path),
-            "emotion": clip.emotion,
-            "confidence": clip.confidence,
-            "probabilities": clip.distribution(),
+            **clip.summary(),
             "duration": clip.duration,
             "model_id": self.model_id,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="predict the emotion of audio files or folders",
         description="Predict every file given, and every audio file under the folders given "
         f"({', '.join(sorted(AUDIO_SUFFIXES))}). Clips longer than the model's window "
-        "are cut into sliding windows; the table then shows how many.",
+        "are cut into sliding windows; the table then shows how many. Clips without speech "
+        "(silence, noise, music-like tones) are shown as no_speech, never with an emotion.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="audio files or folders")
     p.add_argument(
@@ -51,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the files are one speaker's clips: a speaker-normalised model "
         "(features.pooled_normalisation: speaker) normalises each by that speaker's clips so "
         "far, in the order given, as an HTTP session does; otherwise each clip is normalised "
-        "by the average training speaker",
+        "by the average training speaker; clips without speech are not counted",
     )
     p.set_defaults(func=run)
 
@@ -99,13 +101,39 @@ def predict_path(predictor, path: Path, session=None) -> dict[str, Any]:
         return predictor.describe(predictor.predict_clip(wave, session=session), path)
 
 
+def short_path(path: str, width: int) -> str:
+    """``path`` in at most ``width`` characters with its file name whole: a longer path
+    loses the middle of its folder part (``rec…/day2/clip.wav``)."""
+    if len(path) <= width:
+        return path
+    cut = max(path.rfind("/"), path.rfind(os.sep))
+    folder, sep, name = (
+        path[: max(cut, 0)],
+        path[cut : cut + 1] if cut >= 0 else "",
+        path[cut + 1 :],
+    )
+    room = width - len(name) - len(sep) - 1  # characters of the folder left around "…"
+    if not sep or room < 2:
+        return name if len(name) <= width or not sep else "…/" + name
+    head = (room + 1) // 2
+    return folder[:head] + "…" + folder[len(folder) - (room - head) :] + sep + name
+
+
 def format_table(results: list[dict[str, Any]], timeline: bool = False) -> str:
+    """The results as a table: file, emotion (``no_speech`` when the clip holds no
+    speech), confidence, seconds and the top three labels; errors in the emotion column."""
     width = min(60, max([len("file")] + [len(r["path"]) for r in results]))
     lines = [f"{'file':<{width}}  {'emotion':<9} {'conf':>5} {'seconds':>8}  top 3"]
     for r in results:
-        name = r["path"] if len(r["path"]) <= width else "…" + r["path"][-(width - 1) :]
+        name = short_path(r["path"], width)
         if "error" in r:
             lines.append(f"{name:<{width}}  error: {r['error']}")
+            continue
+        if r.get("type") == "no_speech":
+            lines.append(
+                f"{name:<{width}}  {'no_speech':<9} {'':>5} {r['duration']:8.2f}  "
+                f"(voiced {r['voiced']:.2f}, {r['rms_db']:.0f} dBFS)"
+            )
             continue
         top = sorted(r["probabilities"].items(), key=lambda kv: -kv[1])[:3]
         windows = f"  ({len(r['timeline'])} windows)" if r.get("timeline") else ""

@@ -16,7 +16,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--settings", metavar="FILE.yaml", help="serving settings file (keys below)")
-    p.add_argument("--max-upload-mb", type=float, help="largest upload per file (default 10)")
+    p.add_argument(
+        "--max-upload-mb", type=float, help="largest upload per file in MiB (default 10)"
+    )
     p.add_argument("--max-clip-seconds", type=float, help="longest clip accepted (default 120)")
     p.add_argument("--max-batch-files", type=int, help="files per /predict/batch (default 16)")
     p.add_argument(
@@ -28,7 +30,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stream-window", type=float, help="live window in seconds (default 2)")
     p.add_argument("--stream-hop", type=float, help="seconds between live windows (default 0.5)")
-    p.add_argument("--vad-threshold-db", type=float, help="speech level in dBFS (default -45)")
+    p.add_argument(
+        "--no-speech-check",
+        dest="speech_check",
+        action="store_const",
+        const=False,
+        help="predict every clip and live window, even silence, noise or music (default: "
+        "they are answered no_speech)",
+    )
     p.add_argument(
         "--model-threads",
         type=int,
@@ -57,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         cors_origins=args.cors_origin,
         stream_window=args.stream_window,
         stream_hop=args.stream_hop,
-        vad_threshold_db=args.vad_threshold_db,
+        speech_check=args.speech_check,
         model_threads=args.model_threads,
     )
     limit_blas_threads()

@@ -6,7 +6,9 @@ at once) or a run directory to load at start-up. Routes:
 
 - ``POST /predict``        one clip (multipart field ``file``) -> ``PredictionOut``
 - ``POST /predict/batch``  several clips (fields ``files``) -> ``BatchOut``
-  (both take ``?session=<id>``: one speaker's clips, see ``SessionStore``)
+  (both take ``?session=<id>``: one speaker's clips, see ``SessionStore``); a clip
+  without speech (``ser.speech``) is answered 200 with ``type`` ``no_speech`` and a
+  null emotion, and is not counted into its session
 - ``GET /health``, ``GET /model``, ``GET /docs`` (OpenAPI), ``GET /`` (web page)
 - ``WS /stream``           live PCM -> window predictions (see ``stream.py``); each
   stream is one speaker session
@@ -26,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,6 +42,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ser import runs
+from ser.audio import resample
 from ser.inference import (
     XLA_BATCH_SIZES,
     ClipPrediction,
@@ -61,8 +64,9 @@ from ser.serving.schemas import (
     WindowOut,
 )
 from ser.serving.settings import ServingSettings
-from ser.serving.stream import StreamError, StreamSession, StreamWindow, voice_activity
+from ser.serving.stream import StreamError, StreamSession, StreamWindow
 from ser.serving.uploads import UploadProblem, decode_upload, display_name
+from ser.speech import SpeechEvidence, detect_speech
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 SessionQuery = Annotated[
@@ -81,7 +85,7 @@ PAGE_CSP = (
     "connect-src 'self' ws: wss:; media-src 'self' blob:; object-src 'none'; base-uri 'none'"
 )
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    413: {"model": ErrorOut, "description": "upload larger than max_upload_mb"},
+    413: {"model": ErrorOut, "description": "upload larger than max_upload_mb (MiB)"},
     415: {"model": ErrorOut, "description": "not readable as audio"},
     422: {"model": ErrorOut, "description": "empty, damaged or too long clip; malformed request"},
 }
@@ -154,7 +158,7 @@ def model_info(predictor: Predictor, settings: ServingSettings) -> ModelInfoOut:
             "name": cfg.name,
             "seed": cfg.seed,
             "corpora": list(cfg.data.corpora),
-            "emotions": list(cfg.data.emotions),
+            "emotions": list(predictor.labels),  # the model's own, not every configured one
             "max_seconds": cfg.data.max_seconds,
             "split": cfg.split.method,
             "model": {"type": cfg.model.type, **cfg.model.params.model_dump(mode="json")},
@@ -163,8 +167,9 @@ def model_info(predictor: Predictor, settings: ServingSettings) -> ModelInfoOut:
         stream=StreamOut(
             window_seconds=settings.stream_window,
             hop_seconds=settings.stream_hop,
-            vad_threshold_db=settings.vad_threshold_db,
-            vad_min_voiced=settings.vad_min_voiced,
+            speech_check=settings.speech_check,
+            speech_min_voiced=settings.speech_min_voiced,
+            speech_max_flat=settings.speech_max_flat,
         ),
     )
 
@@ -172,9 +177,7 @@ def model_info(predictor: Predictor, settings: ServingSettings) -> ModelInfoOut:
 def prediction_out(clip: ClipPrediction, model_id: str, window: float, filename: str | None):
     return PredictionOut(
         filename=filename,
-        emotion=clip.emotion,
-        confidence=clip.confidence,
-        probabilities=clip.distribution(),
+        **clip.summary(),
         duration=round(clip.duration, 4),
         model_id=model_id,
         window_seconds=window,
@@ -223,20 +226,44 @@ class Service:
     def __post_init__(self) -> None:
         self.sessions = SessionStore(self.predictor, self.settings.max_sessions)
 
+    # ------------------------------------------------------------------ speech
+    def check_speech(self, wave, rate: int) -> SpeechEvidence | None:
+        """The speech check with this deployment's thresholds (None when it is off)."""
+        if not self.settings.speech_check:
+            return None
+        return detect_speech(wave, rate, self.settings.speech_thresholds)
+
+    def prepare_speech(
+        self, wave, rate: int, session: SpeakerSession | None = None
+    ) -> PreparedClip | ClipPrediction:
+        """A clip or stream window at ``rate`` -> the model inputs of its windows (counted
+        into ``session``), or its ``no_speech`` result when the speech check finds none."""
+        evidence = self.check_speech(wave, rate)
+        if evidence is not None and not evidence.speech:
+            return self.predictor.no_speech_clip(wave.shape[0] / rate, evidence)
+        wave = resample(wave, rate, self.predictor.sample_rate)
+        return replace(self.predictor.prepare_clip(wave, session=session), speech=evidence)
+
+    async def answer(self, work: PreparedClip | ClipPrediction) -> ClipPrediction:
+        """``prepare_speech``'s result -> the clip's prediction (the model runs only for
+        speech)."""
+        if isinstance(work, ClipPrediction):
+            return work
+        return self.predictor.finish_clip(work, await self.engine.predict(work.inputs))
+
     # ------------------------------------------------------------------ uploads
     def _prepare(
         self, data: bytes, filename: str | None, field: str, session_id: str | None = None
-    ) -> tuple[PreparedClip, int | None]:
-        wave = decode_upload(
-            data, filename, self.predictor.sample_rate, self.settings.max_clip_seconds, field
-        )
+    ) -> tuple[PreparedClip | ClipPrediction, int | None]:
+        rate = self.predictor.sample_rate
+        wave = decode_upload(data, filename, rate, self.settings.max_clip_seconds, field)
         entry = self.sessions.get(session_id) if session_id else None
         try:
             if entry is None:
-                return self.predictor.prepare_clip(wave), None
+                return self.prepare_speech(wave, rate), None
             session, lock = entry
             with lock:
-                return self.predictor.prepare_clip(wave, session=session), session.count
+                return self.prepare_speech(wave, rate, session), session.count
         except ValueError as exc:
             raise UploadProblem(
                 422, field, f"{display_name(field, filename)}: no features ({exc})"
@@ -253,11 +280,10 @@ class Service:
                 413,
                 field,
                 f"{display_name(field, filename)}: larger than "
-                f"{self.settings.max_upload_mb:g} MB (setting max_upload_mb)",
+                f"{self.settings.max_upload_mb:g} MiB (setting max_upload_mb)",
             )
-        prepared, clips = await run_in_threadpool(self._prepare, data, filename, field, session_id)
-        probs = await self.engine.predict(prepared.inputs)
-        clip = self.predictor.finish_clip(prepared, probs)
+        work, clips = await run_in_threadpool(self._prepare, data, filename, field, session_id)
+        clip = await self.answer(work)
         out = prediction_out(clip, self.predictor.model_id, self.predictor.window_seconds, filename)
         out.session_clips = clips
         return out
@@ -354,41 +380,21 @@ class StreamConnection:
         return not ending
 
     async def _window_message(self, window: StreamWindow) -> dict[str, Any]:
-        """The ``prediction`` or ``no_speech`` message for one window."""
-        voiced, rms_db, prepared = await run_in_threadpool(
-            self._window_inputs, window.wave, self.audio.sample_rate
+        """The ``prediction`` or ``no_speech`` message for one window: its span, then
+        the fields of ``ClipPrediction.summary`` as ``POST /predict`` has them."""
+        service = self.service
+        work = await run_in_threadpool(
+            service.prepare_speech, window.wave, self.audio.sample_rate, self.speaker
         )
-        base = {
+        summary = (await service.answer(work)).summary()
+        counted = self.speaker is not None and summary["type"] == "prediction"
+        return {
+            "type": summary["type"],
             "start": round(window.start, 3),
             "end": round(window.end, 3),
-            "rms_db": round(rms_db, 1),
-            "voiced": round(voiced, 3),
+            **summary,
+            "session_clips": self.speaker.count if counted else None,
         }
-        if prepared is None:
-            return {"type": "no_speech", **base}
-        predictor = self.service.predictor
-        probs = await self.service.engine.predict(prepared.inputs)
-        clip = predictor.finish_clip(prepared, probs)
-        return {
-            "type": "prediction",
-            **base,
-            "emotion": clip.emotion,
-            "confidence": clip.confidence,
-            "probabilities": clip.distribution(),
-            "session_clips": None if self.speaker is None else self.speaker.count,
-        }
-
-    def _window_inputs(self, wave, rate: int) -> tuple[float, float, PreparedClip | None]:
-        """(voiced share, RMS dBFS, model inputs or None when the window is not speech)."""
-        settings, predictor = self.service.settings, self.service.predictor
-        voiced, rms_db = voice_activity(wave, rate, settings.vad_threshold_db)
-        if voiced < settings.vad_min_voiced:
-            return voiced, rms_db, None
-        if rate != predictor.sample_rate:
-            from ser.audio import resample
-
-            wave = resample(wave, rate, predictor.sample_rate)
-        return voiced, rms_db, predictor.prepare_clip(wave, session=self.speaker)
 
 
 def _windows_due(
@@ -433,7 +439,7 @@ class UploadSizeLimit:
         body = json.dumps(
             {
                 "detail": f"request body {size} is larger than this server accepts "
-                f"({self.settings.max_upload_mb:g} MB per file, setting max_upload_mb)",
+                f"({self.settings.max_upload_mb:g} MiB per file, setting max_upload_mb)",
                 "field": None,
             }
         ).encode()
@@ -458,7 +464,7 @@ class UploadSizeLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await self._refuse(send, f"of {int(declared) / 1048576:.1f} MB")
+            await self._refuse(send, f"of {int(declared) / 1048576:.1f} MiB")
             return
         chunks, size = [], 0
         while True:
@@ -468,7 +474,7 @@ class UploadSizeLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await self._refuse(send, f"over {limit / 1048576:.1f} MB")
+                await self._refuse(send, f"over {limit / 1048576:.1f} MiB")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -13,7 +13,7 @@ class WindowOut(BaseModel):
     start: float = Field(description="window start, seconds from the start of the clip")
     end: float = Field(description="window end, seconds")
     emotion: str
-    confidence: float = Field(description="probability of `emotion` in this window")
+    confidence: float = Field(description="probability of `emotion` in this window (4 decimals)")
     probabilities: Distribution
 
 
@@ -21,14 +21,28 @@ class PredictionOut(BaseModel):
     filename: str | None = Field(
         None, description="the uploaded file's name as sent by the client (text only)"
     )
-    emotion: str = Field(
+    type: Literal["prediction", "no_speech"] = Field(
+        description="`no_speech` when the speech check found no speech (silence, noise, "
+        "music-like tones): then `emotion`, `confidence` and `probabilities` are null"
+    )
+    emotion: str | None = Field(
         description="the overall label: the top emotion of the clip's distribution"
     )
-    confidence: float = Field(description="probability of `emotion`")
-    probabilities: Distribution = Field(
-        description="the clip's distribution over the model's labels; for a clip longer "
-        "than the window, the mean of its windows' distributions"
+    confidence: float | None = Field(description="probability of `emotion` (4 decimals)")
+    probabilities: Distribution | None = Field(
+        description="the clip's distribution over the model's labels (4 decimals); for a "
+        "clip longer than the window, the mean of its windows' distributions"
     )
+    voiced: float | None = Field(
+        None,
+        description="speech check: share of 10 ms frames in voiced runs (null when the "
+        "check is off)",
+    )
+    flat: float | None = Field(
+        None,
+        description="speech check: share of the voiced frames in flat-pitched (tonal) runs",
+    )
+    rms_db: float | None = Field(None, description="speech check: the clip's RMS level, dBFS")
     duration: float = Field(description="clip duration in seconds")
     model_id: str = Field(description="run name and a hash of the model weights")
     window_seconds: float = Field(description="the model's window (data.max_seconds)")
@@ -82,8 +96,9 @@ class StreamOut(BaseModel):
     sample_rate: int = 16000
     window_seconds: float
     hop_seconds: float
-    vad_threshold_db: float
-    vad_min_voiced: float
+    speech_check: bool = Field(description="windows without speech get `no_speech`")
+    speech_min_voiced: float
+    speech_max_flat: float
 
 
 class ModelInfoOut(BaseModel):

@@ -1,4 +1,4 @@
-"""Deployment settings of the HTTP service: limits, CORS, live-stream windows.
+"""Deployment settings of the HTTP service: limits, CORS, live-stream windows, speech check.
 
 These describe a deployment, not a trained run, so they are not part of the run's
 ``run.yaml``: ``ser serve`` builds them from its flags (or a YAML file given with
@@ -9,19 +9,22 @@ or a value out of range fails at start-up, naming the key.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ser.config import ConfigError
+from ser.speech import DEFAULT_THRESHOLDS, SpeechThresholds
 
 
 class ServingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # Uploads (POST /predict, /predict/batch).
-    max_upload_mb: float = Field(default=10.0, gt=0)  # per file; larger files get 413
+    # Per file, in MiB (2**20 bytes); larger files get 413.
+    max_upload_mb: float = Field(default=10.0, gt=0)
     max_clip_seconds: float = Field(default=120.0, gt=0)  # longer clips get 422
     max_batch_files: int = Field(default=16, ge=1)  # more files in one batch request get 422
     # Browser origins allowed to call the API from other pages; empty = CORS off.
@@ -31,10 +34,13 @@ class ServingSettings(BaseModel):
     stream_hop: float = Field(default=0.5, gt=0)  # seconds between window starts
     stream_max_seconds: float = Field(default=3600.0, gt=0)  # per connection
     stream_max_chunk_seconds: float = Field(default=5.0, gt=0)  # per binary message
-    # Energy voice-activity check: a window is speech when at least ``vad_min_voiced``
-    # of its 25 ms frames are louder than ``vad_threshold_db`` dBFS.
-    vad_threshold_db: float = Field(default=-45.0, le=0)
-    vad_min_voiced: float = Field(default=0.2, gt=0, le=1)
+    # Speech check (``ser.speech``) before every prediction, uploads and stream windows:
+    # a clip is speech when at least ``speech_min_voiced`` of its 10 ms frames lie in
+    # voiced runs and at most ``speech_max_flat`` of those lie in flat-pitched (tonal)
+    # runs; other clips get ``no_speech``. ``speech_check: false`` predicts everything.
+    speech_check: bool = True
+    speech_min_voiced: float = Field(default=DEFAULT_THRESHOLDS.min_voiced, gt=0, le=1)
+    speech_max_flat: float = Field(default=DEFAULT_THRESHOLDS.max_flat, ge=0, le=1)
     # Inference: requests waiting for the model are run together, up to this many windows.
     max_batch_windows: int = Field(default=32, ge=1, le=32)
     # Speaker sessions (``?session=<id>`` on /predict): the newest this many are kept.
@@ -53,7 +59,17 @@ class ServingSettings(BaseModel):
 
     @property
     def max_upload_bytes(self) -> int:
+        """``max_upload_mb`` in bytes (binary megabytes, MiB)."""
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def speech_thresholds(self) -> SpeechThresholds:
+        """The speech detector's thresholds with this deployment's settings."""
+        return replace(
+            DEFAULT_THRESHOLDS,
+            min_voiced=self.speech_min_voiced,
+            max_flat=self.speech_max_flat,
+        )
 
 
 def load_settings(

@@ -5,8 +5,15 @@ The client sends binary messages of mono PCM (16 kHz 16-bit little-endian unless
 ``stream_window`` seconds have arrived, the server answers for the last window:
 
     {"type": "prediction", "start": 1.5, "end": 3.5, "emotion": "angry",
-     "confidence": 0.71, "probabilities": {...}, "rms_db": -21.3, "voiced": 0.83}
-    {"type": "no_speech", "start": 2.0, "end": 4.0, "rms_db": -63.0, "voiced": 0.0}
+     "confidence": 0.71, "probabilities": {...}, "voiced": 0.43, "flat": 0.0,
+     "rms_db": -21.3, "session_clips": null}
+    {"type": "no_speech", "start": 2.0, "end": 4.0, "emotion": null, "confidence": null,
+     "probabilities": null, "voiced": 0.0, "flat": 0.0, "rms_db": -63.0,
+     "session_clips": null}
+
+the same fields as ``POST /predict``; whether a window holds speech is decided by
+``ser.speech`` with the server's ``speech_*`` settings (``no_speech`` for silence, noise
+and music-like tones).
 
 Text messages from the client (JSON):
 
@@ -32,7 +39,6 @@ from ser.serving.settings import ServingSettings
 
 ENCODINGS = {"pcm_s16le": ("<i2", 32768.0), "pcm_f32le": ("<f4", 1.0)}
 MIN_RATE, MAX_RATE = 8000, 48000
-VAD_FRAME_SECONDS, VAD_HOP_SECONDS = 0.025, 0.010
 # The closing flush answers only for a tail at least this long (seconds).
 MIN_TAIL_SECONDS = 0.25
 
@@ -56,24 +62,6 @@ class StreamWindow:
     start: float  # seconds
     end: float
     wave: np.ndarray  # float32 [samples] at the client's rate
-
-
-def frame_levels_db(wave: np.ndarray, sample_rate: int) -> np.ndarray:
-    """RMS level in dBFS of each 25 ms frame (10 ms hop) of ``wave`` [samples]."""
-    size = max(1, int(VAD_FRAME_SECONDS * sample_rate))
-    hop = max(1, int(VAD_HOP_SECONDS * sample_rate))
-    if wave.shape[0] < size:
-        wave = np.pad(wave, (0, size - wave.shape[0]))
-    frames = np.lib.stride_tricks.sliding_window_view(wave, size)[::hop]
-    rms = np.sqrt(np.mean(np.square(frames, dtype=np.float64), axis=1))
-    return 20.0 * np.log10(np.maximum(rms, 1e-10))
-
-
-def voice_activity(wave: np.ndarray, sample_rate: int, threshold_db: float) -> tuple[float, float]:
-    """(share of frames louder than ``threshold_db``, whole-window RMS in dBFS)."""
-    levels = frame_levels_db(wave, sample_rate)
-    rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64)))) if wave.size else 0.0
-    return float(np.mean(levels > threshold_db)), 20.0 * float(np.log10(max(rms, 1e-10)))
 
 
 class StreamSession:
