@@ -16,6 +16,7 @@ from ser.runs import SPEAKER_PRIOR, RunDirError
 from ser.training import train
 from tests.support import ROOT
 from tests.support.fakes import make_emodb
+from tests.support.signals import gliding_tone, non_speech
 from tests.support.tiny_run import tiny_overrides
 
 
@@ -122,7 +123,11 @@ def test_predictor_counts_each_clip_into_its_session(run):
     # (its own statistics count), and the inputs stay finite.
     assert not np.allclose(alone[0], together[0])
     assert all(np.isfinite(x).all() for x in together)
-    clip = predictor.predict_clip(waves[0], session=session)
+    # predict_clip checks for speech first: a pure tone is not counted, speech is.
+    tonal = predictor.predict_clip(waves[0], session=session)
+    assert tonal.kind == "no_speech" and tonal.emotion is None and session.count == 3
+    clip = predictor.predict_clip(gliding_tone(1.0, 150.0), session=session)
+    assert clip.kind == "prediction" and clip.speech.speech is True
     assert session.count == 4 and np.isclose(clip.probabilities.sum(), 1.0, atol=1e-4)
 
 
@@ -131,12 +136,13 @@ def test_http_sessions_and_streams_normalise_by_the_speaker_so_far(run):
 
     from ser.serving.app import create_app
     from ser.serving.settings import ServingSettings
-    from tests.support.tiny_run import encode, tone
+    from tests.support.tiny_run import encode
 
     _, summary = run
     predictor = Predictor.load(summary["run_dir"], xla=False)
     settings = ServingSettings(max_sessions=2, stream_window=1.0, stream_hop=1.0)
-    clips = [encode(tone(1.0, hz, seed=i)) for i, hz in enumerate((150, 220, 330))]
+    clips = [encode(gliding_tone(1.0, hz, seed=i)) for i, hz in enumerate((150, 220, 330))]
+    silence = encode(non_speech(1.0)["silence"])
 
     def post(data: bytes, session: str | None = None):
         params = {"session": session} if session is not None else {}
@@ -145,7 +151,10 @@ def test_http_sessions_and_streams_normalise_by_the_speaker_so_far(run):
     with TestClient(create_app(predictor, settings=settings)) as client:
         alone = post(clips[0]).json()
         assert alone["session_clips"] is None
-        counts = [post(c, "speaker-1").json()["session_clips"] for c in clips]
+        counts = [post(c, "speaker-1").json()["session_clips"] for c in clips[:2]]
+        quiet = post(silence, "speaker-1").json()  # no speech: not counted
+        assert quiet["type"] == "no_speech" and quiet["session_clips"] is None
+        counts.append(post(clips[2], "speaker-1").json()["session_clips"])
         assert counts == [1, 2, 3]
         assert post(clips[0], "speaker-2").json()["session_clips"] == 1  # its own statistics
         # The third clip heard after two others of its speaker is normalised differently
@@ -163,8 +172,9 @@ def test_http_sessions_and_streams_normalise_by_the_speaker_so_far(run):
         assert sorted(r["prediction"]["session_clips"] for r in batch["results"]) == [1, 2, 3]
         bad = post(clips[0], "../etc")
         assert bad.status_code == 422 and "session" in bad.text
-        # A live stream is one speaker: each speech window counts into it.
-        pcm = np.concatenate([tone(1.0, 150), tone(1.0, 220), tone(1.0, 330)]) * 32767
+        # A live stream is one speaker: each speech window counts into it, silence not.
+        parts = [gliding_tone(1.0, 150), np.zeros(16000), gliding_tone(1.0, 220, seed=1)]
+        pcm = np.concatenate([*parts, gliding_tone(1.0, 330, seed=2)]) * 32767
         with client.websocket_connect("/stream") as ws:
             assert ws.receive_json()["type"] == "ready"
             ws.send_bytes(pcm.astype("<i2").tobytes())
@@ -172,6 +182,7 @@ def test_http_sessions_and_streams_normalise_by_the_speaker_so_far(run):
             replies = []
             while (reply := ws.receive_json())["type"] != "end":
                 replies.append(reply)
+        assert [r["type"] for r in replies][1] == "no_speech"
         assert [r["session_clips"] for r in replies if r["type"] == "prediction"] == [1, 2, 3]
 
 
@@ -180,16 +191,19 @@ def test_predict_one_speaker_normalises_the_files_by_each_other(run, tmp_path, c
 
     from ser.audio import load_audio
     from ser.cli import main
-    from tests.support.tiny_run import tone
 
     _, summary = run
     for i, hz in enumerate((150, 220, 330)):
-        sf.write(tmp_path / f"{i}.wav", tone(1.0, hz, seed=i), 16000)
+        sf.write(tmp_path / f"{i}.wav", gliding_tone(1.0, hz, seed=i), 16000)
+    sf.write(tmp_path / "1z-silence.wav", non_speech(1.0)["silence"], 16000)  # between 1 and 2
     args = ["predict", str(tmp_path), "--run", summary["run_dir"], "--json"]
     assert main(args) == 0
     alone = json.loads(capsys.readouterr().out)["results"]
     assert main([*args, "--one-speaker"]) == 0
     together = json.loads(capsys.readouterr().out)["results"]
+    assert [r["type"] for r in together] == ["prediction", "prediction", "no_speech", "prediction"]
+    assert together[2]["emotion"] is None
+    together = [r for r in together if r["type"] == "prediction"]  # silence was not counted
     predictor = Predictor.load(summary["run_dir"], xla=False)
     session = predictor.new_session()
     expected = [  # the files as written (16-bit), one session in the order given
@@ -200,4 +214,5 @@ def test_predict_one_speaker_normalises_the_files_by_each_other(run, tmp_path, c
     ]
     for result, probs in zip(together, expected, strict=True):
         assert list(result["probabilities"].values()) == pytest.approx(probs.tolist(), abs=1e-4)
-    assert alone[0]["probabilities"] != together[0]["probabilities"]
+    spoken = [r["probabilities"] for r in alone if r["type"] == "prediction"]
+    assert spoken != [r["probabilities"] for r in together]  # the session changed them

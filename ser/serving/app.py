@@ -263,7 +263,8 @@ class Service:
                 return self.prepare_speech(wave, rate), None
             session, lock = entry
             with lock:
-                return self.prepare_speech(wave, rate, session), session.count
+                work = self.prepare_speech(wave, rate, session)
+                return work, session.count if isinstance(work, PreparedClip) else None
         except ValueError as exc:
             raise UploadProblem(
                 422, field, f"{display_name(field, filename)}: no features ({exc})"

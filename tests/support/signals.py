@@ -92,3 +92,18 @@ def non_speech(seconds: float = 3.0, sr: int = 16000, seed: int = 0) -> dict[str
         "notes": 0.3 * notes(seconds, sr),
     }
     return {name: wave.astype(np.float32) for name, wave in signals.items()}
+
+
+def gliding_tone(
+    seconds: float, hz: float = 220.0, sr: int = 16000, seed: int = 0, amplitude: float = 0.3
+) -> np.ndarray:
+    """float32 [samples]: a sine around ``hz`` whose pitch glides a semitone up and down
+    (4 Hz), cut into syllable-long bursts with a little noise. Speech to the detector,
+    yet close to the tiny test runs' training tones, so their models answer it sensibly."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    pitch = hz * 2 ** (np.sin(2 * np.pi * 4.0 * t + rng.uniform(0, 2 * np.pi)) / 12)
+    wave = np.sin(2 * np.pi * np.cumsum(pitch) / sr)
+    bursts = (t % 0.28) < 0.2  # 200 ms syllables, 80 ms gaps
+    wave = amplitude * wave * bursts + 0.02 * rng.standard_normal(t.shape)
+    return wave.astype(np.float32)
