@@ -17,16 +17,17 @@ from ser.cli import main
 from ser.inference import Predictor
 from tests.support import ROOT
 from tests.support.fakes import EMOTION_HZ
+from tests.support.signals import gliding_tone, non_speech
 from tests.support.tiny_run import encode, tiny_run, tone
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("clips")
-    sf.write(folder / "angry.wav", tone(0.8, EMOTION_HZ["angry"]), 16000)
+    sf.write(folder / "angry.wav", gliding_tone(0.8, EMOTION_HZ["angry"]), 16000)
     (folder / "nested").mkdir()
-    sf.write(folder / "nested" / "sad.flac", tone(0.6, EMOTION_HZ["sad"]), 16000)
-    sf.write(folder / "nested" / "long.ogg", tone(3.0, EMOTION_HZ["happy"]), 16000)
+    sf.write(folder / "nested" / "sad.flac", gliding_tone(0.6, EMOTION_HZ["sad"]), 16000)
+    sf.write(folder / "nested" / "long.ogg", gliding_tone(3.0, EMOTION_HZ["happy"]), 16000)
     (folder / "nested" / "notes.txt").write_text("not audio, and not an audio suffix")
     return folder
 
@@ -53,8 +54,70 @@ def test_predict_json_matches_the_library(run_dir, clips, capsys):
     expected = Predictor.load(run_dir).predict_file(target)
     assert result["path"] == str(target) and result["emotion"] == expected["emotion"]
     assert doc["model_id"] == expected["model_id"]
-    for label, p in expected["probabilities"].items():
-        assert result["probabilities"][label] == pytest.approx(p, abs=1e-5)
+    assert result["type"] == "prediction" and result["voiced"] == expected["voiced"]
+    assert result["probabilities"] == expected["probabilities"]
+    assert all(p == round(p, 4) for p in result["probabilities"].values())  # 4 decimals
+    assert result["confidence"] == round(result["confidence"], 4)
+
+
+@pytest.fixture(scope="module")
+def quiet_clips(tmp_path_factory) -> Path:
+    """One file of each kind of non-speech audio, and one of speech."""
+    folder = tmp_path_factory.mktemp("quiet")
+    for kind, wave in non_speech(2.0).items():
+        sf.write(folder / f"{kind}.wav", wave, 16000, subtype="FLOAT")
+    sf.write(folder / "speech.wav", gliding_tone(1.5), 16000)
+    return folder
+
+
+def test_predict_shows_no_speech_instead_of_an_emotion(run_dir, quiet_clips, capsys):
+    assert main(["predict", str(quiet_clips), "--run", str(run_dir)]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    emotions = {Path(r.split()[0]).stem: r.split()[1] for r in rows}
+    assert set(emotions) == {*non_speech(), "speech"}
+    assert emotions.pop("speech") in Predictor.load(run_dir).labels
+    assert set(emotions.values()) == {"no_speech"}
+
+
+def test_predict_json_has_no_speech_with_null_emotion(run_dir, quiet_clips, capsys):
+    assert main(["predict", str(quiet_clips), "--run", str(run_dir), "--json"]) == 0
+    results = {Path(r["path"]).stem: r for r in json.loads(capsys.readouterr().out)["results"]}
+    assert results.pop("speech")["type"] == "prediction"
+    for kind, result in results.items():
+        assert result["type"] == "no_speech", kind
+        assert result["emotion"] is None and result["confidence"] is None, kind
+        assert result["probabilities"] is None and "voiced" in result and "rms_db" in result
+
+
+def test_predict_subprocess_answers_no_speech_for_silence(run_dir, quiet_clips):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ser.cli", "predict", str(quiet_clips / "silence.wav")]
+        + ["--run", str(run_dir), "--json"],
+        cwd=ROOT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (result,) = json.loads(proc.stdout)["results"]
+    assert result["type"] == "no_speech" and result["emotion"] is None
+
+
+def test_long_paths_keep_the_file_name_whole():
+    from ser.commands.predict import format_table, short_path
+
+    path = "/data/recordings/2026/session-17/speaker-with-a-long-name/" + "clip_0042_take3.wav"
+    short = short_path(path, 40)
+    assert len(short) <= 40 and short.endswith("/clip_0042_take3.wav") and "…" in short
+    assert short.startswith("/data")  # the middle of the folder part goes
+    assert short_path("clip.wav", 40) == "clip.wav"
+    assert short_path("a/" + "n" * 50 + ".wav", 20) == "…/" + "n" * 50 + ".wav"
+    result = {"path": path, "type": "prediction", "emotion": "sad", "confidence": 0.5}
+    result |= {"probabilities": {"sad": 0.5, "angry": 0.5}, "duration": 1.0}
+    table = format_table([result] * 2 + [{"path": "x" * 70, "error": "x: broken"}])
+    assert "clip_0042_take3.wav" in table.splitlines()[1]
 
 
 def test_predict_timeline_lists_each_window(run_dir, clips, capsys):
@@ -132,7 +195,7 @@ def test_record_without_an_input_device_says_so(run_dir, monkeypatch, capsys):
 
 
 def test_record_predicts_what_the_microphone_heard(run_dir, monkeypatch, tmp_path, capsys):
-    heard = tone(2.0, EMOTION_HZ["angry"], sr=44100)
+    heard = gliding_tone(2.0, EMOTION_HZ["angry"], sr=44100)
     module, calls = fake_sounddevice(inputs=1, wave=heard)
     monkeypatch.setitem(sys.modules, "sounddevice", module)
     saved = tmp_path / "take.wav"
@@ -146,7 +209,7 @@ def test_record_predicts_what_the_microphone_heard(run_dir, monkeypatch, tmp_pat
     assert result["duration"] == pytest.approx(1.5) and result["path"] == str(saved)
     assert sf.info(str(saved)).samplerate == 44100
     expected = Predictor.load(run_dir).predict_file(saved)
-    assert result["emotion"] == expected["emotion"]
+    assert result["type"] == "prediction" and result["emotion"] == expected["emotion"]
 
 
 def test_record_on_this_machine_records_or_explains(run_dir):
@@ -189,7 +252,7 @@ def test_predict_reads_browser_webm_when_ffmpeg_is_there(run_dir, tmp_path, caps
                 "webm",
                 "pipe:1",
             ],
-            input=encode(tone(1.0)),
+            input=encode(gliding_tone(1.0)),
             capture_output=True,
             check=True,
         ).stdout
