@@ -46,7 +46,7 @@ from tests.support.badinputs import (
     write_corpus,
 )
 from tests.support.robustlog import record
-from tests.support.tiny_run import tone
+from tests.support.signals import gliding_tone
 
 FOLDER = "directory named like a file"
 # Uploads up to 25 MB, so that the 10-minute clip is parsed (spilled to a temporary file)
@@ -432,7 +432,7 @@ def test_stream_each_case(case, corpus, client):
     # The server is still there for the next client.
     with client.websocket_connect("/stream") as ws:
         ws.receive_json()
-        ws.send_bytes((tone(1.0) * 32767).astype("<i2").tobytes())
+        ws.send_bytes((gliding_tone(1.0) * 32767).astype("<i2").tobytes())
         assert ws.receive_json()["type"] == "prediction"
     observed(case, "WebSocket", outcome)
 

@@ -20,6 +20,7 @@ import pytest
 
 from tests.support import ROOT, free_port
 from tests.support.servers import serving
+from tests.support.signals import gliding_tone
 from tests.support.tiny_run import encode, tone
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -48,7 +49,9 @@ def server(run_dir, tmp_path_factory):
 def test_serve_announces_the_model_and_answers(server):
     url, log = server
     assert "serving tiny-lstm@" in log.read_text()
-    r = httpx.post(f"{url}/predict", files={"file": ("a.wav", encode(tone(1.5)), "audio/wav")})
+    r = httpx.post(
+        f"{url}/predict", files={"file": ("a.wav", encode(gliding_tone(1.5)), "audio/wav")}
+    )
     assert r.status_code == 200 and r.json()["windowed"] is True
 
 
@@ -64,7 +67,8 @@ def test_websocket_stream_with_a_real_client(server):
     import websockets
 
     url, _ = server
-    pcm = (np.concatenate([tone(1.5), np.zeros(16000, np.float32)]) * 32767).astype("<i2").tobytes()
+    speech = gliding_tone(1.5)
+    pcm = (np.concatenate([speech, np.zeros(16000, np.float32)]) * 32767).astype("<i2").tobytes()
 
     async def talk() -> list[dict]:
         async with websockets.connect(url.replace("http", "ws") + "/stream") as ws:
