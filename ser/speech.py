@@ -40,6 +40,7 @@ F0_MIN_HZ, F0_MAX_HZ = 60.0, 1000.0  # voice pitch range searched (screams reach
 FRAME_SECONDS, HOP_SECONDS = 0.020, 0.010
 ANALYSIS_RATE = 8000  # Hz; audio is block-averaged down to about this rate first
 SILENT_DB = -100.0  # frames quieter than this (dBFS) are digital silence
+MAX_PEAK = 1e15  # larger samples overflow float32 spectra: refused, not analysed
 PICK_THRESHOLD = 0.2  # YIN's absolute threshold for picking the period
 PITCH_JUMP_SEMITONES = 1.5  # a larger step between frames ends a voiced run
 MIN_RUN_FRAMES = 3  # shorter voiced runs are ignored (clicks, chance periodicity)
@@ -99,7 +100,16 @@ def level_db(wave: np.ndarray) -> float:
 def detect_speech(
     wave: np.ndarray, sample_rate: int, thresholds: SpeechThresholds = DEFAULT_THRESHOLDS
 ) -> SpeechEvidence:
-    """Whether float mono ``wave`` [samples] at ``sample_rate`` Hz holds speech, and why."""
+    """Whether float mono ``wave`` [samples] at ``sample_rate`` Hz holds speech, and why.
+
+    Raises ``ValueError`` for samples beyond ``MAX_PEAK`` (its float32 spectra would
+    overflow, as the feature extractors' do)."""
+    peak = float(np.max(np.abs(wave))) if wave.size else 0.0
+    if peak > MAX_PEAK:
+        raise ValueError(
+            f"speech check: samples up to {peak:.3g} would make its float32 spectra not "
+            "finite (audio is expected within about [-1, 1])"
+        )
     rms_db = level_db(wave)
     low, rate = block_average(np.asarray(wave, np.float64), sample_rate)
     aperiodicity, semitones, levels = frame_periodicity(low, rate)

@@ -21,8 +21,11 @@ SR = 16000
 
 
 def _tone(seconds: float, sr: int = SR, channels: int = 1) -> np.ndarray:
+    """A voice-like tone: its pitch glides around 220 Hz (so the speech check takes it
+    for speech) and its loudness swells at 3 Hz."""
     t = np.arange(int(seconds * sr)) / sr
-    wave = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    pitch = 220 * 2 ** (np.sin(2 * np.pi * 4 * t) / 12)
+    wave = 0.3 * np.sin(2 * np.pi * np.cumsum(pitch) / sr) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
     return np.repeat(wave[:, None], channels, axis=1).astype(np.float32)
 
 
@@ -86,6 +89,8 @@ CATALOGUE: dict[str, tuple[Writer, bool]] = {
     "directory named like a file": (lambda p: p.mkdir(), False),
 }
 
+# Usable cases that hold no speech: every entry point answers them ``no_speech``.
+NO_SPEECH = {"silence", "DC offset only", "shorter than one frame"}
 NAMES = {"non-ASCII name with spaces": "émotion ça va 01_happy.wav"}
 # Readable audio whose file name carries no usable label: only the corpus reader cares.
 NAME_CASES = {
