@@ -439,6 +439,14 @@ def test_settings_are_strict_and_name_the_key(tmp_path):
         load_settings(None, stream_window=1.0, stream_hop=2.0)
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="speech_min_voiced"):
+        load_settings(None, speech_min_voiced=0)
+    with pytest.raises(ConfigError, match="vad_threshold_db: unknown setting"):
+        load_settings(None, vad_threshold_db=-45)  # the energy check it replaced
+    quiet = tmp_path / "quiet.yaml"
+    quiet.write_text("speech_check: false\nspeech_max_flat: 0.5\n")
+    thresholds = load_settings(quiet).speech_thresholds
+    assert load_settings(quiet).speech_check is False and thresholds.max_flat == 0.5
 
 
 def test_model_card_metrics_are_json_safe_and_include_the_evaluation(tmp_path):
