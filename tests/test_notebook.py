@@ -42,7 +42,9 @@ def test_walkthrough_notebook_executes(tmp_path, monkeypatch):
     text = "".join(outputs)
     assert f"run {Path(run_dir).name}: lstm model" in text
     assert "speaker-independent" in text and "rank  model" in text
-    assert text.count("predicted ") == 5
+    # The generated clips are tones in noise: each is a prediction or, when the speech
+    # check finds its pitch too steady for a voice, "no speech".
+    assert text.count("predicted ") + text.count(" no speech (voiced") == 5
     images = [
         out
         for cell in notebook.cells
