@@ -175,9 +175,21 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    """All visible files under ``folder`` (names sorted within each directory)."""
-    for top, dirs, files in os.walk(folder):
+def walk_files(folder: Path) -> Iterator[Path]:
+    """All visible files under ``folder`` (names sorted within each directory).
+
+    Symlinked folders are followed (a corpus kept elsewhere and linked in, e.g.
+    ``data/ravdess -> /mnt/corpora/ravdess`` or ``Actor_01 -> ...``); a folder whose
+    real path was already visited (a link loop, or two links to one place) is walked
+    once, so no file is listed twice.
+    """
+    visited: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
         for name in sorted(files):
             if not _hidden(name):
@@ -186,7 +198,7 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 def audio_files(folder: Path) -> list[Path]:
     """Files under ``folder`` with an audio extension (any case), sorted by path."""
-    return sorted(p for p in _walk(folder) if p.suffix.lower() in AUDIO_EXTENSIONS)
+    return sorted(p for p in walk_files(folder) if p.suffix.lower() in AUDIO_EXTENSIONS)
 
 
 def _utterance(
@@ -383,7 +395,7 @@ def corpus_folder(data: DataConfig, corpus: str) -> Path:
 def _ignored(folder: Path) -> Counter[str]:
     return Counter(
         p.suffix.lower() or "(no extension)"
-        for p in _walk(folder)
+        for p in walk_files(folder)
         if p.suffix.lower() not in AUDIO_EXTENSIONS
     )
 
