@@ -105,6 +105,27 @@ class CustomOptions(Strict):
     # Regular expression searched in the file stem; its group "speaker" names the
     # speaker (e.g. "^[0-9]+_[0-9]+_(?P<speaker>[^_]+)_"). Without it: "unknown".
     speaker_pattern: str | None = None
+    # The seed project's layout, a fixed test set given by folder (e.g. train-custom and
+    # test-custom, relative to data.root). With both set the corpus is read from these
+    # two folders instead of `folder`, each row remembers which one it came from, and
+    # split.method: folders follows them.
+    train_folder: str | None = None
+    test_folder: str | None = None
+
+    @model_validator(mode="after")
+    def _both_folders(self) -> CustomOptions:
+        if (self.train_folder is None) != (self.test_folder is None):
+            raise ValueError("train_folder and test_folder go together: set both or neither")
+        if self.train_folder is not None and self.train_folder == self.test_folder:
+            raise ValueError(f"train_folder and test_folder are both {self.train_folder!r}")
+        return self
+
+    @property
+    def split_folders(self) -> dict[str, str]:
+        """``{"train": train_folder, "test": test_folder}`` when set, else ``{}``."""
+        if self.train_folder is None or self.test_folder is None:
+            return {}
+        return {"train": self.train_folder, "test": self.test_folder}
 
 
 class DataConfig(Strict):
@@ -125,8 +146,10 @@ class DataConfig(Strict):
 class SplitConfig(Strict):
     # speaker: test speakers drawn per corpus; explicit: the lists below;
     # kfold / loso: speaker-grouped folds, ``fold`` picks the test fold;
-    # random: stratified by emotion, speaker-DEPENDENT (labelled so everywhere).
-    method: Literal["speaker", "explicit", "kfold", "loso", "random"] = "speaker"
+    # random: stratified by emotion, speaker-DEPENDENT (labelled so everywhere);
+    # folders: the custom corpus's data.custom.train_folder / test_folder (validation
+    # from the training folder), speaker-dependent unless its speakers are known.
+    method: Literal["speaker", "explicit", "kfold", "loso", "random", "folders"] = "speaker"
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     test_speakers: list[str] = []
@@ -540,6 +563,18 @@ class Config(Strict):
             )
         if self.augment.mixup > 0 and self.features.mode != "pooled":
             raise ValueError("augment.mixup needs features.mode: pooled (the dense model)")
+        return self
+
+    @model_validator(mode="after")
+    def _folders_split_has_folders(self) -> Config:
+        if self.split.method == "folders" and (
+            self.data.corpora != ["custom"] or not self.data.custom.split_folders
+        ):
+            raise ValueError(
+                "split.method 'folders' needs data.corpora: [custom] and "
+                "data.custom.train_folder and data.custom.test_folder (e.g. train-custom, "
+                "test-custom under data.root)"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from ser import runs
 from ser.config import Config, ConfigError, parse_override, read_yaml, set_path, validate
 from ser.data.corpora import Manifest, Utterance
 from ser.data.prepare import PreparedData, locate_corpus, prepare_data
-from ser.data.splits import PARTS, Split, SplitError
+from ser.data.splits import PARTS, SPEAKER_DEPENDENT_METHODS, Split, SplitError
 from ser.inference import Predictor
 from ser.metrics import classification_metrics, metrics_by_group
 from ser.progress import Log
@@ -252,8 +252,12 @@ def _score_baseline(
 def _check_no_test_speaker_fits(
     cfg: Config, train: Examples, test: Examples, val: Examples | None
 ) -> None:
-    """The guard the whole design rests on: no test speaker among the fitting rows."""
-    if not test.rows or cfg.split.method == "random":
+    """The guard the whole design rests on: no test speaker among the fitting rows.
+
+    Not for methods that may be speaker-dependent by design (``random``; ``folders`` when
+    speakers are unknown or in both folders: ``check_speaker_independent`` checks a saved
+    split that says it is speaker-independent)."""
+    if not test.rows or cfg.split.method in SPEAKER_DEPENDENT_METHODS:
         return
     fitting = set(train.speakers) | (set(val.speakers) if val is not None else set())
     if shared := sorted(set(test.speakers) & fitting):
