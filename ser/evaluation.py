@@ -26,8 +26,8 @@ import numpy as np
 
 from ser import runs
 from ser.config import Config, ConfigError, parse_override, read_yaml, set_path, validate
-from ser.data.corpora import Manifest, Utterance
-from ser.data.prepare import PreparedData, locate_corpus, prepare_data
+from ser.data.corpora import Utterance
+from ser.data.prepare import PreparedData, prepare_data, read_run_data
 from ser.data.splits import PARTS, SPEAKER_DEPENDENT_METHODS, Split, SplitError
 from ser.inference import Predictor
 from ser.metrics import classification_metrics, metrics_by_group
@@ -151,15 +151,13 @@ def load_run_data(
                 f"{run_dir}: missing {name}; evaluation needs the files training saves"
             )
     try:
-        manifest = Manifest.load(run_dir / runs.MANIFEST)
-        split = Split.from_dict(json.loads((run_dir / runs.SPLIT).read_text(encoding="utf-8")))
+        manifest, split, where = read_run_data(
+            run_dir, predictor.cfg.data, data_root=data_root, env=env
+        )
     except (ValueError, TypeError, KeyError) as exc:
         raise EvaluationError(
             f"{run_dir}: unreadable {runs.SPLIT} or {runs.MANIFEST}: {exc}"
         ) from None
-    manifest, split, where = locate_corpus(
-        manifest, split, predictor.cfg.data, data_root=data_root, env=env
-    )
     log(f"data: {where}")
     try:
         data = prepare_data(

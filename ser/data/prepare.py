@@ -244,6 +244,22 @@ def _folders_held(data: DataConfig) -> str:
     return ", ".join(f"{name}/" for c in data.corpora for name in folder_names(data, c).values())
 
 
+def read_run_data(
+    run_dir: Path,
+    data: DataConfig,
+    *,
+    data_root: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Manifest, Split, str]:
+    """A run's saved manifest and split, with absolute paths to where the corpora are
+    now (``locate_corpus``): ``(manifest, split, where)``. Raises ``ValueError`` (or
+    ``TypeError`` / ``KeyError``) for unreadable files, ``CorpusNotFoundError`` when no
+    data root holds the run's files."""
+    manifest = Manifest.load(run_dir / runs.MANIFEST)
+    split = Split.from_dict(json.loads((run_dir / runs.SPLIT).read_text(encoding="utf-8")))
+    return locate_corpus(manifest, split, data, data_root=data_root, env=env)
+
+
 def _root_candidates(
     manifest: Manifest,
     data: DataConfig,
