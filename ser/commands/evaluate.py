@@ -70,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--data-root",
         metavar="DIR",
         help="folder holding the corpus folders, if they moved since training "
-        "(default: where training read them, else $SER_DATA_ROOT)",
+        "(default: $SER_DATA_ROOT, else the run's data.root, whichever holds the run's files)",
     )
     p.add_argument(
         "--cv", action="store_true", help="speaker-grouped cross-validation (see evaluation.cv)"
