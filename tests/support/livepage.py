@@ -41,22 +41,26 @@ BEFORE_SPEECH = (
     "() => Number(document.body.dataset.silences || 0) >= 1"
     " && !Number(document.body.dataset.predictions || 0)"
 )
-DURING_SPEECH = "() => Number(document.body.dataset.predictions || 0) >= 3"
+DURING_SPEECH = (
+    "() => Number(document.body.dataset.predictions || 0) >= 3"
+    " && document.body.dataset.latest === 'prediction'"
+)
 AFTER_SPEECH = "() => document.body.dataset.utterance === 'ended'"
 
 
-def microphone_clip(path: Path, emotion: str = "angry") -> Path:
-    """Write the fake microphone's WAV: silence, a tone like ``emotion``'s training
-    tones, then silence. Returns the ``--use-file-for-fake-audio-capture`` value that
-    plays it once (a missing file would silently give a silent microphone)."""
+def microphone_clip(
+    path: Path, speech: np.ndarray | None = None, speech_seconds: float = SPEECH_SECONDS
+) -> str:
+    """Write the fake microphone's WAV: silence, ``speech`` (mono at ``MICROPHONE_RATE``;
+    by default ``speech_seconds`` of a tone like the tiny run's "angry" training tones),
+    then silence.
+
+    Returns the ``--use-file-for-fake-audio-capture`` value that plays it once (a
+    missing file would silently give a silent microphone)."""
     rate = MICROPHONE_RATE
-    wave = np.concatenate(
-        [
-            silence(LEAD_SECONDS, sr=rate),
-            tone(SPEECH_SECONDS, EMOTION_HZ[emotion], sr=rate),
-            silence(TAIL_SECONDS, sr=rate),
-        ]
-    )
+    if speech is None:
+        speech = tone(speech_seconds, EMOTION_HZ["angry"], sr=rate)
+    wave = np.concatenate([silence(LEAD_SECONDS, sr=rate), speech, silence(TAIL_SECONDS, sr=rate)])
     sf.write(path, wave, rate, subtype="PCM_16")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: the microphone clip was not written")

@@ -187,6 +187,7 @@ function showSummary() {
 function onStreamMessage(event) {
   const message = JSON.parse(event.data);
   const hop = state.stream.hop_seconds;
+  document.body.dataset.latest = message.type;
   if (message.type === "prediction") {
     count("predictions");
     showEmotion($("live-emotion"), message.emotion);
@@ -217,6 +218,7 @@ function resetLive() {
   state.utterance = null;
   delete document.body.dataset.predictions;
   delete document.body.dataset.silences;
+  delete document.body.dataset.latest;
   $("timeline").replaceChildren();
   clearBars($("bars"));
   $("bars-caption").textContent = "latest window";
