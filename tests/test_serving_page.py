@@ -99,6 +99,13 @@ def browser():
         chromium.close()
 
 
+def state_when(page, condition: str) -> dict:
+    """``LIVE_STATE`` read at a moment when ``condition`` holds (in the same JavaScript
+    task, so no stream message changes the page in between)."""
+    both = f"() => ({condition})() && ({LIVE_STATE})()"
+    return page.wait_for_function(both, timeout=60_000).json_value()
+
+
 def save_screenshot(page, path: Path) -> Path:
     page.screenshot(path=str(path), full_page=True)
     if os.environ.get("SER_SCREENSHOT_DIR"):
@@ -116,14 +123,12 @@ def test_live_page_before_during_and_after_speech(server, labels, tmp_path):
             page = open_offline(chromium, server)
             page.click("#start")
 
-            page.wait_for_function(BEFORE_SPEECH, timeout=60_000)
-            before = page.evaluate(LIVE_STATE)
+            before = state_when(page, BEFORE_SPEECH)
             assert before["now"] == "no speech" and before["speechCells"] == 0
             assert before["summaryTitle"] == "This utterance" and before["summaryLabel"] == ""
             assert sum(before["barWidths"]) == 0 and sum(before["summaryWidths"]) == 0
 
-            page.wait_for_function(DURING_SPEECH, timeout=60_000)
-            during = page.evaluate(LIVE_STATE)
+            during = state_when(page, DURING_SPEECH)
             assert during["speechCells"] >= 3
             assert not during["barsGreyed"] and during["boldLabels"] == 1
             assert sum(during["barWidths"]) == pytest.approx(100, abs=2)
@@ -134,8 +139,7 @@ def test_live_page_before_during_and_after_speech(server, labels, tmp_path):
             )
             assert page.text_content("#status").startswith("listening")
 
-            page.wait_for_function(AFTER_SPEECH, timeout=60_000)
-            after = page.evaluate(LIVE_STATE)
+            after = state_when(page, AFTER_SPEECH)
             assert after["now"] == "no speech" and after["nowLabel"] == ""
             assert after["barsGreyed"] and after["boldLabels"] == 0
             assert after["summaryTitle"] == "Last utterance" and after["summaryLabel"] in labels

@@ -34,7 +34,7 @@ LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 MICROPHONE_RATE = 44100  # what the fake device delivers whatever the file's rate
 # The microphone clip: seconds of silence before the speech, of speech, and after it
 # (more than the page's 3 s pause that ends an utterance).
-LEAD_SECONDS, SPEECH_SECONDS, TAIL_SECONDS = 2.0, 2.5, 6.0
+LEAD_SECONDS, SPEECH_SECONDS, TAIL_SECONDS = 2.0, 3.5, 6.0
 # The page's states, as conditions on the counters and flags it keeps on <body>; each a
 # function, not an expression: the page's CSP forbids eval.
 BEFORE_SPEECH = (
