@@ -154,6 +154,13 @@ def test_live_page_before_during_and_after_speech(server, labels, tmp_path):
 
             page.click("#stop")
             assert page.text_content("#status") == "stopped"
+            # A new recording starts with an empty timeline, bars and summary.
+            page.click("#start")
+            again = page.evaluate(LIVE_STATE)
+            assert again["speechCells"] == again["silentCells"] == 0
+            assert again["summaryTitle"] == "This utterance" and again["summaryLabel"] == ""
+            assert sum(again["barWidths"]) == 0 and not again["barsGreyed"]
+            page.click("#stop")
             assert problems(page) == []
         finally:
             chromium.close()
