@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ser import runs
-from ser.config import Config, ConfigError, parse_override, read_yaml, set_path, validate
+from ser.config import (
+    Config,
+    ConfigError,
+    find_config,
+    parse_override,
+    read_yaml,
+    set_path,
+    validate,
+)
 from ser.data.corpora import Manifest, Utterance
 from ser.data.prepare import PreparedData, locate_corpus, prepare_data
 from ser.data.splits import PARTS, Split, SplitError
@@ -111,7 +119,7 @@ def evaluation_config(
     tree = run_cfg.to_dict()
     source = runs.CONFIG
     if config is not None:
-        other = read_yaml(Path(config))
+        other = read_yaml(find_config(config))
         tree["evaluation"] = other.get("evaluation", {})
         source = f"{config} (evaluation section)"
     for text in overrides:
