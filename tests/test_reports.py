@@ -108,12 +108,15 @@ def test_plots_are_png_files(tmp_path):
         "1,0.5,1.5,0.4,1.6,0.35\n2,0.6,1.2,0.45,1.5,0.4\n"
     )
     report["model"]["best_epoch"] = 3
-    names = reports.write_plots(report, tmp_path, history)
+    names, skipped = reports.write_plots(report, tmp_path, [history])
     assert names == ["confusion.png", "per_class_recall.png", "training_curves.png"]
+    assert skipped == {}
     for name in names:
         data = (tmp_path / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000
-    assert reports.write_plots(report, tmp_path / ".", None) == names[:2]
+    names_without, skipped = reports.write_plots(report, tmp_path / ".", [])
+    assert names_without == names[:2]
+    assert "training_curves.png" in skipped and "history.csv" in skipped["training_curves.png"]
 
 
 def test_results_page_states_command_protocol_and_gap():
