@@ -8,6 +8,13 @@ TensorFlow 2.21 ``TF_CPP_MIN_LOG_LEVEL`` does not silence them, and
 line imports TensorFlow here, once, with file descriptor 2 sent to a temporary file,
 and writes back every captured line that is not one of those known notices: a real
 error or warning during the import still reaches the user, in order.
+
+After start-up TensorFlow does honour ``TF_CPP_MIN_LOG_LEVEL``, which defaults to 3
+here: its C++ log lines at run time are notices such as "oneDNN supports DT_BOOL only
+on platforms with AVX-512 ... Falling back", logged at error level on every
+evaluation. A real failure reaches Python as an exception (printed as ``error: ...``
+or a traceback), and fatal errors are printed whatever the level. ``--verbose`` (or
+setting the variable yourself) shows everything.
 """
 
 from __future__ import annotations
@@ -68,7 +75,7 @@ def import_tensorflow(verbose: bool = False) -> ModuleType:
     """The ``tensorflow`` module, imported without start-up chatter on stderr.
 
     ``verbose`` shows everything TensorFlow prints (and leaves ``TF_CPP_MIN_LOG_LEVEL``
-    alone); otherwise that variable defaults to 2 (C++ info and warnings off after
+    alone); otherwise that variable defaults to 3 (no C++ log lines below fatal after
     start-up) and the notices of ``STARTUP_CHATTER`` are dropped. Importing again, or
     after TensorFlow was already imported, changes nothing.
     """
@@ -78,5 +85,5 @@ def import_tensorflow(verbose: bool = False) -> ModuleType:
         import tensorflow
 
         return tensorflow
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     return _import_with_stderr_captured()[0]
