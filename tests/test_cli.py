@@ -21,7 +21,7 @@ from ser.evaluation import evaluate_run
 from ser.tensorflow_startup import is_startup_chatter
 from tests.support import ROOT
 from tests.support.fakes import make_emodb, write_tone
-from tests.support.tiny_run import tiny_overrides
+from tests.support.tiny_run import tiny_run
 
 # Lines TensorFlow's C++ side writes: absl's notice, glog-style "I0000 12:00:00.1 123 x.cc:1]"
 # lines, the oneDNN, CPU-instruction and CUDA notices.
@@ -258,19 +258,7 @@ def test_cross_corpus_report_says_why_it_has_no_training_curves(tmp_path):
 @pytest.fixture(scope="module")
 def ensemble_run(tmp_path_factory) -> Path:
     """A two-member seed ensemble of tiny dense models (one epoch each)."""
-    from ser.training import train
-
-    work = tmp_path_factory.mktemp("ensemble")
-    make_emodb(work / "corpora")
-    sets = tiny_overrides(
-        work / "corpora",
-        work,
-        "dense",
-        "[emodb]",
-        **{"model.ensemble": "2", "train.epochs": "2", "train.confusion_images": "false"},
-    )
-    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
-    return Path(train(cfg, log=lambda _line: None)["run_dir"])
+    return tiny_run(tmp_path_factory, "dense", ensemble=2)
 
 
 def test_an_ensemble_gets_training_curves_with_a_line_per_member(ensemble_run):
