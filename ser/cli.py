@@ -38,8 +38,8 @@ def add_tensorflow_args(parser: argparse.ArgumentParser) -> None:
         "--verbose",
         "-v",
         action="store_true",
-        help="also show TensorFlow's start-up and C++ log messages (hidden by default; "
-        "errors always show)",
+        help="also show TensorFlow's start-up notices and C++ log lines (hidden by default; "
+        "failures are reported either way)",
     )
     parser.set_defaults(uses_tensorflow=True)
 

@@ -363,7 +363,7 @@ def recall_figure(models: Sequence[dict[str, Any]], labels: Sequence[str], title
         ax.bar_label(
             bars,
             labels=["n/a" if r is None else f"{r:.2f}" for r in recalls],
-            fontsize=5 if len(models) > 2 else 7,
+            fontsize=6 if len(models) > 2 else 7,
             rotation=90 if len(models) > 2 else 0,
             padding=1,
         )
@@ -418,7 +418,11 @@ def curves_figure(
         ):
             for key in keys:
                 if key in history:
-                    ax.plot(epochs[: len(history[key])], history[key], label=prefix + key)
+                    # A single epoch is a point, which a line alone would not show.
+                    marker = "o" if len(history[key]) == 1 else None
+                    ax.plot(
+                        epochs[: len(history[key])], history[key], marker=marker, label=prefix + key
+                    )
     bests = best_epoch if isinstance(best_epoch, list) else [best_epoch] if best_epoch else []
     for ax, name in ((left, "loss"), (right, "accuracy / UA")):
         for k, epoch in enumerate(bests):
