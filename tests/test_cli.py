@@ -28,20 +28,20 @@ from tests.support.tiny_run import tiny_run
 TF_LOG_LINE = re.compile(r"absl::|oneDNN|cuda|cuDNN|cpu_feature_guard|^[IWEF]\d{4} [\d:.]+ +\d+ ")
 
 
-def ser(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
-    """``python -m ser.cli *args`` run from ``cwd``, with this checkout importable."""
+def run_from(cwd: Path, *command: str, env: dict[str, str] | None = None, timeout: int = 300):
+    """``command`` run in ``cwd`` with this checkout importable and TensorFlow's log level
+    left to the command (which must keep quiet by itself)."""
     paths = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
     full_env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), **(env or {})}
-    full_env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the command itself must keep quiet
+    full_env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     return subprocess.run(
-        [sys.executable, "-m", "ser.cli", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
+        command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False
     )
+
+
+def ser(*args: str, cwd: Path, env: dict[str, str] | None = None):
+    """``python -m ser.cli *args`` run from ``cwd``."""
+    return run_from(cwd, sys.executable, "-m", "ser.cli", *args, env=env)
 
 
 def tf_lines(stderr: str) -> list[str]:
@@ -230,17 +230,10 @@ def test_report_lists_exactly_the_files_written(run_copy, plots):
 def test_evaluate_script_from_an_empty_folder_says_what_it_wrote(run_copy, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    full_env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "evaluate.py"), str(run_copy), "--no-baselines"]
-        + ["--set", "evaluation.plots=false", "--set", "evaluation.tensorboard=false"],
-        cwd=empty,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    proc = run_from(
+        empty,
+        *[sys.executable, str(ROOT / "evaluate.py"), str(run_copy), "--no-baselines"],
+        *["--set", "evaluation.plots=false", "--set", "evaluation.tensorboard=false"],
     )
     assert proc.returncode == 0, proc.stderr
     assert "also wrote report.json, predictions.csv)" in proc.stdout
