@@ -242,12 +242,6 @@ def test_evaluate_script_from_an_empty_folder_says_what_it_wrote(run_copy, tmp_p
     assert list(empty.iterdir()) == []
 
 
-def test_cross_corpus_report_says_why_it_has_no_training_curves(tmp_path):
-    report = {"kind": "cross-corpus"}
-    curves, reason = reports._curves_or_reason(report, [tmp_path / "history.csv"])
-    assert curves == [] and "cross-corpus" in reason
-
-
 @pytest.fixture(scope="module")
 def ensemble_run(tmp_path_factory) -> Path:
     """A two-member seed ensemble of tiny dense models (one epoch each)."""

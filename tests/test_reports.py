@@ -626,6 +626,17 @@ Generated 2026-01-01 00:00:00 +0000, commit `abcdef123456`, x86_64, 2 CPU, 2.0 h
 """[1:]
 
 
+def test_a_cross_corpus_report_says_why_it_has_no_training_curves(tmp_path):
+    report = evaluation_report(cross_corpus=True)
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss\n0,1.5\n")
+    names, skipped = reports.write_plots(report, tmp_path, [history])
+    assert names == ["confusion.png", "per_class_recall.png"]
+    assert "cross-corpus" in skipped["training_curves.png"]
+    markdown = reports.render_markdown(report, names, skipped)
+    assert "- training_curves.png not drawn: a cross-corpus evaluation" in markdown
+
+
 def test_report_markdown_is_unchanged_section_by_section():
     cross_corpus = reports.render_markdown(
         evaluation_report(cross_corpus=True), ["confusion.png", "plots/per_class_recall.png"]

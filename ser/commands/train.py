@@ -8,7 +8,14 @@ from ser.cli import add_config_args, add_tensorflow_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model from a YAML config")
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML config",
+        description="Train a model from a YAML config (default: the shipped lstm.yaml). The "
+        "run goes to train.checkpoints_dir/<run> (checkpoints/), TensorBoard logs to "
+        "train.experiments_dir (experiments/) and features to features.cache_dir (data/cache): "
+        "relative paths there are taken from the current folder.",
+    )
     add_config_args(p)
     p.add_argument(
         "--resume",
