@@ -729,15 +729,61 @@ def validate(tree: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
 
 
+# ------------------------------------------------------------- shipped configs
+SHIPPED_CONFIGS_DIR = Path(__file__).parent / "configs"
+"""The project's ``configs/`` folder as installed with the package (in a checkout,
+``ser/configs`` links to ``configs/``; a wheel holds a copy), so that defaults and
+``extends:`` chains resolve from any working directory."""
+DEFAULT_CONFIG_NAME = "lstm.yaml"
+CONFIG_LOOKUP_HELP = (
+    "a relative path is looked up in the current folder first, then among the shipped "
+    "configs (so lstm.yaml, configs/lstm.yaml and experiments/egemaps_spk.yaml work from "
+    "any folder)"
+)
+
+
+def default_config_path() -> Path:
+    """The config commands use when none is given: the shipped ``lstm.yaml``."""
+    return SHIPPED_CONFIGS_DIR / DEFAULT_CONFIG_NAME
+
+
+def _shipped_candidates(path: Path) -> list[Path]:
+    """Where a relative ``path`` not found in the current folder may be shipped:
+    ``x.yaml`` and ``configs/x.yaml`` both name ``<shipped>/x.yaml``."""
+    candidates = [SHIPPED_CONFIGS_DIR / path]
+    if path.parts[:1] == ("configs",) and len(path.parts) > 1:
+        candidates.append(SHIPPED_CONFIGS_DIR.joinpath(*path.parts[1:]))
+    return candidates
+
+
+def find_config(path: str | os.PathLike[str]) -> Path:
+    """The config file ``path`` names: as given (relative to the current folder), else,
+    for a relative path, the shipped config of that name. ``ConfigError`` names both
+    places when neither holds it."""
+    given = Path(path)
+    if given.is_file() or given.is_absolute():
+        return given
+    for candidate in _shipped_candidates(given):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"{given}: config file not found (looked in the current folder, {Path.cwd()}, "
+        f"and among the shipped configs, {SHIPPED_CONFIGS_DIR.resolve()})"
+    )
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     env: dict[str, str] | None = None,
 ) -> Config:
-    """Read a YAML file (or the defaults), apply SER_DATA_ROOT and overrides, validate."""
+    """Read a YAML file (or the defaults), apply SER_DATA_ROOT and overrides, validate.
+
+    ``path`` is found by ``find_config``: relative to the current folder, else shipped.
+    """
     env = os.environ if env is None else env
     source = str(path) if path is not None else "<defaults>"
-    tree = read_yaml(path) if path is not None else {}
+    tree = read_yaml(find_config(path)) if path is not None else {}
     if env.get(DATA_ROOT_ENV):
         set_path(tree, "data.root", env[DATA_ROOT_ENV], source)
     for text in overrides:

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ser.cli import add_tensorflow_args
+
 AUDIO_SUFFIXES = {
     ".wav",
     ".flac",
@@ -53,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "far, in the order given, as an HTTP session does; otherwise each clip is normalised "
         "by the average training speaker",
     )
+    add_tensorflow_args(p)
     p.set_defaults(func=run)
 
 
