@@ -7,22 +7,19 @@ result; errors the user can fix are printed as one ``error:`` line with exit cod
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
-
-DEFAULT_CONFIG = "configs/lstm.yaml"
-
-
-def _quiet_tensorflow() -> None:
-    # TF's C++ start-up chatter hides the lines users need; real errors still show.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def add_config_args(parser: argparse.ArgumentParser) -> None:
     """``--config`` and repeatable ``--set KEY=VALUE`` for commands that read a config."""
+    from ser.config import CONFIG_LOOKUP_HELP, DEFAULT_CONFIG_NAME, default_config_path
+
     parser.add_argument(
-        "--config", "-c", default=DEFAULT_CONFIG, help=f"YAML config (default {DEFAULT_CONFIG})"
+        "--config",
+        "-c",
+        default=str(default_config_path()),
+        help=f"YAML config (default: the shipped {DEFAULT_CONFIG_NAME}); {CONFIG_LOOKUP_HELP}",
     )
     parser.add_argument(
         "--set",
@@ -32,6 +29,19 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set model.lstm.units=[256] (repeatable)",
     )
+
+
+def add_tensorflow_args(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` for commands that use TensorFlow, which ``main`` imports for them
+    before they run, without its start-up notices unless ``--verbose`` is given."""
+    parser.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="also show TensorFlow's start-up notices and C++ log lines (hidden by default; "
+        "failures are reported either way)",
+    )
+    parser.set_defaults(uses_tensorflow=True)
 
 
 # Each module defines ``add_parser(subparsers)``, adding one subcommand whose
@@ -58,11 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _quiet_tensorflow()
     from ser.config import ConfigError
     from ser.registry import UnknownNameError
 
     args = build_parser().parse_args(argv)
+    if getattr(args, "uses_tensorflow", False):
+        from ser.tensorflow_startup import import_tensorflow
+
+        import_tensorflow(verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
     # OSError: missing or existing paths, a full disk, an unwritable cache (CacheError).

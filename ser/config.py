@@ -105,6 +105,27 @@ class CustomOptions(Strict):
     # Regular expression searched in the file stem; its group "speaker" names the
     # speaker (e.g. "^[0-9]+_[0-9]+_(?P<speaker>[^_]+)_"). Without it: "unknown".
     speaker_pattern: str | None = None
+    # The seed project's layout, a fixed test set given by folder (e.g. train-custom and
+    # test-custom, relative to data.root). With both set the corpus is read from these
+    # two folders instead of `folder`, each row remembers which one it came from, and
+    # split.method: folders follows them.
+    train_folder: str | None = None
+    test_folder: str | None = None
+
+    @model_validator(mode="after")
+    def _both_folders(self) -> CustomOptions:
+        if (self.train_folder is None) != (self.test_folder is None):
+            raise ValueError("train_folder and test_folder go together: set both or neither")
+        if self.train_folder is not None and self.train_folder == self.test_folder:
+            raise ValueError(f"train_folder and test_folder are both {self.train_folder!r}")
+        return self
+
+    @property
+    def split_folders(self) -> dict[str, str]:
+        """``{"train": train_folder, "test": test_folder}`` when set, else ``{}``."""
+        if self.train_folder is None or self.test_folder is None:
+            return {}
+        return {"train": self.train_folder, "test": self.test_folder}
 
 
 class DataConfig(Strict):
@@ -125,8 +146,10 @@ class DataConfig(Strict):
 class SplitConfig(Strict):
     # speaker: test speakers drawn per corpus; explicit: the lists below;
     # kfold / loso: speaker-grouped folds, ``fold`` picks the test fold;
-    # random: stratified by emotion, speaker-DEPENDENT (labelled so everywhere).
-    method: Literal["speaker", "explicit", "kfold", "loso", "random"] = "speaker"
+    # random: stratified by emotion, speaker-DEPENDENT (labelled so everywhere);
+    # folders: the custom corpus's data.custom.train_folder / test_folder (validation
+    # from the training folder), speaker-dependent unless its speakers are known.
+    method: Literal["speaker", "explicit", "kfold", "loso", "random", "folders"] = "speaker"
     test_fraction: float = Field(default=0.2, gt=0, lt=1)
     val_fraction: float = Field(default=0.15, gt=0, lt=1)
     test_speakers: list[str] = []
@@ -542,6 +565,18 @@ class Config(Strict):
             raise ValueError("augment.mixup needs features.mode: pooled (the dense model)")
         return self
 
+    @model_validator(mode="after")
+    def _folders_split_has_folders(self) -> Config:
+        if self.split.method == "folders" and (
+            self.data.corpora != ["custom"] or not self.data.custom.split_folders
+        ):
+            raise ValueError(
+                "split.method 'folders' needs data.corpora: [custom] and "
+                "data.custom.train_folder and data.custom.test_folder (e.g. train-custom, "
+                "test-custom under data.root)"
+            )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -694,15 +729,61 @@ def validate(tree: dict[str, Any], source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
 
 
+# ------------------------------------------------------------- shipped configs
+SHIPPED_CONFIGS_DIR = Path(__file__).parent / "configs"
+"""The project's ``configs/`` folder as installed with the package (in a checkout,
+``ser/configs`` links to ``configs/``; a wheel holds a copy), so that defaults and
+``extends:`` chains resolve from any working directory."""
+DEFAULT_CONFIG_NAME = "lstm.yaml"
+CONFIG_LOOKUP_HELP = (
+    "a relative path is looked up in the current folder first, then among the shipped "
+    "configs (so lstm.yaml, configs/lstm.yaml and experiments/egemaps_spk.yaml work from "
+    "any folder)"
+)
+
+
+def default_config_path() -> Path:
+    """The config commands use when none is given: the shipped ``lstm.yaml``."""
+    return SHIPPED_CONFIGS_DIR / DEFAULT_CONFIG_NAME
+
+
+def _shipped_candidates(path: Path) -> list[Path]:
+    """Where a relative ``path`` not found in the current folder may be shipped:
+    ``x.yaml`` and ``configs/x.yaml`` both name ``<shipped>/x.yaml``."""
+    candidates = [SHIPPED_CONFIGS_DIR / path]
+    if path.parts[:1] == ("configs",) and len(path.parts) > 1:
+        candidates.append(SHIPPED_CONFIGS_DIR.joinpath(*path.parts[1:]))
+    return candidates
+
+
+def find_config(path: str | os.PathLike[str]) -> Path:
+    """The config file ``path`` names: as given (relative to the current folder), else,
+    for a relative path, the shipped config of that name. ``ConfigError`` names both
+    places when neither holds it."""
+    given = Path(path)
+    if given.is_file() or given.is_absolute():
+        return given
+    for candidate in _shipped_candidates(given):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"{given}: config file not found (looked in the current folder, {Path.cwd()}, "
+        f"and among the shipped configs, {SHIPPED_CONFIGS_DIR.resolve()})"
+    )
+
+
 def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     env: dict[str, str] | None = None,
 ) -> Config:
-    """Read a YAML file (or the defaults), apply SER_DATA_ROOT and overrides, validate."""
+    """Read a YAML file (or the defaults), apply SER_DATA_ROOT and overrides, validate.
+
+    ``path`` is found by ``find_config``: relative to the current folder, else shipped.
+    """
     env = os.environ if env is None else env
     source = str(path) if path is not None else "<defaults>"
-    tree = read_yaml(path) if path is not None else {}
+    tree = read_yaml(find_config(path)) if path is not None else {}
     if env.get(DATA_ROOT_ENV):
         set_path(tree, "data.root", env[DATA_ROOT_ENV], source)
     for text in overrides:

@@ -241,7 +241,7 @@ def evaluate_cross_corpus(
         results,
         cfg,
         write=write,
-        history=None,
+        histories=(),
         tensorboard_dir=Path(report["log_dir"]) / f"evaluation-cross-{corpus}",
         log=log,
     )

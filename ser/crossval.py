@@ -40,8 +40,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from ser.config import Config, DataConfig, SplitConfig
 from ser.data.corpora import Manifest, build_manifest
 from ser.data.splits import Split, make_folds, make_split
@@ -53,7 +51,7 @@ from ser.evaluation import (
     load_run_data,
 )
 from ser.metrics import mean_std
-from ser.progress import Log
+from ser.progress import Log, progress_bar
 
 ManifestLoader = Callable[[DataConfig], Manifest]
 Record = dict[str, Any]
@@ -700,7 +698,7 @@ class _Progress:
         self._jobs = jobs
         self._log = log
         self._detail = detail
-        self._bar = tqdm(total=len(jobs), unit="fold", leave=False, disable=None)
+        self._bar = progress_bar(len(jobs), "folds", "fold")
 
     def __iter__(self) -> Iterator[FoldJob]:
         with contextlib.closing(self._bar):

@@ -25,13 +25,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ser import runs
-from ser.config import Config, ConfigError, parse_override, read_yaml, set_path, validate
-from ser.data.corpora import Manifest, Utterance
-from ser.data.prepare import PreparedData, locate_corpus, prepare_data
-from ser.data.splits import PARTS, Split, SplitError
+from ser.config import (
+    Config,
+    ConfigError,
+    find_config,
+    parse_override,
+    read_yaml,
+    set_path,
+    validate,
+)
+from ser.data.corpora import Utterance
+from ser.data.prepare import PreparedData, prepare_data, read_run_data
+from ser.data.splits import PARTS, SPEAKER_DEPENDENT_METHODS, Split, SplitError
 from ser.inference import Predictor
 from ser.metrics import classification_metrics, metrics_by_group
-from ser.progress import Log
+from ser.progress import Log, above_bar, progress_bar
 
 if TYPE_CHECKING:
     from ser.baselines import PooledFeatures
@@ -111,7 +119,7 @@ def evaluation_config(
     tree = run_cfg.to_dict()
     source = runs.CONFIG
     if config is not None:
-        other = read_yaml(Path(config))
+        other = read_yaml(find_config(config))
         tree["evaluation"] = other.get("evaluation", {})
         source = f"{config} (evaluation section)"
     for text in overrides:
@@ -151,15 +159,13 @@ def load_run_data(
                 f"{run_dir}: missing {name}; evaluation needs the files training saves"
             )
     try:
-        manifest = Manifest.load(run_dir / runs.MANIFEST)
-        split = Split.from_dict(json.loads((run_dir / runs.SPLIT).read_text(encoding="utf-8")))
+        manifest, split, where = read_run_data(
+            run_dir, predictor.cfg.data, data_root=data_root, env=env
+        )
     except (ValueError, TypeError, KeyError) as exc:
         raise EvaluationError(
             f"{run_dir}: unreadable {runs.SPLIT} or {runs.MANIFEST}: {exc}"
         ) from None
-    manifest, split, where = locate_corpus(
-        manifest, split, predictor.cfg.data, data_root=data_root, env=env
-    )
     log(f"data: {where}")
     try:
         data = prepare_data(
@@ -252,8 +258,12 @@ def _score_baseline(
 def _check_no_test_speaker_fits(
     cfg: Config, train: Examples, test: Examples, val: Examples | None
 ) -> None:
-    """The guard the whole design rests on: no test speaker among the fitting rows."""
-    if not test.rows or cfg.split.method == "random":
+    """The guard the whole design rests on: no test speaker among the fitting rows.
+
+    Not for methods that may be speaker-dependent by design (``random``; ``folders`` when
+    speakers are unknown or in both folders: ``check_speaker_independent`` checks a saved
+    split that says it is speaker-independent)."""
+    if not test.rows or cfg.split.method in SPEAKER_DEPENDENT_METHODS:
         return
     fitting = set(train.speakers) | (set(val.speakers) if val is not None else set())
     if shared := sorted(set(test.speakers) & fitting):
@@ -272,10 +282,12 @@ def evaluate_baselines(
     grid: bool | None = None,
     allowed: Sequence[int] | None = None,
     num_classes: int | None = None,
+    progress: bool = True,
     log: Log = print,
 ) -> list[ModelResult]:
     """Fit each baseline on ``train`` (and, with a grid and one training speaker,
-    search on ``val``) and score it on ``test``.
+    search on ``val``) and score it on ``test``, with a progress bar on a terminal
+    (unless ``progress`` is false).
 
     ``labels`` name ``test.targets``; ``train.targets`` index the run's labels
     (``num_classes`` of them, default ``len(labels)``); ``allowed`` restricts the
@@ -290,41 +302,45 @@ def evaluate_baselines(
     groups = np.array([r.speaker for r in train.rows])
     _check_no_test_speaker_fits(cfg, train, test, val)
     results = []
-    for name in names:
-        params = params_of(ev, name)
-        features = features_for(name, cfg, run_features)
-        use_val = val is not None and grid and bool(val.rows)
-        # One matrix call, so features still to extract (seed recipe) go in one batch.
-        x_all = features.matrix(train.rows + test.rows + (val.rows if use_val else []))
-        x_train, x_test = (
-            x_all[: len(train.rows)],
-            x_all[len(train.rows) : len(train.rows) + len(test.rows)],
-        )
-        x_val = x_all[len(train.rows) + len(test.rows) :] if use_val else None
-        y_val = val.targets if x_val is not None else None
-        fit = fit_baseline(
-            name,
-            params,
-            x_train,
-            train.targets,
-            groups,
-            seed=cfg.seed,
-            grid=grid,
-            grid_folds=ev.grid_folds,
-            n_jobs=ev.n_jobs,
-            x_val=x_val,
-            y_val=y_val,
-            log=log,
-        )
-        result = _score_baseline(
-            fit, features.description, x_test, test, labels, num_classes, allowed
-        )
-        results.append(result)
-        metrics = result.metrics
-        log(
-            f"baseline {name}: UA {metrics['ua']:.3f}  WA {metrics['wa']:.3f}  "
-            f"macro-F1 {metrics['macro_f1']:.3f}  ({fit.seconds:.1f} s)"
-        )
+    with progress_bar(len(names), "baselines", "model", enabled=progress) as bar:
+        log = above_bar(bar, log)
+        for name in names:
+            bar.set_postfix_str(name)
+            params = params_of(ev, name)
+            features = features_for(name, cfg, run_features)
+            use_val = val is not None and grid and bool(val.rows)
+            # One matrix call, so features still to extract (seed recipe) go in one batch.
+            x_all = features.matrix(train.rows + test.rows + (val.rows if use_val else []))
+            x_train, x_test = (
+                x_all[: len(train.rows)],
+                x_all[len(train.rows) : len(train.rows) + len(test.rows)],
+            )
+            x_val = x_all[len(train.rows) + len(test.rows) :] if use_val else None
+            y_val = val.targets if x_val is not None else None
+            fit = fit_baseline(
+                name,
+                params,
+                x_train,
+                train.targets,
+                groups,
+                seed=cfg.seed,
+                grid=grid,
+                grid_folds=ev.grid_folds,
+                n_jobs=ev.n_jobs,
+                x_val=x_val,
+                y_val=y_val,
+                log=log,
+            )
+            result = _score_baseline(
+                fit, features.description, x_test, test, labels, num_classes, allowed
+            )
+            results.append(result)
+            metrics = result.metrics
+            log(
+                f"baseline {name}: UA {metrics['ua']:.3f}  WA {metrics['wa']:.3f}  "
+                f"macro-F1 {metrics['macro_f1']:.3f}  ({fit.seconds:.1f} s)"
+            )
+            bar.update()
     return results
 
 
@@ -431,12 +447,13 @@ def finish_report(
     cfg: Config,
     *,
     write: bool,
-    history: Path | None,
+    histories: Sequence[Path],
     tensorboard_dir: Path | None,
     log: Log,
 ) -> dict[str, Any]:
     """Write the report's files into ``out_dir`` (unless ``write`` is false), its scalars
-    to TensorBoard, and log the ranking table; returns the report."""
+    to TensorBoard, and log the ranking table and the files written (``histories``: the
+    run's ``history.csv`` files, for the training curves); returns the report."""
     from ser import reports
 
     if write:
@@ -445,7 +462,7 @@ def finish_report(
         report["files"] = reports.write_report(
             report,
             out_dir,
-            history=history,
+            histories=histories,
             plots=cfg.evaluation.plots,
             predictions=(header, rows),
         )
@@ -455,7 +472,8 @@ def finish_report(
         (out_dir / runs.REPORT_JSON).write_text(json.dumps(report, indent=2), encoding="utf-8")
     log(reports.format_table(report))
     if write:
-        log(f"report: {out_dir / runs.REPORT_MD} (and {runs.REPORT_JSON}, PNG plots)")
+        for line in reports.describe_files(out_dir, report["files"]):
+            log(line)
     return report
 
 
@@ -535,7 +553,7 @@ def evaluate_run(
         results,
         cfg,
         write=write,
-        history=predictor.run_dir / runs.HISTORY,
+        histories=runs.history_files(predictor.run_dir),
         tensorboard_dir=Path(report["log_dir"]) / "evaluation",
         log=log,
     )

@@ -4,8 +4,9 @@ Both take the model's own input: normalised features, ``[batch, frames, D]`` for
 sequence models (zero frames at the end are padding and are masked) or
 ``[batch, D]`` for pooled ones, and return probabilities ``[batch, num_classes]``.
 The SavedModel keeps free batch and frame axes. TFLite needs static shapes, so its
-input is one window, ``[1, max_frames, D]``: shorter clips are zero-padded to it,
-longer ones cut into windows (``ExportedModel`` does both).
+input is one window, ``[1, max_frames, D]``, for a sequence model (shorter clips are
+zero-padded to it, longer ones cut into windows: ``ExportedModel`` does both) and one
+vector, ``[1, D]``, for a pooled one.
 
 Next to the model the export writes what a consumer needs to build that input:
 ``labels.json``, ``normaliser.json``, ``run.yaml`` (features config) and

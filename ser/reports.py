@@ -88,14 +88,17 @@ def _speaker_list(speakers: Sequence[str]) -> str:
     return ", ".join(speakers) if speakers else "none"
 
 
-def render_markdown(report: dict[str, Any], images: Sequence[str] = ()) -> str:
-    """``report.md``: protocol, ranking, per-corpus and per-class tables, plots."""
+def render_markdown(
+    report: dict[str, Any], images: Sequence[str] = (), skipped: dict[str, str] | None = None
+) -> str:
+    """``report.md``: protocol, ranking, per-corpus and per-class tables, plots (and
+    ``skipped``: plots not drawn, each with the reason)."""
     models = report["models"]
     out = _title_lines(report) + _protocol_facts(report) + _ranking_section(report)
     out += _per_corpus_section(report)
     out += _per_class_sections(report)
     out += _confusion_section(report)
-    out += _plots_section(images)
+    out += _plots_section(images, skipped or {})
     out += _baseline_settings_section([m for m in models if m["kind"] == "baseline"])
     out += _notes_section(models)
     return "\n".join(out) + "\n"
@@ -254,10 +257,15 @@ def _confusion_section(report: dict[str, Any]) -> list[str]:
     )
 
 
-def _plots_section(images: Sequence[str]) -> list[str]:
-    if not images:
+def _plots_section(images: Sequence[str], skipped: dict[str, str]) -> list[str]:
+    if not images and not skipped:
         return []
-    return ["", "## Plots", ""] + [f"![{Path(name).stem}]({name})" for name in images]
+    out = ["", "## Plots", ""] + [f"![{Path(name).stem}]({name})" for name in images]
+    if skipped:
+        out += ([""] if images else []) + [
+            f"- {name} not drawn: {why}" for name, why in skipped.items()
+        ]
+    return out
 
 
 def _baseline_settings_section(baselines: Sequence[dict[str, Any]]) -> list[str]:
@@ -296,8 +304,21 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
+def text_colour_on(rgb: Sequence[float]) -> str:
+    """``"white"`` or ``"black"``: the text colour that reads best on a cell of colour
+    ``rgb`` (0-1 sRGB), by the colour's relative luminance (WCAG 2): white below 0.179,
+    where both give the same contrast."""
+
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(float(c)) for c in rgb[:3])
+    return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.179 else "black"
+
+
 def confusion_figure(confusion: Sequence[Sequence[int]], labels: Sequence[str], title: str):
-    """Row-normalised confusion matrix (recall on the diagonal), counts in the cells."""
+    """Row-normalised confusion matrix (recall on the diagonal), counts in the cells,
+    each cell's text white or black by the luminance of its colour."""
     cm = np.asarray(confusion, np.float64)
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     size = 1.6 + 0.55 * len(labels)
@@ -318,23 +339,44 @@ def confusion_figure(confusion: Sequence[Sequence[int]], labels: Sequence[str], 
                 ha="center",
                 va="center",
                 fontsize=6,
-                color="white" if norm[i, j] < 0.6 else "black",
+                color=text_colour_on(image.cmap(image.norm(norm[i, j]))),
             )
     fig.colorbar(image, ax=ax, label="fraction of the true class")
     return fig
 
 
 def recall_figure(models: Sequence[dict[str, Any]], labels: Sequence[str], title: str):
-    """Grouped bars: recall of every class for every model."""
+    """Grouped bars: recall of every class for every model, each bar labelled with its
+    value, and a dashed line at chance (1 / classes)."""
     fig = _figure(max(7.0, 0.9 * len(labels) + 3.5), 4.0)
     ax = fig.add_subplot()
     width = 0.8 / len(models)
     x = np.arange(len(labels))
     for k, m in enumerate(models):
-        values = [m["per_class"][label]["recall"] or 0.0 for label in labels]
-        ax.bar(x + (k - (len(models) - 1) / 2) * width, values, width, label=_names([m])[0])
+        recalls = [m["per_class"][label]["recall"] for label in labels]
+        bars = ax.bar(
+            x + (k - (len(models) - 1) / 2) * width,
+            [r or 0.0 for r in recalls],
+            width,
+            label=_names([m])[0],
+        )
+        ax.bar_label(
+            bars,
+            labels=["n/a" if r is None else f"{r:.2f}" for r in recalls],
+            fontsize=6 if len(models) > 2 else 7,
+            rotation=90 if len(models) > 2 else 0,
+            padding=1,
+        )
+    chance = 1 / len(labels)
+    ax.axhline(
+        chance,
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label=f"chance (1/{len(labels)} = {chance:.2f})",
+    )
     ax.set_xticks(x, labels, rotation=30, ha="right")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.12)
     ax.set_ylabel("recall")
     ax.set_title(title, fontsize=9)
     fig.legend(loc="outside right upper", fontsize=7)
@@ -352,26 +394,44 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return {key: [float(r[key]) for r in rows if r.get(key) not in (None, "")] for key in rows[0]}
 
 
-def curves_figure(history: dict[str, list[float]], best_epoch: int | None, title: str):
-    """Loss and accuracy / validation UA per epoch, best epoch marked."""
-    epochs = [e + 1 for e in history.get("epoch", range(len(next(iter(history.values())))))]
+def _epochs_of(history: dict[str, list[float]]) -> list[int]:
+    """1-based epoch numbers of a history's rows."""
+    return [int(e) + 1 for e in history.get("epoch", range(len(next(iter(history.values())))))]
+
+
+def curves_figure(
+    histories: Sequence[dict[str, list[float]]], best_epoch: int | list[int] | None, title: str
+):
+    """Loss and accuracy / validation UA per epoch, best epoch marked. Several
+    histories (a seed ensemble's members) give one line per member and key, labelled
+    ``member k``, and each member's best epoch is marked."""
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(9, 3.5)
+    fig = _figure(9, 3.5 if len(histories) == 1 else 4.5)
     left, right = fig.subplots(1, 2)
-    for key in ("loss", "val_loss"):
-        if key in history:
-            left.plot(epochs[: len(history[key])], history[key], label=key)
-    for key in ("accuracy", "val_accuracy", "val_ua"):
-        if key in history:
-            right.plot(epochs[: len(history[key])], history[key], label=key)
+    for k, history in enumerate(histories):
+        prefix = "" if len(histories) == 1 else f"member {k} "
+        epochs = _epochs_of(history)
+        for ax, keys in (
+            (left, ("loss", "val_loss")),
+            (right, ("accuracy", "val_accuracy", "val_ua")),
+        ):
+            for key in keys:
+                if key in history:
+                    # A single epoch is a point, which a line alone would not show.
+                    marker = "o" if len(history[key]) == 1 else None
+                    ax.plot(
+                        epochs[: len(history[key])], history[key], marker=marker, label=prefix + key
+                    )
+    bests = best_epoch if isinstance(best_epoch, list) else [best_epoch] if best_epoch else []
     for ax, name in ((left, "loss"), (right, "accuracy / UA")):
-        if best_epoch:
-            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+        for k, epoch in enumerate(bests):
+            member = "" if len(bests) == 1 else f" (member {k})"
+            ax.axvline(epoch, color="grey", linestyle=":", label=f"best epoch {epoch}{member}")
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(name)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7 if len(histories) == 1 else 5)
     fig.suptitle(title, fontsize=9)
     return fig
 
@@ -381,8 +441,28 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def write_plots(report: dict[str, Any], out_dir: Path, history: Path | None = None) -> list[str]:
-    """PNG files in ``out_dir``; returns their names."""
+def _curves_or_reason(
+    report: dict[str, Any], histories: Sequence[Path]
+) -> tuple[list[dict[str, list[float]]], str | None]:
+    """The training histories to draw, or why there are none for this report."""
+    if report.get("kind") == "cross-corpus":
+        return [], "a cross-corpus evaluation: the training curves are in the run's own report"
+    if not histories:
+        return [], f"the run has no {runs.HISTORY} (nor members/<k>/{runs.HISTORY})"
+    curves = [read_history(path) for path in histories]
+    if empty := [str(path) for path, c in zip(histories, curves, strict=True) if not c]:
+        return [], f"no epochs recorded in {', '.join(empty)}"
+    return curves, None
+
+
+def write_plots(
+    report: dict[str, Any], out_dir: Path, histories: Sequence[Path] = ()
+) -> tuple[list[str], dict[str, str]]:
+    """The report's PNG plots in ``out_dir``: (names written, {name: why not drawn}).
+
+    ``histories``: the run's ``history.csv`` files (``runs.history_files``), one per
+    ensemble member, for ``training_curves.png``.
+    """
     models = report["models"]
     keras = _keras_model(report)
     kind = kind_of(report["protocol"])
@@ -393,23 +473,20 @@ def write_plots(report: dict[str, Any], out_dir: Path, history: Path | None = No
                 report["labels"],
                 f"{report['run']}: {keras['name']}, test split ({kind}), rows normalised",
             ),
-            out_dir / "confusion.png",
+            out_dir / runs.CONFUSION_PLOT,
         ),
         _save(
             recall_figure(models, report["labels"], f"recall per class, test split ({kind})"),
-            out_dir / "per_class_recall.png",
+            out_dir / runs.RECALL_PLOT,
         ),
     ]
-    curves = read_history(history) if history is not None else {}
-    if curves:
-        title = f"{report['run']}: training curves (history.csv)"
-        names.append(
-            _save(
-                curves_figure(curves, report["model"].get("best_epoch"), title),
-                out_dir / "training_curves.png",
-            )
-        )
-    return names
+    curves, reason = _curves_or_reason(report, histories)
+    if reason is not None:
+        return names, {runs.CURVES_PLOT: reason}
+    members = "" if len(curves) == 1 else f", {len(curves)} ensemble members"
+    title = f"{report['run']}: training curves ({runs.HISTORY}{members})"
+    fig = curves_figure(curves, report["model"].get("best_epoch"), title)
+    return names + [_save(fig, out_dir / runs.CURVES_PLOT)], {}
 
 
 def write_predictions(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -419,25 +496,56 @@ def write_predictions(path: Path, header: Sequence[str], rows: Sequence[Sequence
         writer.writerows(rows)
 
 
+PLOTS_OFF = "evaluation.plots is false"
+
+
 def write_report(
     report: dict[str, Any],
     out_dir: Path,
     *,
-    history: Path | None = None,
+    histories: Sequence[Path] = (),
     plots: bool = True,
     predictions: tuple[Sequence[str], Sequence[Sequence[Any]]] | None = None,
 ) -> dict[str, Any]:
-    """``report.md``, ``report.json``, PNG plots and ``predictions.csv`` in ``out_dir``."""
+    """``report.md``, ``report.json``, PNG plots and ``predictions.csv`` in ``out_dir``.
+
+    Returns (and stores as ``report["files"]``) what was written: ``markdown``,
+    ``json``, ``predictions`` (when given) and ``plots`` (names), with
+    ``plots_skipped``: each plot not drawn and why. ``written_files`` lists them.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    images = write_plots(report, out_dir, history) if plots else []
-    files: dict[str, Any] = {"markdown": runs.REPORT_MD, "json": runs.REPORT_JSON, "plots": images}
+    if plots:
+        images, skipped = write_plots(report, out_dir, histories)
+    else:
+        images, skipped = [], dict.fromkeys(runs.PLOTS, PLOTS_OFF)
+    files: dict[str, Any] = {"markdown": runs.REPORT_MD, "json": runs.REPORT_JSON}
     if predictions is not None:
         write_predictions(out_dir / runs.PREDICTIONS, *predictions)
         files["predictions"] = runs.PREDICTIONS
+    files |= {"plots": images, "plots_skipped": skipped}
     report["files"] = files
-    (out_dir / runs.REPORT_MD).write_text(render_markdown(report, images), encoding="utf-8")
+    markdown = render_markdown(report, images, skipped)
+    (out_dir / runs.REPORT_MD).write_text(markdown, encoding="utf-8")
     (out_dir / runs.REPORT_JSON).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return files
+
+
+def written_files(files: dict[str, Any]) -> list[str]:
+    """The names of the files a ``write_report`` result says it wrote, in order."""
+    names = [files[key] for key in ("markdown", "json", "predictions") if key in files]
+    return names + list(files.get("plots", []))
+
+
+def describe_files(out_dir: Path, files: dict[str, Any]) -> list[str]:
+    """Lines for the user: where the report is, every other file written, and each plot
+    not drawn with the reason (plots skipped for one reason share a line)."""
+    others = [name for name in written_files(files) if name != files["markdown"]]
+    lines = [f"report: {out_dir / files['markdown']} (also wrote {', '.join(others)})"]
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in files.get("plots_skipped", {}).items():
+        by_reason.setdefault(reason, []).append(name)
+    lines += [f"not drawn: {', '.join(names)} ({reason})" for reason, names in by_reason.items()]
+    return lines
 
 
 # --------------------------------------------------------------- TensorBoard

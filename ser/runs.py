@@ -23,7 +23,9 @@ export and serving, and the only module that spells its file names.
     members/<k>/         a seed ensemble's member runs (``model.ensemble`` > 1),
                          each with its own model.keras, history.csv, member.json
 
-``evaluate.py`` adds ``report.md``, ``report.json``, ``predictions.csv`` and PNG plots,
+``evaluate.py`` adds ``report.md``, ``report.json``, ``predictions.csv`` and the PNG
+plots ``confusion.png``, ``per_class_recall.png`` and ``training_curves.png`` (those
+drawn are listed in report.json's ``files``, those not drawn with the reason),
 and ``cross_corpus/<corpus>/`` for a corpus the run never saw. ``checkpoints/best`` is
 a relative symlink to the newest finished run. TensorBoard logs live apart, in
 ``experiments/<run>/``.
@@ -57,6 +59,10 @@ MEMBER_DONE = "member.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 PREDICTIONS = "predictions.csv"
+CONFUSION_PLOT = "confusion.png"
+RECALL_PLOT = "per_class_recall.png"
+CURVES_PLOT = "training_curves.png"
+PLOTS = (CONFUSION_PLOT, RECALL_PLOT, CURVES_PLOT)
 CROSS_CORPUS = "cross_corpus"
 BEST_LINK = "best"
 # What inference needs; the other files serve evaluation, resuming and provenance.
@@ -83,7 +89,8 @@ def check_run_dir(run_dir: str | os.PathLike[str]) -> Path:
     """The resolved run directory, or ``RunDirError`` naming what is missing."""
     path = Path(run_dir)
     if not path.exists():
-        raise RunDirError(f"{path}: no such run directory")
+        where = "" if path.is_absolute() else f" (relative to the current folder, {Path.cwd()})"
+        raise RunDirError(f"{path}: no such run directory{where}")
     if not path.is_dir():
         raise RunDirError(f"{path}: not a directory; pass a run directory such as checkpoints/best")
     missing = [name for name in REQUIRED if not (path / name).is_file()]
@@ -117,6 +124,15 @@ def candidate_epoch(path: Path) -> int:
 def member_dir(run_dir: Path, member: int, members: int) -> Path:
     """Where ensemble member ``member`` trains: the run itself for a single model."""
     return run_dir if members == 1 else run_dir / MEMBERS / str(member)
+
+
+def history_files(run_dir: Path) -> list[Path]:
+    """The run's ``history.csv`` files: its own, or each ensemble member's in member
+    order; empty when training wrote none."""
+    if (run_dir / HISTORY).is_file():
+        return [run_dir / HISTORY]
+    members = [p for p in (run_dir / MEMBERS).glob(f"*/{HISTORY}") if p.parent.name.isdigit()]
+    return sorted(members, key=lambda p: int(p.parent.name))
 
 
 def read_json(path: Path) -> Any:

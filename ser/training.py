@@ -24,7 +24,7 @@ import tensorflow as tf
 from ser import runs
 from ser.config import Config, load_config, save_config
 from ser.data.pipeline import Normaliser, make_dataset
-from ser.data.prepare import PreparedData, prepare_data
+from ser.data.prepare import PreparedData, prepare_data, read_saved_split, save_run_data
 from ser.data.splits import PARTS, Split
 from ser.metrics import (
     classification_metrics,
@@ -352,7 +352,7 @@ def _open_run(
     if not (run_dir / runs.CONFIG).is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no {runs.CONFIG}) to resume")
     cfg = load_config(run_dir / runs.CONFIG, env={})
-    saved_split = Split.from_dict(json.loads((run_dir / runs.SPLIT).read_text()))
+    saved_split = read_saved_split(run_dir, cfg.data)
     log(f"resuming {run_dir}")
     return cfg, run_dir, run_dir.parent, saved_split
 
@@ -361,10 +361,9 @@ def _save_run_inputs(cfg: Config, run_dir: Path, data: PreparedData) -> Normalis
     """Write what inference and evaluation need before fitting; returns the normaliser."""
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / runs.CONFIG)
-    runs.write_json(run_dir / runs.SPLIT, data.split.to_dict())
+    save_run_data(run_dir, data.manifest, data.split, cfg.data)
     runs.write_json(run_dir / runs.LABELS, data.labels)
     runs.write_json(run_dir / runs.VERSIONS, runs.versions())
-    data.manifest.save(run_dir / runs.MANIFEST)
     normaliser = Normaliser.fit(data.inputs["train"])
     normaliser.save(run_dir / runs.NORMALISER)
     if data.speaker_prior is not None:

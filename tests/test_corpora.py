@@ -357,6 +357,33 @@ def test_counts_and_hours():
     assert m.hours == pytest.approx(1.0)
 
 
+# -------------------------------------------------------------------- symlinks
+def test_a_symlinked_corpus_folder_and_symlinked_subfolders_are_read(tmp_path):
+    real = make_ravdess(tmp_path / "elsewhere", actors=(1, 2))
+    root = tmp_path / "data"
+    (root / "ravdess").mkdir(parents=True)
+    # Actor_01 linked in from elsewhere, Actor_02 as a real folder beside it.
+    (root / "ravdess" / "Actor_01").symlink_to(tmp_path / "elsewhere" / "ravdess" / "Actor_01")
+    make_ravdess(root, actors=(2,))
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "ravdess").symlink_to(root / "ravdess")  # the corpus folder itself a link
+    for where in (root, linked):
+        m = manifest(where, corpora=["ravdess"])
+        assert len(m.rows) == len(real) == 30 and not m.skipped
+        assert {r.speaker for r in m.rows} == {"ravdess:01", "ravdess:02"}
+        assert all(r.path.startswith(str(where / "ravdess")) for r in m.rows)
+
+
+def test_symlink_loops_are_walked_once(tmp_path):
+    paths = make_custom(tmp_path, ["a/one_happy.wav", "b/two_sad.wav"])
+    (tmp_path / "custom" / "a" / "up").symlink_to(tmp_path / "custom")  # loop to the top
+    (tmp_path / "custom" / "b" / "again").symlink_to(tmp_path / "custom" / "b")  # to itself
+    (tmp_path / "custom" / "c").symlink_to(tmp_path / "custom" / "a")  # a second way in
+    m = manifest(tmp_path, corpora=["custom"])
+    assert sorted(r.path for r in m.rows) == [str(p) for p in paths]
+
+
 # -------------------------------------------------------------------- real data
 @pytest.mark.corpus
 def test_real_corpora_counts():
@@ -388,3 +415,15 @@ def test_real_corpora_counts():
     assert sorted(s for s in speakers if s.startswith("tess:")) == ["tess:OAF", "tess:YAF"]
     assert len([s for s in speakers if s.startswith("emodb:")]) == 10
     assert None not in set(m.counts("gender"))
+
+
+@pytest.mark.corpus
+def test_a_symlink_to_a_real_corpus_reads_as_many_rows_as_the_real_path(tmp_path):
+    root = os.environ.get(DATA_ROOT_ENV)
+    if not root or not (Path(root) / "ravdess").is_dir():
+        pytest.skip(f"set {DATA_ROOT_ENV} to the folder holding ravdess/")
+    (tmp_path / "ravdess").symlink_to(Path(root).absolute() / "ravdess")
+    direct = build_manifest(DataConfig(root=root, corpora=["ravdess"]), log=lambda _: None)
+    linked = build_manifest(DataConfig(root=str(tmp_path), corpora=["ravdess"]), log=lambda _: None)
+    assert len(linked.rows) == len(direct.rows) == 1200
+    assert linked.counts() == direct.counts()

@@ -96,6 +96,19 @@ def test_folders_keep_their_layout_and_non_audio_is_ignored(tmp_path):
     assert report.ignored == 1 and report.failed == []
 
 
+def test_symlinked_sub_folders_are_converted_once(tmp_path):
+    write_tone(tmp_path / "elsewhere" / "carol" / "c.wav")
+    src = tmp_path / "phone"
+    write_tone(src / "alice" / "a.flac")
+    (src / "carol").symlink_to(tmp_path / "elsewhere" / "carol")
+    (src / "alice" / "loop").symlink_to(src)  # a link back up is not walked again
+    report, _ = run([src], tmp_path / "out")
+    converted = sorted(
+        Path(o).relative_to(tmp_path / "out").as_posix() for _, o in report.converted
+    )
+    assert converted == ["alice/a.wav", "carol/c.wav"] and report.failed == []
+
+
 def test_second_run_skips_converted_files_and_redoes_changed_ones(tmp_path):
     a = write_tone(tmp_path / "in" / "a.flac", sr=48000)
     b = write_tone(tmp_path / "in" / "b.flac", sr=48000)

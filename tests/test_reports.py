@@ -108,12 +108,15 @@ def test_plots_are_png_files(tmp_path):
         "1,0.5,1.5,0.4,1.6,0.35\n2,0.6,1.2,0.45,1.5,0.4\n"
     )
     report["model"]["best_epoch"] = 3
-    names = reports.write_plots(report, tmp_path, history)
+    names, skipped = reports.write_plots(report, tmp_path, [history])
     assert names == ["confusion.png", "per_class_recall.png", "training_curves.png"]
+    assert skipped == {}
     for name in names:
         data = (tmp_path / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 5000
-    assert reports.write_plots(report, tmp_path / ".", None) == names[:2]
+    names_without, skipped = reports.write_plots(report, tmp_path / ".", [])
+    assert names_without == names[:2]
+    assert "training_curves.png" in skipped and "history.csv" in skipped["training_curves.png"]
 
 
 def test_results_page_states_command_protocol_and_gap():
@@ -621,6 +624,17 @@ Generated 2026-01-01 00:00:00 +0000, commit `abcdef123456`, x86_64, 2 CPU, 2.0 h
 
 </details>
 """[1:]
+
+
+def test_a_cross_corpus_report_says_why_it_has_no_training_curves(tmp_path):
+    report = evaluation_report(cross_corpus=True)
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,loss\n0,1.5\n")
+    names, skipped = reports.write_plots(report, tmp_path, [history])
+    assert names == ["confusion.png", "per_class_recall.png"]
+    assert "cross-corpus" in skipped["training_curves.png"]
+    markdown = reports.render_markdown(report, names, skipped)
+    assert "- training_curves.png not drawn: a cross-corpus evaluation" in markdown
 
 
 def test_report_markdown_is_unchanged_section_by_section():

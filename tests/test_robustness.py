@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from ser.config import load_config
-from ser.data.corpora import Manifest, build_manifest
+from ser.data.corpora import build_manifest
+from ser.data.prepare import read_run_data
 from ser.features.cache import extract_all
 from tests.support import ROOT
 from tests.support.badinputs import (
@@ -129,7 +130,8 @@ def test_training_skips_bad_files_counts_them_and_finishes(custom_corpus, tmp_pa
     from ser.training import train
 
     root, paths = custom_corpus
-    summary = train(config(root, tmp_path))
+    cfg = config(root, tmp_path)
+    summary = train(cfg)
     out = capsys.readouterr().out
     files_only = [c for c in CASES if c != "directory named like a file"]
     bad = [c for c in files_only if not expected_usable(c)] + list(NAME_CASES)
@@ -137,7 +139,7 @@ def test_training_skips_bad_files_counts_them_and_finishes(custom_corpus, tmp_pa
     counted = files["skipped_unreadable"] + files["failed_extraction"]
     assert counted == len(bad)
     assert np.isfinite(summary["test"]["ua"])
-    manifest = Manifest.load(Path(summary["run_dir"]) / "manifest.jsonl")
+    manifest, _, _ = read_run_data(Path(summary["run_dir"]), cfg.data, env={})
     prefix = "warning: skipped "  # extraction failures, named as the manifest names them
     lines = [line for line in out.splitlines() if line.startswith(prefix)]
     failed = {line[len(prefix) :].split(": ")[0] for line in lines}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -99,12 +100,23 @@ def test_docs_and_openapi_describe_every_route(client):
     assert {"voiced", "flat", "rms_db"} <= set(prediction)
 
 
+def test_docs_pages_load_their_scripts_from_this_server(client):
+    # Offline, a docs page that loads Swagger UI or ReDoc from a CDN is blank.
+    for page, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = client.get(page).text
+        sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert any(s.endswith(script) for s in sources), page
+        for source in sources:
+            assert source.startswith("/"), f"{page} loads {source} from elsewhere"
+            assert client.get(source).status_code == 200, f"{page}: {source}"
+
+
 def test_page_and_its_scripts_are_served_with_a_strict_policy(client):
     r = client.get("/")
     assert r.status_code == 200 and "text/html" in r.headers["content-type"]
     assert "/static/app.js" in r.text and 'id="timeline"' in r.text
     assert "script-src 'self'" in r.headers["content-security-policy"]
-    for name in ("app.js", "pcm-worklet.js", "style.css"):
+    for name in ("app.js", "pcm-worklet.js", "style.css", "favicon.svg"):
         assert client.get(f"/static/{name}").status_code == 200, name
     assert client.get("/static/../app.py").status_code == 404
 

@@ -183,14 +183,18 @@ def run_add_custom(args: argparse.Namespace) -> int:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from ser.config import load_config
+    from ser.config import DATA_ROOT_ENV, load_config
     from ser.datatools.summary import format_summary, summarise, write_summary
 
     cfg = load_config(args.config, args.overrides)
     summary = summarise(cfg.data)
     print(format_summary(summary), end="")
     if not summary.rows:
-        _error(f"no usable recordings under {Path(cfg.data.root).resolve()}")
+        _error(
+            f"no usable recordings under {Path(cfg.data.root).resolve()} (data.root "
+            f"{cfg.data.root!r}; a relative root is taken from the current folder): set "
+            f"{DATA_ROOT_ENV} or --set data.root=DIR"
+        )
         return 1
     for path in write_summary(summary, args.out, plots=not args.no_plots):
         print(f"wrote {path}")

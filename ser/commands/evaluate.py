@@ -8,8 +8,8 @@ import os
 import shlex
 from pathlib import Path
 
-from ser.cli import DEFAULT_CONFIG
-from ser.config import DATA_ROOT_ENV
+from ser.cli import add_tensorflow_args
+from ser.config import CONFIG_LOOKUP_HELP, DATA_ROOT_ENV, DEFAULT_CONFIG_NAME, default_config_path
 
 EXAMPLES = """examples:
   python evaluate.py checkpoints/best                     report.md/json + plots in the run folder
@@ -42,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="YAML",
         help="with RUN_DIR: use this file's evaluation section; with --cv: a config to "
-        f"cross-validate (repeatable; default {DEFAULT_CONFIG})",
+        f"cross-validate (repeatable; default: the shipped {DEFAULT_CONFIG_NAME}); "
+        + CONFIG_LOOKUP_HELP,
     )
     p.add_argument(
         "--set",
@@ -70,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--data-root",
         metavar="DIR",
         help="folder holding the corpus folders, if they moved since training "
-        "(default: where training read them, else $SER_DATA_ROOT)",
+        "(default: $SER_DATA_ROOT, else the run's data.root, whichever holds the run's files)",
     )
     p.add_argument(
         "--cv", action="store_true", help="speaker-grouped cross-validation (see evaluation.cv)"
@@ -92,6 +93,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MARKDOWN",
         help="--cv: also write the results page, e.g. docs/results/defaults.md",
     )
+    add_tensorflow_args(p)
     p.set_defaults(func=run)
 
 
@@ -140,7 +142,7 @@ def _cross_validate(args: argparse.Namespace) -> int:
             raise RuntimeError("--cv takes either RUN_DIR (its config) or --config, not both")
         cfgs = [load_config(check_run_dir(args.run_dir) / CONFIG, overrides)]
     else:
-        cfgs = [load_config(path, overrides) for path in (args.config or [DEFAULT_CONFIG])]
+        cfgs = [load_config(path, overrides) for path in (args.config or [default_config_path()])]
     result = cross_validate(
         cfgs,
         keras=not args.no_keras,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ser.cli import add_tensorflow_args
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/export/FORMAT)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    add_tensorflow_args(p)
     p.set_defaults(func=run)
 
 

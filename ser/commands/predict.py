@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ser.cli import add_tensorflow_args
+
 AUDIO_SUFFIXES = {
     ".wav",
     ".flac",
@@ -55,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "far, in the order given, as an HTTP session does; otherwise each clip is normalised "
         "by the average training speaker; clips without speech are not counted",
     )
+    add_tensorflow_args(p)
     p.set_defaults(func=run)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ser.cli import add_tensorflow_args
 from ser.commands.predict import DEFAULT_RUN, format_table
 
 
@@ -30,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save", metavar="FILE.wav", help="also write the recording to this file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    add_tensorflow_args(p)
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ser.cli import add_tensorflow_args
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -46,6 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    add_tensorflow_args(p)
     p.set_defaults(func=run)
 
 

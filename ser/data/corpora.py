@@ -19,7 +19,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -105,11 +105,17 @@ class Excluded:
 
 @dataclass
 class Manifest:
-    """Rows kept, files skipped, and counts of rows dropped by label or option."""
+    """Rows kept, files skipped, and counts of rows dropped by label or option.
+
+    ``data_root`` is set when the paths are relative to a data root (a run's saved
+    manifest, see ``ser.data.prepare.save_run_data``): the absolute root they were
+    relative to when saved, for information; ``None`` when the paths are absolute.
+    """
 
     rows: list[Utterance]
     skipped: list[Skipped] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
+    data_root: str | None = None
 
     @property
     def hours(self) -> float:
@@ -129,9 +135,11 @@ class Manifest:
         return [asdict(r) for r in self.rows]
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """JSON lines: a header line (format, dropped, skipped), then one row per line."""
+        """JSON lines: a header line (format, data root, dropped, skipped), then one row
+        per line."""
         header = {
             "format": MANIFEST_FORMAT,
+            "data_root": self.data_root,
             "dropped": self.dropped,
             "skipped": [asdict(s) for s in self.skipped],
         }
@@ -148,6 +156,7 @@ class Manifest:
             rows=[Utterance(**json.loads(line)) for line in lines[1:] if line.strip()],
             skipped=[Skipped(**s) for s in header["skipped"]],
             dropped=dict(header["dropped"]),
+            data_root=header.get("data_root"),
         )
 
 
@@ -175,9 +184,21 @@ def _hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    """All visible files under ``folder`` (names sorted within each directory)."""
-    for top, dirs, files in os.walk(folder):
+def walk_files(folder: Path) -> Iterator[Path]:
+    """All visible files under ``folder`` (names sorted within each directory).
+
+    Symlinked folders are followed (a corpus kept elsewhere and linked in, e.g.
+    ``data/ravdess -> /mnt/corpora/ravdess`` or ``Actor_01 -> ...``); a folder whose
+    real path was already visited (a link loop, or two links to one place) is walked
+    once, so no file is listed twice.
+    """
+    visited: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
         dirs[:] = sorted(d for d in dirs if not _hidden(d))
         for name in sorted(files):
             if not _hidden(name):
@@ -186,7 +207,7 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 def audio_files(folder: Path) -> list[Path]:
     """Files under ``folder`` with an audio extension (any case), sorted by path."""
-    return sorted(p for p in _walk(folder) if p.suffix.lower() in AUDIO_EXTENSIONS)
+    return sorted(p for p in walk_files(folder) if p.suffix.lower() in AUDIO_EXTENSIONS)
 
 
 def _utterance(
@@ -353,7 +374,8 @@ def read_custom(folder: Path, options: CustomOptions) -> Iterator[Utterance | Sk
         if found is None:
             yield Skipped(
                 str(path),
-                "file name does not end in _<emotion>; valid labels: "
+                f"file name does not end in _<emotion> (last token {path.stem.split('_')[-1]!r}, "
+                "expected e.g. recording3_angry.wav); valid labels: "
                 + ", ".join(sorted(EMOTION_SYNONYMS)),
             )
             continue
@@ -363,27 +385,40 @@ def read_custom(folder: Path, options: CustomOptions) -> Iterator[Utterance | Sk
 
 
 # ----------------------------------------------------------------------- manifest
-def corpus_folder(data: DataConfig, corpus: str) -> Path:
-    """``data.root / data.<corpus>.folder``, absolute; raises CorpusNotFoundError if missing."""
+def folder_names(data: DataConfig, corpus: str) -> dict[str | None, str]:
+    """Where ``corpus`` is read from, relative to ``data.root``: ``{None: folder}``, or for
+    the custom corpus in the folders layout ``{"train": train_folder, "test": test_folder}``
+    (the key is the split part the folder's rows belong to)."""
+    if corpus == "custom" and (parts := data.custom.split_folders):
+        return dict(parts)
+    return {None: getattr(data, corpus).folder}
+
+
+def corpus_folders(data: DataConfig, corpus: str) -> dict[str | None, Path]:
+    """``folder_names`` under ``data.root``, absolute; raises CorpusNotFoundError if missing."""
     root = Path(data.root).absolute()
     if not root.is_dir():
         raise CorpusNotFoundError(
             f"data root {root} does not exist; set data.root in the config "
             f"or the {DATA_ROOT_ENV} environment variable"
         )
-    folder = root / getattr(data, corpus).folder
-    if not folder.is_dir():
-        raise CorpusNotFoundError(
-            f"{corpus} folder {folder} does not exist; set data.{corpus}.folder (relative to "
-            f"data.root) or data.root / {DATA_ROOT_ENV}, or remove {corpus!r} from data.corpora"
-        )
-    return folder
+    folders = {}
+    for part, name in folder_names(data, corpus).items():
+        folder = root / name
+        key = f"data.{corpus}.{part}_folder" if part else f"data.{corpus}.folder"
+        if not folder.is_dir():
+            raise CorpusNotFoundError(
+                f"{corpus} folder {folder} does not exist; set {key} (relative to "
+                f"data.root) or data.root / {DATA_ROOT_ENV}, or remove {corpus!r} from data.corpora"
+            )
+        folders[part] = folder
+    return folders
 
 
 def _ignored(folder: Path) -> Counter[str]:
     return Counter(
         p.suffix.lower() or "(no extension)"
-        for p in _walk(folder)
+        for p in walk_files(folder)
         if p.suffix.lower() not in AUDIO_EXTENSIONS
     )
 
@@ -392,38 +427,57 @@ def _counts(counter: Iterable[tuple[str, int]]) -> str:
     return ", ".join(f"{key} {n}" for key, n in sorted(counter)) or "none"
 
 
+@dataclass
+class _CorpusRead:
+    """What reading one corpus folder gave: rows kept, files skipped, counts dropped."""
+
+    kept: list[Utterance] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+def _read_folder(
+    data: DataConfig, corpus: str, folder: Path, part: str | None, log: Log
+) -> _CorpusRead:
+    """Read one folder of ``corpus``, keeping rows whose emotion is wanted, and log it.
+
+    ``part`` (the custom corpus's folders layout) is recorded in each row's ``info``.
+    """
+    wanted = set(data.emotions)
+    read = _CorpusRead()
+    for item in CORPORA.get(corpus)(folder, getattr(data, corpus)):
+        if isinstance(item, Skipped):
+            read.skipped.append(item)
+        elif isinstance(item, Excluded):
+            read.dropped[item.key] += 1
+        elif item.emotion not in wanted:
+            read.dropped[item.emotion] += 1
+        else:
+            read.kept.append(replace(item, info={**item.info, "part": part}) if part else item)
+    hours = sum(r.duration for r in read.kept) / 3600
+    name = f"{corpus} ({part} folder)" if part else corpus
+    log(
+        f"{name}: {len(read.kept)} rows, {len({r.speaker for r in read.kept})} speakers, "
+        f"{hours:.2f} h from {folder}; dropped: {_counts(read.dropped.items())}; "
+        f"skipped {len(read.skipped)}"
+    )
+    for s in read.skipped:
+        log(f"warning: {corpus}: skipped {s.path}: {s.reason}")
+    if ignored := _ignored(folder):
+        log(f"{name}: ignored non-audio files: {_counts(ignored.items())}")
+    return read
+
+
 def build_manifest(data: DataConfig, log: Log = print) -> Manifest:
     """Read every configured corpus; keep rows whose emotion is in ``data.emotions``."""
-    wanted = set(data.emotions)
     manifest = Manifest(rows=[], skipped=[], dropped={})
     dropped: Counter[str] = Counter()
     for corpus in data.corpora:
-        folder = corpus_folder(data, corpus)
-        kept: list[Utterance] = []
-        here: Counter[str] = Counter()
-        skipped: list[Skipped] = []
-        for item in CORPORA.get(corpus)(folder, getattr(data, corpus)):
-            if isinstance(item, Skipped):
-                skipped.append(item)
-            elif isinstance(item, Excluded):
-                here[item.key] += 1
-            elif item.emotion in wanted:
-                kept.append(item)
-            else:
-                here[item.emotion] += 1
-        hours = sum(r.duration for r in kept) / 3600
-        log(
-            f"{corpus}: {len(kept)} rows, {len({r.speaker for r in kept})} speakers, "
-            f"{hours:.2f} h from {folder}; dropped: {_counts(here.items())}; "
-            f"skipped {len(skipped)}"
-        )
-        for s in skipped:
-            log(f"warning: {corpus}: skipped {s.path}: {s.reason}")
-        if ignored := _ignored(folder):
-            log(f"{corpus}: ignored non-audio files: {_counts(ignored.items())}")
-        manifest.rows.extend(kept)
-        manifest.skipped.extend(skipped)
-        dropped.update(here)
+        for part, folder in corpus_folders(data, corpus).items():
+            read = _read_folder(data, corpus, folder, part, log)
+            manifest.rows.extend(read.kept)
+            manifest.skipped.extend(read.skipped)
+            dropped.update(read.dropped)
     manifest.dropped = dict(sorted(dropped.items()))
     log(
         f"manifest: {len(manifest.rows)} rows, {manifest.hours:.2f} h, "

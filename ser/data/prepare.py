@@ -6,20 +6,29 @@ manifest and the split, extracts features through the cache, applies the configu
 normalisation scope, turns each clip into a model input (a frame sequence or a pooled
 vector) and its label into an integer target. ``locate_corpus`` moves a saved run's
 manifest and split to wherever the corpora are now, so a run trained on one machine
-evaluates on another.
+evaluates on another; ``save_run_data`` saves them with paths relative to the data root
+so that only the new data root is needed there.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from ser import runs
 from ser.config import DATA_ROOT_ENV, EMOTIONS, Config, DataConfig
-from ser.data.corpora import CorpusNotFoundError, Manifest, Utterance, build_manifest
+from ser.data.corpora import (
+    CorpusNotFoundError,
+    Manifest,
+    Utterance,
+    build_manifest,
+    folder_names,
+)
 from ser.data.pipeline import (
     Normaliser,
     max_frames_for,
@@ -179,6 +188,131 @@ def _old_corpus_folder(path: str, root: str, folder: str) -> str | None:
     return path[: j + 1 + len(str(Path(folder)))] if j >= 0 else None
 
 
+def _with_paths(
+    manifest: Manifest, split: Split, path_of: Callable[[str], str], data_root: str | None
+) -> tuple[Manifest, Split]:
+    """The manifest and split with every path (rows, skipped files, the split's
+    validation and test paths) replaced by ``path_of(path)``, and ``data_root`` set."""
+    rows = [replace(r, path=path_of(r.path)) for r in manifest.rows]
+    skipped = [replace(s, path=path_of(s.path)) for s in manifest.skipped]
+    return Manifest(rows, skipped, manifest.dropped, data_root), replace(
+        split,
+        val_paths=tuple(sorted(path_of(p) for p in split.val_paths)),
+        test_paths=tuple(sorted(path_of(p) for p in split.test_paths)),
+        data_root=data_root,
+    )
+
+
+def _relative_to(root: Path) -> Callable[[str], str]:
+    """A path under ``root`` -> relative to it, with ``/`` separators; others as they are."""
+
+    def relative(path: str) -> str:
+        p = Path(path)
+        return p.relative_to(root).as_posix() if p.is_relative_to(root) else path
+
+    return relative
+
+
+def _resolved_under(root: Path) -> Callable[[str], str]:
+    """A saved path -> absolute under ``root`` (a path saved absolute stays as it is)."""
+    return lambda path: str(root / path)
+
+
+def save_run_data(run_dir: Path, manifest: Manifest, split: Split, data: DataConfig) -> None:
+    """Write a run's ``split.json`` and ``manifest.jsonl`` with paths relative to the data
+    root (``data.root``, recorded in both files for information), so the run can be
+    evaluated wherever the corpora are, given the data root there (``locate_corpus``).
+    """
+    root = Path(data.root).absolute()
+    saved_manifest, saved_split = _with_paths(manifest, split, _relative_to(root), str(root))
+    runs.write_json(run_dir / runs.SPLIT, saved_split.to_dict())
+    saved_manifest.save(run_dir / runs.MANIFEST)
+
+
+def read_saved_split(run_dir: Path, data: DataConfig) -> Split:
+    """A run's ``split.json`` with its paths resolved against ``data.root`` (to resume
+    training on the manifest that ``data`` builds)."""
+    split = Split.from_dict(json.loads((run_dir / runs.SPLIT).read_text(encoding="utf-8")))
+    if split.data_root is None:
+        return split
+    root = Path(data.root).absolute()
+    return _with_paths(Manifest([]), split, _resolved_under(root), None)[1]
+
+
+def _folders_held(data: DataConfig) -> str:
+    """The corpus folders a data root holds for ``data``, for messages: ``emodb/, tess/``."""
+    return ", ".join(f"{name}/" for c in data.corpora for name in folder_names(data, c).values())
+
+
+def read_run_data(
+    run_dir: Path,
+    data: DataConfig,
+    *,
+    data_root: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[Manifest, Split, str]:
+    """A run's saved manifest and split, with absolute paths to where the corpora are
+    now (``locate_corpus``): ``(manifest, split, where)``. Raises ``ValueError`` (or
+    ``TypeError`` / ``KeyError``) for unreadable files, ``CorpusNotFoundError`` when no
+    data root holds the run's files."""
+    manifest = Manifest.load(run_dir / runs.MANIFEST)
+    split = Split.from_dict(json.loads((run_dir / runs.SPLIT).read_text(encoding="utf-8")))
+    return locate_corpus(manifest, split, data, data_root=data_root, env=env)
+
+
+def _root_candidates(
+    manifest: Manifest,
+    data: DataConfig,
+    data_root: str | os.PathLike[str] | None,
+    env: Mapping[str, str],
+) -> list[tuple[Path, str]]:
+    """Where a run's relative paths may be resolved, in order of preference, each with
+    how it was given: ``--data-root`` alone when given; else ``$SER_DATA_ROOT``, the
+    run's ``data.root`` and the data root recorded at training."""
+    if data_root is not None:
+        return [(Path(data_root).absolute(), "--data-root")]
+    given = [
+        (env.get(DATA_ROOT_ENV), DATA_ROOT_ENV),
+        (data.root, "data.root in run.yaml"),
+        (manifest.data_root, "the data root at training"),
+    ]
+    found: dict[Path, str] = {}
+    for root, how in given:
+        if root:
+            found.setdefault(Path(root).absolute(), how)
+    return list(found.items())
+
+
+def _locate_relative(
+    manifest: Manifest,
+    split: Split,
+    data: DataConfig,
+    data_root: str | os.PathLike[str] | None,
+    env: Mapping[str, str],
+) -> tuple[Manifest, Split, str]:
+    """``locate_corpus`` for a run saved with paths relative to its data root: the first
+    candidate root (``_root_candidates``) that holds every file of the run."""
+    problems = []
+    for root, how in _root_candidates(manifest, data, data_root, env):
+        if not root.is_dir():
+            problems.append(f"data root {root} ({how}) does not exist")
+            continue
+        located, located_split = _with_paths(manifest, split, _resolved_under(root), None)
+        missing = [r.path for r in located.rows if not os.path.isfile(r.path)]
+        if not missing:
+            return located, located_split, f"corpus files under {root} ({how})"
+        problems.append(
+            f"data root {root} ({how}) lacks {len(missing)} of {len(located.rows)} files, "
+            f"e.g. {missing[0]}"
+        )
+    raise CorpusNotFoundError(
+        "the corpus files this run was trained on are not found: "
+        + "; ".join(problems)
+        + f". Pass --data-root ROOT (the folder holding {_folders_held(data)}) "
+        f"or set {DATA_ROOT_ENV}"
+    )
+
+
 def locate_corpus(
     manifest: Manifest,
     split: Split,
@@ -187,15 +321,35 @@ def locate_corpus(
     data_root: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
 ) -> tuple[Manifest, Split, str]:
-    """The run's manifest and split with paths pointing at files that exist.
+    """A run's saved manifest and split with absolute paths pointing at files that exist.
 
-    As saved, if every file is still there and no ``data_root`` is given. Otherwise
-    every path is moved from its saved corpus folder to the same place under
-    ``data_root`` (or ``$SER_DATA_ROOT`` when no root is given). Raises
-    ``CorpusNotFoundError`` naming the missing root and what to pass.
+    Paths saved relative to the data root (``save_run_data``) are resolved against
+    ``data_root`` (``--data-root``) if given, else the first of ``$SER_DATA_ROOT``, the
+    run's ``data.root`` and the data root recorded at training that holds every file.
+    Older runs saved absolute paths: see ``_locate_absolute``. Raises
+    ``CorpusNotFoundError`` naming the roots tried and what to pass.
     Returns ``(manifest, split, where)`` with ``where`` a line for the log.
     """
     env = os.environ if env is None else env
+    if manifest.data_root is None:
+        return _locate_absolute(manifest, split, data, data_root, env)
+    return _locate_relative(manifest, split, data, data_root, env)
+
+
+def _locate_absolute(
+    manifest: Manifest,
+    split: Split,
+    data: DataConfig,
+    data_root: str | os.PathLike[str] | None,
+    env: Mapping[str, str],
+) -> tuple[Manifest, Split, str]:
+    """``locate_corpus`` for a run saved with absolute paths (before paths were saved
+    relative to the data root).
+
+    As saved, if every file is still there and no ``data_root`` is given. Otherwise
+    every path is moved from its saved corpus folder to the same place under
+    ``data_root`` (or ``$SER_DATA_ROOT`` when no root is given).
+    """
     rows = manifest.rows
     how = "--data-root"
     if data_root is None:
@@ -240,12 +394,5 @@ def locate_corpus(
             f"{root} ({how}), e.g. {missing[0]}; it must hold "
             f"{', '.join(getattr(data, c).folder + '/' for c in data.corpora)} as in training"
         )
-    new_manifest = Manifest(
-        [replace(r, path=moved[r.path]) for r in rows], manifest.skipped, manifest.dropped
-    )
-    new_split = replace(
-        split,
-        val_paths=tuple(sorted(moved.get(p, p) for p in split.val_paths)),
-        test_paths=tuple(sorted(moved.get(p, p) for p in split.test_paths)),
-    )
+    new_manifest, new_split = _with_paths(manifest, split, lambda p: moved.get(p, p), None)
     return new_manifest, new_split, f"corpus files under {root} ({how}), moved since training"

@@ -1,8 +1,10 @@
-"""Speaker-independent splits and folds of a manifest.
+"""Speaker-independent splits and folds of a manifest (and the labelled exceptions).
 
 A ``Split`` is data: speaker lists (plus, where unavoidable, utterance paths) that
 are saved with a run and re-applied with ``Split.partition``. Every method except
-``random`` keeps each speaker in exactly one of train / validation / test.
+``random`` keeps each speaker in exactly one of train / validation / test, and
+``folders`` (the custom corpus's fixed train and test folders) does when its speakers
+are known; otherwise it is speaker-dependent and says so.
 
 Speakers are drawn per corpus so every corpus is represented in test; each
 corpus gets its own generator derived from (seed, corpus), so adding a corpus
@@ -27,7 +29,10 @@ import numpy as np
 from ser.config import SplitConfig
 from ser.data.corpora import Utterance
 
-METHODS = ("speaker", "explicit", "kfold", "loso", "random")
+METHODS = ("speaker", "explicit", "kfold", "loso", "random", "folders")
+# Methods whose split may be speaker-dependent: random always, folders unless the
+# folders' speakers are known and disjoint.
+SPEAKER_DEPENDENT_METHODS = ("random", "folders")
 PARTS = ("train", "val", "test")
 
 
@@ -42,7 +47,9 @@ class Split:
     ``val_paths`` are validation utterances taken from training speakers (only for
     corpora too small to hold out a validation speaker), or the validation
     utterances of a ``random`` split; ``test_paths`` is used by ``random`` only.
-    ``fold`` is 0-based.
+    ``fold`` is 0-based. ``data_root`` is set when the paths are relative to a data
+    root (a run's saved ``split.json``): the absolute root they were relative to when
+    saved, for information; ``None`` when the paths are absolute.
     """
 
     method: str
@@ -56,11 +63,16 @@ class Split:
     folds: int | None = None
     seed: int = 0
     val_speaker_independent: bool = True
+    data_root: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise SplitError(f"unknown split method {self.method!r}; valid: {', '.join(METHODS)}")
-        if self.speaker_independent != (self.method != "random"):
+        if (
+            self.method == "random"
+            and self.speaker_independent
+            or not (self.speaker_independent or self.method in SPEAKER_DEPENDENT_METHODS)
+        ):
             raise SplitError(
                 f"method {self.method!r} with speaker_independent={self.speaker_independent}"
             )
@@ -115,6 +127,13 @@ class Split:
 
     def protocol(self) -> str:
         """One human-readable line describing how test and validation were chosen."""
+        if not self.speaker_independent and self.method == "folders":
+            return (
+                f"SPEAKER-DEPENDENT split by folders (seed {self.seed}): test = the "
+                f"{len(self.test_paths)} clips of the test folder; validation = "
+                f"{len(self.val_paths)} clips of the training folder; speakers are unknown or "
+                "shared, so test speakers may have been heard in training"
+            )
         if not self.speaker_independent:
             return (
                 f"SPEAKER-DEPENDENT random stratified split (seed {self.seed}): "
@@ -402,6 +421,58 @@ def _random_split(rows: Sequence[Utterance], cfg: SplitConfig, seed: int) -> Spl
     )
 
 
+def _folder_parts(rows: Sequence[Utterance]) -> tuple[list[Utterance], list[Utterance]]:
+    """The rows of the training folder and of the test folder (``info["part"]``)."""
+    parts: dict[str, list[Utterance]] = {"train": [], "test": []}
+    for r in rows:
+        part = r.info.get("part")
+        if part not in parts:
+            raise SplitError(
+                f"split.method=folders: {r.path} comes from no train/test folder; set "
+                "data.custom.train_folder and data.custom.test_folder and data.corpora: [custom]"
+            )
+        parts[part].append(r)
+    for part, found in parts.items():
+        if not found:
+            raise SplitError(
+                f"split.method=folders: the {part} folder (data.custom.{part}_folder) "
+                "has no usable clips"
+            )
+    return parts["train"], parts["test"]
+
+
+def _folders_split(rows: Sequence[Utterance], cfg: SplitConfig, seed: int) -> Split:
+    """Test = the test folder; validation from the training folder. Speaker-independent
+    only when every speaker is known (``data.custom.speaker_pattern``) and no speaker is
+    in both folders; otherwise validation clips are a stratified sample of the training
+    folder and the split is speaker-dependent."""
+    train_rows, test_rows = _folder_parts(rows)
+    test = sorted({r.speaker for r in test_rows})
+    train_side = {r.speaker for r in train_rows}
+    known = not any(s.endswith(":unknown") for s in train_side.union(test))
+    if known and not train_side.intersection(test):
+        remaining = {
+            corpus: [s for s in order if s in train_side]
+            for corpus, order in _balanced_order(rows, seed, "folders").items()
+        }
+        return _with_validation(rows, "folders", test, remaining, cfg, seed)
+    val = _stratified_sample(
+        train_rows, cfg.val_fraction, _rng(seed, "folders-val"), lambda r: r.emotion
+    )
+    val_paths = {r.path for r in val}
+    return Split(
+        method="folders",
+        speaker_independent=False,
+        train_speakers=tuple(sorted({r.speaker for r in train_rows if r.path not in val_paths})),
+        val_speakers=tuple(sorted({r.speaker for r in val})),
+        test_speakers=tuple(test),
+        val_paths=tuple(sorted(val_paths)),
+        test_paths=tuple(sorted(r.path for r in test_rows)),
+        seed=seed,
+        val_speaker_independent=False,
+    )
+
+
 # ------------------------------------------------------------------------- public
 def make_split(rows: Sequence[Utterance], cfg: SplitConfig, seed: int) -> Split:
     """The split ``cfg.method`` describes (for kfold / loso: fold ``cfg.fold``)."""
@@ -417,6 +488,8 @@ def make_split(rows: Sequence[Utterance], cfg: SplitConfig, seed: int) -> Split:
         return _loso_split(rows, cfg, seed, cfg.fold)
     if cfg.method == "random":
         return _random_split(rows, cfg, seed)
+    if cfg.method == "folders":
+        return _folders_split(rows, cfg, seed)
     raise SplitError(f"unknown split method {cfg.method!r}; valid: {', '.join(METHODS)}")
 
 

@@ -31,7 +31,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from ser.audio import FFMPEG_EXTENSIONS, AudioError, load_any_audio
-from ser.data.corpora import AUDIO_EXTENSIONS
+from ser.data.corpora import AUDIO_EXTENSIONS, walk_files
 from ser.datatools import DataToolError
 from ser.progress import Log
 
@@ -95,12 +95,6 @@ class ConvertReport:
         )
 
 
-def _visible(path: Path, top: Path) -> bool:
-    return not any(
-        part.startswith(".") or part == "__MACOSX" for part in path.relative_to(top).parts
-    )
-
-
 def plan_outputs(
     sources: Iterable[str | os.PathLike[str]], to: str | os.PathLike[str]
 ) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]], int]:
@@ -119,7 +113,8 @@ def plan_outputs(
     for given in sources:
         given = Path(given)
         if given.is_dir():
-            found = (p for p in given.rglob("*") if p.is_file() and _visible(p, given))
+            # Symlinked sub-folders are followed, as the corpus readers do.
+            found = (p for p in walk_files(given) if p.is_file())
             # The output folder may sit inside a source folder: its files are not inputs.
             inside = given.resolve() != out_root and out_root.is_relative_to(given.resolve())
             for path in sorted(found):

@@ -9,7 +9,9 @@ at once) or a run directory to load at start-up. Routes:
   (both take ``?session=<id>``: one speaker's clips, see ``SessionStore``); a clip
   without speech (``ser.speech``) is answered 200 with ``type`` ``no_speech`` and a
   null emotion, and is not counted into its session
-- ``GET /health``, ``GET /model``, ``GET /docs`` (OpenAPI), ``GET /`` (web page)
+- ``GET /health``, ``GET /model``, ``GET /`` (web page), ``GET /favicon.ico``
+- ``GET /docs`` (Swagger UI), ``GET /redoc`` (ReDoc), ``GET /openapi.json``: the docs
+  pages load their scripts from this server (``fastapi-offline``), so they work offline
 - ``WS /stream``           live PCM -> window predictions (see ``stream.py``); each
   stream is one speaker session
 
@@ -37,8 +39,9 @@ from fastapi import FastAPI, File, Query, Request, UploadFile, WebSocket, WebSoc
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ser import runs
@@ -69,6 +72,7 @@ from ser.serving.uploads import UploadProblem, decode_upload, display_name
 from ser.speech import SpeechEvidence, detect_speech
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
+FAVICON = "favicon.svg"
 SessionQuery = Annotated[
     str | None,
     Query(
@@ -519,7 +523,10 @@ def create_app(
     if predictor is None and run_dir is None:
         raise ValueError("create_app needs a predictor or a run_dir")
     settings = settings or ServingSettings()
-    app = FastAPI(
+    # FastAPI's own /docs and /redoc load Swagger UI and ReDoc from a CDN: blank pages
+    # offline. FastAPIOffline serves the same pages with the files its package ships.
+    app = FastAPIOffline(
+        favicon_url=f"/static/{FAVICON}",
         title="ser: speech emotion recognition",
         description="Predict the emotion of speech clips with a trained `ser` run: upload "
         "clips, or stream live audio over the `/stream` WebSocket. The page at `/` does both.",
@@ -608,12 +615,17 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_page_routes(app: FastAPI) -> None:
-    """``GET /``, the web page, and the files it loads under ``/static``."""
+    """``GET /``, the web page, the files it loads under ``/static``, and the icon
+    browsers ask for at ``/favicon.ico`` on pages without one (the JSON routes)."""
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
         html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
         return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP})
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / FAVICON, media_type="image/svg+xml")
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

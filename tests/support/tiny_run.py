@@ -70,10 +70,12 @@ def tiny_config(data_root: Path, work: Path, corpora: str, model: str = "lstm", 
     return load_config(ROOT / "configs" / "base.yaml", sets, env={})
 
 
-def tiny_run(tmp_path_factory, model: str = "lstm") -> Path:
-    """The run directory of a one-epoch tiny ``model`` (lstm, cnn, crnn or dense)."""
-    if model not in _RUNS:
-        work = tmp_path_factory.mktemp(f"tiny-{model}")
+def tiny_run(tmp_path_factory, model: str = "lstm", ensemble: int = 1) -> Path:
+    """The run directory of a one-epoch tiny ``model`` (lstm, cnn, crnn or dense), or of
+    a seed ensemble of ``ensemble`` such members."""
+    name = f"tiny-{model}" if ensemble == 1 else f"tiny-{model}-ensemble{ensemble}"
+    if name not in _RUNS:
+        work = tmp_path_factory.mktemp(name)
         make_emodb(work / "corpora")
         sets = tiny_overrides(
             work / "corpora",
@@ -83,13 +85,14 @@ def tiny_run(tmp_path_factory, model: str = "lstm") -> Path:
             **{
                 "data.max_seconds": str(WINDOW_SECONDS),
                 "train.confusion_images": "false",
-                "train.run_name": f"tiny-{model}",
+                "train.run_name": name,
+                "model.ensemble": str(ensemble),
             },
         )
         cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
         summary = train(cfg, log=lambda _line: None)
-        _RUNS[model] = Path(summary["run_dir"])
-    return _RUNS[model]
+        _RUNS[name] = Path(summary["run_dir"])
+    return _RUNS[name]
 
 
 def tone(
