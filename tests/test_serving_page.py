@@ -32,7 +32,7 @@ from tests.support.livepage import (
     problems,
 )
 from tests.support.servers import serving
-from tests.support.tiny_run import tone
+from tests.support.signals import gliding_tone, non_speech
 
 try:
     from playwright.sync_api import sync_playwright
@@ -192,7 +192,7 @@ def test_favicon_is_served_and_the_page_loads_without_console_errors(server, bro
 
 def test_upload_on_the_page_shows_the_prediction_and_timeline(server, browser, labels, tmp_path):
     clip = tmp_path / "long.flac"
-    sf.write(clip, tone(3.0, EMOTION_HZ["sad"]), 16000)
+    sf.write(clip, gliding_tone(3.0, EMOTION_HZ["sad"]), 16000)
     page = open_offline(browser, server)
     page.set_input_files("#file", str(clip))
     page.click("#upload-button")
@@ -211,7 +211,7 @@ def test_upload_on_the_page_shows_the_prediction_and_timeline(server, browser, l
 
 def test_upload_button_says_predicting_while_the_request_is_in_flight(server, browser, tmp_path):
     clip = tmp_path / "clip.wav"
-    sf.write(clip, tone(1.0, EMOTION_HZ["happy"]), 16000)
+    sf.write(clip, gliding_tone(1.0, EMOTION_HZ["happy"]), 16000)
     page = open_offline(browser, server)
     held = []
     page.route("**/predict", lambda route: held.append(route))  # held until checked
@@ -235,19 +235,8 @@ def test_upload_button_says_predicting_while_the_request_is_in_flight(server, br
 
 def test_upload_of_a_clip_without_speech_says_so(server, browser, tmp_path):
     clip = tmp_path / "quiet.wav"
-    sf.write(clip, tone(1.0, EMOTION_HZ["happy"]), 16000)
-    answer = {
-        "type": "no_speech",
-        "filename": "quiet.wav",
-        "emotion": None,
-        "confidence": None,
-        "probabilities": None,
-        "duration": 1.0,
-        "windowed": False,
-        "timeline": None,
-    }
+    sf.write(clip, non_speech(1.0)["loud_white_noise"], 16000)  # the server's own answer
     page = open_offline(browser, server)
-    page.route("**/predict", lambda route: route.fulfill(status=200, json=answer))
     page.set_input_files("#file", str(clip))
     page.click("#upload-button")
     page.wait_for_selector("#upload-result:not([hidden])", timeout=30_000)

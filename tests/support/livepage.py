@@ -17,7 +17,8 @@ import numpy as np
 import soundfile as sf
 
 from tests.support.fakes import EMOTION_HZ
-from tests.support.tiny_run import silence, tone
+from tests.support.signals import gliding_tone
+from tests.support.tiny_run import silence
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -52,14 +53,15 @@ def microphone_clip(
     path: Path, speech: np.ndarray | None = None, speech_seconds: float = SPEECH_SECONDS
 ) -> str:
     """Write the fake microphone's WAV: silence, ``speech`` (mono at ``MICROPHONE_RATE``;
-    by default ``speech_seconds`` of a tone like the tiny run's "angry" training tones),
+    by default ``speech_seconds`` of a gliding tone around the tiny run's "angry" pitch:
+    speech to the speech check, close to the run's training tones),
     then silence.
 
     Returns the ``--use-file-for-fake-audio-capture`` value that plays it once (a
     missing file would silently give a silent microphone)."""
     rate = MICROPHONE_RATE
     if speech is None:
-        speech = tone(speech_seconds, EMOTION_HZ["angry"], sr=rate)
+        speech = gliding_tone(speech_seconds, EMOTION_HZ["angry"], sr=rate)
     wave = np.concatenate([silence(LEAD_SECONDS, sr=rate), speech, silence(TAIL_SECONDS, sr=rate)])
     sf.write(path, wave, rate, subtype="PCM_16")
     if not path.is_file():
