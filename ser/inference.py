@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ser import runs
-from ser.audio import load_audio
+from ser.audio import load_audio, resample
 from ser.config import Config, load_config
 from ser.data.pipeline import (
     Normaliser,
@@ -529,6 +529,23 @@ class Predictor:
             return None
         return detect_speech(wave, sample_rate or self.sample_rate, self.speech_thresholds)
 
+    def prepare_speech(
+        self,
+        wave: np.ndarray,
+        sample_rate: int | None = None,
+        session: SpeakerSession | None = None,
+        hop_seconds: float | None = None,
+    ) -> PreparedClip | ClipPrediction:
+        """A clip (or a live window) at ``sample_rate`` (default the run's) -> the model
+        inputs of its windows (``prepare_clip``, counted into ``session``), or, when the
+        speech check finds no speech, its ``no_speech`` result (nothing counted). CPU only."""
+        rate = sample_rate or self.sample_rate
+        evidence = self.check_speech(wave, rate)
+        if evidence is not None and not evidence.speech:
+            return self.no_speech_clip(wave.shape[0] / rate, evidence)
+        wave = resample(wave, rate, self.sample_rate)
+        return replace(self.prepare_clip(wave, hop_seconds, session), speech=evidence)
+
     def no_speech_clip(self, duration: float, evidence: SpeechEvidence) -> ClipPrediction:
         """The result for a clip of ``duration`` seconds the speech check rejected."""
         return ClipPrediction(list(self.labels), duration, None, [], evidence)
@@ -554,11 +571,10 @@ class Predictor:
 
         A clip without speech (``check_speech``) is not predicted and not counted into
         ``session``: its result is ``no_speech``."""
-        evidence = self.check_speech(wave)
-        if evidence is not None and not evidence.speech:
-            return self.no_speech_clip(wave.shape[0] / self.sample_rate, evidence)
-        prepared = replace(self.prepare_clip(wave, hop_seconds, session), speech=evidence)
-        return self.finish_clip(prepared, self.predict_normalised(prepared.inputs))
+        work = self.prepare_speech(wave, session=session, hop_seconds=hop_seconds)
+        if isinstance(work, ClipPrediction):
+            return work
+        return self.finish_clip(work, self.predict_normalised(work.inputs))
 
     def predict_wave(self, wave: np.ndarray) -> np.ndarray:
         """One clip (float32 mono at the run's rate) -> probabilities [num_classes].

@@ -45,7 +45,6 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ser import runs
-from ser.audio import resample
 from ser.inference import (
     XLA_BATCH_SIZES,
     ClipPrediction,
@@ -69,7 +68,6 @@ from ser.serving.schemas import (
 from ser.serving.settings import ServingSettings
 from ser.serving.stream import StreamError, StreamSession, StreamWindow
 from ser.serving.uploads import UploadProblem, decode_upload, display_name
-from ser.speech import SpeechEvidence, detect_speech
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 FAVICON = "favicon.svg"
@@ -231,25 +229,8 @@ class Service:
         self.sessions = SessionStore(self.predictor, self.settings.max_sessions)
 
     # ------------------------------------------------------------------ speech
-    def check_speech(self, wave, rate: int) -> SpeechEvidence | None:
-        """The speech check with this deployment's thresholds (None when it is off)."""
-        if not self.settings.speech_check:
-            return None
-        return detect_speech(wave, rate, self.settings.speech_thresholds)
-
-    def prepare_speech(
-        self, wave, rate: int, session: SpeakerSession | None = None
-    ) -> PreparedClip | ClipPrediction:
-        """A clip or stream window at ``rate`` -> the model inputs of its windows (counted
-        into ``session``), or its ``no_speech`` result when the speech check finds none."""
-        evidence = self.check_speech(wave, rate)
-        if evidence is not None and not evidence.speech:
-            return self.predictor.no_speech_clip(wave.shape[0] / rate, evidence)
-        wave = resample(wave, rate, self.predictor.sample_rate)
-        return replace(self.predictor.prepare_clip(wave, session=session), speech=evidence)
-
     async def answer(self, work: PreparedClip | ClipPrediction) -> ClipPrediction:
-        """``prepare_speech``'s result -> the clip's prediction (the model runs only for
+        """``Predictor.prepare_speech``'s result -> the clip's prediction (the model runs only for
         speech)."""
         if isinstance(work, ClipPrediction):
             return work
@@ -264,10 +245,10 @@ class Service:
         entry = self.sessions.get(session_id) if session_id else None
         try:
             if entry is None:
-                return self.prepare_speech(wave, rate), None
+                return self.predictor.prepare_speech(wave), None
             session, lock = entry
             with lock:
-                work = self.prepare_speech(wave, rate, session)
+                work = self.predictor.prepare_speech(wave, session=session)
                 return work, session.count if isinstance(work, PreparedClip) else None
         except ValueError as exc:
             raise UploadProblem(
@@ -389,7 +370,7 @@ class StreamConnection:
         the fields of ``ClipPrediction.summary`` as ``POST /predict`` has them."""
         service = self.service
         work = await run_in_threadpool(
-            service.prepare_speech, window.wave, self.audio.sample_rate, self.speaker
+            service.predictor.prepare_speech, window.wave, self.audio.sample_rate, self.speaker
         )
         summary = (await service.answer(work)).summary()
         counted = self.speaker is not None and summary["type"] == "prediction"
@@ -554,6 +535,12 @@ def _lifespan(
     async def lifespan(app: FastAPI):
         limit_blas_threads()
         loaded = predictor or await run_in_threadpool(Predictor.load, run_dir)
+        # A copy (sharing the model) with this deployment's speech check.
+        loaded = replace(
+            loaded,
+            speech_check=settings.speech_check,
+            speech_thresholds=settings.speech_thresholds,
+        )
         await run_in_threadpool(loaded.warm_up, warm_batch_sizes(settings.max_batch_windows))
         engine = InferenceEngine(loaded, settings.max_batch_windows).start()
         app.state.service = Service(
