@@ -89,6 +89,13 @@ def test_predict_json_has_no_speech_with_null_emotion(run_dir, quiet_clips, caps
         assert result["probabilities"] is None and "voiced" in result and "rms_db" in result
 
 
+def test_predict_without_the_speech_check_gives_silence_an_emotion(run_dir, quiet_clips, capsys):
+    silence = str(quiet_clips / "silence.wav")
+    assert main(["predict", silence, "--run", str(run_dir), "--json", "--no-speech-check"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert result["type"] == "prediction" and result["voiced"] is None
+
+
 def test_predict_subprocess_answers_no_speech_for_silence(run_dir, quiet_clips):
     proc = subprocess.run(
         [sys.executable, "-m", "ser.cli", "predict", str(quiet_clips / "silence.wav")]

@@ -50,6 +50,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     p.add_argument("--timeline", action="store_true", help="also print each window of long clips")
     p.add_argument(
+        "--no-speech-check",
+        dest="speech_check",
+        action="store_false",
+        help="predict every file, even silence, noise or music (default: no_speech)",
+    )
+    p.add_argument(
         "--one-speaker",
         action="store_true",
         help="the files are one speaker's clips: a speaker-normalised model "
@@ -165,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: no audio files to predict", file=sys.stderr)
         return 2
     limit_blas_threads()
-    predictor = Predictor.load(args.run)
+    predictor = Predictor.load(args.run, speech_check=args.speech_check)
     session = predictor.new_session() if args.one_speaker else None
     if args.one_speaker and session is None:
         print(
