@@ -7,11 +7,11 @@ and only near-digital silence is silent by level:
 
 1. **Voicing.** Each 20 ms frame (10 ms hop) gets YIN's aperiodicity: the minimum of
    the cumulative mean normalised difference function over lags of a voice pitch
-   (``F0_MIN_HZ``-``F0_MAX_HZ``), and the pitch at that lag (YIN's first dip, so
-   not a multiple of the period). A frame is *voiced* when
-   it is periodic (aperiodicity below ``SpeechThresholds.max_aperiodicity``), not
-   digital silence, and within ``relative_floor_db`` of the clip's loud frames (a
-   mains hum in the pauses is not a voice). Noise of any colour and level is
+   (``F0_MIN_HZ``-``F0_MAX_HZ``), and the pitch at that lag (YIN's first dip, so not
+   a multiple of the period). A frame is *voiced* when it is periodic (aperiodicity
+   below ``SpeechThresholds.max_aperiodicity``), not digital silence, and within
+   ``relative_floor_db`` of the clip's loud frames (a mains hum in the pauses is not a
+   voice). Noise of any colour and level is
    aperiodic, so it has almost no voiced frames.
 2. **Voiced runs.** Consecutive voiced frames form runs, split where the pitch jumps.
    Speech alternates short voiced runs (syllables) with unvoiced consonants and pauses,
