@@ -5,6 +5,8 @@ speech, with the evidence it decided on (``SpeechEvidence``). It decides by cues
 that do not depend on the recording level, so speech 30 dB quieter is still speech,
 and only near-digital silence is silent by level:
 
+Audio is first block-averaged to about 8 kHz and its DC offset removed.
+
 1. **Voicing.** Each 20 ms frame (10 ms hop) gets YIN's aperiodicity: the minimum of
    the cumulative mean normalised difference function over lags of a voice pitch
    (``F0_MIN_HZ``-``F0_MAX_HZ``), and the pitch at that lag (YIN's first dip, so not
@@ -40,6 +42,7 @@ F0_MIN_HZ, F0_MAX_HZ = 60.0, 1000.0  # voice pitch range searched (screams reach
 FRAME_SECONDS, HOP_SECONDS = 0.020, 0.010
 ANALYSIS_RATE = 8000  # Hz; audio is block-averaged down to about this rate first
 SILENT_DB = -100.0  # frames quieter than this (dBFS) are digital silence
+DC_POLE = 0.99  # the DC blocker's pole
 MAX_PEAK = 1e15  # larger samples overflow float32 spectra: refused, not analysed
 PICK_THRESHOLD = 0.2  # YIN's absolute threshold for picking the period
 PITCH_JUMP_SEMITONES = 1.5  # a larger step between frames ends a voiced run
@@ -112,6 +115,7 @@ def detect_speech(
         )
     rms_db = level_db(wave)
     low, rate = block_average(np.asarray(wave, np.float64), sample_rate)
+    low = remove_dc(low)
     aperiodicity, semitones, levels = frame_periodicity(low, rate)
     audible = levels > SILENT_DB
     if not audible.any():
@@ -136,6 +140,16 @@ def block_average(wave: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
     if factor == 1 or usable == 0:
         return wave, sample_rate
     return wave[:usable].reshape(-1, factor).mean(axis=1), sample_rate // factor
+
+
+def remove_dc(wave: np.ndarray) -> np.ndarray:
+    """``wave`` through a one-pole DC blocker (cut-off ~13 Hz at 8 kHz): a DC offset is
+    neither a voice nor a level, and fades out within a few milliseconds."""
+    from scipy.signal import lfilter
+
+    if wave.size == 0:
+        return wave
+    return lfilter([1.0, -1.0], [1.0, -DC_POLE], wave - wave[0])
 
 
 def frame_periodicity(wave: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

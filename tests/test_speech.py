@@ -87,6 +87,18 @@ def test_speech_in_silence_is_still_speech_and_levels_are_reported():
     }
 
 
+def test_a_dc_offset_changes_nothing():
+    wave = speech_like(2.0, seed=2)
+    shifted = detect_speech(wave + 0.3, 16000)
+    assert shifted.speech is True
+    assert shifted.voiced == pytest.approx(detect_speech(wave, 16000).voiced, abs=0.02)
+
+
+def test_samples_too_large_to_analyse_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match=r"samples up to 1e\+20 .* not finite"):
+        detect_speech(np.full(1600, 1e20, np.float32), 16000)
+
+
 @pytest.mark.parametrize("samples", [0, 1, 100, 400])
 def test_empty_and_tiny_waves_are_answered(samples):
     evidence = detect_speech(speech_like(1.0)[:samples], 16000)

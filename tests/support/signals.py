@@ -84,6 +84,7 @@ def non_speech(seconds: float = 3.0, sr: int = 16000, seed: int = 0) -> dict[str
     n = int(seconds * sr)
     signals = {
         "silence": np.zeros(n),
+        "dc_offset": np.full(n, 0.5),
         "low_white_noise": 1e-3 * coloured_noise(n, 0, rng),
         "loud_white_noise": 0.9 * coloured_noise(n, 0, rng),
         "pink_noise": 0.5 * coloured_noise(n, 1, rng),
