@@ -3,6 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/lstm.yaml
+# SER_ACCEPT_LICENCES=1 make train: download missing corpora without asking (their
+# licences are printed first); without it train.py asks at a terminal.
+export SER_ACCEPT_LICENCES
 
 .PHONY: venv train quick test clean-cache
 
@@ -14,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-train: venv            ## set up, then train on the default config (CONFIG=... to change)
+train: venv            ## set up, fetch missing corpora (asks first), train on the default config (CONFIG=... to change)
 	$(PY) train.py --config $(CONFIG)
 
 quick: venv            ## set up, then a tiny training run (< 3 min)

@@ -5,7 +5,9 @@ A config file may start with ``extends: other.yaml`` or ``extends: [a.yaml, b.ya
 later one wins), then the file's own keys over them. Shipped configs compose this way
 from named parts (``configs/features/``, ``configs/model/``). Then ``SER_DATA_ROOT``
 overrides ``data.root`` and command-line ``--set a.b.c=value`` overrides apply (values
-parsed as YAML). Every key is checked: an unknown key, a wrong type or an unknown choice raises
+parsed as YAML). An unset (or null) ``data.root`` is the project's own ``data/`` folder
+(``default_data_root``), wherever the command runs; a root given in a config or with
+``--set`` is used as written, a relative one from the current folder. Every key is checked: an unknown key, a wrong type or an unknown choice raises
 ``ConfigError`` naming the file, the key path and the valid choices, before any
 work is done. Choices are one-ofs: ``model: {type: lstm, lstm: {...}}``.
 """
@@ -23,6 +25,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -129,7 +132,9 @@ class CustomOptions(Strict):
 
 
 class DataConfig(Strict):
-    root: str = "../shared/data"
+    # The folder holding the corpus folders. None (unset) means default_data_root():
+    # the validated config always holds a path.
+    root: str = Field(default_factory=lambda: str(default_data_root()))
     corpora: list[CorpusName] = Field(default=["ravdess", "tess", "emodb"], min_length=1)
     emotions: list[Emotion] = Field(default=list(EMOTIONS), min_length=2)
     sample_rate: int = Field(default=16000, ge=4000, le=96000)
@@ -140,6 +145,32 @@ class DataConfig(Strict):
     tess: TessOptions = TessOptions()
     emodb: EmodbOptions = EmodbOptions()
     custom: CustomOptions = CustomOptions()
+
+    @field_validator("root", mode="before")
+    @classmethod
+    def _default_root(cls, value: Any) -> Any:
+        return str(default_data_root()) if value is None else value
+
+
+def project_root() -> Path | None:
+    """The checkout the package runs from (the folder holding ``pyproject.toml``,
+    ``configs/`` and this ``ser/`` package, as after a clone or an editable install),
+    or None for a package installed from a wheel."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "configs").is_dir():
+        return root
+    return None
+
+
+def default_data_root() -> Path:
+    """Where the corpora are unless ``data.root`` or ``SER_DATA_ROOT`` say otherwise: the
+    project's own ``data/`` folder in a checkout (whatever the current folder), else,
+    for an installed package, ``$XDG_DATA_HOME/ser/data`` (``~/.local/share/ser/data``)."""
+    root = project_root()
+    if root is not None:
+        return root / "data"
+    user_data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(user_data) / "ser" / "data"
 
 
 # -------------------------------------------------------------------------- split

@@ -38,7 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"one or more of: {', '.join(SOURCES.names())}",
     )
     d.add_argument(
-        "--to", default="data", help="data root; corpora go to <to>/<corpus> (default data)"
+        "--to",
+        help="data root; corpora go to <to>/<corpus> (default: $SER_DATA_ROOT, else the "
+        "project's data/ folder, where training looks)",
     )
     d.add_argument(
         "--archive",
@@ -114,6 +116,7 @@ def run_download(args: argparse.Namespace) -> int:
         raise DataToolError("--md5 checks the archive fetched with --url; give --url too")
     if args.md5 and not re.fullmatch(r"[0-9a-fA-F]{32}", args.md5):
         raise DataToolError(f"--md5 {args.md5!r}: expected 32 hexadecimal digits")
+    args.to = args.to or _training_data_root()
     done = []
     for name in dict.fromkeys(args.corpora):
         source = SOURCES.get(name)
@@ -148,8 +151,21 @@ def run_download(args: argparse.Namespace) -> int:
     if not done:
         return 2
     root = Path(args.to).resolve()
-    print(f"to use it: export SER_DATA_ROOT={root}   (or --set data.root={root})")
+    if root == Path(_training_data_root()).resolve():
+        print(f"training reads it from there ({root}, the data root it uses by default)")
+    else:
+        print(f"to use it: export SER_DATA_ROOT={root}   (or --set data.root={root})")
     return 0
+
+
+def _training_data_root() -> str:
+    """The data root training uses without ``--set data.root``: ``$SER_DATA_ROOT``, else
+    the project's own ``data/`` folder."""
+    import os
+
+    from ser.config import DATA_ROOT_ENV, default_data_root
+
+    return os.environ.get(DATA_ROOT_ENV) or str(default_data_root())
 
 
 def run_convert(args: argparse.Namespace) -> int:

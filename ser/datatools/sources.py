@@ -18,7 +18,7 @@ checks then run against those values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from ser.registry import Registry
@@ -34,7 +34,8 @@ class Source:
     (``dataverse``; every listed file is fetched). ``folder`` is the corpus folder
     under the data root that the reader expects; ``example`` is one file's path in
     it, shown in the by-hand instructions. ``release_files`` is the number of audio
-    files of the official release, for the closing line.
+    files of the official release, for the closing line. ``download_mb`` is the
+    rough size of what is fetched, in MB, for messages only (never checked).
     """
 
     name: str
@@ -51,6 +52,12 @@ class Source:
     md5: str | None = None
     size: int | None = None
     checksum_note: str = ""
+    download_mb: int = 0
+
+    def in_folder(self, folder: str) -> Source:
+        """This source unpacked into ``folder`` (a corpus's configured folder name)."""
+        example = folder + self.example.removeprefix(self.folder)
+        return replace(self, folder=folder, example=example)
 
 
 SOURCES: Registry[Source] = Registry("corpus source")
@@ -72,6 +79,7 @@ RAVDESS = _add(
         folder="ravdess",
         example="ravdess/Actor_01/03-01-01-01-01-01-01.wav",
         release_files=1440,
+        download_mb=210,
         checksum_note="size and MD5 as published in the Zenodo record",
         licence=(
             "RAVDESS: Livingstone, S. R. & Russo, F. A. (2018). The Ryerson Audio-Visual "
@@ -95,6 +103,7 @@ TESS = _add(
         folder="tess",
         example="tess/OAF_angry/OAF_back_angry.wav",
         release_files=2800,
+        download_mb=280,
         checksum_note="size and MD5 of every file as published in the Dataverse dataset",
         licence=(
             "TESS: Pichora-Fuller, M. K. & Dupuis, K. (2020). Toronto emotional speech set "
@@ -116,6 +125,7 @@ EMODB = _add(
         folder="emodb",
         example="emodb/wav/03a01Fa.wav",
         release_files=535,
+        download_mb=40,
         checksum_note="the publisher gives no checksum: only the announced length is checked",
         licence=(
             "EMO-DB: Burkhardt, F., Paeschke, A., Rolfes, M., Sendlmeier, W. & Weiss, B. "
