@@ -16,47 +16,12 @@ from ser.cli import add_config_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ser.datatools.sources import SOURCES
-
     p = sub.add_parser(
         "data", help="download corpora, convert recordings, add your own, summarise the data"
     )
     actions = p.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
-    d = actions.add_parser(
-        "download",
-        help="fetch a corpus from its official source, verify and unpack it",
-        description="Fetch corpora from their official sources, verify them where the source "
-        "publishes a checksum, resume broken downloads, unpack into the layout the readers "
-        "expect and print the licence.",
-    )
-    d.add_argument(
-        "corpora",
-        nargs="+",
-        choices=SOURCES.names(),
-        metavar="CORPUS",
-        help=f"one or more of: {', '.join(SOURCES.names())}",
-    )
-    d.add_argument(
-        "--to",
-        help="data root; corpora go to <to>/<corpus> (default: $SER_DATA_ROOT, else the "
-        "project's data/ folder, where training looks)",
-    )
-    d.add_argument(
-        "--archive",
-        metavar="ZIP",
-        help="unpack this zip, downloaded by hand, instead of fetching (one corpus)",
-    )
-    d.add_argument("--url", help="fetch this zip instead of the official source (a mirror)")
-    d.add_argument("--md5", help="with --url: the archive's known MD5, checked after download")
-    d.add_argument("--keep-archive", action="store_true", help="keep the zip after unpacking")
-    d.add_argument(
-        "--retries",
-        type=int,
-        default=3,
-        help="resume a broken transfer this many times before giving up (default 3)",
-    )
-    d.set_defaults(func=run_download)
+    _add_download_parser(actions)
 
     c = actions.add_parser(
         "convert",
@@ -97,6 +62,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     s.set_defaults(func=run_summary)
+
+
+def _add_download_parser(actions: argparse._SubParsersAction) -> None:
+    """``ser data download CORPUS... [--to DIR] [--archive ZIP] [--url URL --md5 MD5]``."""
+    from ser.datatools.sources import SOURCES
+
+    d = actions.add_parser(
+        "download",
+        help="fetch a corpus from its official source, verify and unpack it",
+        description="Fetch corpora from their official sources, verify them where the source "
+        "publishes a checksum, resume broken downloads, unpack into the layout the readers "
+        "expect and print the licence.",
+    )
+    d.add_argument(
+        "corpora",
+        nargs="+",
+        choices=SOURCES.names(),
+        metavar="CORPUS",
+        help=f"one or more of: {', '.join(SOURCES.names())}",
+    )
+    d.add_argument(
+        "--to",
+        help="data root; corpora go to <to>/<corpus> (default: $SER_DATA_ROOT, else the "
+        "project's data/ folder, where training looks)",
+    )
+    d.add_argument(
+        "--archive",
+        metavar="ZIP",
+        help="unpack this zip, downloaded by hand, instead of fetching (one corpus)",
+    )
+    d.add_argument("--url", help="fetch this zip instead of the official source (a mirror)")
+    d.add_argument("--md5", help="with --url: the archive's known MD5, checked after download")
+    d.add_argument("--keep-archive", action="store_true", help="keep the zip after unpacking")
+    d.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="resume a broken transfer this many times before giving up (default 3)",
+    )
+    d.set_defaults(func=run_download)
 
 
 def _error(message: str) -> None:

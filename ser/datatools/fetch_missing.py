@@ -130,7 +130,6 @@ def _download(missing: list[Source], root: Path, log: Log) -> dict[str, str]:
             download_corpus(source.name, root, source=source, log=log)
         except DataToolError as exc:
             failed[source.name] = str(exc)
-            log(f"warning: {exc}")
     return failed
 
 
@@ -139,14 +138,17 @@ def _without_failed(cfg: Config, failed: dict[str, str], subset: bool, log: Log)
     corpora (``subset``) and some are left; ``CorporaMissing`` otherwise."""
     left = [c for c in cfg.data.corpora if c not in failed]
     names = ", ".join(failed)
+    reasons = "\n".join(failed.values())
     if subset and left:
+        log(f"warning: {reasons}")
         log(f"warning: training without {names} (could not be fetched); data.corpora is now {left}")
         return cfg.model_copy(update={"data": cfg.data.model_copy(update={"corpora": left})})
     hint = f"; or train on the others with --set data.corpora=[{','.join(left)}]" if left else ""
     raise CorporaMissing(
-        f"could not fetch {names}, and training needs every corpus in data.corpora "
-        f"{cfg.data.corpora}: fetch it again later (a broken download resumes), or get it "
-        f"by hand as said above and set {DATA_ROOT_ENV} if it is elsewhere{hint}"
+        f"{reasons}\ncould not fetch {names}, and training needs every corpus in "
+        f"data.corpora {cfg.data.corpora}: run the same command again later (a broken "
+        f"download resumes), or get it by hand as said above and set {DATA_ROOT_ENV} if it "
+        f"is elsewhere{hint}"
     )
 
 
