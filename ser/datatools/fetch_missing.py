@@ -123,13 +123,15 @@ def _refused(missing: list[Source], root: Path, answer: bool | None) -> CorporaM
 
 
 def _download(missing: list[Source], root: Path, log: Log) -> dict[str, str]:
-    """Fetch each missing corpus into ``root``; the ones that failed, with the reason."""
+    """Fetch each missing corpus into ``root``; the ones that failed, with the reason
+    and how to get them by hand."""
     failed = {}
     for source in missing:
         try:
             download_corpus(source.name, root, source=source, log=log)
         except DataToolError as exc:
-            failed[source.name] = str(exc)
+            by_hand = manual_instructions(source, str(root))
+            failed[source.name] = str(exc) if by_hand in str(exc) else f"{exc}\n{by_hand}"
     return failed
 
 
@@ -147,7 +149,7 @@ def _without_failed(cfg: Config, failed: dict[str, str], subset: bool, log: Log)
     raise CorporaMissing(
         f"{reasons}\ncould not fetch {names}, and training needs every corpus in "
         f"data.corpora {cfg.data.corpora}: run the same command again later (a broken "
-        f"download resumes), or get it by hand as said above and set {DATA_ROOT_ENV} if it "
+        f"download resumes), or get it by hand as said and set {DATA_ROOT_ENV} if it "
         f"is elsewhere{hint}"
     )
 
