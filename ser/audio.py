@@ -222,6 +222,25 @@ def decode_bytes_with_ffmpeg(data: bytes, sample_rate: int, max_seconds: float) 
     return _f32_samples(done.stdout)
 
 
+def encode_with_ffmpeg(wave: np.ndarray, sample_rate: int, codec_arguments: list[str]) -> bytes:
+    """float32 mono ``wave`` at ``sample_rate`` encoded by ffmpeg with ``codec_arguments``
+    (e.g. ``["-c:a", "libmp3lame", "-b:a", "32k", "-f", "mp3"]``), in memory.
+
+    Raises ``AudioError`` with ffmpeg's reason when it is missing or refuses.
+    """
+    if ffmpeg_path() is None:
+        raise AudioError(f"ffmpeg is needed to encode audio: {FFMPEG_INSTALL}")
+    pcm = np.ascontiguousarray(wave, dtype="<f4").tobytes()
+    arguments = ["-f", "f32le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"]
+    try:
+        done = _run_ffmpeg([*arguments, *codec_arguments, "pipe:1"], pcm, FFMPEG_BYTES_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise AudioError(f"ffmpeg did not finish within {FFMPEG_BYTES_TIMEOUT:.0f} s") from None
+    if done.returncode != 0 or not done.stdout:
+        raise AudioError(_last_line(done.stderr) or "no output")
+    return done.stdout
+
+
 def decode_file_with_ffmpeg(path: str | os.PathLike[str], sample_rate: int) -> np.ndarray:
     """float32 mono [samples] at ``sample_rate`` of the first audio stream of ``path``.
 

@@ -294,6 +294,12 @@ class FeaturesConfig(Strict):
     # would be shorter than 0.1 s or one n_fft window, or when it is all zeros.
     # None: no trimming (and the cache keys of untrimmed features stay as they were).
     trim_db: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # Bring each clip to this level (dBFS: RMS of its active frames, those within
+    # ACTIVE_RANGE_DB of its loudest) before any extractor sees it, in training and at
+    # inference alike, so the recording gain carries no weight: the same clip 30 dB
+    # quieter gives the same features. None: clips are used at their recorded level
+    # (and the cache keys of such features stay as they were).
+    loudness_db: float | None = Field(default=None, le=0, ge=-80, allow_inf_nan=False)
     cache_dir: str = "data/cache"
     workers: int = Field(default=0, ge=0)  # 0 = one per core
 

@@ -64,6 +64,7 @@ RECALL_PLOT = "per_class_recall.png"
 CURVES_PLOT = "training_curves.png"
 PLOTS = (CONFUSION_PLOT, RECALL_PLOT, CURVES_PLOT)
 CROSS_CORPUS = "cross_corpus"
+CONDITIONS = "conditions.json"  # the test clips scored in other recording conditions
 BEST_LINK = "best"
 # What inference needs; the other files serve evaluation, resuming and provenance.
 REQUIRED = (CONFIG, LABELS, NORMALISER, MODEL)

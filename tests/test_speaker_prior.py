@@ -8,36 +8,17 @@ import json
 import numpy as np
 import pytest
 
-from ser.config import load_config
 from ser.data.pipeline import Normaliser, speaker_prior
 from ser.data.prepare import prepare_data
 from ser.inference import Predictor
 from ser.runs import SPEAKER_PRIOR, RunDirError
-from ser.training import train
-from tests.support import ROOT
-from tests.support.fakes import make_emodb
 from tests.support.signals import gliding_tone, non_speech
-from tests.support.tiny_run import tiny_overrides
+from tests.support.tiny_run import train_speaker_normalised
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("prior")
-    make_emodb(work / "corpora")
-    sets = tiny_overrides(
-        work / "corpora",
-        work,
-        "dense",
-        "[emodb]",
-        **{
-            "features.pooled_normalisation": "speaker",
-            "train.run_name": "prior",
-            "train.confusion_images": "false",
-        },
-    )
-    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
-    summary = train(cfg, log=lambda _line: None)
-    return cfg, summary
+    return train_speaker_normalised(tmp_path_factory.mktemp("prior"), **{"train.run_name": "prior"})
 
 
 def test_prior_is_the_average_training_speaker():

@@ -93,6 +93,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MARKDOWN",
         help="--cv: also write the results page, e.g. docs/results/defaults.md",
     )
+    p.add_argument(
+        "--perturb",
+        metavar="CONDITIONS",
+        help="score the test clips in other recording conditions, each clip alone and by "
+        "speaker, beside the clean clips: comma-separated, e.g. "
+        "gain:-20,clip:12,telephone,noise:white:10,noise:pink:20,babble:10,mp3:32,reverb:0.4 "
+        "(ser.perturb lists them); writes conditions.json into RUN_DIR, or with --cv into "
+        "the cross-validation folder for every fold",
+    )
     add_tensorflow_args(p)
     p.set_defaults(func=run)
 
@@ -119,7 +128,7 @@ def _command_line(args: argparse.Namespace) -> str:
     for flag in ("grid", "no_baselines", "no_keras", "speaker_dependent"):
         if getattr(args, flag):
             words.append("--" + flag.replace("_", "-"))
-    for option in ("baselines", "data_root", "out", "results"):
+    for option in ("baselines", "data_root", "out", "results", "perturb"):
         if getattr(args, option):
             words += ["--" + option.replace("_", "-"), getattr(args, option)]
     command = shlex.join(words)
@@ -152,6 +161,8 @@ def _cross_validate(args: argparse.Namespace) -> int:
         resume=bool(args.resume),
         command=_command_line(args),
     )
+    if args.perturb:
+        _score_conditions(result["out_dir"], args)
     if args.results:
         path = Path(args.results)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,12 +171,32 @@ def _cross_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score_conditions(where: str, args: argparse.Namespace) -> None:
+    """``--perturb``: score a run, or every fold of a cross-validation, in the conditions."""
+    from ser.condition_evaluation import (
+        evaluate_cv_conditions,
+        evaluate_run_conditions,
+        render_conditions,
+    )
+
+    if args.cv:
+        result = evaluate_cv_conditions(where, args.perturb, data_root=args.data_root)
+    else:
+        one = evaluate_run_conditions(where, args.perturb, data_root=args.data_root)
+        result = {"conditions": list(one["conditions"]), "corpora": {"test": [one]}}
+    print(render_conditions(result))
+
+
 def run(args: argparse.Namespace) -> int:
     from ser.cross_corpus import evaluate_cross_corpus
     from ser.data.splits import SplitError
     from ser.evaluation import evaluate_run
 
     try:
+        if args.perturb:
+            from ser.perturb import parse_conditions
+
+            parse_conditions(args.perturb)  # a typo fails now, not after the training
         if args.cv:
             return _cross_validate(args)
         if not args.run_dir:
@@ -189,7 +220,11 @@ def run(args: argparse.Namespace) -> int:
             "data_root": args.data_root,
             "baselines": not args.no_baselines,
         }
-        if args.corpus:
+        if args.perturb:
+            if args.corpus:
+                raise RuntimeError("--perturb scores the run's own test split, not --corpus")
+            _score_conditions(args.run_dir, args)
+        elif args.corpus:
             for corpus in args.corpus:
                 evaluate_cross_corpus(args.run_dir, corpus, **common)
         else:

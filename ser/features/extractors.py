@@ -164,6 +164,52 @@ def silence_bounds(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> t
     return (start, stop) if stop - start >= shortest else (0, n)
 
 
+# Frames within this many dB of a clip's loudest frame are its active frames: the
+# ones its level is measured on (``active_level_db``).
+ACTIVE_RANGE_DB = 40.0
+# Active frames quieter than this (dBFS) are digital silence: such a clip is left as is.
+SILENT_LEVEL_DB = -120.0
+
+
+def active_level_db(wave: np.ndarray, frame: FrameParams) -> float:
+    """The clip's level in dBFS: the RMS over its active frames, those (``win_length``
+    samples every ``hop_length``) within ``ACTIVE_RANGE_DB`` of its loudest frame.
+
+    A gain of g dB moves it by exactly g dB, whatever the clip's pauses, since the
+    active frames are chosen relative to the loudest. ``-inf`` for an all-zero wave.
+    """
+    if wave.shape[0] == 0:
+        return float("-inf")
+    power = (
+        librosa.feature.rms(
+            y=np.asarray(wave, np.float32),
+            frame_length=frame.win_length,
+            hop_length=frame.hop_length,
+            center=True,
+        )[0].astype(np.float64)
+        ** 2
+    )
+    peak = float(power.max())
+    if not (np.isfinite(peak) and peak > 0):
+        return float("-inf")
+    active = power[power >= peak * 10.0 ** (-ACTIVE_RANGE_DB / 10.0)]
+    return float(10.0 * np.log10(active.mean()))
+
+
+def normalise_loudness(wave: np.ndarray, target_db: float | None, frame: FrameParams) -> np.ndarray:
+    """``wave`` scaled so that ``active_level_db`` is ``target_db`` (None: unchanged).
+
+    Digital silence (level below ``SILENT_LEVEL_DB``) is returned unchanged: there is
+    no level to bring up.
+    """
+    if target_db is None:
+        return wave
+    level = active_level_db(wave, frame)
+    if not np.isfinite(level) or level < SILENT_LEVEL_DB:
+        return wave
+    return (wave * np.float32(10.0 ** ((target_db - level) / 20.0))).astype(np.float32)
+
+
 def _frames_last_to_first(x: np.ndarray) -> np.ndarray:
     """[dims, frames] (librosa's layout) -> C-contiguous float32 [frames, dims]."""
     return np.ascontiguousarray(x.T, dtype=np.float32)
@@ -346,8 +392,9 @@ def extract_features(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) ->
     """float32 [frames, feature_dims(cfg)]: ``cfg.extractors`` side by side, in that order.
 
     ``wave`` is mono float32 [samples]; with ``cfg.trim_db`` its leading and trailing
-    silence is cut first (``silence_bounds``), so training and inference, which both
-    extract through here, trim alike. All extractors share one ``Spectra``; if their
+    silence is cut first (``silence_bounds``), and with ``cfg.loudness_db`` it is brought
+    to that level (``normalise_loudness``), so training and inference, which both
+    extract through here, trim and level alike. All extractors share one ``Spectra``; if their
     frame counts differ (tonnetz), every block is cut to the shortest. Raises
     ``ValueError`` for a wave with NaN or infinite samples, input an extractor cannot
     use (librosa's ``ParameterError``) and features that come out non-finite (samples
@@ -356,7 +403,7 @@ def extract_features(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) ->
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim == 1:  # anything else is for Spectra to reject
         start, stop = silence_bounds(wave, sample_rate, cfg)
-        wave = wave[start:stop]
+        wave = normalise_loudness(wave[start:stop], cfg.loudness_db, cfg.frame)
     spectra = Spectra(wave, sample_rate, cfg.frame)
     blocks = []
     for name in cfg.extractors:

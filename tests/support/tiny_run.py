@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -68,6 +69,21 @@ def tiny_config(data_root: Path, work: Path, corpora: str, model: str = "lstm", 
     }
     sets = tiny_overrides(data_root, work, model, corpora, **extra)
     return load_config(ROOT / "configs" / "base.yaml", sets, env={})
+
+
+def train_speaker_normalised(work: Path, **extra: str) -> tuple[Any, dict[str, Any]]:
+    """(config, training summary) of a tiny dense run on a generated EMO-DB whose pooled
+    vectors are z-normalised per speaker (``features.pooled_normalisation: speaker``)."""
+    make_emodb(work / "corpora")
+    sets = tiny_overrides(
+        work / "corpora",
+        work,
+        "dense",
+        "[emodb]",
+        **{"features.pooled_normalisation": "speaker", "train.confusion_images": "false", **extra},
+    )
+    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
+    return cfg, train(cfg, log=lambda _line: None)
 
 
 def tiny_run(tmp_path_factory, model: str = "lstm", ensemble: int = 1) -> Path:

@@ -1,0 +1,51 @@
+"""Scoring a trained run's test clips in other recording conditions, end to end: a tiny
+speaker-normalised run on a generated corpus, through ``evaluate.py RUN --perturb``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ser import runs
+from ser.cli import main
+from ser.condition_evaluation import CLEAN, evaluate_run_conditions, render_conditions
+from tests.support.tiny_run import train_speaker_normalised
+
+
+@pytest.fixture(scope="module")
+def levelled_run(tmp_path_factory):
+    """A run whose clips are brought to -25 dBFS before features."""
+    work = tmp_path_factory.mktemp("levelled")
+    extra = {"features.loudness_db": "-25", "train.run_name": "levelled", "train.epochs": "30"}
+    return train_speaker_normalised(work, **extra)[1]
+
+
+def test_clean_by_speaker_is_what_training_measured(levelled_run):
+    result = evaluate_run_conditions(levelled_run["run_dir"], "noise:white:10", log=print)
+    clean = result["conditions"][CLEAN]
+    assert clean["speaker"]["ua"] == pytest.approx(levelled_run["test"]["ua"], abs=1e-6)
+    assert set(result["conditions"]) == {CLEAN, "noise:white:10"}
+    assert 0.0 <= result["conditions"]["noise:white:10"]["no_speech"] <= 1.0
+    saved = json.loads((Path(levelled_run["run_dir"]) / runs.CONDITIONS).read_text())
+    assert saved["conditions"]["noise:white:10"] == result["conditions"]["noise:white:10"]
+
+
+def test_a_levelled_run_answers_the_same_at_any_gain(levelled_run):
+    result = evaluate_run_conditions(levelled_run["run_dir"], "gain:-30,gain:6", log=print)
+    scores = result["conditions"]
+    for mode in ("alone", "speaker"):
+        clean = scores[CLEAN][mode]["predicted"]
+        assert len(set(clean)) > 1  # the model tells clips apart, so a change would show
+        for name in ("gain:-30", "gain:6"):
+            assert scores[name][mode]["predicted"] == clean, (name, mode)
+    table = render_conditions({"conditions": list(scores), "corpora": {"emodb": [result]}})
+    assert "| gain:-30 | alone |" in table and "+0.0" in table
+
+
+def test_cli_scores_conditions_and_refuses_a_typo_at_once(levelled_run, capsys):
+    assert main(["evaluate", str(levelled_run["run_dir"]), "--perturb", "gain:-10"]) == 0
+    assert "| gain:-10 | speaker |" in capsys.readouterr().out
+    assert main(["evaluate", str(levelled_run["run_dir"]), "--perturb", "gain:-10,phone"]) == 2
+    assert "'phone': unknown condition" in capsys.readouterr().err

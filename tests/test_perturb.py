@@ -1,0 +1,163 @@
+"""Recording conditions (``ser.perturb``), level-free features (``features.loudness_db``)
+and scoring a run's test clips in those conditions (``ser.condition_evaluation``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import signal
+
+from ser.audio import ffmpeg_path
+from ser.config import FeaturesConfig, FrameParams, load_config
+from ser.features.cache import cache_key
+from ser.features.extractors import active_level_db, extract_features
+from ser.perturb import Babble, ConditionError, parse_condition, parse_conditions
+from tests.support import ROOT
+from tests.support.signals import speech_like
+
+SR = 16000
+FRAME = FrameParams()
+
+
+@pytest.fixture(scope="module")
+def voice() -> np.ndarray:
+    return speech_like(3.0, hz=140.0, sr=SR, seed=3, amplitude=0.3)
+
+
+def _band_power(wave: np.ndarray, lo: float, hi: float) -> float:
+    f, p = signal.welch(wave, fs=SR, nperseg=1024)
+    return float(p[(f >= lo) & (f < hi)].sum())
+
+
+# ------------------------------------------------------------------ parsing
+def test_conditions_parse_to_canonical_names_once_each():
+    conditions = parse_conditions("gain:-20, telephone,NOISE:Pink:10,gain:-20.0,reverb:0.4")
+    assert [c.name for c in conditions] == ["gain:-20", "telephone", "noise:pink:10", "reverb:0.4"]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("loud:3", "unknown condition"),
+        ("gain", "expected gain:DB"),
+        ("noise:10", "expected noise:COLOUR:SNR"),
+        ("noise:red:10", "COLOUR must be one of white, pink, brown"),
+        ("gain:-100", "DB must be within -60 to 20"),
+        ("reverb:x", "RT60 must be a number"),
+        ("telephone:3", "expected telephone"),
+        (" , ", "no conditions given"),
+    ],
+)
+def test_bad_conditions_are_refused_naming_the_item(text, says):
+    with pytest.raises(ConditionError, match=says):
+        parse_conditions(text)
+
+
+# ------------------------------------------------------------------ conditions
+def test_gain_is_exact_and_clip_stays_within_full_scale(voice):
+    np.testing.assert_allclose(parse_condition("gain:-20").apply(voice, SR), voice * 0.1, rtol=1e-5)
+    clipped = parse_condition("clip:12").apply(voice, SR)
+    assert np.abs(clipped).max() == pytest.approx(1.0)
+    assert np.mean(np.abs(clipped) >= 1.0) > 0.002  # it did clip
+
+
+@pytest.mark.parametrize("colour", ["white", "pink", "brown"])
+def test_noise_lands_at_the_asked_snr(voice, colour):
+    noisy = parse_condition(f"noise:{colour}:10").apply(voice, SR, "clip-a")
+    noise = noisy - voice
+    noise_db = 10 * np.log10(np.mean(noise.astype(np.float64) ** 2))
+    assert active_level_db(voice, FRAME) - noise_db == pytest.approx(10.0, abs=0.1)
+
+
+def test_noise_colours_tilt_the_spectrum(voice):
+    silence = np.zeros_like(voice)
+    silence[::400] = 1e-3  # a level to measure the SNR against, nothing else
+    tilt = {}
+    for colour in ("white", "pink", "brown"):
+        noise = parse_condition(f"noise:{colour}:0").apply(silence, SR, "k") - silence
+        tilt[colour] = _band_power(noise, 100, 500) / _band_power(noise, 4000, 4400)
+    assert tilt["white"] < 2 < tilt["pink"] < tilt["brown"]
+
+
+def test_conditions_are_seeded_by_clip(voice):
+    c = parse_condition("noise:white:10")
+    a1, a2, b = c.apply(voice, SR, "a"), c.apply(voice, SR, "a"), c.apply(voice, SR, "b")
+    np.testing.assert_array_equal(a1, a2)
+    assert not np.allclose(a1, b)
+    other_seed = parse_condition("noise:white:10", seed=1).apply(voice, SR, "a")
+    assert not np.allclose(a1, other_seed)
+
+
+def test_telephone_keeps_the_band_and_the_length():
+    white = np.random.default_rng(0).standard_normal(SR * 2).astype(np.float32) * 0.1
+    phone = parse_condition("telephone").apply(white, SR)
+    assert phone.shape == white.shape
+    assert _band_power(phone, 4200, 8000) < 1e-4 * _band_power(white, 4200, 8000)
+    assert _band_power(phone, 60, 150) < 0.05 * _band_power(white, 60, 150)
+    assert _band_power(phone, 800, 2500) > 0.5 * _band_power(white, 800, 2500)
+
+
+def test_reverb_adds_a_decaying_tail(voice):
+    click = np.zeros(SR, np.float32)
+    click[100] = 1.0
+    wet = parse_condition("reverb:0.4").apply(click, SR, "k")
+    assert wet[100] == pytest.approx(1.0)
+    early = np.sum(wet[200:1800] ** 2)
+    late = np.sum(wet[5000:6600] ** 2)
+    assert early > 10 * late > 0
+    assert parse_condition("reverb:0.4").apply(voice, SR, "k").shape == voice.shape
+
+
+def test_babble_mixes_other_voices_at_the_snr(voice):
+    others = {f"v{i}": speech_like(2.0, hz=100.0 + 40 * i, sr=SR, seed=i) for i in range(6)}
+    babble = Babble(tuple(others), others.__getitem__)
+    noisy = parse_condition("babble:5", babble=babble).apply(voice, SR, "clip")
+    noise = noisy - voice
+    noise_db = 10 * np.log10(np.mean(noise.astype(np.float64) ** 2))
+    assert active_level_db(voice, FRAME) - noise_db == pytest.approx(5.0, abs=0.1)
+    with pytest.raises(ConditionError, match="no clips of other speakers"):
+        parse_condition("babble:5").apply(voice, SR, "clip")
+
+
+@pytest.mark.skipif(ffmpeg_path() is None, reason="ffmpeg is not installed")
+@pytest.mark.parametrize("codec", ["mp3:32", "opus:24"])
+def test_codec_round_trip_is_aligned_and_close(voice, codec):
+    out = parse_condition(codec).apply(voice, SR)
+    assert out.shape == voice.shape
+    assert np.corrcoef(out, voice)[0, 1] > 0.9  # aligned: a lag would decorrelate it
+    assert not np.allclose(out, voice, atol=1e-4)  # and lossy
+
+
+# ------------------------------------------------------------------ loudness
+def test_loudness_normalisation_makes_features_level_free(voice):
+    base = FeaturesConfig(extractors=["mfcc", "mel", "prosody"])
+    levelled = base.model_copy(update={"loudness_db": -25.0})
+    for gain_db in (-30.0, 6.0):
+        louder = voice * np.float32(10 ** (gain_db / 20))
+        np.testing.assert_allclose(
+            extract_features(louder, SR, levelled),
+            extract_features(voice, SR, levelled),
+            atol=2e-2,
+        )
+        # Without it the recording level shows (so the check above can fail).
+        assert not np.allclose(
+            extract_features(louder, SR, base), extract_features(voice, SR, base), atol=1.0
+        )
+    assert active_level_db(voice * np.float32(10 ** (-30 / 20)), FRAME) == pytest.approx(
+        active_level_db(voice, FRAME) - 30, abs=1e-3
+    )
+
+
+def test_loudness_is_part_of_the_cache_key_only_when_set():
+    base = FeaturesConfig()
+    assert cache_key("d", base, SR) == cache_key(
+        "d", base.model_copy(update={"loudness_db": None}), SR
+    )
+    assert cache_key("d", base, SR) != cache_key(
+        "d", base.model_copy(update={"loudness_db": -25.0}), SR
+    )
+
+
+def test_loudness_setting_is_checked():
+    with pytest.raises(Exception, match="loudness_db"):
+        load_config(ROOT / "configs" / "base.yaml", ["features.loudness_db=3"], env={})
