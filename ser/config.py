@@ -262,6 +262,12 @@ class AugmentConfig(Strict):
     # another of its batch, x = l*a + (1-l)*b and likewise its one-hot target, with
     # l ~ Beta(mixup, mixup) drawn per example; 0 turns it off, 0.2-0.4 is usual.
     mixup: float = Field(default=0.0, ge=0)
+    # Pooled vectors with speaker normalisation only: train as served. Beside each
+    # training clip normalised by all of its speaker's clips, this many copies of it
+    # normalised as a served clip would be: by the average training speaker alone, or by
+    # a random number of its speaker's clips (itself among them) blended with it, as a
+    # speaker session does (ser.inference.SpeakerSession). 0 turns it off.
+    session_copies: int = Field(default=0, ge=0, le=32)
 
 
 class FeaturesConfig(Strict):
@@ -598,6 +604,8 @@ class Config(Strict):
                 f"model.type {self.model.type!r} needs features.mode {wants!r}, "
                 f"got {self.features.mode!r}"
             )
+        if self.augment.session_copies and self.features.pooled_normalisation != "speaker":
+            raise ValueError("augment.session_copies needs features.pooled_normalisation: speaker")
         if self.augment.mixup > 0 and self.features.mode != "pooled":
             raise ValueError("augment.mixup needs features.mode: pooled (the dense model)")
         return self

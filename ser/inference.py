@@ -39,7 +39,9 @@ from ser import runs
 from ser.audio import load_audio, resample
 from ser.config import Config, load_config
 from ser.data.pipeline import (
+    SESSION_PRIOR_WEIGHT,
     Normaliser,
+    blended_normaliser,
     make_dataset,
     max_frames_for,
     to_model_input,
@@ -182,11 +184,6 @@ class PreparedClip:
     speech: SpeechEvidence | None = None  # the speech check it passed, if checked
 
 
-# Pseudo-clips of the average training speaker blended into a session's statistics:
-# a session's first clip leans on the prior, its twentieth mostly on its own clips.
-SESSION_PRIOR_WEIGHT = 5.0
-
-
 class SpeakerSession:
     """Label-free statistics of one speaker's clips (a session, a live stream), for
     ``features.pooled_normalisation: speaker`` at inference.
@@ -221,18 +218,8 @@ class SpeakerSession:
 
     def normaliser(self) -> Normaliser:
         """The blend of this session's statistics and the prior's."""
-        n, k = self.count, self.prior_weight
-        if n == 0:
-            return self.prior
-        prior_mean = self.prior.mean.astype(np.float64)
-        prior_var = np.square(self.prior.std.astype(np.float64))
-        mean = self._sum / n
-        var = np.maximum(self._sum_sq / n - mean * mean, 0.0)
-        blended_mean = (n * mean + k * prior_mean) / (n + k)
-        blended_var = (n * var + k * prior_var) / (n + k)
-        std = np.sqrt(blended_var)
-        return Normaliser(
-            blended_mean.astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32)
+        return blended_normaliser(
+            self.count, self._sum, self._sum_sq, self.prior, self.prior_weight
         )
 
 

@@ -272,9 +272,13 @@ def _fit_member(
     classes = len(data.labels)
     # Label smoothing and mixup need probability targets; plain training keeps indices.
     one_hot = classes if cfg.train.label_smoothing > 0 or cfg.augment.mixup > 0 else None
+    train_x, train_y = data.inputs["train"], data.targets["train"]
+    if data.served_train is not None:  # augment.session_copies: train as served too
+        train_x = [*train_x, *data.served_train[0]]
+        train_y = np.concatenate([train_y, data.served_train[1]])
     train_ds = make_dataset(
-        data.inputs["train"],
-        data.targets["train"],
+        train_x,
+        train_y,
         normaliser=normaliser,
         batch_size=batch,
         training=True,

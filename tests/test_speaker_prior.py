@@ -4,14 +4,17 @@ inference, and how a lone clip (no speaker statistics) is normalised."""
 from __future__ import annotations
 
 import json
+from itertools import combinations
 
 import numpy as np
 import pytest
 
+from ser.config import load_config
 from ser.data.pipeline import Normaliser, speaker_prior
 from ser.data.prepare import prepare_data
 from ser.inference import Predictor
 from ser.runs import SPEAKER_PRIOR, RunDirError
+from tests.support import ROOT
 from tests.support.signals import gliding_tone, non_speech
 from tests.support.tiny_run import train_speaker_normalised
 
@@ -197,3 +200,49 @@ def test_predict_one_speaker_normalises_the_files_by_each_other(run, tmp_path, c
         assert list(result["probabilities"].values()) == pytest.approx(probs.tolist(), abs=1e-4)
     spoken = [r["probabilities"] for r in alone if r["type"] == "prediction"]
     assert spoken != [r["probabilities"] for r in together]  # the session changed them
+
+
+def test_served_copies_are_normalised_as_sessions_would_be():
+    from ser.data.pipeline import served_copies
+    from ser.inference import SpeakerSession
+
+    rng = np.random.default_rng(1)
+    vectors = list(rng.normal(3.0, 2.0, (6, 4)))
+    speakers = ["A"] * 4 + ["B"] * 2
+    prior = Normaliser(np.zeros(4, np.float32), np.ones(4, np.float32))
+    copies = served_copies(vectors, speakers, prior, 50, np.random.default_rng(0))
+    assert [len(c) for c in copies] == [50] * 6
+    # Every copy is one of the normalisations a session of that speaker could give it:
+    # the prior alone, or the clip with some of its speaker's other clips.
+    for i, per_clip in enumerate(copies):
+        same = [j for j, s in enumerate(speakers) if s == speakers[i] and j != i]
+        possible = [prior.apply(vectors[i].astype(np.float32))]
+        for m in range(len(same) + 1):
+            for others in combinations(same, m):
+                session = SpeakerSession(prior)
+                for j in (i, *others):
+                    session.add(vectors[j])
+                possible.append(session.normaliser().apply(vectors[i].astype(np.float32)))
+        for copy in per_clip:
+            assert min(np.abs(copy - p).max() for p in possible) < 1e-5
+        # and the draws cover the lone clip and the whole speaker alike
+        assert min(np.abs(per_clip[k] - possible[0]).max() for k in range(50)) < 1e-6
+        assert min(np.abs(per_clip[k] - possible[-1]).max() for k in range(50)) < 1e-6
+
+
+def test_session_copies_train_beside_the_whole_speaker_vectors(tmp_path):
+    cfg, summary = train_speaker_normalised(
+        tmp_path, **{"augment.session_copies": "3", "train.run_name": "served"}
+    )
+    data = prepare_data(cfg, log=lambda _line: None)
+    vectors, targets = data.served_train
+    assert len(vectors) == 3 * len(data.inputs["train"])
+    np.testing.assert_array_equal(targets, np.repeat(data.targets["train"], 3))
+    assert Predictor.load(summary["run_dir"], xla=False).speaker_prior is not None
+
+
+def test_session_copies_need_speaker_normalisation():
+    from ser.config import ConfigError
+
+    with pytest.raises(ConfigError, match="session_copies needs features.pooled_normalisation"):
+        load_config(ROOT / "configs" / "base.yaml", ["augment.session_copies=2"], env={})

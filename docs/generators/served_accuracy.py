@@ -63,28 +63,36 @@ def replay_fold(run_dir: Path, seed: int = 0) -> dict:
     prior = predict([predictor.speaker_prior.apply(v) for v in raw])
     speaker = np.asarray(predictor.predict_inputs(data.inputs["test"])).argmax(axis=1).tolist()
     rng = np.random.default_rng(seed)
-    session = [0] * len(rows)
-    position = [0] * len(rows)
     by_speaker: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
         by_speaker[r.speaker].append(i)
-    for idx in by_speaker.values():
-        order = rng.permutation(idx).tolist()
-        s = predictor.new_session()
-        inputs = []
-        for n, i in enumerate(order, start=1):
-            s.add(raw[i])
-            inputs.append(s.normaliser().apply(raw[i]))
-            position[i] = n
-        for i, p in zip(order, predict(inputs), strict=True):
-            session[i] = p
     t = targets.tolist()
-    hits = {
-        (str(lo) if lo == hi else f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"): [
-            int(session[i] == t[i]) for i in range(len(rows)) if lo <= position[i] <= hi
-        ]
-        for lo, hi in BUCKETS
-    }
+
+    def replay(order_of) -> tuple[list[int], dict[str, list[int]]]:
+        """Each speaker's clips through one session in ``order_of(indices)``: the
+        predictions, and hits by the clip's position in its session."""
+        session, position = [0] * len(rows), [0] * len(rows)
+        for idx in by_speaker.values():
+            order = order_of(idx)
+            s = predictor.new_session()
+            inputs = []
+            for n, i in enumerate(order, start=1):
+                s.add(raw[i])
+                inputs.append(s.normaliser().apply(raw[i]))
+                position[i] = n
+            for i, p in zip(order, predict(inputs), strict=True):
+                session[i] = p
+        hits = {
+            (str(lo) if lo == hi else f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"): [
+                int(session[i] == t[i]) for i in range(len(rows)) if lo <= position[i] <= hi
+            ]
+            for lo, hi in BUCKETS
+        }
+        return session, hits
+
+    session, hits = replay(lambda idx: rng.permutation(idx).tolist())
+    # The worst case for running statistics: one emotion's clips, then the next's.
+    by_emotion, hits_by_emotion = replay(lambda idx: sorted(idx, key=lambda i: (t[i], i)))
     return {
         "fold": run_dir.name,
         "speakers": sorted(by_speaker),
@@ -92,9 +100,11 @@ def replay_fold(run_dir: Path, seed: int = 0) -> dict:
         "ua": {
             "prior": _ua(t, prior, classes),
             "session": _ua(t, session, classes),
+            "session_by_emotion": _ua(t, by_emotion, classes),
             "speaker": _ua(t, speaker, classes),
         },
         "session_hits_by_position": hits,
+        "session_by_emotion_hits_by_position": hits_by_emotion,
     }
 
 
@@ -105,32 +115,40 @@ def render(config: str, results: dict[str, list[dict]]) -> str:
     lines = [
         f"Config `{config}`, every fold run of its cross-validation; UA % mean ± std over folds.",
         "",
-        "| corpus | folds | each clip alone (prior) | session, clip by clip | all of the speaker's clips (as CV) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for corpus, folds in results.items():
-        ua = {k: [f["ua"][k] for f in folds] for k in ("prior", "session", "speaker")}
-        lines.append(
-            f"| {corpus} | {len(folds)} | {cell(ua['prior'])} | {cell(ua['session'])} | "
-            f"{cell(ua['speaker'])} |"
-        )
-    names = list(next(iter(results.values()))[0]["session_hits_by_position"])
-    lines += [
-        "",
         (
-            "Session accuracy (plain, all folds pooled) by the clip's position in its "
-            "speaker's session:"
+            "| corpus | folds | each clip alone (prior) | session, random order | "
+            "session, sorted by emotion | all of the speaker's clips (as CV) |"
         ),
-        "",
-        "| corpus | " + " | ".join(f"clip {n}" for n in names) + " |",
-        "|---|" + "---:|" * len(names),
+        "|---|---:|---:|---:|---:|---:|",
     ]
+    modes = ("prior", "session", "session_by_emotion", "speaker")
     for corpus, folds in results.items():
-        cells = []
-        for name in names:
-            hits = [h for f in folds for h in f["session_hits_by_position"][name]]
-            cells.append(f"{100 * np.mean(hits):.1f} (n={len(hits)})" if hits else "")
-        lines.append(f"| {corpus} | " + " | ".join(cells) + " |")
+        cells = " | ".join(
+            cell([f["ua"][k] for f in folds]) if all(k in f["ua"] for f in folds) else "n/a"
+            for k in modes
+        )
+        lines.append(f"| {corpus} | {len(folds)} | {cells} |")
+    names = list(next(iter(results.values()))[0]["session_hits_by_position"])
+    for key, order in (
+        ("session_hits_by_position", "random order"),
+        ("session_by_emotion_hits_by_position", "sorted by emotion"),
+    ):
+        lines += [
+            "",
+            (
+                f"Session accuracy ({order}; plain, all folds pooled) by the clip's position in "
+                "its speaker's session:"
+            ),
+            "",
+            "| corpus | " + " | ".join(f"clip {n}" for n in names) + " |",
+            "|---|" + "---:|" * len(names),
+        ]
+        for corpus, folds in results.items():
+            cells = []
+            for name in names:
+                hits = [h for f in folds for h in f.get(key, {}).get(name, [])]
+                cells.append(f"{100 * np.mean(hits):.1f} (n={len(hits)})" if hits else "")
+            lines.append(f"| {corpus} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -131,6 +131,65 @@ def speaker_prior(vectors: Sequence[np.ndarray], speakers: Sequence[str]) -> Nor
     )
 
 
+# Pseudo-clips of the average training speaker blended into a session's statistics:
+# a session's first clip leans on the prior, its twentieth mostly on its own clips.
+SESSION_PRIOR_WEIGHT = 5.0
+
+
+def blended_normaliser(
+    count: int, total: np.ndarray, total_sq: np.ndarray, prior: Normaliser, prior_weight: float
+) -> Normaliser:
+    """Statistics of ``count`` raw pooled vectors (their sum and sum of squares) shrunk
+    towards ``prior`` with ``prior_weight`` pseudo-vectors: mean = (n m + k m_prior) /
+    (n + k), and the same for the variance. ``prior`` itself when ``count`` is 0."""
+    n, k = count, prior_weight
+    if n == 0:
+        return prior
+    prior_mean = prior.mean.astype(np.float64)
+    prior_var = np.square(prior.std.astype(np.float64))
+    mean = total / n
+    var = np.maximum(total_sq / n - mean * mean, 0.0)
+    std = np.sqrt((n * var + k * prior_var) / (n + k))
+    return Normaliser(
+        ((n * mean + k * prior_mean) / (n + k)).astype(np.float32),
+        np.where(std < 1e-8, 1.0, std).astype(np.float32),
+    )
+
+
+def served_copies(
+    vectors: Sequence[np.ndarray],
+    speakers: Sequence[str],
+    prior: Normaliser,
+    copies: int,
+    rng: np.random.Generator,
+    prior_weight: float = SESSION_PRIOR_WEIGHT,
+) -> list[list[np.ndarray]]:
+    """``copies`` normalisations of each raw pooled vector as a served clip may get them.
+
+    Each copy draws how many of its speaker's clips a session has heard, m from 0 to all
+    of them with equal chance: m = 0 is a lone clip (the prior alone); otherwise the clip
+    and m - 1 others of its speaker, blended with the prior (``blended_normaliser``).
+    Returns one list of ``copies`` vectors per input vector, in input order. Label-free.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, speaker in enumerate(speakers):
+        groups.setdefault(speaker, []).append(i)
+    raw = [np.asarray(v, np.float64) for v in vectors]
+    out: list[list[np.ndarray]] = [[] for _ in raw]
+    for idx in groups.values():
+        for i in idx:
+            others = [j for j in idx if j != i]
+            for _ in range(copies):
+                m = int(rng.integers(0, len(idx) + 1))
+                heard = [i, *rng.choice(others, size=m - 1, replace=False).tolist()] if m else []
+                stack = np.stack([raw[j] for j in heard]) if heard else np.zeros((0, raw[i].size))
+                norm = blended_normaliser(
+                    len(heard), stack.sum(axis=0), (stack * stack).sum(axis=0), prior, prior_weight
+                )
+                out[i].append(norm.apply(raw[i].astype(np.float32)))
+    return out
+
+
 def centre_crop(frames: np.ndarray, max_frames: int) -> np.ndarray:
     """[T, D] -> [min(T, max_frames), D], keeping the middle of long clips."""
     if frames.shape[0] <= max_frames:

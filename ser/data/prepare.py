@@ -33,6 +33,7 @@ from ser.data.pipeline import (
     Normaliser,
     max_frames_for,
     scope_normalise,
+    served_copies,
     speaker_normalise_vectors,
     speaker_prior,
     to_model_input,
@@ -59,6 +60,9 @@ class PreparedData:
     # features.pooled_normalisation speaker: the average training speaker's statistics
     # of the raw pooled vectors, for clips whose speaker is unknown (inference).
     speaker_prior: Normaliser | None = None
+    # augment.session_copies: training vectors normalised as served clips would be
+    # (``served_copies``), with their targets; training fits on them beside ``inputs``.
+    served_train: tuple[list[np.ndarray], np.ndarray] | None = None
 
     @property
     def input_dim(self) -> int:
@@ -119,6 +123,21 @@ def _normalise_by_speaker(
     return {p: [next(normalised) for _ in rows[p]] for p in PARTS}, prior
 
 
+def _served_training_copies(
+    cfg: Config,
+    raw: list[np.ndarray],
+    rows: list[Utterance],
+    targets: np.ndarray,
+    prior: Normaliser,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """``augment.session_copies`` copies of each raw training vector, normalised as a
+    served clip would be (``served_copies``, seeded by ``cfg.seed``), with targets."""
+    rng = np.random.default_rng([cfg.seed, 1117])
+    copies = served_copies(raw, [r.speaker for r in rows], prior, cfg.augment.session_copies, rng)
+    vectors = [v for per_clip in copies for v in per_clip]
+    return vectors, np.repeat(targets, cfg.augment.session_copies).astype(np.int32)
+
+
 def prepare_data(
     cfg: Config,
     split: Split | None = None,
@@ -158,9 +177,12 @@ def prepare_data(
         ]
         targets[part] = np.array([index[r.emotion] for r in kept], np.int32)
     _check_no_part_empty(rows, features, report)
-    prior = None
+    prior = served = None
     if cfg.features.pooled_normalisation == "speaker":
+        raw_train = inputs["train"]
         inputs, prior = _normalise_by_speaker(inputs, rows)
+        if cfg.augment.session_copies:
+            served = _served_training_copies(cfg, raw_train, rows["train"], targets["train"], prior)
     log(
         "examples: "
         + ", ".join(
@@ -170,7 +192,17 @@ def prepare_data(
     )
     kept_features = features if keep_features else {}
     return PreparedData(
-        manifest, split, labels, rows, inputs, targets, report, report.failed, kept_features, prior
+        manifest,
+        split,
+        labels,
+        rows,
+        inputs,
+        targets,
+        report,
+        report.failed,
+        kept_features,
+        prior,
+        served,
     )
 
 
