@@ -40,6 +40,8 @@ from ser.data.splits import PARTS, SPEAKER_DEPENDENT_METHODS, Split, SplitError
 from ser.inference import Predictor
 from ser.metrics import classification_metrics, metrics_by_group
 from ser.progress import Log, above_bar, progress_bar
+from ser.reports import served_line
+from ser.served_evaluation import served_modes
 
 if TYPE_CHECKING:
     from ser.baselines import PooledFeatures
@@ -536,6 +538,9 @@ def evaluate_run(
         f"{data.extraction.summary()}",
         extra={"grid": cfg.evaluation.grid if grid is None else grid},
     )
+    if predictor.speaker_prior is not None:
+        report["served"] = served_modes(predictor, data)["ua"]
+        log(served_line(report["served"]))
     at_training = report["model"]["test_ua_at_training"]
     if at_training is not None and abs(at_training - keras_metrics["ua"]) > 1e-6:
         note = (

@@ -95,6 +95,7 @@ def render_markdown(
     ``skipped``: plots not drawn, each with the reason)."""
     models = report["models"]
     out = _title_lines(report) + _protocol_facts(report) + _ranking_section(report)
+    out += _served_section(report)
     out += _per_corpus_section(report)
     out += _per_class_sections(report)
     out += _confusion_section(report)
@@ -102,6 +103,33 @@ def render_markdown(
     out += _baseline_settings_section([m for m in models if m["kind"] == "baseline"])
     out += _notes_section(models)
     return "\n".join(out) + "\n"
+
+
+# The served modes of ``ser.served_evaluation``, as report.md and the terminal name them.
+SERVED_MODE_NAMES = {
+    "prior": "each clip alone",
+    "session": "speaker session, clips in random order",
+    "session_by_emotion": "speaker session, clips sorted by emotion (worst case)",
+    "speaker": "all of a speaker's clips at once (the ranking above)",
+}
+
+
+def served_line(served: dict[str, float]) -> str:
+    """One line: the Keras model's test UA in each served mode."""
+    return "served UA: " + "; ".join(
+        f"{SERVED_MODE_NAMES[m].split(' (')[0]} {_pct(ua)} %" for m, ua in served.items()
+    )
+
+
+def _served_section(report: dict[str, Any]) -> list[str]:
+    """The Keras model's test UA as each serving mode normalises a clip (speaker-
+    normalised runs only: the others serve every clip the same way)."""
+    served = report.get("served")
+    if not served:
+        return []
+    out = ["## Served: how each clip is normalised", "", "| mode | UA % |", "|---|---:|"]
+    out += [f"| {SERVED_MODE_NAMES[m]} | {_pct(ua)} |" for m, ua in served.items()]
+    return out + [""]
 
 
 def _keras_model(report: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,3 +247,18 @@ def test_session_copies_need_speaker_normalisation():
 
     with pytest.raises(ConfigError, match="session_copies needs features.pooled_normalisation"):
         load_config(ROOT / "configs" / "base.yaml", ["augment.session_copies=2"], env={})
+
+
+def test_evaluation_reports_every_served_mode(run):
+    from ser.evaluation import evaluate_run
+
+    _cfg, summary = run
+    lines: list[str] = []
+    report = evaluate_run(summary["run_dir"], baselines=False, log=lines.append)
+    served = report["served"]
+    assert list(served) == ["prior", "session", "session_by_emotion", "speaker"]
+    assert served["speaker"] == pytest.approx(report["models"][0]["ua"], abs=1e-6)
+    assert any(line.startswith("served UA: each clip alone") for line in lines)
+    text = (Path(summary["run_dir"]) / "report.md").read_text()
+    assert "## Served: how each clip is normalised" in text
+    assert "| speaker session, clips sorted by emotion (worst case) |" in text

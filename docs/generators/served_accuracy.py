@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -31,81 +30,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]  # the checkout, so `ser` imports from it
 sys.path.insert(0, str(ROOT))
 
-# Session UA by the clip's position in its speaker's session (1-based, inclusive).
-BUCKETS = [(1, 1), (2, 5), (6, 10), (11, 25), (26, 50), (51, 10**9)]
-
-
-def _ua(targets: list[int], preds: list[int], classes: int) -> float:
-    from ser.metrics import unweighted_accuracy
-
-    return float(unweighted_accuracy(np.asarray(targets), np.asarray(preds), classes))
-
 
 def replay_fold(run_dir: Path, seed: int = 0) -> dict:
-    """UA of one fold run under the three normalisations, and session hits by position."""
-    from ser.data.pipeline import to_model_input
+    """UA of one fold run in the served modes, and session hits by position."""
     from ser.evaluation import load_run_data
     from ser.inference import Predictor
+    from ser.served_evaluation import served_modes
 
     predictor = Predictor.load(run_dir, xla=False)
     if predictor.speaker_prior is None:
         raise SystemExit(f"{run_dir}: not a speaker-normalised run (features.pooled_normalisation)")
     data = load_run_data(predictor, log=lambda _line: None)
-    f = predictor.cfg.features
-    rows, targets = data.rows["test"], data.targets["test"]
-    raw = [to_model_input(data.features[r.path], f.mode, f.pooling, 0) for r in rows]
-    classes = len(predictor.labels)
-
-    def predict(vectors: list[np.ndarray]) -> list[int]:
-        x = np.stack([predictor.normaliser.apply(v) for v in vectors])
-        return predictor.predict_batch(x).argmax(axis=1).tolist()
-
-    prior = predict([predictor.speaker_prior.apply(v) for v in raw])
-    speaker = np.asarray(predictor.predict_inputs(data.inputs["test"])).argmax(axis=1).tolist()
-    rng = np.random.default_rng(seed)
-    by_speaker: dict[str, list[int]] = defaultdict(list)
-    for i, r in enumerate(rows):
-        by_speaker[r.speaker].append(i)
-    t = targets.tolist()
-
-    def replay(order_of) -> tuple[list[int], dict[str, list[int]]]:
-        """Each speaker's clips through one session in ``order_of(indices)``: the
-        predictions, and hits by the clip's position in its session."""
-        session, position = [0] * len(rows), [0] * len(rows)
-        for idx in by_speaker.values():
-            order = order_of(idx)
-            s = predictor.new_session()
-            inputs = []
-            for n, i in enumerate(order, start=1):
-                s.add(raw[i])
-                inputs.append(s.normaliser().apply(raw[i]))
-                position[i] = n
-            for i, p in zip(order, predict(inputs), strict=True):
-                session[i] = p
-        hits = {
-            (str(lo) if lo == hi else f"{lo}-{hi}" if hi < 10**9 else f"{lo}+"): [
-                int(session[i] == t[i]) for i in range(len(rows)) if lo <= position[i] <= hi
-            ]
-            for lo, hi in BUCKETS
-        }
-        return session, hits
-
-    session, hits = replay(lambda idx: rng.permutation(idx).tolist())
-    # The worst case for running statistics: one emotion's clips, then the next's.
-    by_emotion, hits_by_emotion = replay(lambda idx: sorted(idx, key=lambda i: (t[i], i)))
-    return {
-        "fold": run_dir.name,
-        "speakers": sorted(by_speaker),
-        "n": len(rows),
-        "ua": {
-            "prior": _ua(t, prior, classes),
-            "session": _ua(t, session, classes),
-            "session_by_emotion": _ua(t, by_emotion, classes),
-            "speaker": _ua(t, speaker, classes),
-        },
-        "session_hits_by_position": hits,
-        "session_by_emotion_hits_by_position": hits_by_emotion,
-    }
+    return {"fold": run_dir.name, **served_modes(predictor, data, seed)}
 
 
 def render(config: str, results: dict[str, list[dict]]) -> str:
