@@ -479,6 +479,21 @@ def finish_report(
     return report
 
 
+def _note_if_changed_since_training(report: dict[str, Any], keras: ModelResult, log: Log) -> None:
+    """Warn (log and the model's notes) when the Keras model's test UA now differs from
+    the one measured at the end of training."""
+    at_training = report["model"]["test_ua_at_training"]
+    ua = keras.metrics["ua"]
+    if at_training is not None and abs(at_training - ua) > 1e-6:
+        note = (
+            f"test UA {ua:.4f} differs from the {at_training:.4f} measured at "
+            "the end of training (data or features changed since?)"
+        )
+        log(f"warning: {note}")
+        keras.notes.append(note)
+        report["models"][0]["notes"] = keras.notes
+
+
 def evaluate_run(
     run_dir: str | os.PathLike[str],
     *,
@@ -541,15 +556,7 @@ def evaluate_run(
     if predictor.speaker_prior is not None:
         report["served"] = served_modes(predictor, data)["ua"]
         log(served_line(report["served"]))
-    at_training = report["model"]["test_ua_at_training"]
-    if at_training is not None and abs(at_training - keras_metrics["ua"]) > 1e-6:
-        note = (
-            f"test UA {keras_metrics['ua']:.4f} differs from the {at_training:.4f} measured at "
-            "the end of training (data or features changed since?)"
-        )
-        log(f"warning: {note}")
-        results[0].notes.append(note)
-        report["models"][0]["notes"] = results[0].notes
+    _note_if_changed_since_training(report, results[0], log)
     report["seconds"] = time.perf_counter() - started
     return finish_report(
         report,

@@ -22,6 +22,7 @@ EXAMPLES = """examples:
 """
 
 
+# Long: one flat list of the command's options, each with its help text.
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
