@@ -268,6 +268,13 @@ class AugmentConfig(Strict):
     # a random number of its speaker's clips (itself among them) blended with it, as a
     # speaker session does (ser.inference.SpeakerSession). 0 turns it off.
     session_copies: int = Field(default=0, ge=0, le=32)
+    # Recording conditions (ser.perturb, e.g. "telephone", "noise:pink:15", "babble:10",
+    # "mp3:32", "reverb:0.4", "gain:-20") to train on: beside each training clip,
+    # condition_copies copies of its audio, each in one condition drawn from the list
+    # (seeded), with features extracted from the changed audio (cached) and normalised
+    # as a speaker of their own per condition. Training speakers only. 0 turns it off.
+    conditions: list[str] = []
+    condition_copies: int = Field(default=0, ge=0, le=16)
 
 
 class FeaturesConfig(Strict):
@@ -604,6 +611,8 @@ class Config(Strict):
                 f"model.type {self.model.type!r} needs features.mode {wants!r}, "
                 f"got {self.features.mode!r}"
             )
+        if self.augment.condition_copies and not self.augment.conditions:
+            raise ValueError("augment.condition_copies needs augment.conditions to draw from")
         if self.augment.session_copies and self.features.pooled_normalisation != "speaker":
             raise ValueError("augment.session_copies needs features.pooled_normalisation: speaker")
         if self.augment.mixup > 0 and self.features.mode != "pooled":

@@ -161,3 +161,67 @@ def test_loudness_is_part_of_the_cache_key_only_when_set():
 def test_loudness_setting_is_checked():
     with pytest.raises(Exception, match="loudness_db"):
         load_config(ROOT / "configs" / "base.yaml", ["features.loudness_db=3"], env={})
+
+
+# ------------------------------------------------------------------ train-time conditions
+def test_training_clips_get_copies_in_recording_conditions(tmp_path):
+    from ser.data.prepare import CONDITION_MARK, prepare_data
+    from tests.support.fakes import make_emodb
+    from tests.support.tiny_run import tiny_config
+
+    make_emodb(tmp_path / "corpora")
+    cfg = tiny_config(
+        tmp_path / "corpora",
+        tmp_path,
+        "[emodb]",
+        "dense",
+        **{
+            "augment.conditions": "[gain:-20, noise:white:20, telephone]",
+            "augment.condition_copies": "2",
+        },
+    )
+    lines: list[str] = []
+    data = prepare_data(cfg, log=lines.append, keep_features=True)
+    clean = [r for r in data.rows["train"] if CONDITION_MARK not in r.path]
+    copies = [r for r in data.rows["train"] if CONDITION_MARK in r.path]
+    assert len(copies) == 2 * len(clean) == len(data.inputs["train"]) - len(clean)
+    assert len(data.targets["train"]) == len(data.inputs["train"])
+    for r in copies:  # each copy is a clean training clip's, under its own speaker name
+        source, condition = r.path.split(CONDITION_MARK)
+        assert r.speaker.endswith(f"{CONDITION_MARK}{condition}")
+        assert condition in {"gain:-20", "noise:white:20", "telephone"}
+        assert any(c.path == source and c.emotion == r.emotion for c in clean)
+    # two distinct conditions per clip, and none of the other parts is touched
+    per_clip: dict[str, set[str]] = {}
+    for r in copies:
+        source, condition = r.path.split(CONDITION_MARK)
+        per_clip.setdefault(source, set()).add(condition)
+    assert all(len(v) == 2 for v in per_clip.values())
+    assert not any(CONDITION_MARK in r.path for p in ("val", "test") for r in data.rows[p])
+    # The copies' features are those of the changed audio, and cached.
+    noisy = next(r for r in copies if r.path.endswith("noise:white:20"))
+    source = noisy.path.split(CONDITION_MARK)[0]
+    assert not np.allclose(data.features[noisy.path], data.features[source])
+    again: list[str] = []
+    prepare_data(cfg, log=again.append)
+    assert any(f"{len(copies)} cache hits, 0 extracted" in line for line in again)
+
+
+def test_bad_training_conditions_name_the_setting(tmp_path):
+    from ser.config import ConfigError
+    from ser.data.prepare import prepare_data
+    from tests.support.fakes import make_emodb
+    from tests.support.tiny_run import tiny_config
+
+    make_emodb(tmp_path / "corpora")
+    cfg = tiny_config(
+        tmp_path / "corpora",
+        tmp_path,
+        "[emodb]",
+        "dense",
+        **{"augment.conditions": "[phone]", "augment.condition_copies": "1"},
+    )
+    with pytest.raises(ConfigError, match="augment.conditions: 'phone': unknown condition"):
+        prepare_data(cfg, log=lambda _line: None)
+    with pytest.raises(ConfigError, match="condition_copies needs augment.conditions"):
+        load_config(ROOT / "configs" / "base.yaml", ["augment.condition_copies=1"], env={})

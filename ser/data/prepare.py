@@ -12,6 +12,7 @@ so that only the new data root is needed there.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -21,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ser import runs
-from ser.config import DATA_ROOT_ENV, EMOTIONS, Config, DataConfig
+from ser.audio import load_audio
+from ser.config import DATA_ROOT_ENV, EMOTIONS, Config, ConfigError, DataConfig
 from ser.data.corpora import (
     CorpusNotFoundError,
     Manifest,
@@ -123,6 +125,56 @@ def _normalise_by_speaker(
     return {p: [next(normalised) for _ in rows[p]] for p in PARTS}, prior
 
 
+# Joins a clip's path or speaker to the recording condition of its augmented copy.
+CONDITION_MARK = "@"
+
+
+def _condition_copies(
+    cfg: Config, train: list[Utterance], max_frames: int, log: Log
+) -> tuple[list[Utterance], list[np.ndarray], dict[str, np.ndarray]]:
+    """``augment.condition_copies`` copies of each training clip, each in a recording
+    condition drawn (seeded by ``cfg.seed``) from ``augment.conditions``: their rows
+    (path and speaker marked ``<...>@<condition>``, so each condition of a speaker is
+    normalised as a speaker of its own), model inputs and frame features by path.
+    Babble mixes training clips."""
+    from ser.perturb import Babble, ConditionError, parse_conditions
+
+    rate = cfg.data.sample_rate
+    babble = Babble(tuple(r.path for r in train), functools.partial(load_audio, sample_rate=rate))
+    try:
+        conditions = parse_conditions(cfg.augment.conditions, seed=cfg.seed, babble=babble)
+    except ConditionError as exc:
+        raise ConfigError(f"augment.conditions: {exc}") from None
+    k = cfg.augment.condition_copies
+    rng = np.random.default_rng([cfg.seed, 2029])
+    rows, sources = [], {}
+    for r in train:
+        for pick in rng.choice(len(conditions), size=k, replace=k > len(conditions)):
+            c = conditions[int(pick)]
+            path = f"{r.path}{CONDITION_MARK}{c.name}"
+            sources[path] = (r.path, c)
+            rows.append(replace(r, path=path, speaker=f"{r.speaker}{CONDITION_MARK}{c.name}"))
+    f = cfg.features
+    log(
+        f"augmentation: {len(rows)} copies of {len(train)} training clips in {len(conditions)} "
+        "recording conditions"
+    )
+    features, report = extract_all(
+        list(sources),
+        f,
+        rate,
+        workers=f.workers,
+        cache_dir=f.cache_dir,
+        log=log,
+        conditions=sources,
+    )
+    log(report.summary())
+    features = scope_normalise(features, rows, f.normalisation)
+    kept = [r for r in rows if r.path in features]
+    inputs = [to_model_input(features[r.path], f.mode, f.pooling, max_frames) for r in kept]
+    return kept, inputs, features
+
+
 def _served_training_copies(
     cfg: Config,
     raw: list[np.ndarray],
@@ -177,6 +229,13 @@ def prepare_data(
         ]
         targets[part] = np.array([index[r.emotion] for r in kept], np.int32)
     _check_no_part_empty(rows, features, report)
+    if cfg.augment.condition_copies:
+        copies, copy_inputs, copy_features = _condition_copies(cfg, rows["train"], max_frames, log)
+        features.update(copy_features)
+        rows["train"] = rows["train"] + copies
+        inputs["train"] = inputs["train"] + copy_inputs
+        copy_targets = np.array([index[r.emotion] for r in copies], np.int32)
+        targets["train"] = np.concatenate([targets["train"], copy_targets])
     prior = served = None
     if cfg.features.pooled_normalisation == "speaker":
         raw_train = inputs["train"]

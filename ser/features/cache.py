@@ -23,11 +23,11 @@ import tempfile
 import time
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from tqdm import tqdm
@@ -41,6 +41,9 @@ from ser.features.extractors import (
     opensmile_version,
 )
 from ser.progress import Log
+
+if TYPE_CHECKING:
+    from ser.perturb import Condition
 
 _BLOCK = 1 << 20  # bytes read per hashing step
 _MIN_FILES_PER_WORKER = 16
@@ -370,18 +373,38 @@ def _reason(exc: BaseException, path: str) -> str:
     return text[:300]
 
 
-def _extract_one(path: str, cfg: FeaturesConfig, sample_rate: int, cache: FeatureCache) -> _Outcome:
-    """Read, hash, decode, extract and cache one file; never raises for a bad file."""
+def condition_digest(digest: str, condition: Condition) -> str:
+    """The digest standing for a file's audio in ``condition`` (its name and seed)."""
+    text = f"{digest}|{condition.name}|{condition.seed}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _extract_one(
+    path: str,
+    cfg: FeaturesConfig,
+    sample_rate: int,
+    cache: FeatureCache,
+    conditions: Mapping[str, tuple[str, Condition]] | None = None,
+) -> _Outcome:
+    """Read, hash, decode, extract and cache one file (or, for a path in ``conditions``,
+    its source file in that condition); never raises for a bad file."""
+    source, condition = (conditions or {}).get(path, (path, None))
     try:
         # Hashed again just before decoding rather than reusing the parent's digest:
         # that shrinks the gap in which a rewritten file could be cached under its
         # old key to milliseconds.
-        key = cache_key(file_digest(path), cfg, sample_rate)  # once per miss: cheap enough
+        digest = file_digest(source)  # once per miss: cheap enough
+        if condition is not None:
+            digest = condition_digest(digest, condition)
+        key = cache_key(digest, cfg, sample_rate)
         with warnings.catch_warnings():
             # librosa's CQT (tonnetz) warns about its low octaves on every short clip;
             # a line per file would bury the warnings that matter.
             warnings.filterwarnings("ignore", r"n_fft=\d+ is too large", UserWarning)
-            features = extract_features(load_audio(path, sample_rate), sample_rate, cfg)
+            wave = load_audio(source, sample_rate)
+            if condition is not None:
+                wave = condition.apply(wave, sample_rate, Path(source).name)
+            features = extract_features(wave, sample_rate, cfg)
     except Exception as exc:
         return _Outcome(path, None, error=_reason(exc, path))
     try:
@@ -413,11 +436,15 @@ def _init_worker() -> None:
 
 
 def _extract_batch(
-    paths: list[str], cfg: FeaturesConfig, sample_rate: int, root: str
+    paths: list[str],
+    cfg: FeaturesConfig,
+    sample_rate: int,
+    root: str,
+    conditions: Mapping[str, tuple[str, Condition]],
 ) -> list[_Outcome]:
     """Worker-process entry point."""
     cache = FeatureCache(root)
-    return [_extract_one(path, cfg, sample_rate, cache) for path in paths]
+    return [_extract_one(path, cfg, sample_rate, cache, conditions) for path in paths]
 
 
 def _check_extractable(cfg: FeaturesConfig, sample_rate: int) -> None:
@@ -442,7 +469,12 @@ def _batches(items: list[str], size: int) -> Iterator[list[str]]:
 
 
 def _run_pool(
-    misses: list[str], cfg: FeaturesConfig, sample_rate: int, root: str, workers: int
+    misses: list[str],
+    cfg: FeaturesConfig,
+    sample_rate: int,
+    root: str,
+    workers: int,
+    conditions: Mapping[str, tuple[str, Condition]],
 ) -> Iterator[_Outcome]:
     """Outcomes of ``misses`` extracted by ``workers`` processes, in completion order."""
     # Small batches amortise inter-process overhead; a bounded window of in-flight
@@ -455,7 +487,8 @@ def _run_pool(
         running: set[Future[list[_Outcome]]] = set()
         while True:
             while len(running) < 2 * workers and (batch := next(pending, None)) is not None:
-                running.add(pool.submit(_extract_batch, batch, cfg, sample_rate, root))
+                mine = {p: conditions[p] for p in batch if p in conditions}
+                running.add(pool.submit(_extract_batch, batch, cfg, sample_rate, root, mine))
             if not running:
                 return
             done, running = wait(running, return_when=FIRST_COMPLETED)
@@ -472,8 +505,13 @@ def extract_all(
     cache_dir: str | None = None,
     progress: bool = True,
     log: Log = print,
+    conditions: Mapping[str, tuple[str, Condition]] | None = None,
 ) -> tuple[dict[str, np.ndarray], ExtractionReport]:
     """Frame-level features of every readable file in ``paths``, through the cache.
+
+    A path that is a key of ``conditions`` names a file in a recording condition
+    (``(source file, ser.perturb.Condition)``, train-time augmentation): its features
+    are those of the source's audio in that condition, cached under their own key.
 
     Returns ``{path: float32 [frames, feature_dims(cfg)]}`` in input order for every
     file that worked, and a report; a bad file is a warning line and a ``failed``
@@ -496,10 +534,10 @@ def extract_all(
         # Hashing and loading hits stay in this process, so an all-hit run never pays
         # for starting workers; unchanged files are not even re-read (DigestIndex).
         index = DigestIndex(cache.root)
-        misses = _load_hits(unique, cfg, sample_rate, cache, index, tally)
+        misses = _load_hits(unique, cfg, sample_rate, cache, index, tally, conditions or {})
         hits = len(tally.found)
         if misses:
-            _extract_misses(misses, cfg, sample_rate, cache, workers, tally)
+            _extract_misses(misses, cfg, sample_rate, cache, workers, tally, conditions or {})
         index.save()
     return tally.results(unique, hits, seconds=time.perf_counter() - start)
 
@@ -549,17 +587,21 @@ def _load_hits(
     cache: FeatureCache,
     index: DigestIndex,
     tally: _Tally,
+    conditions: Mapping[str, tuple[str, Condition]],
 ) -> list[str]:
     """Add every file already in ``cache`` to ``tally``; the paths still to extract."""
     dims = feature_dims(cfg)
     config_part = _config_part(cfg, sample_rate)
     misses: list[str] = []
     for path in unique:
+        source, condition = conditions.get(path, (path, None))
         try:
-            digest = index.digest(path)
+            digest = index.digest(source)
         except OSError as exc:
-            tally.fail(path, _reason(exc, path))
+            tally.fail(path, _reason(exc, source))
             continue
+        if condition is not None:
+            digest = condition_digest(digest, condition)
         array = cache.get(_key(digest, config_part), dims)
         if array is None:
             misses.append(path)
@@ -575,12 +617,13 @@ def _extract_misses(
     cache: FeatureCache,
     workers: int | None,
     tally: _Tally,
+    conditions: Mapping[str, tuple[str, Condition]],
 ) -> None:
     """Extract and cache ``misses``, adding each to ``tally``; ``CacheError`` at the first
     entry that cannot be stored."""
     cache.sweep()
     _check_extractable(cfg, sample_rate)
-    outcomes = _outcomes(misses, cfg, sample_rate, cache, workers)
+    outcomes = _outcomes(misses, cfg, sample_rate, cache, workers, conditions)
     # In this process too: the small filterbank products run several times
     # faster on one BLAS thread than with a pool spinning on busy cores.
     with _one_blas_thread(), contextlib.closing(outcomes):
@@ -603,11 +646,12 @@ def _outcomes(
     sample_rate: int,
     cache: FeatureCache,
     workers: int | None,
+    conditions: Mapping[str, tuple[str, Condition]],
 ) -> Iterator[_Outcome]:
     """The outcomes of ``misses``, from this process or a pool, as they are ready."""
     n = workers if workers is not None else cfg.workers
     # A worker spends ~1.5 s importing librosa: only worth it for enough files.
     n = min(n or os.cpu_count() or 1, max(1, len(misses) // _MIN_FILES_PER_WORKER))
     if n == 1:
-        return (_extract_one(path, cfg, sample_rate, cache) for path in misses)
-    return _run_pool(misses, cfg, sample_rate, str(cache.root), n)
+        return (_extract_one(path, cfg, sample_rate, cache, conditions) for path in misses)
+    return _run_pool(misses, cfg, sample_rate, str(cache.root), n, conditions)
