@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -133,7 +134,7 @@ def _condition_copies(
     cfg: Config, train: list[Utterance], max_frames: int, log: Log
 ) -> tuple[list[Utterance], list[np.ndarray], dict[str, np.ndarray]]:
     """``augment.condition_copies`` copies of each training clip, each in a recording
-    condition drawn (seeded by ``cfg.seed``) from ``augment.conditions``: their rows
+    condition drawn (seeded by ``cfg.seed`` and the clip's file name) from ``augment.conditions``: their rows
     (path and speaker marked ``<...>@<condition>``, so each condition of a speaker is
     normalised as a speaker of its own), model inputs and frame features by path.
     Babble mixes training clips."""
@@ -146,9 +147,10 @@ def _condition_copies(
     except ConditionError as exc:
         raise ConfigError(f"augment.conditions: {exc}") from None
     k = cfg.augment.condition_copies
-    rng = np.random.default_rng([cfg.seed, 2029])
     rows, sources = [], {}
     for r in train:
+        # Drawn per clip, so a clip gets the same copies in every fold (one cache entry).
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(Path(r.path).name.encode())])
         for pick in rng.choice(len(conditions), size=k, replace=k > len(conditions)):
             c = conditions[int(pick)]
             path = f"{r.path}{CONDITION_MARK}{c.name}"
