@@ -498,3 +498,35 @@ def test_docs_authorize_sends_the_key(keyed_server, browser):
     assert executed_status(page) == "200"
     assert f"Authorization: Bearer {BRAVO}" in page.text_content(".curl-command")
     assert page_problems(page) == []
+
+
+# ---------------------------------------------------------------------- the benchmark
+def test_the_session_guessing_benchmark_and_its_report_row(run_dir, tmp_path):
+    out = tmp_path / "session_guessing.json"
+    command = [sys.executable, "bench/session_guessing.py", str(run_dir), "--out", str(out)]
+    bench = subprocess.run(
+        [*command, "--tries", "40", "--sessions", "3", "--concurrency", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    result = json.loads(out.read_text())
+    assert result["by_status"] == {"404": 40} and result["distinct_404_bodies"] == 1
+    assert all(counts == {"404": 10} for counts in result["by_kind"].values())
+    assert result["real_sessions_still_answer"] == "3/3"
+    log = tmp_path / "robustness.jsonl"
+    log.write_text("")
+    report = subprocess.run(
+        [sys.executable, "docs/generators/robustness_report.py", str(log), "--rows", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "## load and abuse" in report.stdout
+    assert "| session guessing | 404 ×40; 1 distinct 404 body(ies);" in report.stdout
