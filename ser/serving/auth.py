@@ -173,7 +173,7 @@ def _header(scope: Mapping[str, Any], name: bytes) -> str | None:
     return None
 
 
-def refusal(authorization: str | None, keys: APIKeys) -> tuple[str | None, str, str]:
+def check_authorization(authorization: str | None, keys: APIKeys) -> tuple[str | None, str, str]:
     """``(key id, problem, WWW-Authenticate value)`` for an Authorization header: the id
     when the key is right (problem empty), else None and what was wrong."""
     token = bearer_token(authorization)
@@ -200,7 +200,7 @@ class RequireAPIKey:
         if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
-        ident, problem, challenge = refusal(_header(scope, b"authorization"), self.keys)
+        ident, problem, challenge = check_authorization(_header(scope, b"authorization"), self.keys)
         if ident is None:
             client = (scope.get("client") or ("unknown",))[0]
             LOG.warning(
@@ -293,7 +293,7 @@ async def _first_message_key(ws: WebSocket) -> str:
 async def _stream_key_id(ws: WebSocket, keys: APIKeys) -> str:
     header = ws.headers.get("authorization")
     if header is not None:
-        ident, problem, _ = refusal(header, keys)
+        ident, problem, _ = check_authorization(header, keys)
         if ident is None:
             raise StreamError(f"Authorization: {problem}", CLOSE_POLICY)
         return ident
