@@ -481,13 +481,17 @@ def test_model_card_metrics_are_json_safe_and_include_the_evaluation(tmp_path):
     assert run_metrics(tmp_path / "nowhere") is None
 
 
-def test_session_is_ignored_by_a_model_without_speaker_normalisation(client):
+def test_a_session_of_a_model_without_speaker_normalisation_counts_nothing(client):
+    made = client.post("/sessions")
+    assert made.status_code == 201 and made.json()["speaker_normalised"] is False
+    token = made.json()["session"]
     r = client.post(
         "/predict",
-        params={"session": "any-speaker"},
+        params={"session": token},
         files={"file": ("clip.wav", encode(speech_like(1.0)), "audio/wav")},
     )
-    assert r.status_code == 200 and r.json()["session_clips"] is None
+    assert r.status_code == 200
+    assert r.json()["session"] == token and r.json()["session_clips"] is None
     r = client.post(
         "/predict",
         params={"session": "x" * 65},

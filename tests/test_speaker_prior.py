@@ -135,28 +135,36 @@ def test_http_sessions_and_streams_normalise_by_the_speaker_so_far(run):
 
     with TestClient(create_app(predictor, settings=settings)) as client:
         alone = post(clips[0]).json()
-        assert alone["session_clips"] is None
-        counts = [post(c, "speaker-1").json()["session_clips"] for c in clips[:2]]
-        quiet = post(silence, "speaker-1").json()  # no speech: not counted
+        assert alone["session_clips"] is None and alone["session"] is None
+        made = client.post("/sessions").json()
+        assert made["speaker_normalised"] is True
+        speaker_1 = made["session"]
+        counts = [post(c, speaker_1).json()["session_clips"] for c in clips[:2]]
+        quiet = post(silence, speaker_1).json()  # no speech: not counted
         assert quiet["type"] == "no_speech" and quiet["session_clips"] is None
-        counts.append(post(clips[2], "speaker-1").json()["session_clips"])
+        counts.append(post(clips[2], speaker_1).json()["session_clips"])
         assert counts == [1, 2, 3]
-        assert post(clips[0], "speaker-2").json()["session_clips"] == 1  # its own statistics
+        first_of_2 = post(clips[0], "new").json()  # ?session=new: a session of its own
+        assert first_of_2["session_clips"] == 1 and first_of_2["session"] not in (None, speaker_1)
         # The third clip heard after two others of its speaker is normalised differently
         # from the same clip alone (the average training speaker).
         third_alone = post(clips[2]).json()["probabilities"]
-        third_in_session = post(clips[2], "speaker-3").json()  # evicts speaker-1 (limit 2)
+        assert third_alone != post(clips[2], speaker_1).json()["probabilities"]
+        # Used last, the second session stays; speaker-1, used before it, goes next.
+        assert post(clips[1], first_of_2["session"]).json()["session_clips"] == 2
+        third_in_session = post(clips[2], "new").json()  # pushes out speaker-1 (limit 2)
         assert third_in_session["session_clips"] == 1
-        assert post(clips[0], "speaker-1").json()["session_clips"] == 1  # was evicted
-        assert third_alone != post(clips[2], "speaker-1").json()["probabilities"]
+        gone = post(clips[0], speaker_1)
+        assert gone.status_code == 404 and gone.json()["field"] == "session"
         batch = client.post(
             "/predict/batch",
-            params={"session": "batch"},
+            params={"session": "new"},
             files=[("files", (f"{i}.wav", c, "audio/wav")) for i, c in enumerate(clips)],
         ).json()
         assert sorted(r["prediction"]["session_clips"] for r in batch["results"]) == [1, 2, 3]
-        bad = post(clips[0], "../etc")
-        assert bad.status_code == 422 and "session" in bad.text
+        assert {r["prediction"]["session"] for r in batch["results"]} == {batch["session"]}
+        named = post(clips[0], "../etc")  # a name the client made up: no such session
+        assert named.status_code == 404 and named.json()["field"] == "session"
         # A live stream is one speaker: each speech window counts into it, silence not.
         parts = [gliding_tone(1.0, 150), np.zeros(16000), gliding_tone(1.0, 220, seed=1)]
         pcm = np.concatenate([*parts, gliding_tone(1.0, 330, seed=2)]) * 32767

@@ -1,12 +1,15 @@
 """Render the robustness log (``SER_ROBUSTNESS_LOG``, written by ``robustlog.record``) as
 markdown: ``python docs/generators/robustness_report.py LOG.jsonl [--load SOAK.json]
-[--out FILE]``.
+[--rows RESULT.json ...] [--out FILE]``.
 
 Each table of the log becomes a grid, rows (input cases, faults, ...) by columns (entry
 points), each cell the outcome a test observed and asserted. The ``inputs`` table keeps
 the catalogue's row order and the pipeline's column order; other tables keep the order
 in which their rows and columns were first recorded. ``--load`` adds a load/soak result
 (any JSON object: its scalar keys, and samples of ``rss_mb_over_time`` when present).
+``--rows`` adds the entries a benchmark wrote under ``rows`` in its JSON result (same
+fields as the log's: table, row, column, outcome), e.g. the "session guessing" row of
+the "load and abuse" table from ``bench/session_guessing.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ COMMAND = (
     "SER_ROBUSTNESS_LOG=/tmp/r.jsonl .venv/bin/pytest -q tests/test_robustness.py "
     "tests/test_robustness_entrypoints.py tests/test_faults.py tests/test_security.py "
     "tests/test_fuzz.py && .venv/bin/python docs/generators/robustness_report.py /tmp/r.jsonl "
-    "--load bench/results/soak.json --out ROBUSTNESS.md"
+    "--load bench/results/soak.json --rows bench/results/session_guessing.json --out ROBUSTNESS.md"
 )
 # Known orders; anything else follows in the order it was first recorded.
 ROW_ORDER = {"inputs": [*ROWS, *SCENARIOS]}
@@ -66,6 +69,18 @@ def read_log(path: str | Path) -> tuple[list[dict[str, str]], int]:
         except (ValueError, KeyError, TypeError):
             bad += 1
     return entries, bad
+
+
+def read_rows(path: str | Path) -> list[dict[str, str]]:
+    """The ``rows`` entries of a benchmark's JSON result."""
+    result = json.loads(Path(path).read_text(encoding="utf-8"))
+    rows = result.get("rows") if isinstance(result, dict) else None
+    if not isinstance(rows, list):
+        raise TypeError("no list under 'rows'")
+    try:
+        return [{k: str(e[k]) for k in ("table", "row", "column", "outcome")} for e in rows]
+    except (KeyError, TypeError):
+        raise ValueError("each entry of 'rows' needs table, row, column, outcome") from None
 
 
 def _ordered(seen: Sequence[str], known: Sequence[str]) -> list[str]:
@@ -175,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("log", help="JSON lines written with SER_ROBUSTNESS_LOG set")
     parser.add_argument("--load", metavar="JSON", help="a load/soak result to include")
+    parser.add_argument(
+        "--rows", metavar="JSON", action="append", default=[], help="a result with table rows"
+    )
     parser.add_argument("--out", metavar="MARKDOWN", help="write here instead of stdout")
     args = parser.parse_args(argv)
     try:
@@ -182,6 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {args.log}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    for path in args.rows:
+        try:
+            entries += read_rows(path)
+        except (OSError, ValueError, TypeError) as exc:
+            print(f"error: {path}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            return 2
     text = render(entries, args.load, bad)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")

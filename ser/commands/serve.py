@@ -41,6 +41,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "they are answered no_speech)",
     )
     p.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="require one of these API keys (one a line) on every route but /health, the "
+        "page and the docs; keys in $SER_API_KEYS count too (default: no keys, open)",
+    )
+    p.add_argument(
         "--model-threads",
         type=int,
         help="TensorFlow threads for the model (default 1; 0 = all cores)",
@@ -59,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ser.inference import Predictor, limit_blas_threads, limit_tf_threads
     from ser.serving.app import create_app, warm_batch_sizes
+    from ser.serving.auth import load_api_keys
     from ser.serving.settings import load_settings
 
     settings = load_settings(
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         speech_check=args.speech_check,
         model_threads=args.model_threads,
     )
+    api_keys = load_api_keys(args.api_key_file)
+    print(_access_line(api_keys, args.host), flush=True)
     limit_blas_threads()
     limit_tf_threads(settings.model_threads)
     predictor = Predictor.load(args.run_dir)
@@ -79,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"loaded {predictor.model_id}; compiling the model ...", flush=True)
     predictor.warm_up(warm_batch_sizes(settings.max_batch_windows))
     print(f"compiled in {time.time() - started:.1f} s", flush=True)
-    app = create_app(predictor, settings=settings)
+    app = create_app(predictor, settings=settings, api_keys=api_keys)
     print(
         f"serving {predictor.model_id} ({predictor.cfg.model.type}, labels: "
         f"{', '.join(predictor.labels)}) at http://{args.host}:{args.port}/  "
@@ -88,3 +97,13 @@ def run(args: argparse.Namespace) -> int:
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def _access_line(api_keys, host: str) -> str:
+    """Who may use the server, as its start-up output says it (key ids, never keys)."""
+    if api_keys is None:
+        return f"no API keys: anyone who can reach {host} may use the API"
+    return (
+        f"API keys required on every route but /health, the page and the docs: "
+        f"{len(api_keys.ids)} key(s), ids {', '.join(api_keys.ids)}"
+    )

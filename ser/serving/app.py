@@ -6,18 +6,21 @@ at once) or a run directory to load at start-up. Routes:
 
 - ``POST /predict``        one clip (multipart field ``file``) -> ``PredictionOut``
 - ``POST /predict/batch``  several clips (fields ``files``) -> ``BatchOut``
-  (both take ``?session=<id>``: one speaker's clips, see ``SessionStore``); a clip
-  without speech (``ser.speech``) is answered 200 with ``type`` ``no_speech`` and a
-  null emotion, and is not counted into its session
+  (both take ``?session=<token>`` or ``?session=new``: one speaker's clips, see
+  ``sessions.py``); a clip without speech (``ser.speech``) is answered 200 with
+  ``type`` ``no_speech`` and a null emotion, and is not counted into its session
+- ``POST /sessions``       a new speaker session -> ``SessionOut`` (its token)
 - ``GET /health``, ``GET /model``, ``GET /`` (web page), ``GET /favicon.ico``
 - ``GET /docs`` (Swagger UI), ``GET /redoc`` (ReDoc), ``GET /openapi.json``: the docs
   pages load their scripts from this server (``fastapi-offline``), so they work offline
 - ``WS /stream``           live PCM -> window predictions (see ``stream.py``); each
   stream is one speaker session
 
-Client errors are JSON ``{"detail": ..., "field": ...}`` with 413 (too large),
-415 (not audio) or 422 (empty, damaged, too long, malformed request); the API does
-not answer 500 for anything a client sends.
+With API keys (``auth.py``) every route but ``/health``, the page and the docs needs
+``Authorization: Bearer <key>``. Client errors are JSON ``{"detail": ..., "field": ...}``
+with 401 (no or wrong API key), 404 (unknown session), 413 (too large), 415 (not audio)
+or 422 (empty, damaged, too long, malformed request); the API does not answer 500 for
+anything a client sends.
 """
 
 from __future__ import annotations
@@ -26,9 +29,7 @@ import asyncio
 import json
 import math
 import os
-import threading
 import time
-from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
@@ -50,8 +51,14 @@ from ser.inference import (
     ClipPrediction,
     Predictor,
     PreparedClip,
-    SpeakerSession,
     limit_blas_threads,
+)
+from ser.serving.auth import (
+    APIKeys,
+    RequireAPIKey,
+    credentials_kept_out_of_logs,
+    document_bearer_auth,
+    stream_key_id,
 )
 from ser.serving.engine import InferenceEngine
 from ser.serving.schemas import (
@@ -62,9 +69,11 @@ from ser.serving.schemas import (
     InputOut,
     ModelInfoOut,
     PredictionOut,
+    SessionOut,
     StreamOut,
     WindowOut,
 )
+from ser.serving.sessions import NEW_SESSION, MemorySessionStore, Session, SessionStore
 from ser.serving.settings import ServingSettings
 from ser.serving.stream import StreamError, StreamSession, StreamWindow
 from ser.serving.uploads import UploadProblem, decode_upload, display_name
@@ -74,10 +83,13 @@ FAVICON = "favicon.svg"
 SessionQuery = Annotated[
     str | None,
     Query(
-        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
-        description="a speaker session id chosen by the client (1-64 of A-Z a-z 0-9 _ . -): "
-        "with a speaker-normalised model, clips sent with the same id are normalised by that "
-        "speaker's statistics so far instead of the average training speaker's",
+        min_length=1,
+        max_length=64,
+        description="a speaker session token issued by this server (`POST /sessions`, or "
+        "`new` to start a session with this request; the answer's `session` holds the "
+        "token): with a speaker-normalised model, clips sent with the same token are "
+        "normalised by that speaker's statistics so far instead of the average training "
+        "speaker's. An unknown or ended token, or another API key's, gets 404.",
     ),
 ]
 # Multipart framing around the files (boundaries, headers) on top of the file limit.
@@ -87,6 +99,7 @@ PAGE_CSP = (
     "connect-src 'self' ws: wss:; media-src 'self' blob:; object-src 'none'; base-uri 'none'"
 )
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorOut, "description": "session: unknown or ended token, or another key's"},
     413: {"model": ErrorOut, "description": "upload larger than max_upload_mb (MiB)"},
     415: {"model": ErrorOut, "description": "not readable as audio"},
     422: {"model": ErrorOut, "description": "empty, damaged or too long clip; malformed request"},
@@ -188,45 +201,53 @@ def prediction_out(clip: ClipPrediction, model_id: str, window: float, filename:
     )
 
 
-class SessionStore:
-    """Speaker sessions by client-chosen id, newest ``limit`` kept (least recently used
-    dropped); each with a lock, since requests prepare features in worker threads."""
-
-    def __init__(self, predictor: Predictor, limit: int) -> None:
-        self.predictor = predictor
-        self.limit = limit
-        self._sessions: OrderedDict[str, tuple[SpeakerSession, threading.Lock]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, session_id: str) -> tuple[SpeakerSession, threading.Lock] | None:
-        """The session ``session_id`` (made on first use), or None for a model that does
-        not normalise by speaker."""
-        with self._lock:
-            if session_id in self._sessions:
-                self._sessions.move_to_end(session_id)
-                return self._sessions[session_id]
-            session = self.predictor.new_session()
-            if session is None:
-                return None
-            self._sessions[session_id] = (session, threading.Lock())
-            while len(self._sessions) > self.limit:
-                self._sessions.popitem(last=False)
-            return self._sessions[session_id]
-
-
 @dataclass
 class Service:
-    """What the routes share: the model, its inference thread and the settings."""
+    """What the routes share: the model, its inference thread, the settings, the API
+    keys (None: an open service) and the speaker sessions."""
 
     predictor: Predictor
     engine: InferenceEngine
     settings: ServingSettings
     info: ModelInfoOut
     started: float
+    keys: APIKeys | None = None
     sessions: SessionStore = dataclass_field(init=False)
 
     def __post_init__(self) -> None:
-        self.sessions = SessionStore(self.predictor, self.settings.max_sessions)
+        self.sessions = MemorySessionStore(
+            self.predictor.new_session,
+            self.settings.max_sessions,
+            self.settings.session_idle_seconds,
+        )
+
+    # ------------------------------------------------------------------ sessions
+    def new_session(self, owner: str | None) -> SessionOut:
+        session = self.sessions.create(owner)
+        return SessionOut(
+            session=session.token,
+            speaker_normalised=session.speaker is not None,
+            idle_seconds=self.sessions.idle_seconds,
+        )
+
+    def session_for(self, token: str | None, owner: str | None) -> Session | None:
+        """The session a request names with ``?session=`` (``new`` starts one), None
+        without one; 404 for a token that is not a live session of ``owner``."""
+        if token is None:
+            return None
+        if token == NEW_SESSION:
+            return self.sessions.create(owner)
+        session = self.sessions.find(token, owner)
+        if session is None:
+            raise UploadProblem(
+                404,
+                "session",
+                "session: no such session (unknown, ended after "
+                f"{self.settings.session_idle_seconds:g} s idle or pushed out by newer ones, "
+                "or started with another API key); start one with POST /sessions or "
+                "?session=new",
+            )
+        return session
 
     # ------------------------------------------------------------------ speech
     async def answer(self, work: PreparedClip | ClipPrediction) -> ClipPrediction:
@@ -238,25 +259,24 @@ class Service:
 
     # ------------------------------------------------------------------ uploads
     def _prepare(
-        self, data: bytes, filename: str | None, field: str, session_id: str | None = None
+        self, data: bytes, filename: str | None, field: str, session: Session | None = None
     ) -> tuple[PreparedClip | ClipPrediction, int | None]:
         rate = self.predictor.sample_rate
         wave = decode_upload(data, filename, rate, self.settings.max_clip_seconds, field)
-        entry = self.sessions.get(session_id) if session_id else None
+        speaker = session.speaker if session else None
         try:
-            if entry is None:
+            if speaker is None:
                 return self.predictor.prepare_speech(wave), None
-            session, lock = entry
-            with lock:
-                work = self.predictor.prepare_speech(wave, session=session)
-                return work, session.count if isinstance(work, PreparedClip) else None
+            with session.lock:
+                work = self.predictor.prepare_speech(wave, session=speaker)
+                return work, speaker.count if isinstance(work, PreparedClip) else None
         except ValueError as exc:
             raise UploadProblem(
                 422, field, f"{display_name(field, filename)}: no features ({exc})"
             ) from None
 
     async def predict_upload(
-        self, upload: UploadFile, field: str, session_id: str | None = None
+        self, upload: UploadFile, field: str, session: Session | None = None
     ) -> PredictionOut:
         filename = (upload.filename or "")[:255] or None
         limit = self.settings.max_upload_bytes
@@ -268,17 +288,18 @@ class Service:
                 f"{display_name(field, filename)}: larger than "
                 f"{self.settings.max_upload_mb:g} MiB (setting max_upload_mb)",
             )
-        work, clips = await run_in_threadpool(self._prepare, data, filename, field, session_id)
+        work, clips = await run_in_threadpool(self._prepare, data, filename, field, session)
         clip = await self.answer(work)
         out = prediction_out(clip, self.predictor.model_id, self.predictor.window_seconds, filename)
+        out.session = session.token if session else None
         out.session_clips = clips
         return out
 
     async def predict_batch_item(
-        self, upload: UploadFile, session_id: str | None = None
+        self, upload: UploadFile, session: Session | None = None
     ) -> BatchItemOut:
         try:
-            prediction = await self.predict_upload(upload, "files", session_id)
+            prediction = await self.predict_upload(upload, "files", session)
         except UploadProblem as problem:
             return BatchItemOut(
                 filename=(upload.filename or "")[:255] or None,
@@ -287,7 +308,7 @@ class Service:
             )
         return BatchItemOut(filename=prediction.filename, status=200, prediction=prediction)
 
-    async def predict_batch(self, files: list[UploadFile], session_id: str | None) -> BatchOut:
+    async def predict_batch(self, files: list[UploadFile], session: Session | None) -> BatchOut:
         """Every file of a batch request predicted concurrently, each with its own status."""
         if len(files) > self.settings.max_batch_files:
             raise UploadProblem(
@@ -296,8 +317,12 @@ class Service:
                 f"files: {len(files)} files sent; at most "
                 f"{self.settings.max_batch_files} per request (setting max_batch_files)",
             )
-        items = await asyncio.gather(*(self.predict_batch_item(f, session_id) for f in files))
-        return BatchOut(model_id=self.predictor.model_id, results=list(items))
+        items = await asyncio.gather(*(self.predict_batch_item(f, session) for f in files))
+        return BatchOut(
+            model_id=self.predictor.model_id,
+            session=session.token if session else None,
+            results=list(items),
+        )
 
     def health(self) -> HealthOut:
         """Liveness, the model id, uptime and the inference thread's counters."""
@@ -328,9 +353,12 @@ class StreamConnection:
         self.speaker = service.predictor.new_session()
 
     async def run(self) -> None:
-        """From the ``ready`` message to the close (see ``stream.py`` for the protocol)."""
-        await self.ws.send_json(self._ready_message())
+        """From the key check and the ``ready`` message to the close (see ``stream.py``
+        for the protocol, ``auth.py`` for the key)."""
         try:
+            if self.service.keys is not None:
+                self.ws.state.api_key_id = await stream_key_id(self.ws, self.service.keys)
+            await self.ws.send_json(self._ready_message())
             while await self._answer_next_message():
                 pass
         except StreamError as exc:
@@ -499,8 +527,10 @@ def create_app(
     *,
     run_dir: str | os.PathLike[str] | None = None,
     settings: ServingSettings | None = None,
+    api_keys: APIKeys | None = None,
 ) -> FastAPI:
-    """The service for ``predictor`` (or the run at ``run_dir``, loaded at start-up)."""
+    """The service for ``predictor`` (or the run at ``run_dir``, loaded at start-up),
+    open to all or, given ``api_keys``, to holders of one of them."""
     if predictor is None and run_dir is None:
         raise ValueError("create_app needs a predictor or a run_dir")
     settings = settings or ServingSettings()
@@ -512,15 +542,18 @@ def create_app(
         description="Predict the emotion of speech clips with a trained `ser` run: upload "
         "clips, or stream live audio over the `/stream` WebSocket. The page at `/` does both.",
         version="1",
-        lifespan=_lifespan(predictor, run_dir, settings),
+        lifespan=_lifespan(predictor, run_dir, settings, api_keys),
     )
-    _add_middleware(app, settings)
+    _add_middleware(app, settings, api_keys)
     _add_error_handlers(app)
     # Registration order is the order of the OpenAPI document and of route matching.
     _add_page_routes(app)
     _add_model_routes(app)
     _add_prediction_routes(app)
+    _add_session_routes(app)
     _add_stream_route(app)
+    if api_keys is not None:
+        document_bearer_auth(app)
     return app
 
 
@@ -528,8 +561,10 @@ def _lifespan(
     predictor: Predictor | None,
     run_dir: str | os.PathLike[str] | None,
     settings: ServingSettings,
+    api_keys: APIKeys | None,
 ):
-    """Start-up and shut-down: load and warm the model, run its inference thread."""
+    """Start-up and shut-down: load and warm the model, run its inference thread, keep
+    keys and session tokens out of the server's logs."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -544,19 +579,24 @@ def _lifespan(
         await run_in_threadpool(loaded.warm_up, warm_batch_sizes(settings.max_batch_windows))
         engine = InferenceEngine(loaded, settings.max_batch_windows).start()
         app.state.service = Service(
-            loaded, engine, settings, model_info(loaded, settings), time.time()
+            loaded, engine, settings, model_info(loaded, settings), time.time(), api_keys
         )
         try:
-            yield
+            with credentials_kept_out_of_logs():
+                yield
         finally:
             engine.close()
 
     return lifespan
 
 
-def _add_middleware(app: FastAPI, settings: ServingSettings) -> None:
-    """The upload size limit, and CORS when origins are configured."""
+def _add_middleware(app: FastAPI, settings: ServingSettings, api_keys: APIKeys | None) -> None:
+    """The upload size limit, the key check when there are keys, and CORS when origins
+    are configured (the last added runs first: CORS answers preflights, which carry no
+    key; the key check refuses strangers before their body is read)."""
     app.add_middleware(UploadSizeLimit, settings=settings)
+    if api_keys is not None:
+        app.add_middleware(RequireAPIKey, keys=api_keys)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -570,6 +610,11 @@ def _add_middleware(app: FastAPI, settings: ServingSettings) -> None:
 
 def _service(request: Request | WebSocket) -> Service:
     return request.app.state.service
+
+
+def _key_id(request: Request) -> str | None:
+    """The id of the API key the request came with (None when the service has no keys)."""
+    return getattr(request.state, "api_key_id", None)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -648,7 +693,9 @@ def _add_prediction_routes(app: FastAPI) -> None:
         ],
         session: SessionQuery = None,
     ) -> PredictionOut:
-        return await _service(request).predict_upload(file, "file", session)
+        service = _service(request)
+        speaker = service.session_for(session, _key_id(request))
+        return await service.predict_upload(file, "file", speaker)
 
     @app.post(
         "/predict/batch",
@@ -663,7 +710,21 @@ def _add_prediction_routes(app: FastAPI) -> None:
         ],
         session: SessionQuery = None,
     ) -> BatchOut:
-        return await _service(request).predict_batch(files, session)
+        service = _service(request)
+        return await service.predict_batch(files, service.session_for(session, _key_id(request)))
+
+
+def _add_session_routes(app: FastAPI) -> None:
+    """``POST /sessions``."""
+
+    @app.post(
+        "/sessions",
+        response_model=SessionOut,
+        status_code=201,
+        summary="start a speaker session; its token is the only way to use it",
+    )
+    async def new_session(request: Request) -> SessionOut:
+        return _service(request).new_session(_key_id(request))
 
 
 def _add_stream_route(app: FastAPI) -> None:

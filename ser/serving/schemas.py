@@ -47,6 +47,11 @@ class PredictionOut(BaseModel):
     model_id: str = Field(description="run name and a hash of the model weights")
     window_seconds: float = Field(description="the model's window (data.max_seconds)")
     windowed: bool = Field(description="true when the clip was cut into sliding windows")
+    session: str | None = Field(
+        None,
+        description="the speaker session's token (the new one for `?session=new`); null "
+        "without a session",
+    )
     session_clips: int | None = Field(
         None,
         description="with `session` and a speaker-normalised model: clips (windows) of this "
@@ -66,7 +71,24 @@ class BatchItemOut(BaseModel):
 
 class BatchOut(BaseModel):
     model_id: str
+    session: str | None = Field(
+        None, description="the speaker session's token, as in `PredictionOut`"
+    )
     results: list[BatchItemOut]
+
+
+class SessionOut(BaseModel):
+    session: str = Field(
+        description="the session's token (128 random bits): send it as `?session=` with "
+        "this API key; no one else can use or read the session"
+    )
+    speaker_normalised: bool = Field(
+        description="whether this model normalises by speaker; if not, clips are predicted "
+        "alike with or without the session and `session_clips` stays null"
+    )
+    idle_seconds: float = Field(
+        description="the session ends after this long without a request naming it"
+    )
 
 
 class HealthOut(BaseModel):

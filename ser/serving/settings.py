@@ -43,8 +43,11 @@ class ServingSettings(BaseModel):
     speech_max_flat: float = Field(default=DEFAULT_THRESHOLDS.max_flat, ge=0, le=1)
     # Inference: requests waiting for the model are run together, up to this many windows.
     max_batch_windows: int = Field(default=32, ge=1, le=32)
-    # Speaker sessions (``?session=<id>`` on /predict): the newest this many are kept.
+    # Speaker sessions (``POST /sessions``, ``?session=<token>`` on /predict, see
+    # ``sessions.py``): the most recently used this many are kept, each until it has been
+    # idle this many seconds.
     max_sessions: int = Field(default=1000, ge=1)
+    session_idle_seconds: float = Field(default=1800.0, gt=0)
     # TensorFlow threads for the model (0 = TensorFlow's default, one per core). One
     # leaves the other cores to decoding, features and HTTP; applied by `ser serve`.
     model_threads: int = Field(default=1, ge=0)

@@ -1,6 +1,8 @@
 // The live page: microphone -> AudioWorklet -> 16-bit PCM over WS /stream -> bars, the
 // utterance summary and the timeline; and a file upload to POST /predict. No libraries,
-// no inline script (the page is served with a strict Content-Security-Policy).
+// no inline script (the page is served with a strict Content-Security-Policy). When the
+// server answers 401 the page asks for an API key and keeps it in this script's memory
+// only (never in storage, cookies or the page), for its requests and the stream.
 "use strict";
 
 const COLOURS = {
@@ -21,7 +23,7 @@ const TICK_STEPS = [0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300];
 const CELLS_PER_TICK = 3;
 const $ = (id) => document.getElementById(id);
 
-const state = { labels: [], stream: null, socket: null, context: null, media: null };
+const state = { labels: [], stream: null, socket: null, context: null, media: null, key: null };
 
 function colour(label) { return COLOURS[label] || "#2f6fde"; }
 
@@ -182,6 +184,38 @@ function showSummary() {
   showBars($("summary-bars"), mean);
 }
 
+// ------------------------------------------------------------------ API key
+
+function authHeaders() { return state.key ? { Authorization: `Bearer ${state.key}` } : {}; }
+
+/** Show the key form with ``message``; resolves once a key has been entered. */
+function askForKey(message) {
+  $("key").hidden = false;
+  $("key-status").textContent = message;
+  $("key-input").focus();
+  document.body.dataset.key = "asked";
+  return new Promise((resolve) => { state.keyEntered = resolve; });
+}
+
+function useKey(event) {
+  event.preventDefault();
+  const input = $("key-input");
+  state.key = input.value.trim();
+  input.value = "";  // out of the page: the key lives in ``state`` alone
+  $("key").hidden = true;
+  document.body.dataset.key = "entered";
+  if (state.keyEntered) state.keyEntered();
+}
+
+/** ``fetch`` with the API key; on 401 the page asks for a key and tries again. */
+async function apiFetch(url, options = {}) {
+  for (;;) {
+    const response = await fetch(url, { ...options, headers: authHeaders() });
+    if (response.status !== 401) return response;
+    await askForKey(state.key ? "the server refused that key; enter another" : "this server needs an API key");
+  }
+}
+
 // ------------------------------------------------------------------ live stream
 
 function onStreamMessage(event) {
@@ -253,6 +287,8 @@ async function start() {
     socket.onmessage = onStreamMessage;
     socket.onclose = (event) => { if (state.socket === socket) stop(event.reason || "stream closed"); };
     socket.onopen = () => {
+      // Browsers cannot set headers on a WebSocket: the key is the first message.
+      if (state.key) socket.send(JSON.stringify({ type: "auth", key: state.key }));
       socket.send(JSON.stringify({ type: "config", encoding: "pcm_s16le", sample_rate: rate }));
       setStatus("listening");
       $("stop").disabled = false;
@@ -343,7 +379,7 @@ async function upload(event) {
   body.append("file", file, file.name);
   setPredicting(file);
   try {
-    const response = await fetch("/predict", { method: "POST", body });
+    const response = await apiFetch("/predict", { method: "POST", body });
     const result = await response.json().catch(() => ({ detail: response.statusText }));
     if (response.ok) showUploadResult(result);
     else showUploadError(`${response.status}: ${result.detail}`);
@@ -367,7 +403,8 @@ function makeLegend(labels) {
 }
 
 async function init() {
-  const response = await fetch("/model");
+  $("key-form").addEventListener("submit", useKey);
+  const response = await apiFetch("/model");
   const info = await response.json();
   state.labels = info.labels;
   state.stream = info.stream;
