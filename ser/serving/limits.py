@@ -43,12 +43,23 @@ UPLOAD_PATHS = ("/predict", "/predict/batch")
 # several; the page itself is counted).
 RATE_EXEMPT_PATHS = ("/health", "/favicon.ico")
 RATE_EXEMPT_PREFIXES = ("/static/", "/static-offline-docs/")
-# The pages (live page, /docs, /redoc) run only scripts and styles served from this
-# origin, and talk only to it (the live stream included: 'self' covers ws: on the same
-# host and port). Element styles set from a script (bar widths) are not inline styles.
+# ReDoc (fastapi-offline's redoc.standalone.js) adds two <style> elements: an empty one
+# that its styled-components then fill through the CSSOM, and perfect-scrollbar's fixed
+# stylesheet. These hashes of their contents admit exactly those two and no other inline
+# style; the page tests in Chromium fail if another ReDoc release changes them.
+REDOC_STYLE_HASHES = (
+    "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='",
+    "'sha256-QMIg+bpjm3JdElJ388KYke01izlUW0UoNOeKjpMxdgc='",
+)
+# The pages (live page, /docs, /redoc) run only scripts served from this origin (no
+# inline script anywhere), use its stylesheets and talk only to it (the live stream
+# included: 'self' covers ws: on the same host and port). Element styles set from a
+# script (the bar widths) are not inline styles and need no exception; ReDoc runs its
+# search in a worker made from a blob.
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; media-src 'self' blob:; worker-src 'self' blob:; "
+    "default-src 'self'; script-src 'self'; "
+    f"style-src 'self' {' '.join(REDOC_STYLE_HASHES)}; img-src 'self' data:; "
+    "connect-src 'self'; worker-src 'self' blob:; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
 # Smoothing of the mean time an admitted upload holds its slot (for Retry-After).
