@@ -57,7 +57,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run_dir: str, port: int, log: Path) -> subprocess.Popen:
+def start_server(run_dir: str, port: int, log: Path, *options: str) -> subprocess.Popen:
+    """``ser serve run_dir`` on ``port`` with ``options`` (more ``ser serve`` flags)."""
     cmd = [
         sys.executable,
         "-m",
@@ -68,6 +69,7 @@ def start_server(run_dir: str, port: int, log: Path) -> subprocess.Popen:
         str(port),
         "--log-level",
         "warning",
+        *options,
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
