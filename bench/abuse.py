@@ -185,6 +185,9 @@ async def upload_flood(url: str, pid: int, body: bytes, at_once: int, rounds: in
                             retry_afters.append(int(retry))
                 load = await wait_idle(client)
                 decoding_peak = load["decoding_peak"]
+    note = f"at most {decoding_peak} decoded at once"
+    if retry_afters:
+        note += f"; 503s said Retry-After {min(retry_afters)}-{max(retry_afters)} s"
     return {
         "sent": at_once * rounds,
         "statuses": dict(statuses),
@@ -196,6 +199,7 @@ async def upload_flood(url: str, pid: int, body: bytes, at_once: int, rounds: in
         "retry_after_s": sorted(set(retry_afters)),
         "decoding_peak": decoding_peak,
         "health": health.summary(),
+        "note": note,
     }
 
 
@@ -225,6 +229,7 @@ async def one_at_a_time(url: str, pid: int, body: bytes, repeat: int) -> dict:
         "rss_added_mb": round(max(added), 1),
         "p50_ms": percentile_ms(seconds, 50),
         "p95_ms": percentile_ms(seconds, 95),
+        "note": "RSS added: the memory one upload in flight takes (largest of the tries)",
     }
 
 
@@ -283,17 +288,20 @@ async def stream_flood(url: str, pid: int, count: int, audio_seconds: float) -> 
         "rss_added_mb": round(memory.added_mb, 1),
         "health": health.summary(),
         "streams_open_peak": load["streams_open_peak"],
+        "note": f"at most {load['streams_open_peak']} open at once",
     }
 
 
-async def idle_flood(url: str, count: int) -> dict:
+async def idle_flood(url: str, count: int, idle_seconds: float) -> dict:
     results = await asyncio.gather(*(idle_stream(url) for _ in range(count)))
     closes = Counter(f"closed {code}" for code, _ in results)
+    after = round(max(seconds for _, seconds in results), 2)
     return {
         "sent": count,
         "statuses": dict(closes),
         "outcome": outcome(closes),
-        "closed_after_s": round(max(seconds for _, seconds in results), 2),
+        "closed_after_s": after,
+        "note": f"the last closed {after} s after opening (stream_idle_seconds {idle_seconds:g})",
     }
 
 
@@ -329,7 +337,7 @@ async def scenarios(args: argparse.Namespace, url: str, pid: int, health: dict) 
     )
     rows.append({"scenario": name, **row})
     print(f"{name}: {row['outcome']}")
-    row = await idle_flood(url, load["streams_limit"])
+    row = await idle_flood(url, load["streams_limit"], args.stream_idle_seconds)
     name = f"{load['streams_limit']} live streams sending nothing"
     rows.append({"scenario": name, **row})
     print(f"{name}: {row['outcome']} after {row['closed_after_s']} s")

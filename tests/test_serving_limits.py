@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -32,6 +36,7 @@ from ser.serving import settings as settings_module
 from ser.serving.app import create_app
 from ser.serving.limits import CONTENT_SECURITY_POLICY, Overloaded, RateLimiter, UploadGate
 from ser.serving.settings import ServingSettings, default_active_uploads, load_settings
+from tests.support import ROOT
 from tests.support.livepage import CHROMIUM, launch, microphone_clip, open_offline, problems
 from tests.support.servers import serving_process
 from tests.support.tiny_run import encode, silence, tone
@@ -443,3 +448,43 @@ def test_refusals_keep_their_json_shape_under_the_limits(predictor):
         r = client.post("/predict", files={"file": ("big.wav", big, "audio/wav")})
     assert r.status_code == 413 and "max_upload_mb" in r.json()["detail"]
     assert r.headers["x-content-type-options"] == "nosniff"
+
+
+# ------------------------------------------------------------------ the report
+def test_the_abuse_table_is_generated_with_a_place_kept_for_session_guessing(tmp_path):
+    generator = ROOT / "docs" / "generators" / "robustness_report.py"
+    log = tmp_path / "r.jsonl"
+    log.write_text('{"table": "inputs", "row": "stereo", "column": "HTTP API", "outcome": "200"}')
+    ours = tmp_path / "abuse.json"
+    flood = {"scenario": "80 uploads at once", "sent": 80, "outcome": "200 ×36, 503 ×44"}
+    flood |= {"peak_rss_mb": 1504.2, "p95_ms": 12463.8, "health": "answered 9/9"}
+    ours.write_text(
+        json.dumps({"model_id": "m@1", "limits": {"uploads_limit": 4}, "rows": [flood]})
+    )
+    theirs = tmp_path / "sessions.json"
+    guessing = {"scenario": "session guessing: 10,000 ids", "outcome": "401 ×10000"}
+    theirs.write_text(json.dumps({"rows": [guessing]}))
+
+    def table(*abuse: Path) -> list[str]:
+        out = tmp_path / "ROBUSTNESS.md"
+        options = [a for path in abuse for a in ("--abuse", str(path))]
+        command = [sys.executable, str(generator), str(log), *options, "--out", str(out)]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+        text = out.read_text(encoding="utf-8")
+        return text[text.index("## load and abuse") :].splitlines()
+
+    alone = table(ours)
+    assert f"From `{ours}`: model_id m@1, uploads_limit 4." in alone
+    header = next(i for i, row in enumerate(alone) if row.startswith("| scenario"))
+    assert alone[header + 2 :] == [
+        "| 80 uploads at once | 80 | 200 ×36, 503 ×44 | 1504.2 | — | 12463.8 | answered 9/9 | — |",
+        (
+            "| session guessing (place kept) | — | — | — | — | — | — | not measured yet: the "
+            "API-key and session bench adds this row (`--abuse` its JSON) |"
+        ),
+    ]
+    both = table(ours, theirs)
+    assert "| session guessing: 10,000 ids | — | 401 ×10000 | — | — | — | — | — |" in both
+    assert not any("place kept" in row for row in both)
+    missing = tmp_path / "nowhere.json"
+    assert f"No abuse result yet: `{missing}` does not exist." in table(missing)
