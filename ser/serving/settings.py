@@ -19,8 +19,9 @@ from ser.config import ConfigError
 from ser.speech import DEFAULT_THRESHOLDS, SpeechThresholds
 
 # Peak memory one admitted upload adds to the server, in MiB: ``per_upload_mb`` of
-# ``python -m bench.abuse`` (149.8 for an OGG that decodes to 119 s of 48 kHz stereo,
-# the larger of its two uploads at the default max_upload_mb and max_clip_seconds).
+# ``python -m bench.abuse`` (149.7, ROBUSTNESS.md's "load and abuse" table: an OGG that
+# decodes to 119 s of 48 kHz stereo, the larger of its two uploads at the default
+# max_upload_mb and max_clip_seconds).
 UPLOAD_MEMORY_MB = 150.0
 # Share of the memory available at start-up that admitted uploads may take together.
 UPLOAD_MEMORY_SHARE = 0.5
