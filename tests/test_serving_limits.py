@@ -488,3 +488,23 @@ def test_the_abuse_table_is_generated_with_a_place_kept_for_session_guessing(tmp
     assert not any("place kept" in row for row in both)
     missing = tmp_path / "nowhere.json"
     assert f"No abuse result yet: `{missing}` does not exist." in table(missing)
+
+
+@pytest.mark.slow
+def test_the_abuse_bench_floods_a_real_server_and_its_rows_render(run_dir, tmp_path):
+    out = tmp_path / "abuse.json"
+    options = ["--multiples", "1,3", "--rounds", "1", "--repeat", "1", "--max-active-uploads"]
+    options += ["1", "--upload-queue", "1", "--max-streams", "2", "--stream-idle-seconds", "1"]
+    command = [sys.executable, "-m", "bench.abuse", str(run_dir), *options, "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=600)
+    result = json.loads(out.read_text())
+    rows = {row["scenario"].split(" (")[0].split(":")[0]: row for row in result["rows"]}
+    assert rows["1 uploads at once"]["statuses"] == {"200": 1}
+    flood = rows["3 uploads at once"]  # one served, one queued, one refused
+    assert flood["statuses"] == {"200": 2, "503": 1} and flood["decoding_peak"] == 1
+    assert rows["4 live streams at once"]["statuses"] == {"closed 1000": 2, "closed 1013": 2}
+    assert rows["2 live streams sending nothing"]["statuses"] == {"closed 1008": 2}
+    alone = [r for r in result["rows"] if r["scenario"].startswith("one upload at a time")]
+    assert len(alone) == 2 and all(r["statuses"] == {"200": 1} for r in alone)
+    assert result["per_upload_mb"] == max(r["rss_added_mb"] for r in alone) > 0
