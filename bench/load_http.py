@@ -58,7 +58,10 @@ def free_port() -> int:
 
 
 def start_server(run_dir: str, port: int, log: Path, *options: str) -> subprocess.Popen:
-    """``ser serve run_dir`` on ``port`` with ``options`` (more ``ser serve`` flags)."""
+    """``ser serve run_dir`` on ``port`` with ``options`` (more ``ser serve`` flags).
+
+    The rate limit is off: one benchmark client sends far more than any one client of
+    a deployment may, and the figures are of the server's own capacity."""
     cmd = [
         sys.executable,
         "-m",
@@ -69,6 +72,8 @@ def start_server(run_dir: str, port: int, log: Path, *options: str) -> subproces
         str(port),
         "--log-level",
         "warning",
+        "--rate-limit-per-minute",
+        "0",
         *options,
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

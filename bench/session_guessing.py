@@ -154,13 +154,9 @@ def summarise(answers, seconds: float, kept: int, sessions: int) -> dict:
     bodies = len({text for _, status, text in answers if status == 404})
     statuses = ", ".join(f"{s} ×{n}" for s, n in sorted(by_status.items()))
     outcome = f"{statuses}; {bodies} distinct 404 body(ies); real sessions kept {kept}/{sessions}"
-    # One row in both shapes a report may take: a table cell (table, row, column,
-    # outcome) and a load scenario (scenario, sent, statuses, outcome).
+    # A row of ROBUSTNESS.md's "load and abuse" table (robustness_report.py --abuse).
     row = {
-        "table": "load and abuse",
-        "row": "session guessing",
-        "column": "outcome",
-        "scenario": f"{len(answers)} session guesses ({', '.join(KINDS)})",
+        "scenario": f"session guessing: {len(answers)} guesses ({', '.join(KINDS)})",
         "sent": len(answers),
         "statuses": dict(sorted(by_status.items())),
         "outcome": outcome,

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -68,6 +69,43 @@ class MemorySampler(threading.Thread):
         self.stopping.set()
         self.join()
         return self.samples
+
+
+class PeakMemory:
+    """The peak resident memory of process ``pid`` over a ``with`` block, in MB, and how
+    much it added to the RSS at the block's start (``added_mb``).
+
+    Exact where the kernel's high-water mark (VmHWM) may be reset through
+    ``/proc/<pid>/clear_refs`` (Linux, same user or root); elsewhere the RSS is sampled
+    every ``interval`` seconds, which can miss a peak shorter than that."""
+
+    def __init__(self, pid: int, interval: float = 0.02) -> None:
+        self.pid, self.interval = pid, interval
+        self.start_mb = self.peak_mb = 0.0
+        self.exact = False
+        self._sampler: MemorySampler | None = None
+
+    def __enter__(self) -> Self:
+        self.start_mb = rss_mb(self.pid)
+        try:
+            Path(f"/proc/{self.pid}/clear_refs").write_text("5")  # 5: reset VmHWM
+            self.exact = True
+        except OSError:
+            self._sampler = MemorySampler(self.pid, self.interval)
+            self._sampler.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._sampler is not None:
+            self.peak_mb = max(mb for _, mb in self._sampler.stop())
+            return
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                self.peak_mb = int(line.split()[1]) / 1024
+
+    @property
+    def added_mb(self) -> float:
+        return max(0.0, self.peak_mb - self.start_mb)
 
 
 def slope_mb_per_minute(samples: list[list[float]]) -> float | None:

@@ -520,7 +520,7 @@ def test_the_session_guessing_benchmark_and_its_report_row(run_dir, tmp_path):
     log = tmp_path / "robustness.jsonl"
     log.write_text("")
     report = subprocess.run(
-        [sys.executable, "docs/generators/robustness_report.py", str(log), "--rows", str(out)],
+        [sys.executable, "docs/generators/robustness_report.py", str(log), "--abuse", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -529,4 +529,6 @@ def test_the_session_guessing_benchmark_and_its_report_row(run_dir, tmp_path):
     )
     assert report.returncode == 0, report.stderr
     assert "## load and abuse" in report.stdout
-    assert "| session guessing | 404 ×40; 1 distinct 404 body(ies);" in report.stdout
+    assert "| session guessing: 40 guesses (" in report.stdout
+    assert "| 404 ×40; 1 distinct 404 body(ies); real sessions kept 3/3 |" in report.stdout
+    assert "(place kept)" not in report.stdout

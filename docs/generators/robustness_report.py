@@ -1,15 +1,16 @@
 """Render the robustness log (``SER_ROBUSTNESS_LOG``, written by ``robustlog.record``) as
 markdown: ``python docs/generators/robustness_report.py LOG.jsonl [--load SOAK.json]
-[--rows RESULT.json ...] [--out FILE]``.
+[--abuse ABUSE.json ...] [--out FILE]``.
 
 Each table of the log becomes a grid, rows (input cases, faults, ...) by columns (entry
 points), each cell the outcome a test observed and asserted. The ``inputs`` table keeps
 the catalogue's row order and the pipeline's column order; other tables keep the order
 in which their rows and columns were first recorded. ``--load`` adds a load/soak result
 (any JSON object: its scalar keys, and samples of ``rss_mb_over_time`` when present).
-``--rows`` adds the entries a benchmark wrote under ``rows`` in its JSON result (same
-fields as the log's: table, row, column, outcome), e.g. the "session guessing" row of
-the "load and abuse" table from ``bench/session_guessing.py``.
+``--abuse`` (repeatable) adds the "load and abuse" table from the ``rows`` of each file
+(``bench/abuse.py`` writes one; any bench may write more rows in the same shape: a
+``scenario`` and any of the ``ABUSE_COLUMNS`` keys). Each of ``ABUSE_PLACES`` no file
+fills keeps a marked row saying what will fill it.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ COMMAND = (
     "SER_ROBUSTNESS_LOG=/tmp/r.jsonl .venv/bin/pytest -q tests/test_robustness.py "
     "tests/test_robustness_entrypoints.py tests/test_faults.py tests/test_security.py "
     "tests/test_fuzz.py && .venv/bin/python docs/generators/robustness_report.py /tmp/r.jsonl "
-    "--load bench/results/soak.json --rows bench/results/session_guessing.json --out ROBUSTNESS.md"
+    "--load bench/results/soak.json --abuse bench/results/abuse.json "
+    "--abuse bench/results/session_guessing.json --out ROBUSTNESS.md"
 )
 # Known orders; anything else follows in the order it was first recorded.
 ROW_ORDER = {"inputs": [*ROWS, *SCENARIOS]}
@@ -55,6 +57,22 @@ CRASH = re.compile(
     r"\b(?:HTTP|status) 5\d\d\b|internal server error|traceback|crash|unhandled", re.IGNORECASE
 )
 RSS_SAMPLES = 6
+# The "load and abuse" table: column title -> key of a row in an --abuse file.
+ABUSE_COLUMNS = {
+    "scenario": "scenario",
+    "sent": "sent",
+    "outcome": "outcome",
+    "peak RSS MB": "peak_rss_mb",
+    "RSS added MB": "rss_added_mb",
+    "p95 ms (answered 200)": "p95_ms",
+    "/health meanwhile": "health",
+    "notes": "note",
+}
+# Rows the table always has, filled by a bench yet to write them.
+ABUSE_PLACES = {
+    "session guessing": "not measured yet: the API-key and session bench adds this row "
+    "(`--abuse` its JSON)",
+}
 
 
 def read_log(path: str | Path) -> tuple[list[dict[str, str]], int]:
@@ -69,18 +87,6 @@ def read_log(path: str | Path) -> tuple[list[dict[str, str]], int]:
         except (ValueError, KeyError, TypeError):
             bad += 1
     return entries, bad
-
-
-def read_rows(path: str | Path) -> list[dict[str, str]]:
-    """The ``rows`` entries of a benchmark's JSON result."""
-    result = json.loads(Path(path).read_text(encoding="utf-8"))
-    rows = result.get("rows") if isinstance(result, dict) else None
-    if not isinstance(rows, list):
-        raise TypeError("no list under 'rows'")
-    try:
-        return [{k: str(e[k]) for k in ("table", "row", "column", "outcome")} for e in rows]
-    except (KeyError, TypeError):
-        raise ValueError("each entry of 'rows' needs table, row, column, outcome") from None
 
 
 def _ordered(seen: Sequence[str], known: Sequence[str]) -> list[str]:
@@ -159,7 +165,53 @@ def render_load(path: str | Path) -> list[str]:
     return lines + [""]
 
 
-def render(entries: Sequence[dict[str, str]], load: str | Path | None = None, bad: int = 0) -> str:
+def _abuse_source(path: str | Path, result: dict) -> str:
+    """One line on where a file's rows come from: its scalar facts and limits."""
+    facts = [f"{k} {v}" for k, v in result.items() if isinstance(v, (str, int, float))]
+    limits = result.get("limits")
+    if isinstance(limits, dict):
+        facts += [f"{k} {v}" for k, v in limits.items() if k.endswith(("_limit", "_size"))]
+    cores = (result.get("machine") or {}).get("cores") if isinstance(result, dict) else None
+    if cores:
+        facts.append(f"{cores} cores")
+    return f"From `{path}`" + (f": {', '.join(facts)}." if facts else ".")
+
+
+def render_abuse(paths: Sequence[str | Path]) -> list[str]:
+    """The "load and abuse" table: the rows of every file, then the places still empty."""
+    lines, rows = ["## load and abuse", ""], []
+    for path in paths:
+        try:
+            result = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            lines.append(f"No abuse result yet: `{path}` does not exist.")
+            continue
+        except ValueError as exc:
+            lines.append(f"`{path}` is not valid JSON ({exc}).")
+            continue
+        found = result.get("rows") if isinstance(result, dict) else None
+        if not isinstance(found, list):
+            lines.append(f"`{path}` holds no list of rows.")
+            continue
+        lines.append(_abuse_source(path, result))
+        rows += [r for r in found if isinstance(r, dict) and r.get("scenario")]
+    for place, note in ABUSE_PLACES.items():
+        if not any(str(r["scenario"]).startswith(place) for r in rows):
+            rows.append({"scenario": f"{place} (place kept)", "note": note})
+    lines += ["", "| " + " | ".join(ABUSE_COLUMNS) + " |", "|" + "---|" * len(ABUSE_COLUMNS)]
+    for row in rows:
+        values = [row.get(key) for key in ABUSE_COLUMNS.values()]
+        texts = [[] if v is None else [v if isinstance(v, str) else json.dumps(v)] for v in values]
+        lines.append("| " + " | ".join(cell_text(t) for t in texts) + " |")
+    return lines + [""]
+
+
+def render(
+    entries: Sequence[dict[str, str]],
+    load: str | Path | None = None,
+    bad: int = 0,
+    abuse: Sequence[str | Path] = (),
+) -> str:
     tables = _ordered([e["table"] for e in entries], ["inputs"])
     lines = [
         "# Robustness",
@@ -183,6 +235,8 @@ def render(entries: Sequence[dict[str, str]], load: str | Path | None = None, ba
         lines += render_table(name, [e for e in entries if e["table"] == name])
     if load is not None:
         lines += render_load(load)
+    if abuse:
+        lines += render_abuse(abuse)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -191,7 +245,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("log", help="JSON lines written with SER_ROBUSTNESS_LOG set")
     parser.add_argument("--load", metavar="JSON", help="a load/soak result to include")
     parser.add_argument(
-        "--rows", metavar="JSON", action="append", default=[], help="a result with table rows"
+        "--abuse",
+        metavar="JSON",
+        action="append",
+        default=[],
+        help="a load-and-abuse result with rows (bench/abuse.py's; repeatable)",
     )
     parser.add_argument("--out", metavar="MARKDOWN", help="write here instead of stdout")
     args = parser.parse_args(argv)
@@ -200,13 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: {args.log}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    for path in args.rows:
-        try:
-            entries += read_rows(path)
-        except (OSError, ValueError, TypeError) as exc:
-            print(f"error: {path}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
-            return 2
-    text = render(entries, args.load, bad)
+    text = render(entries, args.load, bad, args.abuse)
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")
         print(f"wrote {args.out}")

@@ -30,6 +30,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="allow browser calls from this origin, e.g. https://example.org (repeatable; "
         "default: CORS off)",
     )
+    p.add_argument(
+        "--max-active-uploads",
+        type=int,
+        help="upload requests processed at once (default: two per core, fewer if memory is short)",
+    )
+    p.add_argument(
+        "--rate-limit-per-minute",
+        type=int,
+        help="requests a minute per API key or client address (default 600; 0 = no limit)",
+    )
+    p.add_argument("--max-streams", type=int, help="live streams open at once (default 32)")
     p.add_argument("--stream-window", type=float, help="live window in seconds (default 2)")
     p.add_argument("--stream-hop", type=float, help="seconds between live windows (default 0.5)")
     p.add_argument(
@@ -74,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         max_clip_seconds=args.max_clip_seconds,
         max_batch_files=args.max_batch_files,
         cors_origins=args.cors_origin,
+        max_active_uploads=args.max_active_uploads,
+        rate_limit_per_minute=args.rate_limit_per_minute,
+        max_streams=args.max_streams,
         stream_window=args.stream_window,
         stream_hop=args.stream_hop,
         speech_check=args.speech_check,

@@ -12,7 +12,8 @@ at once) or a run directory to load at start-up. Routes:
 - ``POST /sessions``       a new speaker session -> ``SessionOut`` (its token)
 - ``GET /health``, ``GET /model``, ``GET /`` (web page), ``GET /favicon.ico``
 - ``GET /docs`` (Swagger UI), ``GET /redoc`` (ReDoc), ``GET /openapi.json``: the docs
-  pages load their scripts from this server (``fastapi-offline``), so they work offline
+  pages load their scripts from this server (``fastapi-offline``'s files and
+  ``static/``), so they work offline and under the pages' Content-Security-Policy
 - ``WS /stream``           live PCM -> window predictions (see ``stream.py``); each
   stream is one speaker session
 
@@ -20,13 +21,13 @@ With API keys (``auth.py``) every route but ``/health``, the page and the docs n
 ``Authorization: Bearer <key>``. Client errors are JSON ``{"detail": ..., "field": ...}``
 with 401 (no or wrong API key), 404 (unknown session), 413 (too large), 415 (not audio)
 or 422 (empty, damaged, too long, malformed request); the API does not answer 500 for
-anything a client sends.
+anything a client sends. How much work is taken on at once and from whom (503, 429,
+stream close codes 1013 and 1008) and the security headers are ``limits.py``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import os
 import time
@@ -61,12 +62,21 @@ from ser.serving.auth import (
     stream_key_id,
 )
 from ser.serving.engine import InferenceEngine
+from ser.serving.limits import (
+    UPLOAD_PATHS,
+    RateLimit,
+    SecurityHeaders,
+    ServiceLimits,
+    UploadAdmission,
+    send_error,
+)
 from ser.serving.schemas import (
     BatchItemOut,
     BatchOut,
     ErrorOut,
     HealthOut,
     InputOut,
+    LoadOut,
     ModelInfoOut,
     PredictionOut,
     SessionOut,
@@ -75,7 +85,13 @@ from ser.serving.schemas import (
 )
 from ser.serving.sessions import NEW_SESSION, MemorySessionStore, Session, SessionStore
 from ser.serving.settings import ServingSettings
-from ser.serving.stream import StreamError, StreamSession, StreamWindow
+from ser.serving.stream import (
+    CLOSE_IDLE,
+    CLOSE_TRY_LATER,
+    StreamError,
+    StreamSession,
+    StreamWindow,
+)
 from ser.serving.uploads import UploadProblem, decode_upload, display_name
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -94,15 +110,16 @@ SessionQuery = Annotated[
 ]
 # Multipart framing around the files (boundaries, headers) on top of the file limit.
 FORM_OVERHEAD_BYTES = 64 * 1024
-PAGE_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self' ws: wss:; media-src 'self' blob:; object-src 'none'; base-uri 'none'"
-)
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "session: unknown or ended token, or another key's"},
     413: {"model": ErrorOut, "description": "upload larger than max_upload_mb (MiB)"},
     415: {"model": ErrorOut, "description": "not readable as audio"},
     422: {"model": ErrorOut, "description": "empty, damaged or too long clip; malformed request"},
+    429: {"model": ErrorOut, "description": "over rate_limit_per_minute; see Retry-After"},
+    503: {
+        "model": ErrorOut,
+        "description": "max_active_uploads busy and upload_queue full; see Retry-After",
+    },
 }
 
 
@@ -202,15 +219,27 @@ def prediction_out(clip: ClipPrediction, model_id: str, window: float, filename:
 
 
 @dataclass
+class PreparedUpload:
+    """An uploaded clip read, decoded and made into model inputs (or already answered,
+    without speech), waiting for the model."""
+
+    filename: str | None
+    work: PreparedClip | ClipPrediction
+    session_clips: int | None
+    session: str | None = None  # the session's token, when the request named one
+
+
+@dataclass
 class Service:
-    """What the routes share: the model, its inference thread, the settings, the API
-    keys (None: an open service) and the speaker sessions."""
+    """What the routes share: the model, its inference thread, the settings, the state
+    of the limits, the API keys (None: an open service) and the speaker sessions."""
 
     predictor: Predictor
     engine: InferenceEngine
     settings: ServingSettings
     info: ModelInfoOut
     started: float
+    limits: ServiceLimits
     keys: APIKeys | None = None
     sessions: SessionStore = dataclass_field(init=False)
 
@@ -262,22 +291,24 @@ class Service:
         self, data: bytes, filename: str | None, field: str, session: Session | None = None
     ) -> tuple[PreparedClip | ClipPrediction, int | None]:
         rate = self.predictor.sample_rate
-        wave = decode_upload(data, filename, rate, self.settings.max_clip_seconds, field)
-        speaker = session.speaker if session else None
-        try:
-            if speaker is None:
-                return self.predictor.prepare_speech(wave), None
-            with session.lock:
-                work = self.predictor.prepare_speech(wave, session=speaker)
-                return work, speaker.count if isinstance(work, PreparedClip) else None
-        except ValueError as exc:
-            raise UploadProblem(
-                422, field, f"{display_name(field, filename)}: no features ({exc})"
-            ) from None
+        with self.limits.decoding:
+            wave = decode_upload(data, filename, rate, self.settings.max_clip_seconds, field)
+            speaker = session.speaker if session else None
+            try:
+                if speaker is None:
+                    return self.predictor.prepare_speech(wave), None
+                with session.lock:
+                    work = self.predictor.prepare_speech(wave, session=speaker)
+                    return work, speaker.count if isinstance(work, PreparedClip) else None
+            except ValueError as exc:
+                raise UploadProblem(
+                    422, field, f"{display_name(field, filename)}: no features ({exc})"
+                ) from None
 
-    async def predict_upload(
+    async def prepare_upload(
         self, upload: UploadFile, field: str, session: Session | None = None
-    ) -> PredictionOut:
+    ) -> PreparedUpload:
+        """Read an upload (413 over ``max_upload_mb``), decode it and extract its features."""
         filename = (upload.filename or "")[:255] or None
         limit = self.settings.max_upload_bytes
         data = await upload.read(limit + 1)
@@ -289,27 +320,46 @@ class Service:
                 f"{self.settings.max_upload_mb:g} MiB (setting max_upload_mb)",
             )
         work, clips = await run_in_threadpool(self._prepare, data, filename, field, session)
-        clip = await self.answer(work)
-        out = prediction_out(clip, self.predictor.model_id, self.predictor.window_seconds, filename)
-        out.session = session.token if session else None
-        out.session_clips = clips
+        return PreparedUpload(filename, work, clips, session.token if session else None)
+
+    async def answer_upload(self, prepared: PreparedUpload) -> PredictionOut:
+        clip = await self.answer(prepared.work)
+        model_id, window = self.predictor.model_id, self.predictor.window_seconds
+        out = prediction_out(clip, model_id, window, prepared.filename)
+        out.session = prepared.session
+        out.session_clips = prepared.session_clips
         return out
 
-    async def predict_batch_item(
-        self, upload: UploadFile, session: Session | None = None
-    ) -> BatchItemOut:
+    async def predict_upload(
+        self, upload: UploadFile, field: str, session: Session | None = None
+    ) -> PredictionOut:
+        return await self.answer_upload(await self.prepare_upload(upload, field, session))
+
+    async def prepare_batch_item(
+        self, upload: UploadFile, session: Session | None
+    ) -> PreparedUpload | BatchItemOut:
+        """A batch file prepared, or its error as the item to answer."""
         try:
-            prediction = await self.predict_upload(upload, "files", session)
+            return await self.prepare_upload(upload, "files", session)
         except UploadProblem as problem:
             return BatchItemOut(
                 filename=(upload.filename or "")[:255] or None,
                 status=problem.status,
                 error=problem.message,
             )
+
+    async def answer_batch_item(self, prepared: PreparedUpload | BatchItemOut) -> BatchItemOut:
+        if isinstance(prepared, BatchItemOut):
+            return prepared
+        prediction = await self.answer_upload(prepared)
         return BatchItemOut(filename=prediction.filename, status=200, prediction=prediction)
 
     async def predict_batch(self, files: list[UploadFile], session: Session | None) -> BatchOut:
-        """Every file of a batch request predicted concurrently, each with its own status."""
+        """Every file of a batch request predicted, each with its own status.
+
+        The files are decoded one after another, since the request holds a single
+        upload slot (``limits.UploadGate``); their windows then go to the model together.
+        """
         if len(files) > self.settings.max_batch_files:
             raise UploadProblem(
                 422,
@@ -317,7 +367,8 @@ class Service:
                 f"files: {len(files)} files sent; at most "
                 f"{self.settings.max_batch_files} per request (setting max_batch_files)",
             )
-        items = await asyncio.gather(*(self.predict_batch_item(f, session) for f in files))
+        prepared = [await self.prepare_batch_item(f, session) for f in files]
+        items = await asyncio.gather(*(self.answer_batch_item(p) for p in prepared))
         return BatchOut(
             model_id=self.predictor.model_id,
             session=session.token if session else None,
@@ -325,19 +376,52 @@ class Service:
         )
 
     def health(self) -> HealthOut:
-        """Liveness, the model id, uptime and the inference thread's counters."""
+        """Liveness, the model id, uptime, the inference thread's counters and the load."""
         return HealthOut(
             status="ok",
             model_id=self.predictor.model_id,
             uptime_seconds=round(time.time() - self.started, 3),
             inference_batches=self.engine.stats.batches,
             inference_windows=self.engine.stats.windows,
+            load=self.load(),
+        )
+
+    def load(self) -> LoadOut:
+        """Work in progress now, its high-water marks, and what was turned away."""
+        limits = self.limits
+        return LoadOut(
+            uploads_limit=limits.uploads.capacity,
+            uploads_active=limits.uploads.active,
+            uploads_active_peak=limits.uploads.peak_active,
+            uploads_queued=limits.uploads.waiting,
+            uploads_queue_size=limits.uploads.queue_size,
+            uploads_refused=limits.uploads.refused,
+            decoding=limits.decoding.now,
+            decoding_peak=limits.decoding.peak,
+            rate_limit_per_minute=limits.rates.per_minute if limits.rates else None,
+            rate_limited=limits.rates.refused if limits.rates else 0,
+            streams_limit=limits.streams.cap,
+            streams_open=limits.streams.now,
+            streams_open_peak=limits.streams.peak,
+            streams_refused=limits.streams.refused,
         )
 
     async def run_stream(self, ws: WebSocket) -> None:
-        """Serve one ``WS /stream`` connection until it closes."""
+        """Serve one ``WS /stream`` connection until it closes; beyond ``max_streams``
+        open ones, close it at once with 1013 (try again later)."""
         await ws.accept()
-        await StreamConnection(self, ws).run()
+        if not self.limits.streams.try_enter():
+            busy = StreamError(
+                f"server busy: {self.limits.streams.cap} live streams are open "
+                "(setting max_streams); try again later",
+                CLOSE_TRY_LATER,
+            )
+            await _close_with_error(ws, busy)
+            return
+        try:
+            await StreamConnection(self, ws).run()
+        finally:
+            self.limits.streams.leave()
 
 
 class StreamConnection:
@@ -381,7 +465,7 @@ class StreamConnection:
     async def _answer_next_message(self) -> bool:
         """Receive one client message and answer the windows it made due; False once the
         stream is over (the client left, or ended it and the connection was closed)."""
-        message = await self.ws.receive()
+        message = await self._receive()
         if message["type"] == "websocket.disconnect":
             return False
         windows, ending = _windows_due(message, self.audio)
@@ -392,6 +476,18 @@ class StreamConnection:
             await self.ws.send_json({"type": "end", "windows": self.audio.windows_sent})
             await self.ws.close(1000)
         return not ending
+
+    async def _receive(self) -> dict[str, Any]:
+        """The next client message; a client silent for ``stream_idle_seconds`` is a
+        ``StreamError`` (close 1008), so an idle connection cannot hold a stream slot."""
+        idle = self.service.settings.stream_idle_seconds
+        try:
+            return await asyncio.wait_for(self.ws.receive(), idle)
+        except TimeoutError:
+            raise StreamError(
+                f"no message for {idle:g} s (setting stream_idle_seconds); closing the idle stream",
+                CLOSE_IDLE,
+            ) from None
 
     async def _window_message(self, window: StreamWindow) -> dict[str, Any]:
         """The ``prediction`` or ``no_speech`` message for one window: its span, then
@@ -450,25 +546,11 @@ class UploadSizeLimit:
         )
 
     async def _refuse(self, send, size: str) -> None:
-        body = json.dumps(
-            {
-                "detail": f"request body {size} is larger than this server accepts "
-                f"({self.settings.max_upload_mb:g} MiB per file, setting max_upload_mb)",
-                "field": None,
-            }
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"connection", b"close"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+        detail = (
+            f"request body {size} is larger than this server accepts "
+            f"({self.settings.max_upload_mb:g} MiB per file, setting max_upload_mb)"
         )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(send, 413, detail, [("connection", "close")])
 
     async def __call__(self, scope, receive, send) -> None:
         limit = self.limit_for(scope["path"]) if scope["type"] == "http" else None
@@ -534,17 +616,20 @@ def create_app(
     if predictor is None and run_dir is None:
         raise ValueError("create_app needs a predictor or a run_dir")
     settings = settings or ServingSettings()
+    limits = ServiceLimits.from_settings(settings)
     # FastAPI's own /docs and /redoc load Swagger UI and ReDoc from a CDN: blank pages
-    # offline. FastAPIOffline serves the same pages with the files its package ships.
+    # offline. FastAPIOffline serves the files its package ships; the pages that load
+    # them are ours (``_add_page_routes``), with no inline script for the CSP to forbid.
     app = FastAPIOffline(
-        favicon_url=f"/static/{FAVICON}",
+        docs_url=None,
+        redoc_url=None,
         title="ser: speech emotion recognition",
         description="Predict the emotion of speech clips with a trained `ser` run: upload "
         "clips, or stream live audio over the `/stream` WebSocket. The page at `/` does both.",
         version="1",
-        lifespan=_lifespan(predictor, run_dir, settings, api_keys),
+        lifespan=_lifespan(predictor, run_dir, settings, limits, api_keys),
     )
-    _add_middleware(app, settings, api_keys)
+    _add_middleware(app, settings, limits, api_keys)
     _add_error_handlers(app)
     # Registration order is the order of the OpenAPI document and of route matching.
     _add_page_routes(app)
@@ -561,6 +646,7 @@ def _lifespan(
     predictor: Predictor | None,
     run_dir: str | os.PathLike[str] | None,
     settings: ServingSettings,
+    limits: ServiceLimits,
     api_keys: APIKeys | None,
 ):
     """Start-up and shut-down: load and warm the model, run its inference thread, keep
@@ -579,7 +665,7 @@ def _lifespan(
         await run_in_threadpool(loaded.warm_up, warm_batch_sizes(settings.max_batch_windows))
         engine = InferenceEngine(loaded, settings.max_batch_windows).start()
         app.state.service = Service(
-            loaded, engine, settings, model_info(loaded, settings), time.time(), api_keys
+            loaded, engine, settings, model_info(loaded, settings), time.time(), limits, api_keys
         )
         try:
             with credentials_kept_out_of_logs():
@@ -590,11 +676,20 @@ def _lifespan(
     return lifespan
 
 
-def _add_middleware(app: FastAPI, settings: ServingSettings, api_keys: APIKeys | None) -> None:
-    """The upload size limit, the key check when there are keys, and CORS when origins
-    are configured (the last added runs first: CORS answers preflights, which carry no
-    key; the key check refuses strangers before their body is read)."""
+def _add_middleware(
+    app: FastAPI, settings: ServingSettings, limits: ServiceLimits, api_keys: APIKeys | None
+) -> None:
+    """Every middleware, innermost first (the last added sees a request first):
+
+    upload size (413) < upload admission (503) < rate limit (429, counted per API key,
+    so it sits inside the key check) < API keys (401, when there are keys: strangers
+    are refused before their body is read) < CORS (answers preflights, which carry no
+    key) < security headers (on every answer, refusals included).
+    """
     app.add_middleware(UploadSizeLimit, settings=settings)
+    app.add_middleware(UploadAdmission, gate=limits.uploads)
+    if limits.rates is not None:
+        app.add_middleware(RateLimit, limiter=limits.rates)
     if api_keys is not None:
         app.add_middleware(RequireAPIKey, keys=api_keys)
     if settings.cors_origins:
@@ -606,6 +701,7 @@ def _add_middleware(app: FastAPI, settings: ServingSettings, api_keys: APIKeys |
             allow_methods=["GET", "POST"],
             allow_headers=["*"],
         )
+    app.add_middleware(SecurityHeaders)
 
 
 def _service(request: Request | WebSocket) -> Service:
@@ -629,7 +725,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         # Starlette answers a multipart body it cannot parse (a part header over 8 KB,
         # CR LF inside a file name, a broken boundary) with a bare 400; answer it like
         # every other malformed upload request of this API.
-        if exc.status_code == 400 and request.url.path in ("/predict", "/predict/batch"):
+        if exc.status_code == 400 and request.url.path in UPLOAD_PATHS:
             detail = str(exc.detail).rstrip(".")
             return JSONResponse(
                 {
@@ -647,13 +743,21 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _add_page_routes(app: FastAPI) -> None:
-    """``GET /``, the web page, the files it loads under ``/static``, and the icon
-    browsers ask for at ``/favicon.ico`` on pages without one (the JSON routes)."""
+    """``GET /``, the web page; ``/docs`` and ``/redoc``, the API docs; the files they
+    load under ``/static``; and the icon browsers ask for at ``/favicon.ico`` on pages
+    without one (the JSON routes)."""
 
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
-        html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
-        return HTMLResponse(html, headers={"Content-Security-Policy": PAGE_CSP})
+        return HTMLResponse((STATIC_DIR / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return HTMLResponse((STATIC_DIR / "docs.html").read_text(encoding="utf-8"))
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return HTMLResponse((STATIC_DIR / "redoc.html").read_text(encoding="utf-8"))
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> FileResponse:

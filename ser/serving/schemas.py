@@ -91,12 +91,32 @@ class SessionOut(BaseModel):
     )
 
 
+class LoadOut(BaseModel):
+    """Work in progress, its high-water marks since start-up, and what was turned away."""
+
+    uploads_limit: int = Field(description="max_active_uploads: upload requests served at once")
+    uploads_active: int = Field(description="upload requests being read, decoded or answered")
+    uploads_active_peak: int = Field(description="most upload requests served at once")
+    uploads_queued: int = Field(description="upload requests waiting for a slot")
+    uploads_queue_size: int = Field(description="upload_queue: most that may wait")
+    uploads_refused: int = Field(description="upload requests answered 503")
+    decoding: int = Field(description="clips being decoded and made into features now")
+    decoding_peak: int = Field(description="most clips decoded at once")
+    rate_limit_per_minute: int | None = Field(description="per key or address; null: off")
+    rate_limited: int = Field(description="requests answered 429")
+    streams_limit: int = Field(description="max_streams: live streams open at once")
+    streams_open: int
+    streams_open_peak: int
+    streams_refused: int = Field(description="streams closed at once with 1013")
+
+
 class HealthOut(BaseModel):
     status: Literal["ok"]
     model_id: str
     uptime_seconds: float
     inference_batches: int = Field(description="model calls since start-up")
     inference_windows: int = Field(description="windows predicted since start-up")
+    load: LoadOut
 
 
 class ErrorOut(BaseModel):

@@ -13,10 +13,57 @@ from dataclasses import replace
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ser.config import ConfigError
 from ser.speech import DEFAULT_THRESHOLDS, SpeechThresholds
+
+# Peak memory one admitted upload adds to the server, in MiB: ``per_upload_mb`` of
+# ``python -m bench.abuse`` (149.7, ROBUSTNESS.md's "load and abuse" table: an OGG that
+# decodes to 119 s of 48 kHz stereo, the larger of its two uploads at the default
+# max_upload_mb and max_clip_seconds).
+UPLOAD_MEMORY_MB = 150.0
+# Share of the memory available at start-up that admitted uploads may take together.
+UPLOAD_MEMORY_SHARE = 0.5
+MEMINFO = Path("/proc/meminfo")
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def _read_number(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # cgroup v2 says "max" for no limit
+
+
+def available_memory_mb() -> float | None:
+    """Memory this process may still take, in MiB: the system's available memory, or
+    what is left under the container's (cgroup v2) limit if that is less; None when
+    neither can be read."""
+    found: list[float] = []
+    try:
+        for line in MEMINFO.read_text(encoding="ascii").splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) / 1024)  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    limit = _read_number(CGROUP / "memory.max")
+    used = _read_number(CGROUP / "memory.current")
+    if limit is not None and used is not None:
+        found.append(max(0, limit - used) / 2**20)
+    return min(found) if found else None
+
+
+def default_active_uploads() -> int:
+    """Uploads processed at once by default: two per core (an admitted upload spends part
+    of its time off the cores, receiving its body or waiting for the model), fewer when
+    that many would take more than ``UPLOAD_MEMORY_SHARE`` of the available memory."""
+    by_cores = 2 * (os.cpu_count() or 1)
+    memory = available_memory_mb()
+    if memory is None:
+        return by_cores
+    return max(1, min(by_cores, int(memory * UPLOAD_MEMORY_SHARE / UPLOAD_MEMORY_MB)))
 
 
 class ServingSettings(BaseModel):
@@ -27,13 +74,23 @@ class ServingSettings(BaseModel):
     max_upload_mb: float = Field(default=10.0, gt=0)
     max_clip_seconds: float = Field(default=120.0, gt=0)  # longer clips get 422
     max_batch_files: int = Field(default=16, ge=1)  # more files in one batch request get 422
-    # Browser origins allowed to call the API from other pages; empty = CORS off.
+    # Upload requests read, decoded and answered at once; up to ``upload_queue`` more
+    # wait (bodies unread), beyond that 503 with Retry-After (see limits.py).
+    max_active_uploads: int = Field(default_factory=default_active_uploads, ge=1)
+    upload_queue: int = Field(default=32, ge=0)
+    # Requests a minute per API key, or per client address without keys (429 beyond;
+    # /health and static files exempt); 0 = no limit.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    # Browser origins allowed to call the API from other pages (scheme://host[:port],
+    # never "*"); empty = CORS off.
     cors_origins: list[str] = []
     # Live stream (WS /stream).
     stream_window: float = Field(default=2.0, gt=0, le=30)  # seconds per prediction window
     stream_hop: float = Field(default=0.5, gt=0)  # seconds between window starts
     stream_max_seconds: float = Field(default=3600.0, gt=0)  # per connection
     stream_max_chunk_seconds: float = Field(default=5.0, gt=0)  # per binary message
+    max_streams: int = Field(default=32, ge=1)  # open at once; more are closed with 1013
+    stream_idle_seconds: float = Field(default=30.0, gt=0)  # silent this long: closed, 1008
     # Speech check (``ser.speech``) before every prediction, uploads and stream windows:
     # a clip is speech when at least ``speech_min_voiced`` of its 10 ms frames lie in
     # voiced runs and at most ``speech_max_flat`` of those lie in flat-pitched (tonal)
@@ -51,6 +108,23 @@ class ServingSettings(BaseModel):
     # TensorFlow threads for the model (0 = TensorFlow's default, one per core). One
     # leaves the other cores to decoding, features and HTTP; applied by `ser serve`.
     model_threads: int = Field(default=1, ge=0)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_are_named(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if "*" in origin:
+                raise ValueError(
+                    f"{origin!r} would let any web site call this API from its visitors' "
+                    "browsers; list the origins that may, e.g. https://app.example"
+                )
+            scheme, _, rest = origin.partition("://")
+            if scheme not in ("http", "https") or not rest or "/" in rest:
+                raise ValueError(
+                    f"{origin!r} is not an origin; write scheme://host[:port], "
+                    "e.g. https://app.example"
+                )
+        return origins
 
     @model_validator(mode="after")
     def _hop_fits(self) -> ServingSettings:

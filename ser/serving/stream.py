@@ -23,7 +23,9 @@ Text messages from the client (JSON):
         any), sends {"type": "end", "windows": n} and closes the connection.
 
 On bad input the server sends {"type": "error", "message": ...} and closes with
-code 1003 (unsupported data), 1007 (malformed PCM) or 1009 (too much audio).
+code 1003 (unsupported data), 1007 (malformed PCM) or 1009 (too much audio); the
+same way, with 1013 (try again later) when ``max_streams`` streams are already open,
+and with 1008 (policy) after ``stream_idle_seconds`` without a message.
 Times are seconds from the first sample received.
 """
 
@@ -45,6 +47,8 @@ MIN_TAIL_SECONDS = 0.25
 CLOSE_UNSUPPORTED = 1003
 CLOSE_INVALID = 1007
 CLOSE_TOO_BIG = 1009
+CLOSE_IDLE = 1008
+CLOSE_TRY_LATER = 1013
 
 
 class StreamError(ValueError):

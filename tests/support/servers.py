@@ -24,6 +24,15 @@ def serving(
 ) -> Iterator[str]:
     """Start ``ser serve run_dir --port P *options`` with its output in ``log``; yield
     ``http://127.0.0.1:P`` once ``/health`` answers, and stop the server afterwards."""
+    with serving_process(run_dir, log, *options, env=env) as (url, _proc):
+        yield url
+
+
+@contextmanager
+def serving_process(
+    run_dir: Path, log: Path, *options: str, env: Mapping[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``serving``, yielding the server's process too (for its memory)."""
     port = free_port()
     cmd = [sys.executable, "-m", "ser.cli", "serve", str(run_dir), "--port", str(port), *options]
     with log.open("w") as out:
@@ -43,7 +52,7 @@ def serving(
                     break
             except httpx.HTTPError:
                 time.sleep(0.5)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
