@@ -16,10 +16,9 @@ Every guess should get 404 naming the field ``session``, all with one identical 
 afterwards. Prints and writes (``--out``, default ``bench/results/session_guessing.json``)
 the counts by kind and status; its ``rows`` are the "session guessing" row of the
 "load and abuse" table of ROBUSTNESS.md
-(``docs/generators/robustness_report.py LOG --rows bench/results/session_guessing.json``).
+(``docs/generators/robustness_report.py LOG --abuse bench/results/session_guessing.json``).
 
     python bench/session_guessing.py checkpoints/best [--tries 2000] [--concurrency 8]
-    python bench/session_guessing.py RUN --serve-flag=--rate-limit-per-minute=0
 """
 
 from __future__ import annotations
