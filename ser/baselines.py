@@ -222,8 +222,9 @@ class PooledFeatures:
     def key(self) -> str:
         """Stable id of what these vectors are: same key, same numbers."""
         spec = self.features.model_dump(mode="json", exclude={"cache_dir", "workers", "mode"})
-        if spec.get("trim_db") is None:  # as the cache key: off leaves earlier keys as they were
-            spec.pop("trim_db", None)
+        for optional in ("trim_db", "loudness_db"):
+            if spec.get(optional) is None:  # as the cache key: off leaves earlier keys as they were
+                spec.pop(optional, None)
         spec["sample_rate"] = self.sample_rate
         text = json.dumps(spec, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:12]
