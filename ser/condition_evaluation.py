@@ -182,16 +182,21 @@ def evaluate_cv_conditions(
     cv_dir: str | os.PathLike[str],
     text: str,
     *,
+    corpora: Sequence[str] = (),
     data_root: str | os.PathLike[str] | None = None,
     seed: int = 0,
     log: Log = print,
 ) -> dict[str, Any]:
     """Score every fold run under ``cv_dir`` in the conditions of ``text``; writes
-    ``<cv_dir>/conditions.json`` (per corpus, per fold) and returns it. A fold whose
-    ``conditions.json`` already holds these conditions with this seed is not redone."""
+    ``<cv_dir>/conditions.json`` (per corpus, per fold) and returns it; ``corpora``, if
+    given, limits it to those corpora's folds (each clip and condition is one feature
+    extraction). A fold whose ``conditions.json`` already holds these conditions with
+    this seed is not redone."""
     wanted = [c.name for c in parse_conditions(text, seed=seed)]
     by_corpus: dict[str, list[dict[str, Any]]] = {}
     for corpus, runs_of_corpus in fold_runs(cv_dir).items():
+        if corpora and corpus.rsplit("/", 1)[-1] not in corpora:
+            continue
         for run in runs_of_corpus:
             done = run / runs.CONDITIONS
             if done.is_file():

@@ -103,6 +103,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(ser.perturb lists them); writes conditions.json into RUN_DIR, or with --cv into "
         "the cross-validation folder for every fold",
     )
+    p.add_argument(
+        "--perturb-corpora",
+        metavar="NAMES",
+        help="--cv --perturb: only these corpora's folds, comma-separated (each clip and "
+        "condition costs one feature extraction)",
+    )
     add_tensorflow_args(p)
     p.set_defaults(func=run)
 
@@ -129,7 +135,7 @@ def _command_line(args: argparse.Namespace) -> str:
     for flag in ("grid", "no_baselines", "no_keras", "speaker_dependent"):
         if getattr(args, flag):
             words.append("--" + flag.replace("_", "-"))
-    for option in ("baselines", "data_root", "out", "results", "perturb"):
+    for option in ("baselines", "data_root", "out", "results", "perturb", "perturb_corpora"):
         if getattr(args, option):
             words += ["--" + option.replace("_", "-"), getattr(args, option)]
     command = shlex.join(words)
@@ -181,7 +187,10 @@ def _score_conditions(where: str, args: argparse.Namespace) -> None:
     )
 
     if args.cv:
-        result = evaluate_cv_conditions(where, args.perturb, data_root=args.data_root)
+        corpora = [c.strip() for c in (args.perturb_corpora or "").split(",") if c.strip()]
+        result = evaluate_cv_conditions(
+            where, args.perturb, corpora=corpora, data_root=args.data_root
+        )
     else:
         one = evaluate_run_conditions(where, args.perturb, data_root=args.data_root)
         result = {"conditions": list(one["conditions"]), "corpora": {"test": [one]}}
