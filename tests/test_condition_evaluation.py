@@ -49,3 +49,44 @@ def test_cli_scores_conditions_and_refuses_a_typo_at_once(levelled_run, capsys):
     assert "| gain:-10 | speaker |" in capsys.readouterr().out
     assert main(["evaluate", str(levelled_run["run_dir"]), "--perturb", "gain:-10,phone"]) == 2
     assert "'phone': unknown condition" in capsys.readouterr().err
+
+
+def _wav(wave, sr=16000) -> bytes:
+    import io
+
+    import soundfile as sf
+
+    buffer = io.BytesIO()
+    sf.write(buffer, wave, sr, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
+def test_served_answers_do_not_depend_on_the_level(levelled_run):
+    """``features.loudness_db`` is applied where every entry point extracts features:
+    ``Predictor`` (``ser predict``, the stream) and ``POST /predict`` give the same
+    probabilities for a clip 30 dB quieter or 6 dB louder."""
+    import numpy as np
+    from fastapi.testclient import TestClient
+
+    from ser.inference import Predictor
+    from ser.serving.app import create_app
+    from tests.support.signals import speech_like
+
+    predictor = Predictor.load(levelled_run["run_dir"], xla=False)
+    voice = speech_like(2.0, hz=180.0, seed=5, amplitude=0.2)
+    gains = (-30.0, 0.0, 6.0)
+    waves = [voice * np.float32(10 ** (g / 20)) for g in gains]
+    direct = [predictor.predict_clip(w).probabilities for w in waves]
+    for probs in direct[1:]:
+        np.testing.assert_allclose(probs, direct[0], atol=1e-3)
+    with TestClient(create_app(predictor)) as client:
+        answers = [
+            client.post("/predict", files={"file": ("v.wav", _wav(w), "audio/wav")}).json()
+            for w in waves
+        ]
+    assert all(a["type"] == "prediction" for a in answers), answers
+    for a in answers:
+        assert a["probabilities"] == pytest.approx(answers[0]["probabilities"], abs=2e-3)
+    assert answers[0]["probabilities"] == pytest.approx(
+        dict(zip(predictor.labels, direct[0].tolist())), abs=2e-3
+    )
