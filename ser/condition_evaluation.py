@@ -32,7 +32,7 @@ from ser.audio import load_audio
 from ser.config import FeaturesConfig
 from ser.data.corpora import Utterance
 from ser.data.pipeline import scope_normalise, speaker_normalise_vectors, to_model_input, zscore
-from ser.data.prepare import PreparedData
+from ser.data.prepare import CONDITION_MARK, PreparedData
 from ser.features.extractors import extract_features
 from ser.inference import Predictor
 from ser.metrics import classification_metrics
@@ -137,9 +137,10 @@ def score_conditions(
 
 
 def conditions_for_run(text: str, data: PreparedData, sample_rate: int, seed: int = 0):
-    """``--perturb`` text -> conditions; babble is made from the run's training clips."""
+    """``--perturb`` text -> conditions; babble is made from the run's training clips
+    (as recorded: not the copies ``augment.conditions`` adds)."""
     babble = Babble(
-        tuple(r.path for r in data.rows["train"]),
+        tuple(r.path for r in data.rows["train"] if CONDITION_MARK not in r.path),
         functools.partial(load_audio, sample_rate=sample_rate),
     )
     conditions = parse_conditions(text, seed=seed, babble=babble)

@@ -90,3 +90,15 @@ def test_served_answers_do_not_depend_on_the_level(levelled_run):
     assert answers[0]["probabilities"] == pytest.approx(
         dict(zip(predictor.labels, direct[0].tolist())), abs=2e-3
     )
+
+
+def test_babble_comes_from_recorded_training_clips_of_an_augmented_run(tmp_path):
+    extra = {
+        "features.loudness_db": "-25",
+        "train.run_name": "augmented",
+        "augment.conditions": "[gain:-10, noise:white:20]",
+        "augment.condition_copies": "1",
+    }
+    summary = train_speaker_normalised(tmp_path, **extra)[1]
+    result = evaluate_run_conditions(summary["run_dir"], "babble:10", log=print)
+    assert set(result["conditions"]) == {CLEAN, "babble:10"}
