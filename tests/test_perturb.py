@@ -164,22 +164,20 @@ def test_loudness_setting_is_checked():
 
 
 # ------------------------------------------------------------------ train-time conditions
-def test_training_clips_get_copies_in_recording_conditions(tmp_path):
-    from ser.data.prepare import CONDITION_MARK, prepare_data
+def _augmented_config(work, conditions: str, copies: int):
+    """A tiny dense config on a generated EMO-DB with ``augment.conditions``."""
     from tests.support.fakes import make_emodb
     from tests.support.tiny_run import tiny_config
 
-    make_emodb(tmp_path / "corpora")
-    cfg = tiny_config(
-        tmp_path / "corpora",
-        tmp_path,
-        "[emodb]",
-        "dense",
-        **{
-            "augment.conditions": "[gain:-20, noise:white:20, telephone]",
-            "augment.condition_copies": "2",
-        },
-    )
+    make_emodb(work / "corpora")
+    extra = {"augment.conditions": conditions, "augment.condition_copies": str(copies)}
+    return tiny_config(work / "corpora", work, "[emodb]", "dense", **extra)
+
+
+def test_training_clips_get_copies_in_recording_conditions(tmp_path):
+    from ser.data.prepare import CONDITION_MARK, prepare_data
+
+    cfg = _augmented_config(tmp_path, "[gain:-20, noise:white:20, telephone]", 2)
     lines: list[str] = []
     data = prepare_data(cfg, log=lines.append, keep_features=True)
     clean = [r for r in data.rows["train"] if CONDITION_MARK not in r.path]
@@ -210,17 +208,8 @@ def test_training_clips_get_copies_in_recording_conditions(tmp_path):
 def test_bad_training_conditions_name_the_setting(tmp_path):
     from ser.config import ConfigError
     from ser.data.prepare import prepare_data
-    from tests.support.fakes import make_emodb
-    from tests.support.tiny_run import tiny_config
 
-    make_emodb(tmp_path / "corpora")
-    cfg = tiny_config(
-        tmp_path / "corpora",
-        tmp_path,
-        "[emodb]",
-        "dense",
-        **{"augment.conditions": "[phone]", "augment.condition_copies": "1"},
-    )
+    cfg = _augmented_config(tmp_path, "[phone]", 1)
     with pytest.raises(ConfigError, match="augment.conditions: 'phone': unknown condition"):
         prepare_data(cfg, log=lambda _line: None)
     with pytest.raises(ConfigError, match="condition_copies needs augment.conditions"):
