@@ -36,7 +36,7 @@ from ser.data.prepare import CONDITION_MARK, PreparedData
 from ser.features.extractors import extract_features
 from ser.inference import Predictor
 from ser.metrics import classification_metrics
-from ser.perturb import Babble, Condition, needs_babble, parse_conditions
+from ser.perturb import Babble, Condition, parse_conditions
 from ser.progress import Log, progress_bar
 from ser.speech import detect_speech
 
@@ -143,8 +143,7 @@ def conditions_for_run(text: str, data: PreparedData, sample_rate: int, seed: in
         tuple(r.path for r in data.rows["train"] if CONDITION_MARK not in r.path),
         functools.partial(load_audio, sample_rate=sample_rate),
     )
-    conditions = parse_conditions(text, seed=seed, babble=babble)
-    return conditions if needs_babble(conditions) else parse_conditions(text, seed=seed)
+    return parse_conditions(text, seed=seed, babble=babble)  # attached to babble only
 
 
 def evaluate_run_conditions(

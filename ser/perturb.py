@@ -269,7 +269,3 @@ def parse_conditions(
         raise ConditionError("no conditions given (e.g. gain:-20,telephone,noise:white:10)")
     return list(out.values())
 
-
-def needs_babble(conditions: Sequence[Condition]) -> bool:
-    """Whether any of ``conditions`` mixes in other speakers' clips."""
-    return any(c.kind == "babble" for c in conditions)
