@@ -268,4 +268,3 @@ def parse_conditions(
     if not out:
         raise ConditionError("no conditions given (e.g. gain:-20,telephone,noise:white:10)")
     return list(out.values())
-
