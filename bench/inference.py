@@ -35,11 +35,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=200)
     p.add_argument("--seconds", type=float, default=3.0)
     args = p.parse_args()
-    from ser.inference import Predictor, limit_blas_threads
+    from ser.inference import Predictor, tune_for_inference
 
     # As ``ser serve`` and ``ser predict`` do: BLAS threads spinning on the cores the
     # model uses inflate small filterbank products by an order of magnitude.
-    limit_blas_threads()
+    tune_for_inference()
     predictor = Predictor.load(args.run)
     predictor.warm_up()
     sr = predictor.cfg.data.sample_rate
@@ -82,7 +82,7 @@ def main() -> None:
     }
     print(
         f"run {predictor.run_dir} ({predictor.cfg.model.type}, "
-        f"{predictor.model.count_params():,} parameters), {args.seconds:.0f} s clip"
+        f"{predictor.parameters:,} parameters, {predictor.runtime} runtime), {args.seconds:.0f} s clip"
     )
     print(
         table(

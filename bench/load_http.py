@@ -1,13 +1,16 @@
-"""HTTP load test of ``ser serve``: latency and throughput of POST /predict on 127.0.0.1.
+"""HTTP load test of ``ser serve`` beside the seed project's app: POST /predict on 127.0.0.1.
 
-Starts ``ser serve RUN_DIR`` (uvicorn, one process) on a free loopback port, sends a
-3 s WAV clip with a real HTTP client (httpx, keep-alive connections) at each
-concurrency level, and reports p50/p95/p99 latency, requests per second and the
-server's mean inference batch size. Bounded: ``--requests`` per level and
+Starts ``ser serve RUN_DIR`` (uvicorn, one process) and, as the anchor, the seed's app
+(``bench/seed_app.py``: upload saved to disk, librosa features, a pickled scikit-learn
+MLP) on free loopback ports, sends the same clip to each with a real HTTP client
+(httpx, keep-alive connections) at each concurrency level, ours then the seed's, and
+reports p50/p95/p99 latency, requests per second, the server's mean inference batch
+size and, per level, ours against the seed's. Bounded: ``--requests`` per level and
 ``--max-seconds`` per level, loopback addresses only. The client runs on the same
-cores as the server, so its own cost is included in the figures.
+cores as the servers, so its own cost is included in the figures.
 
-    python bench/load_http.py checkpoints/best [--concurrency 1,4,8] [--requests 300]
+    python bench/load_http.py checkpoints/best [--concurrency 1,4] [--requests 300]
+    python bench/load_http.py checkpoints/best --clip some.flac --no-seed
     python bench/load_http.py --url http://127.0.0.1:8000   # a server already running
 """
 
@@ -29,6 +32,8 @@ from urllib.parse import urlparse
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as ``python bench/load_http.py``: import bench.* too
+    sys.path.insert(0, str(ROOT))
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -87,6 +92,35 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+def start_seed_app(port: int, log: Path, model_dir: Path) -> subprocess.Popen:
+    """The seed's app (``bench.seed_app``) on 127.0.0.1:``port``, its model trained into
+    ``model_dir`` first if it is not there yet."""
+    from bench.seed_app import MODEL_FILE, train_seed_model
+
+    if not (model_dir / MODEL_FILE).is_file():
+        train_seed_model(model_dir, seed_training_clips(model_dir))
+    cmd = [sys.executable, "-m", "bench.seed_app", "--model", str(model_dir), "--port", str(port)]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def seed_training_clips(work: Path, count: int = 96) -> list[Path]:
+    """Clips to fit the seed's MLP on: ``count`` corpus files spread over
+    ``$SER_DATA_ROOT`` when it holds audio, else generated voiced clips written to ``work``."""
+    root = os.environ.get("SER_DATA_ROOT")
+    files = sorted(Path(root).rglob("*.flac")) + sorted(Path(root).rglob("*.wav")) if root else []
+    if files:
+        return files[:: max(1, len(files) // count)][:count]
+    import soundfile as sf
+
+    work.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(16):
+        path = work / f"generated_{i:02d}.wav"
+        sf.write(path, voiced_clip(2.0 + 0.1 * i, seed=i), 16000)
+        paths.append(path)
+    return paths
 
 
 def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 180.0) -> dict:
@@ -148,6 +182,51 @@ async def run_level(url: str, body: bytes, concurrency: int, requests: int, max_
     }
 
 
+def measure(url: str, body: bytes, levels: list[int], args, proc) -> list[dict]:
+    """Every concurrency level against the server at ``url`` (after unmeasured warm-up
+    requests); each result with the server's mean inference batch, when it reports one."""
+    asyncio.run(run_level(url, body, 1, args.warmup, args.max_seconds))
+    results = []
+    for level in levels:
+        before = wait_healthy(url, proc)
+        result = asyncio.run(run_level(url, body, level, args.requests, args.max_seconds))
+        after = wait_healthy(url, proc)
+        batches = after.get("inference_batches", 0) - before.get("inference_batches", 0)
+        windows = after.get("inference_windows", 0) - before.get("inference_windows", 0)
+        result["mean_batch_windows"] = round(windows / batches, 2) if batches else None
+        results.append(result)
+    return results
+
+
+def print_levels(name: str, results: list[dict]) -> None:
+    for r in results:
+        print(
+            f"{name:10s} concurrency {r['concurrency']:3d}: {r['requests']:5d} ok, "
+            f"{r['errors']} errors, {r['requests_per_second']:6.1f} req/s, p50 {r['p50_ms']} ms, "
+            f"p95 {r['p95_ms']} ms, p99 {r['p99_ms']} ms, mean batch {r['mean_batch_windows']}"
+        )
+
+
+def against_seed(ours: list[dict], seed: list[dict]) -> list[dict]:
+    """Per level: our requests/s as a multiple of the seed app's, our p50 as a fraction."""
+    rows = []
+    for a, b in zip(ours, seed):
+        rows.append(
+            {
+                "concurrency": a["concurrency"],
+                "requests_per_second_x_seed": round(
+                    a["requests_per_second"] / b["requests_per_second"], 2
+                )
+                if b["requests_per_second"]
+                else None,
+                "p50_fraction_of_seed": round(a["p50_ms"] / b["p50_ms"], 2)
+                if a["p50_ms"] and b["p50_ms"]
+                else None,
+            }
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", nargs="?", default="checkpoints/best", help="run to serve")
@@ -160,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--max-seconds", type=float, default=60.0, help="time limit per level (default 60)"
     )
+    p.add_argument(
+        "--no-seed", action="store_true", help="do not measure the seed's app beside ours"
+    )
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "load_http.json"))
     args = p.parse_args(argv)
 
@@ -171,7 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.clip
         else wav_bytes(voiced_clip(args.clip_seconds), 16000)
     )
-    proc = None
+    procs: list[subprocess.Popen] = []
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    proc = seed_proc = None
+    seed_url = None
     if args.url:
         url = args.url.rstrip("/")
         if urlparse(url).hostname not in LOOPBACK:
@@ -179,32 +265,35 @@ def main(argv: list[str] | None = None) -> int:
     else:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        log = Path(args.out).with_suffix(".server.log")
-        log.parent.mkdir(parents=True, exist_ok=True)
-        proc = start_server(args.run_dir, port, log)
+        proc = start_server(args.run_dir, port, out.with_suffix(".server.log"))
+        procs.append(proc)
     try:
+        if not args.no_seed:
+            seed_port = free_port()
+            seed_url = f"http://127.0.0.1:{seed_port}"
+            seed_proc = start_seed_app(
+                seed_port, out.with_suffix(".seed.log"), out.parent / "seed_app"
+            )
+            procs.append(seed_proc)
         health = wait_healthy(url, proc)
+        if seed_url:
+            wait_healthy(seed_url, seed_proc)
         load_before = os.getloadavg()[0]
         print(f"server {url}: model {health['model_id']}; load average {load_before:.1f}")
-        asyncio.run(run_level(url, body, 1, args.warmup, args.max_seconds))
-        results = []
-        for level in levels:
-            before = wait_healthy(url, proc)
-            result = asyncio.run(run_level(url, body, level, args.requests, args.max_seconds))
-            after = wait_healthy(url, proc)
-            batches = after["inference_batches"] - before["inference_batches"]
-            windows = after["inference_windows"] - before["inference_windows"]
-            result["mean_batch_windows"] = round(windows / batches, 2) if batches else None
-            results.append(result)
-            print(
-                f"concurrency {level:3d}: {result['requests']:5d} ok, {result['errors']} errors, "
-                f"{result['requests_per_second']:6.1f} req/s, p50 {result['p50_ms']} ms, "
-                f"p95 {result['p95_ms']} ms, p99 {result['p99_ms']} ms, "
-                f"mean batch {result['mean_batch_windows']}"
-            )
+        results = measure(url, body, levels, args, proc)
+        print_levels("ser serve", results)
+        seed_results = measure(seed_url, body, levels, args, seed_proc) if seed_url else None
+        if seed_results:
+            print_levels("seed app", seed_results)
+            for row in against_seed(results, seed_results):
+                print(
+                    f"concurrency {row['concurrency']:3d}: ser serve "
+                    f"{row['requests_per_second_x_seed']}x the seed app's requests/s, "
+                    f"p50 {row['p50_fraction_of_seed']}x the seed app's"
+                )
     finally:
-        if proc is not None:
-            stop_server(proc)
+        for running in procs:
+            stop_server(running)
     report = {
         "benchmark": "load_http",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -219,10 +308,11 @@ def main(argv: list[str] | None = None) -> int:
         "clip": args.clip or f"generated {args.clip_seconds:g} s voiced clip, 16 kHz PCM_16 WAV",
         "clip_bytes": len(body),
         "levels": results,
+        "seed_app": seed_results,
+        "against_seed": against_seed(results, seed_results) if seed_results else None,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"wrote {args.out}")
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(f"wrote {out}")
     return 0
 
 

@@ -31,9 +31,11 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_tensorflow_args(parser: argparse.ArgumentParser) -> None:
-    """``--verbose`` for commands that use TensorFlow, which ``main`` imports for them
-    before they run, without its start-up notices unless ``--verbose`` is given."""
+def add_tensorflow_args(parser: argparse.ArgumentParser, *, on_demand: bool = False) -> None:
+    """``--verbose`` for commands that use TensorFlow, imported without its start-up
+    notices unless ``--verbose`` is given: by ``main`` before the command runs, or, with
+    ``on_demand``, only if the command comes to need it (a dense model runs on NumPy, so
+    ``ser predict`` with one never pays TensorFlow's ~6 s import)."""
     parser.add_argument(
         "--verbose",
         "-v",
@@ -41,7 +43,7 @@ def add_tensorflow_args(parser: argparse.ArgumentParser) -> None:
         help="also show TensorFlow's start-up notices and C++ log lines (hidden by default; "
         "failures are reported either way)",
     )
-    parser.set_defaults(uses_tensorflow=True)
+    parser.set_defaults(uses_tensorflow="on_demand" if on_demand else True)
 
 
 # Each module defines ``add_parser(subparsers)``, adding one subcommand whose
@@ -72,10 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ser.registry import UnknownNameError
 
     args = build_parser().parse_args(argv)
-    if getattr(args, "uses_tensorflow", False):
-        from ser.tensorflow_startup import import_tensorflow
+    uses = getattr(args, "uses_tensorflow", False)
+    if uses:
+        from ser.tensorflow_startup import import_tensorflow, set_verbose
 
-        import_tensorflow(verbose=args.verbose)
+        set_verbose(args.verbose)  # for an import on demand, later
+        if uses is True:
+            import_tensorflow(verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
     # OSError: missing or existing paths, a full disk, an unwritable cache (CacheError).

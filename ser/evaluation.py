@@ -215,7 +215,7 @@ def evaluate_keras(
     return ModelResult(
         name=cfg.model.type,
         kind="keras",
-        title=f"{cfg.model.type} (this run, {predictor.model.count_params():,} parameters)",
+        title=f"{cfg.model.type} (this run, {predictor.parameters:,} parameters)",
         features=describe_model_input(cfg),
         metrics=metrics,
         per_corpus=metrics_by_group(test.targets, pred, [r.corpus for r in test.rows], labels),

@@ -48,9 +48,17 @@ from ser.data.pipeline import (
     zscore,
 )
 from ser.features.extractors import extract_features, silence_bounds
+from ser.numpy_runtime import NumpyModel
+from ser.process_tuning import (  # noqa: F401  (re-exported: callers import them from here)
+    keep_freed_memory,
+    limit_blas_threads,
+    tune_for_inference,
+)
 from ser.runs import RunDirError, check_run_dir, model_id_of
 from ser.speech import DEFAULT_THRESHOLDS, SpeechEvidence, SpeechThresholds, detect_speech
 
+# How ``Predictor.load`` runs the model (see there).
+RUNTIMES = ("auto", "keras", "numpy")
 # Batch sizes the XLA function is compiled for; a batch is padded up to the next one.
 XLA_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 # Probabilities and confidences in JSON output (API, ``ser predict --json``) are rounded
@@ -58,19 +66,6 @@ XLA_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 PROBABILITY_DECIMALS = 4
 # The evidence fields of ``ClipPrediction.summary`` (``SpeechEvidence.as_dict``).
 NO_EVIDENCE = ("voiced", "flat", "rms_db")
-
-
-def limit_blas_threads(threads: int = 1) -> None:
-    """Cap NumPy's BLAS pool for the rest of the process.
-
-    Feature extraction does small matrix products (filterbank x spectrogram); with
-    the BLAS pool spinning on cores that TensorFlow or other requests are using,
-    one 3 s clip measured 55 ms instead of 1 ms. Servers and CLIs that extract
-    features while a model runs call this once at start-up.
-    """
-    from threadpoolctl import threadpool_limits
-
-    threadpool_limits(limits=threads, user_api="blas")
 
 
 def limit_tf_threads(threads: int) -> bool:
@@ -223,6 +218,28 @@ class SpeakerSession:
         )
 
 
+def _load_keras_model(run_dir: Path, tf_threads: int | None = None) -> Any:
+    """``run_dir``'s model.keras in Keras safe mode, or ``RunDirError`` saying why not;
+    TensorFlow runs on ``tf_threads`` threads when given (``limit_tf_threads``)."""
+    from ser.tensorflow_startup import import_tensorflow
+
+    import_tensorflow()  # first, so that its start-up notices are filtered
+    if tf_threads is not None:
+        limit_tf_threads(tf_threads)
+    import keras
+
+    import ser.models  # noqa: F401  (registers the custom layers before loading)
+
+    try:
+        return keras.models.load_model(run_dir / runs.MODEL, compile=False, safe_mode=True)
+    except ValueError as exc:  # e.g. a Lambda layer holding Python code; a damaged file
+        reason = " ".join(str(exc).split())[:240]
+        raise RunDirError(
+            f"{run_dir / runs.MODEL}: not loadable in Keras safe mode, which never runs "
+            f"code stored in a model file: {reason}"
+        ) from None
+
+
 @dataclass
 class Predictor:
     """A loaded run: turns audio into emotion probabilities exactly as training did.
@@ -255,7 +272,7 @@ class Predictor:
     cfg: Config
     labels: list[str]
     normaliser: Normaliser
-    model: Any
+    _keras: Any  # the Keras model, or None until ``model`` loads it
     model_id: str = ""
     xla: bool = True
     # features.pooled_normalisation speaker: a lone clip has no speaker statistics, so
@@ -266,6 +283,8 @@ class Predictor:
     speech_check: bool = True
     speech_thresholds: SpeechThresholds = DEFAULT_THRESHOLDS
     _functions: dict[bool, Any] = field(default_factory=dict, repr=False)
+    # The model as a NumPy function (``ser.numpy_runtime``), when it can run that way.
+    numpy_model: NumpyModel | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -275,27 +294,31 @@ class Predictor:
         warm_up: bool = False,
         xla: bool = True,
         speech_check: bool = True,
+        runtime: str = "auto",
+        tf_threads: int | None = None,
     ) -> Predictor:
         """Read a run directory. ``warm_up`` compiles the model function for every batch
         size in ``XLA_BATCH_SIZES`` now (a server); otherwise each compiles on first use.
         ``xla=False`` keeps the plain graph function (no compilation, slower calls).
-        ``speech_check=False`` predicts every clip, speech or not."""
-        import keras
+        ``speech_check=False`` predicts every clip, speech or not. ``runtime``: ``auto``
+        runs a dense model (or ensemble) with NumPy (``ser.numpy_runtime``: no TensorFlow
+        import) and anything else with Keras; ``keras`` always uses Keras; ``numpy``
+        fails for a model NumPy cannot run. ``tf_threads``: when Keras runs the model,
+        TensorFlow's thread count (``limit_tf_threads``), set before it runs an op."""
+        from ser.numpy_runtime import load_numpy_model
 
-        import ser.models  # noqa: F401  (registers the custom layers before loading)
-
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         path = check_run_dir(run_dir)
         cfg = load_config(path / runs.CONFIG, env={})
         labels = json.loads((path / runs.LABELS).read_text(encoding="utf-8"))
         normaliser = Normaliser.load(path / runs.NORMALISER)
-        try:
-            model = keras.models.load_model(path / runs.MODEL, compile=False, safe_mode=True)
-        except ValueError as exc:  # e.g. a Lambda layer holding Python code; a damaged file
-            reason = " ".join(str(exc).split())[:240]
+        fast = None if runtime == "keras" else load_numpy_model(path / runs.MODEL)
+        if fast is None and runtime == "numpy":
             raise RunDirError(
-                f"{path / runs.MODEL}: not loadable in Keras safe mode, which never runs "
-                f"code stored in a model file: {reason}"
-            ) from None
+                f"{path / runs.MODEL}: holds layers the NumPy runtime does not run (it runs "
+                "dense models and their ensembles); use --runtime keras or auto"
+            )
         prior = None
         if cfg.features.pooled_normalisation == "speaker":
             if not (path / runs.SPEAKER_PRIOR).is_file():
@@ -304,11 +327,33 @@ class Predictor:
                 )
             prior = Normaliser.load(path / runs.SPEAKER_PRIOR)
         predictor = cls(
-            path, cfg, labels, normaliser, model, model_id_of(path), xla, prior, speech_check
+            path, cfg, labels, normaliser, None, model_id_of(path), xla, prior, speech_check
         )
+        predictor.numpy_model = fast
+        if fast is None:  # Keras now, so that a bad file fails here
+            predictor._keras = _load_keras_model(path, tf_threads)
         if warm_up:
             predictor.warm_up()
         return predictor
+
+    @property
+    def model(self) -> Any:
+        """The Keras model, loaded on first use (a NumPy-run predictor may never need it)."""
+        if self._keras is None:
+            self._keras = _load_keras_model(self.run_dir)
+        return self._keras
+
+    @property
+    def runtime(self) -> str:
+        """``numpy`` when the model runs on ``ser.numpy_runtime``, else ``keras``."""
+        return "numpy" if self.numpy_model is not None else "keras"
+
+    @property
+    def parameters(self) -> int:
+        """The model's parameter count (without loading Keras when NumPy runs it)."""
+        if self.numpy_model is not None:
+            return self.numpy_model.count_params()
+        return int(self.model.count_params())
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -426,6 +471,9 @@ class Predictor:
         """Compile and run the model function once per batch size, so requests never wait
         for a compilation. Falls back to the uncompiled function if XLA fails here."""
         rng = np.random.default_rng(0)
+        if self.numpy_model is not None:  # nothing to compile: one call checks it runs
+            self.predict_batch(rng.standard_normal((1, self.input_dim)).astype(np.float32))
+            return
         frames = (self.max_frames,) if self.sequence else ()
         for size in sorted(set(batch_sizes)) if self.xla else [1]:
             x = rng.standard_normal((size, *frames, self.input_dim)).astype(np.float32)
@@ -461,6 +509,8 @@ class Predictor:
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Normalised, padded batch [B, T, D] (sequence) or [B, D] -> probabilities [B, C]."""
         x = np.asarray(batch, np.float32)
+        if self.numpy_model is not None:
+            return self.numpy_model(x)
         n = x.shape[0]
         fits = n <= XLA_BATCH_SIZES[-1] and (not self.sequence or x.shape[1] <= self.max_frames)
         if not self.xla or not fits:
@@ -496,6 +546,8 @@ class Predictor:
 
     def predict_inputs(self, inputs: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Model inputs -> class probabilities [N, num_classes]."""
+        if self.numpy_model is not None:
+            return self.predict_normalised([self.normaliser.apply(x) for x in inputs], batch_size)
         ds = make_dataset(
             list(inputs),
             None,

@@ -71,7 +71,18 @@ def _import_with_stderr_captured() -> tuple[ModuleType, str]:
     return tensorflow, captured
 
 
-def import_tensorflow(verbose: bool = False) -> ModuleType:
+# Whether an import without an explicit ``verbose`` shows TensorFlow's notices: the
+# command line's ``--verbose``, recorded by ``set_verbose`` for imports made on demand.
+_VERBOSE = False
+
+
+def set_verbose(verbose: bool) -> None:
+    """Make later ``import_tensorflow()`` calls show (True) or drop TensorFlow's notices."""
+    global _VERBOSE
+    _VERBOSE = bool(verbose)
+
+
+def import_tensorflow(verbose: bool | None = None) -> ModuleType:
     """The ``tensorflow`` module, imported without start-up chatter on stderr.
 
     ``verbose`` shows everything TensorFlow prints (and leaves ``TF_CPP_MIN_LOG_LEVEL``
@@ -81,6 +92,8 @@ def import_tensorflow(verbose: bool = False) -> ModuleType:
     """
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
+    if verbose is None:
+        verbose = _VERBOSE
     if verbose:
         import tensorflow
 

@@ -348,3 +348,16 @@ def test_fast_npy_reader_matches_numpy_and_falls_back(tmp_path: Path) -> None:
     np.save(buf, a)
     with pytest.raises(EOFError):
         _read_float32_npy(io.BytesIO(buf.getvalue()[:-4]))
+
+
+def test_a_revised_extractor_changes_only_its_own_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EXTRACTOR_REVISIONS: entries of configs with the revised extractor get new keys;
+    entries of every other config keep theirs (so their caches stay valid)."""
+    with_prosody = config(tmp_path, extractors=["mfcc", "prosody"])
+    without = config(tmp_path, extractors=["mfcc", "mel"])
+    keys = cache_key("d" * 40, with_prosody, SR), cache_key("d" * 40, without, SR)
+    monkeypatch.setitem(cache_module.EXTRACTOR_REVISIONS, "prosody", 99)
+    assert cache_key("d" * 40, with_prosody, SR) != keys[0]
+    assert cache_key("d" * 40, without, SR) == keys[1]

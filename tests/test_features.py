@@ -408,3 +408,61 @@ def test_trim_db_must_be_a_positive_number(value) -> None:
 
     with pytest.raises(ValidationError, match="trim_db"):
         FeaturesConfig.model_validate({"trim_db": yaml.safe_load(str(value))})
+
+
+def speech_like(seconds: float = 1.5, seed: int = 0) -> np.ndarray:
+    """Voiced syllables with gliding pitch, pauses of silence between them, and noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    f0 = 120 + 80 * np.sin(2 * np.pi * 1.3 * t) + rng.uniform(0, 60)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 6))
+    envelope = np.clip(np.sin(2 * np.pi * 3 * t), 0, None) ** 2  # syllables and silences
+    noise = 0.003 * rng.standard_normal(t.size)
+    return (0.3 * voiced * envelope + noise).astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_yin_equals_librosa_yin(seed: int) -> None:
+    """``yin_f0`` is librosa.yin computed faster: the same estimate on almost every frame
+    (float32 rounding may move a borderline trough across the threshold)."""
+    wave = speech_like(seed=seed)
+    expected = librosa.yin(wave, fmin=60, fmax=500, sr=SR, frame_length=1024, hop_length=160)
+    got = extractors.yin_f0(wave, SR, 60.0, 500.0, 1024, 160)
+    assert got.shape == expected.shape
+    same = np.abs(np.log(got / expected)) < 1e-3
+    assert same.mean() >= 0.99
+    assert np.median(np.abs(got - expected)[same]) < 1e-3  # Hz
+
+
+def test_rms_and_zero_crossings_equal_librosa() -> None:
+    wave = speech_like(seed=5)
+    wave[100:200] = 0.0  # exact zeros, and a sign change from zero onwards
+    frame = config("prosody").frame
+    rms, zcr = extractors._frame_rms_zcr(wave, frame)
+    kw = {"frame_length": frame.win_length, "hop_length": frame.hop_length}
+    np.testing.assert_allclose(rms, librosa.feature.rms(y=wave, **kw)[0], rtol=1e-5, atol=1e-7)
+    # the same crossing counts (one crossing is 1 / win_length = 0.0025)
+    expected = librosa.feature.zero_crossing_rate(wave, **kw)[0]
+    np.testing.assert_allclose(zcr, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 100, 331, 1000])
+def test_pooled_statistics_equal_numpy(frames: int) -> None:
+    """The shared-sort pooling gives NumPy's percentiles and the moments' definitions."""
+    x = (np.random.default_rng(frames).standard_normal((frames, 5)) * 3).astype(np.float32)
+    names = list(extractors._STATISTICS)
+    got = dict(zip(names, np.split(pool(x, names), len(names)), strict=True))
+    wide = x.astype(np.float64)
+    for q, name in [(50, "median"), (1, "p1"), (25, "p25"), (75, "p75"), (99, "p99")]:
+        np.testing.assert_array_equal(got[name], np.percentile(wide, q, axis=0).astype(np.float32))
+    np.testing.assert_array_equal(got["min"], x.min(axis=0))
+    np.testing.assert_array_equal(got["max"], x.max(axis=0))
+    np.testing.assert_allclose(got["mean"], wide.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(got["std"], wide.std(axis=0), rtol=1e-6)
+    if frames > 2:
+        centred = wide - wide.mean(axis=0)
+        m2 = (centred**2).mean(axis=0)
+        np.testing.assert_allclose(got["skew"], (centred**3).mean(axis=0) / m2**1.5, rtol=1e-5)
+        kurt = (centred**4).mean(axis=0) / m2**2 - 3
+        np.testing.assert_allclose(got["kurtosis"], kurt, rtol=1e-5)

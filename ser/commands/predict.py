@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "far, in the order given, as an HTTP session does; otherwise each clip is normalised "
         "by the average training speaker; clips without speech are not counted",
     )
-    add_tensorflow_args(p)
+    add_tensorflow_args(p, on_demand=True)
     p.set_defaults(func=run)
 
 
@@ -162,7 +162,7 @@ def format_table(results: list[dict[str, Any]], timeline: bool = False) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ser.audio import AudioError
-    from ser.inference import Predictor, limit_blas_threads
+    from ser.inference import Predictor, tune_for_inference
 
     files, errors = collect(args.paths)
     if not files:
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {e['error']}", file=sys.stderr)
         print("error: no audio files to predict", file=sys.stderr)
         return 2
-    limit_blas_threads()
+    tune_for_inference()
     predictor = Predictor.load(args.run, speech_check=args.speech_check)
     session = predictor.new_session() if args.one_speaker else None
     if args.one_speaker and session is None:

@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save", metavar="FILE.wav", help="also write the recording to this file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
-    add_tensorflow_args(p)
+    add_tensorflow_args(p, on_demand=True)
     p.set_defaults(func=run)
 
 
@@ -103,9 +103,9 @@ def run(args: argparse.Namespace) -> int:
 
     require_microphone(sd)
     from ser.audio import resample
-    from ser.inference import Predictor, limit_blas_threads
+    from ser.inference import Predictor, tune_for_inference
 
-    limit_blas_threads()
+    tune_for_inference()
     predictor = Predictor.load(args.run)  # before recording: a bad run fails fast
     predictor.warm_up(batch_sizes=(1,))
     print(f"recording {args.seconds:g} s ...", flush=True)

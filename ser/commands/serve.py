@@ -65,7 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
-    add_tensorflow_args(p)
+    add_tensorflow_args(p, on_demand=True)
     p.set_defaults(func=run)
 
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from ser.inference import Predictor, limit_blas_threads, limit_tf_threads
+    from ser.inference import Predictor, tune_for_inference
     from ser.serving.app import create_app, warm_batch_sizes
     from ser.serving.auth import load_api_keys
     from ser.serving.settings import load_settings
@@ -95,13 +95,16 @@ def run(args: argparse.Namespace) -> int:
     )
     api_keys = load_api_keys(args.api_key_file)
     print(_access_line(api_keys, args.host), flush=True)
-    limit_blas_threads()
-    limit_tf_threads(settings.model_threads)
-    predictor = Predictor.load(args.run_dir)
+    tune_for_inference()
+    predictor = Predictor.load(args.run_dir, tf_threads=settings.model_threads)
     started = time.time()
-    print(f"loaded {predictor.model_id}; compiling the model ...", flush=True)
-    predictor.warm_up(warm_batch_sizes(settings.max_batch_windows))
-    print(f"compiled in {time.time() - started:.1f} s", flush=True)
+    if predictor.runtime == "numpy":
+        predictor.warm_up()
+        print(f"loaded {predictor.model_id} (NumPy runtime: nothing to compile)", flush=True)
+    else:
+        print(f"loaded {predictor.model_id}; compiling the model ...", flush=True)
+        predictor.warm_up(warm_batch_sizes(settings.max_batch_windows))
+        print(f"compiled in {time.time() - started:.1f} s", flush=True)
     app = create_app(predictor, settings=settings, api_keys=api_keys)
     print(
         f"serving {predictor.model_id} ({predictor.cfg.model.type}, labels: "

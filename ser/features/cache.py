@@ -35,6 +35,7 @@ from tqdm import tqdm
 from ser.audio import AudioError, load_audio
 from ser.config import UTTERANCE_EXTRACTORS, ConfigError, FeaturesConfig
 from ser.features.extractors import (
+    EXTRACTOR_REVISIONS,
     EXTRACTOR_VERSION,
     extract_features,
     feature_dims,
@@ -122,7 +123,9 @@ def _config_part(cfg: FeaturesConfig, sample_rate: int) -> str:
         "version": EXTRACTOR_VERSION,
         "frame": cfg.frame.model_dump(mode="json"),
         "extractors": [
-            [name, getattr(cfg, name).model_dump(mode="json")] for name in cfg.extractors
+            [name, getattr(cfg, name).model_dump(mode="json")]
+            + ([EXTRACTOR_REVISIONS[name]] if name in EXTRACTOR_REVISIONS else [])
+            for name in cfg.extractors
         ],
     }
     if cfg.trim_db is not None:  # only when set: entries of untrimmed features keep their keys
@@ -416,6 +419,9 @@ def _extract_one(
 
 @contextlib.contextmanager
 def _one_blas_thread() -> Iterator[None]:
+    from ser.process_tuning import keep_freed_memory
+
+    keep_freed_memory()  # no page faults on each clip's spectra (see there)
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -428,6 +434,9 @@ def _one_blas_thread() -> Iterator[None]:
 def _init_worker() -> None:
     # Each worker is one of N processes on N cores: BLAS threads on top of that
     # oversubscribe the machine (measured 4x slower with 2 workers on 2 cores).
+    from ser.process_tuning import keep_freed_memory
+
+    keep_freed_memory()  # no page faults on each clip's spectra (see there)
     try:
         from threadpoolctl import threadpool_limits  # installed with scikit-learn
     except ImportError:

@@ -52,7 +52,7 @@ from ser.inference import (
     ClipPrediction,
     Predictor,
     PreparedClip,
-    limit_blas_threads,
+    tune_for_inference,
 )
 from ser.serving.auth import (
     APIKeys,
@@ -175,7 +175,7 @@ def model_info(predictor: Predictor, settings: ServingSettings) -> ModelInfoOut:
         model_id=predictor.model_id,
         run=predictor.run_dir.name,
         model_type=cfg.model.type,
-        parameters=int(predictor.model.count_params()),
+        parameters=predictor.parameters,
         labels=list(predictor.labels),
         window_seconds=predictor.window_seconds,
         input=InputOut(
@@ -654,7 +654,7 @@ def _lifespan(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        limit_blas_threads()
+        tune_for_inference()
         loaded = predictor or await run_in_threadpool(Predictor.load, run_dir)
         # A copy (sharing the model) with this deployment's speech check.
         loaded = replace(

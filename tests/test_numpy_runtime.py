@@ -1,0 +1,86 @@
+"""The NumPy runtime: dense models and ensembles run without TensorFlow, equal to Keras."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ser import runs
+from ser.inference import Predictor
+from ser.numpy_runtime import load_numpy_model
+from ser.runs import RunDirError
+from tests.support import ROOT
+from tests.support.tiny_run import encode, tiny_run, tone
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["dense", "ensemble2"])
+def dense_run(request, tmp_path_factory):
+    return tiny_run(tmp_path_factory, "dense", ensemble=request.param)
+
+
+def test_dense_models_and_ensembles_equal_keras(dense_run) -> None:
+    predictor = Predictor.load(dense_run)
+    assert predictor.runtime == "numpy"
+    x = np.random.default_rng(0).standard_normal((7, predictor.input_dim)).astype(np.float32)
+    expected = np.asarray(predictor.model(x, training=False))  # Keras, loaded on demand
+    np.testing.assert_allclose(predictor.predict_batch(x), expected, rtol=0, atol=1e-5)
+    assert predictor.parameters == predictor.model.count_params()
+
+
+def test_a_clip_gets_the_same_answer_from_either_runtime(dense_run) -> None:
+    # A steady tone is no speech to the speech check; only the runtimes are compared here.
+    fast = Predictor.load(dense_run, speech_check=False)
+    keras = Predictor.load(dense_run, runtime="keras", speech_check=False)
+    assert (fast.runtime, keras.runtime) == ("numpy", "keras")
+    wave = tone(2.5, seed=3)
+    a, b = fast.predict_clip(wave), keras.predict_clip(wave)
+    np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=0, atol=1e-5)
+    assert len(a.windows) == len(b.windows) > 1
+
+
+def test_sequence_models_run_on_keras(run_dir) -> None:
+    assert load_numpy_model(run_dir / runs.MODEL) is None  # the tiny LSTM
+    assert Predictor.load(run_dir).runtime == "keras"
+    with pytest.raises(RunDirError, match="NumPy runtime"):
+        Predictor.load(run_dir, runtime="numpy")
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        Predictor.load(run_dir, runtime="onnx")
+
+
+def test_unknown_layers_fall_back_to_keras(tmp_path) -> None:
+    import keras
+
+    inputs = keras.Input((10,))
+    x = keras.layers.Dense(4, activation="elu")(inputs)  # no NumPy kernel for elu
+    model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+    model.save(tmp_path / "model.keras")
+    assert load_numpy_model(tmp_path / "model.keras") is None
+
+
+def test_predict_with_a_dense_run_never_imports_tensorflow(dense_run, tmp_path) -> None:
+    """``ser predict`` on a dense run: NumPy runs the model, so TensorFlow's ~6 s import
+    is never paid (the command imports it only if it comes to need it)."""
+    clip = tmp_path / "clip.wav"
+    clip.write_bytes(encode(tone(1.5)))
+    script = (
+        "import sys, json\n"
+        "from ser.cli import main\n"
+        f"code = main(['predict', '--run', {str(dense_run)!r}, {str(clip)!r}, '--json'])\n"
+        "print(json.dumps({'code': code, 'tensorflow': 'tensorflow' in sys.modules}))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert json.loads(lines[-1]) == {"code": 0, "tensorflow": False}
+    assert '"emotion"' in out.stdout
