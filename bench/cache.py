@@ -5,7 +5,7 @@ same call again (files only stat-ed and their entries loaded). The first-epoch
 figures add one training epoch of the default LSTM to each, which is what a user
 waits for before the first validation number.
 
-    python -m bench.cache [--limit 200] [--no-epoch]
+    python -m bench.cache [--limit 200] [--no-epoch] [--config best.yaml]
 """
 
 from __future__ import annotations
@@ -23,15 +23,23 @@ def du(path: str) -> int:
 def main() -> None:
     p = parser("cache", __doc__.splitlines()[0])
     p.add_argument("--no-epoch", action="store_true", help="skip the first-epoch measurement")
+    p.add_argument(
+        "--config", default="lstm.yaml", help="config under configs/ (default lstm.yaml)"
+    )
     args = p.parse_args()
     from ser.features.cache import DigestIndex, extract_all
 
-    cfg = bench_config(args, "lstm.yaml")
+    cfg = bench_config(args, args.config)
     rows = manifest_rows(args)
     paths = [r.path for r in rows]
     hours = sum(r.duration for r in rows) / 3600
     quiet = {"progress": False, "log": lambda line: None}
-    out = {"files": len(paths), "hours": hours, "features": cfg.features.extractors}
+    out = {
+        "config": args.config,
+        "files": len(paths),
+        "hours": hours,
+        "features": cfg.features.extractors,
+    }
     with tempfile.TemporaryDirectory() as cache:
         cold, _ = timed(lambda: extract_all(paths, cfg.features, 16000, cache_dir=cache, **quiet))
         warm, (_, report) = timed(

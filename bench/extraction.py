@@ -62,6 +62,9 @@ def feature_configs():
         "dense default (mfcc+chroma+mel+contrast)": load_config(
             "configs/dense.yaml", env={}
         ).features,
+        "best.yaml (mfcc+deltas, chroma, mel, contrast, prosody)": load_config(
+            "configs/best.yaml", env={}
+        ).features,
     }
 
 

@@ -139,7 +139,12 @@ def block_average(wave: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
     usable = wave.shape[0] - wave.shape[0] % factor
     if factor == 1 or usable == 0:
         return wave, sample_rate
-    return wave[:usable].reshape(-1, factor).mean(axis=1), sample_rate // factor
+    # The blocks' sums as strided slices added in order: a block mean, without NumPy's slow
+    # reduction over a short inner axis.
+    total = wave[0:usable:factor].copy()
+    for offset in range(1, factor):
+        total += wave[offset:usable:factor]
+    return total / factor, sample_rate // factor
 
 
 def remove_dc(wave: np.ndarray) -> np.ndarray:
@@ -159,8 +164,7 @@ def frame_periodicity(wave: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarr
     hop = max(1, int(HOP_SECONDS * rate))
     min_lag = max(2, int(rate / F0_MAX_HZ))
     max_lag = max(min_lag + 2, int(np.ceil(rate / F0_MIN_HZ)))
-    frames = sliding_frames(wave, size + max_lag, hop)
-    difference, energy = yin_difference(frames, size, max_lag)
+    difference, energy = yin_difference(wave, size, max_lag, hop)
     lags = np.arange(1, max_lag + 1)
     running = np.cumsum(difference[:, 1:], axis=1)
     normalised = np.ones_like(difference)
@@ -178,28 +182,33 @@ def frame_periodicity(wave: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarr
     return aperiodicity, semitones, levels
 
 
-def sliding_frames(wave: np.ndarray, size: int, hop: int) -> np.ndarray:
-    """Frames [n, size] every ``hop`` samples; a short wave is zero-padded to one frame."""
-    if wave.shape[0] < size:
-        wave = np.pad(wave, (0, size - wave.shape[0]))
-    return np.lib.stride_tricks.sliding_window_view(wave, size)[::hop]
+def padded_to(wave: np.ndarray, size: int) -> np.ndarray:
+    """``wave``, zero-padded to ``size`` samples if shorter (one whole frame)."""
+    return np.pad(wave, (0, size - wave.shape[0])) if wave.shape[0] < size else wave
 
 
-def yin_difference(frames: np.ndarray, size: int, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
-    """YIN's difference function d(lag) for lags 0..``max_lag`` of each frame's first
-    ``size`` samples [n, max_lag + 1], by FFT correlation; and those samples' energy [n]."""
+def yin_difference(
+    wave: np.ndarray, size: int, max_lag: int, hop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """YIN's difference function d(lag) for lags 0..``max_lag`` [n, max_lag + 1] of frames
+    of ``size`` samples every ``hop`` (each read with ``max_lag`` samples after it; a short
+    wave is zero-padded to one), by FFT correlation; and the frames' energy [n]."""
     from scipy import fft  # float32 transforms: several times faster than NumPy's
+
+    wave = padded_to(wave, size + max_lag)
+    frames = np.lib.stride_tricks.sliding_window_view(wave, size + max_lag)[::hop]
 
     n_fft = 1 << int(np.ceil(np.log2(frames.shape[1] + size)))
     single = frames.astype(np.float32)
     head = fft.rfft(single[:, :size], n_fft)
     whole = fft.rfft(single, n_fft)
     correlation = fft.irfft(np.conj(head) * whole, n_fft)[:, : max_lag + 1]
-    squares = np.concatenate(
-        [np.zeros((frames.shape[0], 1)), np.cumsum(np.square(frames), axis=1)], axis=1
-    )
-    energy = squares[:, size]
-    shifted_energy = squares[:, size : size + max_lag + 1] - squares[:, : max_lag + 1]
+    # Window energies, sums of x^2 over [start, start + size), from one running sum.
+    running = np.concatenate([[0.0], np.cumsum(np.square(wave, dtype=np.float64))])
+    starts = np.arange(frames.shape[0])[:, None] * hop + np.arange(max_lag + 1)
+    windows = running[starts + size] - running[starts]
+    energy = windows[:, 0]
+    shifted_energy = windows
     difference = np.maximum(energy[:, None] + shifted_energy - 2.0 * correlation, 0.0)
     difference[:, 0] = 0.0
     return difference, energy

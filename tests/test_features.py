@@ -466,3 +466,12 @@ def test_pooled_statistics_equal_numpy(frames: int) -> None:
         np.testing.assert_allclose(got["skew"], (centred**3).mean(axis=0) / m2**1.5, rtol=1e-5)
         kurt = (centred**4).mean(axis=0) / m2**2 - 3
         np.testing.assert_allclose(got["kurtosis"], kurt, rtol=1e-5)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("frames", [9, 10, 331])
+def test_deltas_equal_librosa(order: int, frames: int) -> None:
+    """The precomputed Savitzky-Golay maps give librosa.feature.delta's 'interp' answer."""
+    x = (np.random.default_rng(frames).standard_normal((13, frames)) * 10).astype(np.float32)
+    expected = librosa.feature.delta(x, width=9, order=order, mode="interp")
+    np.testing.assert_allclose(extractors._delta(x, order), expected, rtol=0, atol=1e-4)

@@ -219,12 +219,43 @@ def _frames_last_to_first(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.T, dtype=np.float32)
 
 
+@lru_cache(maxsize=4)
+def _delta_operators(order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The linear maps of ``librosa.feature.delta(width=9, order=order, mode="interp")``:
+    Savitzky-Golay convolution coefficients for the inner frames, and the matrices giving
+    the first and last ``DELTA_WIDTH // 2`` frames from a polynomial fitted to the first
+    and last ``DELTA_WIDTH`` frames (read-only: they are shared)."""
+    from scipy.signal import savgol_coeffs, savgol_filter
+
+    half = DELTA_WIDTH // 2
+    coeffs = savgol_coeffs(DELTA_WIDTH, order, deriv=order).astype(np.float32)
+    # Column i of each edge map is the edge's response to a unit impulse at frame i.
+    unit = savgol_filter(np.eye(DELTA_WIDTH), DELTA_WIDTH, order, deriv=order, mode="interp")
+    first = np.ascontiguousarray(unit[:, :half].T, np.float32)
+    last = np.ascontiguousarray(unit[:, -half:].T, np.float32)
+    for array in (coeffs, first, last):
+        array.flags.writeable = False
+    return coeffs, first, last
+
+
 def _delta(x: np.ndarray, order: int) -> np.ndarray:
-    """``order``-th time derivative of [dims, frames] (Savitzky-Golay, 9 frames)."""
-    # librosa's 'interp' edge mode needs at least DELTA_WIDTH frames; shorter clips
-    # fall back to repeating the edge frame rather than failing.
-    mode = "interp" if x.shape[-1] >= DELTA_WIDTH else "nearest"
-    return librosa.feature.delta(x, width=DELTA_WIDTH, order=order, mode=mode)
+    """``order``-th time derivative of [dims, frames] (Savitzky-Golay, 9 frames).
+
+    ``librosa.feature.delta``'s answer (its 'interp' edges), with the edge polynomials
+    precomputed as matrices instead of fitted by least squares on every call.
+    """
+    if x.shape[-1] < DELTA_WIDTH:
+        # librosa's 'interp' edge mode needs at least DELTA_WIDTH frames; shorter clips
+        # fall back to repeating the edge frame rather than failing.
+        return librosa.feature.delta(x, width=DELTA_WIDTH, order=order, mode="nearest")
+    from scipy.ndimage import convolve1d
+
+    coeffs, first, last = _delta_operators(order)
+    half = DELTA_WIDTH // 2
+    out = convolve1d(x, coeffs, axis=-1, mode="constant")
+    out[:, :half] = x[:, :DELTA_WIDTH] @ first.T
+    out[:, -half:] = x[:, -DELTA_WIDTH:] @ last.T
+    return out
 
 
 @FEATURES.register("mfcc")
