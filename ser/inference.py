@@ -469,8 +469,11 @@ class Predictor:
     # ------------------------------------------------------------------ model
     def warm_up(self, batch_sizes: Sequence[int] = XLA_BATCH_SIZES) -> None:
         """Compile and run the model function once per batch size, so requests never wait
-        for a compilation. Falls back to the uncompiled function if XLA fails here."""
+        for a compilation. Falls back to the uncompiled function if XLA fails here. First,
+        one generated clip goes through the speech check and the features, so that the
+        first request does not pay their one-off costs (imports, filterbanks: ~2 s)."""
         rng = np.random.default_rng(0)
+        self._warm_up_audio_path(rng)
         if self.numpy_model is not None:  # nothing to compile: one call checks it runs
             self.predict_batch(rng.standard_normal((1, self.input_dim)).astype(np.float32))
             return
@@ -488,6 +491,13 @@ class Predictor:
                 self.xla = False
                 self.predict_batch(x)
                 return
+
+    def _warm_up_audio_path(self, rng: np.random.Generator) -> None:
+        seconds = np.arange(self.sample_rate) / self.sample_rate  # 1 s of a gliding voice
+        wave = np.sin(2 * np.pi * np.cumsum(150 + 50 * seconds) / self.sample_rate)
+        wave = (0.3 * wave + 0.01 * rng.standard_normal(wave.shape)).astype(np.float32)
+        self.check_speech(wave)
+        self.frame_features(wave)
 
     def _function(self, xla: bool):
         if xla not in self._functions:

@@ -85,3 +85,12 @@ def test_inference_bench(corpora, tmp_path):
     out = run_bench("inference", tmp_path / "i.json", "--run", run_dir, "--repeats", "5")
     assert out["latency"]["clip_end_to_end"]["p50_ms"] > 0
     assert [b["batch"] for b in out["batches"]] == [1, 8, 32, 128]
+
+
+def test_startup_bench(tmp_path_factory, tmp_path):
+    from tests.support.tiny_run import tiny_run
+
+    run_dir = tiny_run(tmp_path_factory, "dense")
+    out = run_bench("startup", tmp_path / "s.json", "--run", str(run_dir), "--repeats", "1")
+    assert out["runtime"] == "numpy" and out["model"] == "dense"
+    assert out["predict_s"]["first"] > 0 and len(out["serve_ready_s"]["runs"]) == 1

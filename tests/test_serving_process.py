@@ -115,9 +115,12 @@ def test_load_benchmark_script_runs_against_the_server(server, tmp_path):
     report = json.loads(out.read_text())
     assert report["model_id"].startswith("tiny-lstm@")
     assert [level["concurrency"] for level in report["levels"]] == [1, 2]
-    for level in report["levels"]:
+    # The seed's app, started and stopped by the script, measured at the same levels.
+    for level in report["levels"] + report["seed_app"]:
         assert level["requests"] == 8 and level["errors"] == 0
         assert 0 < level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"]
+    assert [row["concurrency"] for row in report["against_seed"]] == [1, 2]
+    assert all(row["requests_per_second_x_seed"] > 0 for row in report["against_seed"])
 
 
 def test_load_benchmark_refuses_other_hosts(tmp_path):

@@ -1,0 +1,87 @@
+"""Start-up: ``ser predict one.wav`` end to end, and ``ser serve`` until /health answers.
+
+Each is a fresh process, as a user starts it (wall clock from launch to exit, or to the
+first successful ``GET /health`` on 127.0.0.1), repeated ``--repeats`` times; the
+median is reported. The first run pays cold file caches and is reported separately.
+
+    python -m bench.startup [--run checkpoints/best] [--clip some.flac] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import ROOT, parser, table, write
+from bench.load_http import free_port, start_server, stop_server, voiced_clip, wait_healthy
+
+
+def predict_seconds(run: str, clip: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "ser.cli", "predict", "--run", run, clip],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - started
+
+
+def serve_seconds(run: str, log: Path) -> float:
+    port = free_port()
+    started = time.perf_counter()
+    proc = start_server(run, port, log)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, timeout=120)
+        return time.perf_counter() - started
+    finally:
+        stop_server(proc)
+
+
+def main() -> None:
+    p = parser("startup", __doc__.splitlines()[0])
+    p.add_argument("--run", default="checkpoints/best", help="run directory")
+    p.add_argument("--clip", help="audio file to predict (default: a generated 3 s clip)")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    import soundfile as sf
+
+    from ser.inference import Predictor
+
+    predictor = Predictor.load(args.run)
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = args.clip or str(Path(tmp) / "clip.wav")
+        if not args.clip:
+            sf.write(clip, voiced_clip(3.0), 16000)
+        log = Path(tmp) / "serve.log"
+        first_predict = predict_seconds(args.run, clip)
+        predicts = [predict_seconds(args.run, clip) for _ in range(args.repeats)]
+        first_serve = serve_seconds(args.run, log)
+        serves = [serve_seconds(args.run, log) for _ in range(args.repeats)]
+    rows = [
+        ["ser predict one clip, first run", first_predict],
+        [f"ser predict one clip, median of {args.repeats}", statistics.median(predicts)],
+        ["ser serve until /health, first run", first_serve],
+        [f"ser serve until /health, median of {args.repeats}", statistics.median(serves)],
+    ]
+    print(f"run {predictor.model_id} ({predictor.cfg.model.type}, {predictor.runtime} runtime)")
+    print(table(rows, ["what", "seconds"]))
+    write(
+        args.out,
+        "startup",
+        {
+            "run": predictor.model_id,
+            "model": predictor.cfg.model.type,
+            "runtime": predictor.runtime,
+            "predict_s": {"first": first_predict, "runs": predicts},
+            "serve_ready_s": {"first": first_serve, "runs": serves},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
