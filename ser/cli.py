@@ -31,6 +31,19 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_runtime_arg(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--runtime``: what runs the model (see ``Predictor.load``)."""
+    parser.add_argument(
+        "--runtime",
+        choices=["auto", "numpy", "keras"],
+        default=default,
+        help=f"what runs the model (default {default}): numpy runs dense and LSTM models "
+        "without importing TensorFlow (the quickest start); auto uses NumPy for dense models "
+        "and XLA-compiled Keras for sequence models (the fastest calls once compiled); keras "
+        "always uses Keras",
+    )
+
+
 def add_tensorflow_args(parser: argparse.ArgumentParser, *, on_demand: bool = False) -> None:
     """``--verbose`` for commands that use TensorFlow, imported without its start-up
     notices unless ``--verbose`` is given: by ``main`` before the command runs, or, with

@@ -84,24 +84,32 @@ class _Affine:
         return _activate(x @ self.weight + self.bias, self.activation)
 
 
-def _inputs_of(layer: dict[str, Any]) -> list[str]:
-    """Names of the layers feeding ``layer`` (one call only; plain tensors, no kwargs)."""
+def _tensor_name(value: Any) -> str | None:
+    """The producing layer's name of a serialised Keras tensor, else None."""
+    if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+        return value["config"]["keras_history"][0]
+    return None
+
+
+def _inputs_of(layer: dict[str, Any]) -> tuple[list[str], list[Any], str | None]:
+    """What feeds ``layer`` (called once): the producing layers' names, the constant
+    arguments (``x != 0.0``'s 0.0) and the layer producing its ``mask`` argument, if any."""
     nodes = layer.get("inbound_nodes") or []
     if len(nodes) != 1:
         raise UnsupportedModel(f"layer {layer.get('name')!r} is called {len(nodes)} times")
     node = nodes[0]
-    # ``training`` does not matter at inference; any other argument (a mask) might.
+    # ``training`` does not matter at inference; a mask is passed on; nothing else may come.
     kwargs = {k: v for k, v in (node.get("kwargs") or {}).items() if k != "training"}
+    mask = _tensor_name(kwargs.pop("mask", None))
     if any(value is not None for value in kwargs.values()):
         raise UnsupportedModel(f"layer {layer.get('name')!r} is called with {node['kwargs']}")
     args = node["args"]
-    tensors = args[0] if len(args) == 1 and isinstance(args[0], list) else args
-    names = []
-    for tensor in tensors:
-        if not (isinstance(tensor, dict) and tensor.get("class_name") == "__keras_tensor__"):
-            raise UnsupportedModel(f"layer {layer.get('name')!r} has a non-tensor input")
-        names.append(tensor["config"]["keras_history"][0])
-    return names
+    values = args[0] if len(args) == 1 and isinstance(args[0], list) else args
+    names = [n for n in map(_tensor_name, values) if n is not None]
+    constants = [v for v in values if _tensor_name(v) is None]
+    if not names or any(isinstance(v, dict) for v in constants):
+        raise UnsupportedModel(f"layer {layer.get('name')!r} has an input it cannot read")
+    return names, constants, mask
 
 
 def _dtype_is_float32(config: dict[str, Any]) -> bool:
@@ -109,6 +117,83 @@ def _dtype_is_float32(config: dict[str, Any]) -> bool:
     if isinstance(dtype, dict):
         dtype = dtype.get("config", {}).get("name")
     return dtype in (None, "float32")
+
+
+@dataclass
+class _Step:
+    """One layer of a graph: its name, the layers feeding it, its function, and the layer
+    producing the mask it is called with (None: no mask)."""
+
+    name: str
+    inputs: list[str]
+    fn: Callable[..., np.ndarray]
+    mask: str | None = None
+
+
+# ``keras.ops`` calls traced into a functional model (``Masking`` records its mask as
+# ``any(x != mask_value, axis=-1)``), by class name -> (config, constants) -> function.
+OPERATIONS: dict[str, Callable[..., Callable[..., np.ndarray]]] = {
+    "NotEqual": lambda cfg, value: lambda x: x != value,
+    "Any": lambda cfg: lambda x: np.any(x, axis=cfg.get("axis"), keepdims=cfg.get("keepdims")),
+}
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@dataclass
+class _LSTM:
+    """Keras's ``LSTM`` (tanh, sigmoid gates in the order i, f, c, o) at inference.
+
+    Masked frames (all-zero padding) leave the state unchanged and repeat the previous
+    output, as Keras's masked LSTM does; without ``return_sequences`` the output is the
+    state after each sequence's last real frame. One matrix product per frame.
+    """
+
+    kernel: np.ndarray  # [D, 4H]
+    recurrent: np.ndarray  # [H, 4H]
+    bias: np.ndarray  # [4H]
+    return_sequences: bool
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], variables: list[np.ndarray]) -> _LSTM:
+        plain = (
+            cfg["activation"] == "tanh"
+            and cfg["recurrent_activation"] == "sigmoid"
+            and not cfg.get("go_backwards")
+            and not cfg.get("return_state")
+            and not cfg.get("stateful")
+            and not cfg.get("zero_output_for_mask")
+        )
+        if not plain:
+            raise UnsupportedModel(f"LSTM {cfg['name']!r} with settings this runtime lacks")
+        units = cfg["units"]
+        bias = variables[2] if cfg["use_bias"] else np.zeros(4 * units, np.float32)
+        if variables[1].shape != (units, 4 * units):
+            raise UnsupportedModel(f"LSTM {cfg['name']!r}: recurrent kernel {variables[1].shape}")
+        return cls(variables[0], variables[1], bias, bool(cfg["return_sequences"]))
+
+    def __call__(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        batch, frames, _ = x.shape
+        units = self.recurrent.shape[0]
+        inputs = x @ self.kernel + self.bias  # every frame's input part at once
+        h = np.zeros((batch, units), np.float32)
+        c = np.zeros((batch, units), np.float32)
+        outputs = np.zeros((batch, frames, units), np.float32) if self.return_sequences else None
+        for t in range(frames):
+            z = inputs[:, t] + h @ self.recurrent
+            i, f = _sigmoid(z[:, :units]), _sigmoid(z[:, units : 2 * units])
+            new_c = f * c + i * np.tanh(z[:, 2 * units : 3 * units])
+            new_h = _sigmoid(z[:, 3 * units :]) * np.tanh(new_c)
+            if mask is None:
+                h, c = new_h, new_c
+            else:
+                keep = mask[:, t, None]
+                h, c = np.where(keep, new_h, h), np.where(keep, new_c, c)
+            if outputs is not None:
+                outputs[:, t] = h
+        return outputs if outputs is not None else h
 
 
 def _layer_names(entries: list[Any]) -> list[str]:
@@ -121,7 +206,7 @@ class _Graph:
     """One functional model's layers, run in config order on named intermediate outputs."""
 
     def __init__(self, config: dict[str, Any], weights: Any) -> None:
-        self.steps: list[tuple[str, list[str], Callable[..., np.ndarray]]] = []
+        self.steps: list[_Step] = []
         self.inputs = _layer_names(config["input_layers"])
         self.outputs = _layer_names(config["output_layers"])
         if len(self.inputs) != 1 or len(self.outputs) != 1:
@@ -129,20 +214,31 @@ class _Graph:
         seen: dict[str, int] = {}
         for layer in config["layers"]:
             kind = layer["class_name"]
+            if kind in OPERATIONS:  # traced ``keras.ops`` calls: no weights, no variables slot
+                inputs, constants, mask = _inputs_of(layer)
+                op = OPERATIONS[kind](layer["config"], *constants)
+                self.steps.append(_Step(layer["name"], inputs, op, mask))
+                continue
             group = _snake_case(kind)
             k = seen.get(group, 0)
             seen[group] = k + 1
             slot = weights["layers"][group if k == 0 else f"{group}_{k}"]
             if kind == "InputLayer":
                 continue
-            self.steps.append((layer["name"], _inputs_of(layer), self._build(layer, slot)))
+            inputs, constants, mask = _inputs_of(layer)
+            if constants:
+                raise UnsupportedModel(f"layer {layer['name']!r} takes constant arguments")
+            self.steps.append(_Step(layer["name"], inputs, self._build(layer, slot), mask))
         self._fold_batch_norms()
 
     def _build(self, layer: dict[str, Any], slot: Any) -> Callable[..., np.ndarray]:
         kind, cfg = layer["class_name"], layer["config"]
         if kind not in ("Functional", "Model") and not _dtype_is_float32(cfg):
             raise UnsupportedModel(f"layer {cfg.get('name')!r} is not float32")
-        variables = [np.asarray(slot["vars"][str(i)], np.float32) for i in range(len(slot["vars"]))]
+        holder = slot["cell"] if "cell" in slot else slot  # a recurrent layer keeps its cell's
+        variables = [
+            np.asarray(holder["vars"][str(i)], np.float32) for i in range(len(holder["vars"]))
+        ]
         if kind == "Dense":
             if cfg["activation"] not in ACTIVATIONS:
                 raise UnsupportedModel(f"Dense activation {cfg['activation']!r}")
@@ -171,6 +267,10 @@ class _Graph:
             return lambda x, a=cfg["activation"]: _activate(x, a)
         if kind in IDENTITY_LAYERS:
             return lambda x: x
+        if kind == "Masking":  # the mask itself comes from the traced ``x != value`` ops
+            return lambda x: x
+        if kind == "LSTM":
+            return _LSTM.from_config(cfg, variables)
         if kind == "Average":
             return lambda *xs: sum(xs[1:], xs[0]) / np.float32(len(xs))
         if kind in ("Functional", "Model"):
@@ -180,43 +280,51 @@ class _Graph:
     def _fold_batch_norms(self) -> None:
         """A linear Dense whose only consumer is a BatchNormalization -> one affine map."""
         users: dict[str, int] = {}
-        for _, inputs, _ in self.steps:
-            for name in inputs:
+        for step in self.steps:
+            for name in [*step.inputs, *([step.mask] if step.mask else [])]:
                 users[name] = users.get(name, 0) + 1
-        kept: list[tuple[str, list[str], Callable[..., np.ndarray]]] = []
-        for name, inputs, fn in self.steps:
-            if isinstance(fn, _Scale) and kept and inputs == [kept[-1][0]]:
-                before, before_inputs, dense = kept[-1]
+        kept: list[_Step] = []
+        for step in self.steps:
+            fn = step.fn
+            if isinstance(fn, _Scale) and kept and step.inputs == [kept[-1].name]:
+                before = kept[-1]
+                dense = before.fn
                 if (
                     isinstance(dense, _Affine)
                     and dense.activation == "linear"
-                    and users[before] == 1
+                    and users[before.name] == 1
                 ):
                     folded = _Affine(dense.weight * fn.scale, dense.bias * fn.scale + fn.shift)
-                    kept[-1] = (name, before_inputs, folded)
+                    kept[-1] = _Step(step.name, before.inputs, folded, before.mask)
                     continue
-            kept.append((name, inputs, fn))
+            kept.append(step)
         self.steps = kept
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         values = {self.inputs[0]: x}
-        for name, inputs, fn in self.steps:
-            values[name] = fn(*(values[i] for i in inputs))
+        for step in self.steps:
+            args = [values[i] for i in step.inputs]
+            if step.mask is None:
+                values[step.name] = step.fn(*args)
+            else:
+                values[step.name] = step.fn(*args, mask=values[step.mask])
         return values[self.outputs[0]]
 
 
 @dataclass
 class NumpyModel:
-    """A dense model or ensemble as a NumPy function: float32 [B, D] -> [B, C]."""
+    """A model as a NumPy function: float32 [B, D] (dense) or [B, T, D] (LSTM) -> [B, C]."""
 
     graph: _Graph
     input_dim: int
     parameters: int
+    sequence: bool = False
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, np.float32)
-        if x.ndim != 2 or x.shape[1] != self.input_dim:
-            raise ValueError(f"expected inputs [batch, {self.input_dim}], got {x.shape}")
+        if x.ndim != (3 if self.sequence else 2) or x.shape[-1] != self.input_dim:
+            shape = "[batch, frames, D]" if self.sequence else "[batch, D]"
+            raise ValueError(f"expected inputs {shape} with D = {self.input_dim}, got {x.shape}")
         return self.graph(x).astype(np.float32, copy=False)
 
     def count_params(self) -> int:
@@ -237,7 +345,7 @@ def load_numpy_model(path: str | Path) -> NumpyModel | None:
     with h5py.File(io.BytesIO(weights), "r") as h5:
         try:
             graph = _Graph(config["config"], h5)
-        except (UnsupportedModel, KeyError):
+        except (UnsupportedModel, KeyError, IndexError):
             return None
         # The model's own variables (an optimizer's, saved beside them, are not counted).
         sizes: list[int] = []
@@ -245,15 +353,15 @@ def load_numpy_model(path: str | Path) -> NumpyModel | None:
             lambda _, item: sizes.append(item.size) if hasattr(item, "dtype") else None
         )
         parameters = int(sum(sizes))
-    first = next(step for step in _first_affines(graph))
-    return NumpyModel(graph, int(first.weight.shape[0]), parameters)
+    shape = _input_shape(config["config"], graph.inputs[0])
+    if shape is None or len(shape) not in (2, 3) or shape[-1] is None:
+        return None
+    return NumpyModel(graph, int(shape[-1]), parameters, sequence=len(shape) == 3)
 
 
-def _first_affines(graph: _Graph):
-    """The affine maps applied to the model's input, in order (to read its width)."""
-    for _, inputs, fn in graph.steps:
-        if inputs == graph.inputs:
-            if isinstance(fn, _Affine):
-                yield fn
-            elif isinstance(fn, _Graph):
-                yield from _first_affines(fn)
+def _input_shape(config: dict[str, Any], name: str) -> list[int | None] | None:
+    """The batch shape ([None, D] or [None, None, D]) of the model's input layer ``name``."""
+    for layer in config["layers"]:
+        if layer["class_name"] == "InputLayer" and layer["name"] == name:
+            return layer["config"].get("batch_shape")
+    return None

@@ -12,7 +12,6 @@ import pytest
 from ser import runs
 from ser.inference import Predictor
 from ser.numpy_runtime import load_numpy_model
-from ser.runs import RunDirError
 from tests.support import ROOT
 from tests.support.tiny_run import encode, tiny_run, tone
 
@@ -42,13 +41,27 @@ def test_a_clip_gets_the_same_answer_from_either_runtime(dense_run) -> None:
     assert len(a.windows) == len(b.windows) > 1
 
 
-def test_sequence_models_run_on_keras(run_dir) -> None:
-    assert load_numpy_model(run_dir / runs.MODEL) is None  # the tiny LSTM
+def test_lstm_runs_on_numpy_when_asked_and_equals_keras(run_dir) -> None:
+    """The tiny LSTM: Keras under ``auto`` (a server: XLA calls are faster), NumPy under
+    ``numpy`` (a quick start), with the same probabilities, padding frames masked."""
     assert Predictor.load(run_dir).runtime == "keras"
-    with pytest.raises(RunDirError, match="NumPy runtime"):
-        Predictor.load(run_dir, runtime="numpy")
+    fast = Predictor.load(run_dir, runtime="numpy")
+    assert fast.runtime == "numpy" and fast.numpy_model.sequence
+    x = np.random.default_rng(1).standard_normal((3, fast.max_frames, fast.input_dim))
+    x = x.astype(np.float32)
+    x[1, fast.max_frames // 2 :] = 0.0  # padding at the end: masked
+    x[2, 3] = 0.0  # an all-zero frame inside: masked too, as Keras's Masking does
+    expected = np.asarray(fast.model(x, training=False))
+    np.testing.assert_allclose(fast.predict_batch(x), expected, rtol=0, atol=1e-5)
+    assert fast.parameters == fast.model.count_params()
     with pytest.raises(ValueError, match="runtime must be one of"):
         Predictor.load(run_dir, runtime="onnx")
+
+
+def test_models_numpy_cannot_run_fall_back_to_keras(tmp_path_factory) -> None:
+    cnn = tiny_run(tmp_path_factory, "cnn")
+    assert load_numpy_model(cnn / runs.MODEL) is None
+    assert Predictor.load(cnn, runtime="numpy").runtime == "keras"
 
 
 def test_unknown_layers_fall_back_to_keras(tmp_path) -> None:
@@ -61,15 +74,17 @@ def test_unknown_layers_fall_back_to_keras(tmp_path) -> None:
     assert load_numpy_model(tmp_path / "model.keras") is None
 
 
-def test_predict_with_a_dense_run_never_imports_tensorflow(dense_run, tmp_path) -> None:
-    """``ser predict`` on a dense run: NumPy runs the model, so TensorFlow's ~6 s import
-    is never paid (the command imports it only if it comes to need it)."""
+@pytest.mark.parametrize("model", ["dense", "lstm"])
+def test_predict_never_imports_tensorflow(model, tmp_path_factory, tmp_path) -> None:
+    """``ser predict`` on a dense or LSTM run: NumPy runs the model, so TensorFlow's ~6 s
+    import is never paid (the command imports it only if it comes to need it)."""
+    run = tiny_run(tmp_path_factory, model)
     clip = tmp_path / "clip.wav"
     clip.write_bytes(encode(tone(1.5)))
     script = (
         "import sys, json\n"
         "from ser.cli import main\n"
-        f"code = main(['predict', '--run', {str(dense_run)!r}, {str(clip)!r}, '--json'])\n"
+        f"code = main(['predict', '--run', {str(run)!r}, {str(clip)!r}, '--json'])\n"
         "print(json.dumps({'code': code, 'tensorflow': 'tensorflow' in sys.modules}))\n"
     )
     out = subprocess.run(

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ser.cli import add_tensorflow_args
+from ser.cli import add_runtime_arg, add_tensorflow_args
 
 AUDIO_SUFFIXES = {
     ".wav",
@@ -63,6 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "far, in the order given, as an HTTP session does; otherwise each clip is normalised "
         "by the average training speaker; clips without speech are not counted",
     )
+    add_runtime_arg(p, "numpy")
     add_tensorflow_args(p, on_demand=True)
     p.set_defaults(func=run)
 
@@ -171,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: no audio files to predict", file=sys.stderr)
         return 2
     tune_for_inference()
-    predictor = Predictor.load(args.run, speech_check=args.speech_check)
+    predictor = Predictor.load(args.run, speech_check=args.speech_check, runtime=args.runtime)
     session = predictor.new_session() if args.one_speaker else None
     if args.one_speaker and session is None:
         print(

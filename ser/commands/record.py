@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ser.cli import add_tensorflow_args
+from ser.cli import add_runtime_arg, add_tensorflow_args
 from ser.commands.predict import DEFAULT_RUN, format_table
 
 
@@ -31,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save", metavar="FILE.wav", help="also write the recording to this file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
+    add_runtime_arg(p, "numpy")
     add_tensorflow_args(p, on_demand=True)
     p.set_defaults(func=run)
 
@@ -106,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
     from ser.inference import Predictor, tune_for_inference
 
     tune_for_inference()
-    predictor = Predictor.load(args.run)  # before recording: a bad run fails fast
+    predictor = Predictor.load(
+        args.run, runtime=args.runtime
+    )  # before recording: a bad run fails fast
     predictor.warm_up(batch_sizes=(1,))
     print(f"recording {args.seconds:g} s ...", flush=True)
     wave, rate = record(args.seconds, args.device, sd)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ser.cli import add_tensorflow_args
+from ser.cli import add_runtime_arg, add_tensorflow_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,6 +65,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    add_runtime_arg(p, "auto")
     add_tensorflow_args(p, on_demand=True)
     p.set_defaults(func=run)
 
@@ -96,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
     api_keys = load_api_keys(args.api_key_file)
     print(_access_line(api_keys, args.host), flush=True)
     tune_for_inference()
-    predictor = Predictor.load(args.run_dir, tf_threads=settings.model_threads)
+    predictor = Predictor.load(
+        args.run_dir, tf_threads=settings.model_threads, runtime=args.runtime
+    )
     started = time.time()
     if predictor.runtime == "numpy":
         predictor.warm_up()
