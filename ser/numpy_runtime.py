@@ -235,7 +235,7 @@ class _Graph:
         kind, cfg = layer["class_name"], layer["config"]
         if kind not in ("Functional", "Model") and not _dtype_is_float32(cfg):
             raise UnsupportedModel(f"layer {cfg.get('name')!r} is not float32")
-        holder = slot["cell"] if "cell" in slot else slot  # a recurrent layer keeps its cell's
+        holder = slot.get("cell", slot)  # a recurrent layer keeps its variables in its cell
         variables = [
             np.asarray(holder["vars"][str(i)], np.float32) for i in range(len(holder["vars"]))
         ]
