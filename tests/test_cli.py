@@ -126,12 +126,14 @@ def test_every_shipped_config_is_package_data():
 # ------------------------------------------------------------ start-up chatter
 def test_predict_prints_no_tensorflow_start_up_lines(run_dir, tmp_path):
     clip = write_tone(tmp_path / "clip.wav", seconds=1.5)
-    proc = ser("predict", str(clip), "--run", str(run_dir), cwd=tmp_path)
+    # --runtime keras: TensorFlow is imported (by default NumPy runs the tiny LSTM).
+    keras = ("--runtime", "keras")
+    proc = ser("predict", str(clip), "--run", str(run_dir), *keras, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "clip.wav" in proc.stdout
     assert tf_lines(proc.stderr) == [], proc.stderr
     # The same command with --verbose shows them, so the check above can see them.
-    loud = ser("predict", str(clip), "--run", str(run_dir), "--verbose", cwd=tmp_path)
+    loud = ser("predict", str(clip), "--run", str(run_dir), *keras, "--verbose", cwd=tmp_path)
     assert loud.returncode == 0 and tf_lines(loud.stderr), loud.stderr
 
 
