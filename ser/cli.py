@@ -39,8 +39,8 @@ def add_runtime_arg(parser: argparse.ArgumentParser, default: str) -> None:
         default=default,
         help=f"what runs the model (default {default}): numpy runs dense and LSTM models "
         "without importing TensorFlow (the quickest start); auto uses NumPy for dense models "
-        "and XLA-compiled Keras for sequence models (the fastest calls once compiled); keras "
-        "always uses Keras",
+        "and XLA-compiled Keras for sequence models (the fastest calls; ser serve starts "
+        "them on NumPy and switches once compiled); keras always uses Keras",
     )
 
 

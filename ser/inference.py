@@ -474,15 +474,19 @@ class Predictor:
         first request does not pay their one-off costs (imports, filterbanks: ~2 s)."""
         rng = np.random.default_rng(0)
         self._warm_up_audio_path(rng)
+        frames = (self.max_frames,) if self.sequence else ()
         if self.numpy_model is not None:  # nothing to compile: one call checks it runs
-            frames = (self.max_frames,) if self.sequence else ()
             self.predict_batch(rng.standard_normal((1, *frames, self.input_dim)).astype(np.float32))
             return
+        self._compile_keras(batch_sizes)
+
+    def _compile_keras(self, batch_sizes: Sequence[int]) -> None:
+        rng = np.random.default_rng(0)
         frames = (self.max_frames,) if self.sequence else ()
         for size in sorted(set(batch_sizes)) if self.xla else [1]:
             x = rng.standard_normal((size, *frames, self.input_dim)).astype(np.float32)
             try:
-                self.predict_batch(x)
+                self._keras_batch(x)
             except Exception as exc:  # any XLA failure: use the graph function
                 if not self.xla:
                     raise
@@ -490,8 +494,22 @@ class Predictor:
 
                 warnings.warn(f"XLA compilation failed ({exc}); using the uncompiled model")
                 self.xla = False
-                self.predict_batch(x)
+                self._keras_batch(x)
                 return
+
+    def upgrade_to_keras(
+        self, batch_sizes: Sequence[int] = XLA_BATCH_SIZES, tf_threads: int | None = None
+    ) -> None:
+        """Move a NumPy-run model to XLA-compiled Keras: load it (TensorFlow's import, about
+        6 s), compile every batch size, then switch. Calls made meanwhile keep running on
+        NumPy, so a server can answer from its first second and get Keras's faster calls
+        once they are ready (``ser serve`` does this for sequence models)."""
+        if self.numpy_model is None:
+            return
+        if self._keras is None:
+            self._keras = _load_keras_model(self.run_dir, tf_threads)
+        self._compile_keras(batch_sizes)
+        self.numpy_model = None  # one attribute write: a concurrent call sees either
 
     def _warm_up_audio_path(self, rng: np.random.Generator) -> None:
         seconds = np.arange(self.sample_rate) / self.sample_rate  # 1 s of a gliding voice
@@ -520,8 +538,12 @@ class Predictor:
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Normalised, padded batch [B, T, D] (sequence) or [B, D] -> probabilities [B, C]."""
         x = np.asarray(batch, np.float32)
-        if self.numpy_model is not None:
-            return self.numpy_model(x)
+        fast = self.numpy_model  # read once: ``upgrade_to_keras`` may switch it meanwhile
+        if fast is not None:
+            return fast(x)
+        return self._keras_batch(x)
+
+    def _keras_batch(self, x: np.ndarray) -> np.ndarray:
         n = x.shape[0]
         fits = n <= XLA_BATCH_SIZES[-1] and (not self.sequence or x.shape[1] <= self.max_frames)
         if not self.xla or not fits:

@@ -42,7 +42,8 @@ def run_bench(name: str, out: Path, *args: str) -> dict:
 def test_extraction_bench(corpora, tmp_path):
     out = run_bench("extraction", tmp_path / "e.json", "--data-root", str(corpora), "--limit", "6")
     paths = [r["path"] for r in out["results"]]
-    assert paths[0].startswith("seed recipe") and len(paths) == 12
+    assert paths[0].startswith("seed recipe") and len(paths) == 14
+    assert any("best.yaml" in path for path in paths)  # a row per shipped configuration
     assert all(r["files_per_s"] > 0 for r in out["results"])
 
 

@@ -99,3 +99,29 @@ def test_predict_never_imports_tensorflow(model, tmp_path_factory, tmp_path) -> 
     lines = out.stdout.strip().splitlines()
     assert json.loads(lines[-1]) == {"code": 0, "tensorflow": False}
     assert '"emotion"' in out.stdout
+
+
+def test_a_server_moves_an_lstm_from_numpy_to_keras_in_the_background(run_dir) -> None:
+    """``ser serve`` under auto: the LSTM answers on NumPy from the start, XLA-compiled
+    Keras takes over once compiled, and the answers agree."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from ser.serving.app import create_app
+    from ser.serving.settings import ServingSettings
+
+    predictor = Predictor.load(run_dir, runtime="numpy")
+    clip = encode(tone(1.5, seed=4))
+    # The speech check off: a tone is no speech, and here the model must answer.
+    app = create_app(predictor, settings=ServingSettings(speech_check=False), upgrade_to_keras=True)
+    with TestClient(app) as client:
+        first = client.post("/predict", files={"file": ("a.wav", clip, "audio/wav")}).json()
+        deadline = time.time() + 120
+        while client.get("/health").json()["runtime"] != "keras":
+            assert time.time() < deadline, "no switch to Keras within 120 s"
+            time.sleep(0.2)
+        later = client.post("/predict", files={"file": ("a.wav", clip, "audio/wav")}).json()
+    assert first["type"] == later["type"] == "prediction"
+    for label, p in first["probabilities"].items():
+        assert later["probabilities"][label] == pytest.approx(p, abs=2e-4)

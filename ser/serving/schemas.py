@@ -113,6 +113,10 @@ class LoadOut(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok"]
     model_id: str
+    runtime: Literal["numpy", "keras"] = Field(
+        description="what runs the model now (a sequence model served by default starts on "
+        "NumPy and moves to XLA-compiled Keras once compiled)"
+    )
     uptime_seconds: float
     inference_batches: int = Field(description="model calls since start-up")
     inference_windows: int = Field(description="windows predicted since start-up")
