@@ -1,4 +1,4 @@
-"""Export a run's model as a TensorFlow SavedModel or a TFLite flatbuffer.
+"""Export a run's model as a TensorFlow SavedModel, a TFLite flatbuffer or an ONNX graph.
 
 Both take the model's own input: normalised features, ``[batch, frames, D]`` for
 sequence models (zero frames at the end are padding and are masked) or
@@ -6,7 +6,9 @@ sequence models (zero frames at the end are padding and are masked) or
 The SavedModel keeps free batch and frame axes. TFLite needs static shapes, so its
 input is one window, ``[1, max_frames, D]``, for a sequence model (shorter clips are
 zero-padded to it, longer ones cut into windows: ``ExportedModel`` does both) and one
-vector, ``[1, D]``, for a pooled one.
+vector, ``[1, D]``, for a pooled one. ONNX (``ser.onnx_export``: dense models, their
+ensembles as one graph, LSTMs) keeps free batch and frame axes and runs on ONNX Runtime
+without TensorFlow.
 
 Next to the model the export writes what a consumer needs to build that input:
 ``labels.json``, ``normaliser.json``, ``run.yaml`` (features config) and
@@ -28,10 +30,10 @@ import numpy as np
 from ser import runs
 from ser.inference import Predictor
 
-Format = Literal["savedmodel", "tflite"]
-FORMATS: tuple[str, ...] = ("savedmodel", "tflite")
+Format = Literal["savedmodel", "tflite", "onnx"]
+FORMATS: tuple[str, ...] = ("savedmodel", "tflite", "onnx")
 PARITY_TOLERANCE = 1e-4
-MODEL_FILE = {"savedmodel": "saved_model.pb", "tflite": "model.tflite"}
+MODEL_FILE = {"savedmodel": "saved_model.pb", "tflite": "model.tflite", "onnx": "model.onnx"}
 
 
 class ExportError(RuntimeError):
@@ -50,6 +52,29 @@ def _write_saved_model(predictor: Predictor, out: Path, static: bool) -> None:
 
     spec = tf.TensorSpec(_signature_shape(predictor, static), tf.float32, name="features")
     predictor.model.export(str(out), format="tf_saved_model", input_signature=[spec], verbose=False)
+
+
+def _needs(module: str) -> None:
+    """``ExportError`` naming the extra to install when ``module`` is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ExportError(f"--format onnx needs the {module} package: pip install 'ser[onnx]'")
+
+
+def _onnx_bytes(predictor: Predictor) -> bytes:
+    from ser.numpy_runtime import load_numpy_model
+    from ser.onnx_export import to_onnx
+
+    _needs("onnx")
+    _needs("onnxruntime")  # for the parity check after writing
+    model = load_numpy_model(predictor.run_dir / runs.MODEL)
+    if model is None:
+        raise ExportError(
+            f"--format onnx: a {predictor.cfg.model.type} model is not supported yet (ONNX "
+            "export covers dense models, their ensembles and LSTMs); use savedmodel or tflite"
+        )
+    return to_onnx(model, list(predictor.labels), predictor.model_id).SerializeToString()
 
 
 def _tflite_bytes(predictor: Predictor) -> bytes:
@@ -90,6 +115,14 @@ def load_exported(path: str | Path) -> ExportedModel:
     path = Path(path)
     meta = json.loads((path / "export.json").read_text(encoding="utf-8"))
     fmt = meta["format"]
+    if fmt == "onnx":
+        _needs("onnxruntime")
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(
+            str(path / MODEL_FILE["onnx"]), providers=["CPUExecutionProvider"]
+        )
+        return ExportedModel(fmt, lambda x: session.run(None, {"features": x})[0], None)
     if fmt == "savedmodel":
         import tensorflow as tf
 
@@ -158,6 +191,8 @@ def export_run(
         raise ExportError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     predictor = predictor or Predictor.load(run_dir)
     out = Path(out) if out is not None else predictor.run_dir / "export" / fmt
+    # Built first: a model ONNX cannot hold is refused before anything on disk changes.
+    onnx_bytes = _onnx_bytes(predictor) if fmt == "onnx" else b""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{out} exists and is not empty; pass --overwrite or --out")
@@ -166,6 +201,9 @@ def export_run(
 
     if fmt == "savedmodel":
         _write_saved_model(predictor, out, static=False)
+    elif fmt == "onnx":
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MODEL_FILE["onnx"]).write_bytes(onnx_bytes)
     else:
         out.mkdir(parents=True, exist_ok=True)
         (out / MODEL_FILE["tflite"]).write_bytes(_tflite_bytes(predictor))

@@ -130,11 +130,52 @@ class _Step:
     mask: str | None = None
 
 
+@dataclass
+class _Activation:
+    """An elementwise activation (or softmax over the last axis): ReLU, Activation."""
+
+    name: str
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return _activate(x, self.name)
+
+
+class _Identity:
+    """Dropout, noise and Masking at inference: the input unchanged."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+
+class _Mean:
+    """Average: the elementwise mean of its inputs (an ensemble's probabilities)."""
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        return sum(xs[1:], xs[0]) / np.float32(len(xs))
+
+
+@dataclass
+class _NotEqual:
+    value: float
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x != self.value
+
+
+@dataclass
+class _Any:
+    axis: int | None
+    keepdims: bool
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.any(x, axis=self.axis, keepdims=self.keepdims)
+
+
 # ``keras.ops`` calls traced into a functional model (``Masking`` records its mask as
 # ``any(x != mask_value, axis=-1)``), by class name -> (config, constants) -> function.
 OPERATIONS: dict[str, Callable[..., Callable[..., np.ndarray]]] = {
-    "NotEqual": lambda cfg, value: lambda x: x != value,
-    "Any": lambda cfg: lambda x: np.any(x, axis=cfg.get("axis"), keepdims=cfg.get("keepdims")),
+    "NotEqual": lambda cfg, value: _NotEqual(value),
+    "Any": lambda cfg: _Any(cfg.get("axis"), bool(cfg.get("keepdims"))),
 }
 
 
@@ -262,17 +303,17 @@ class _Graph:
         if kind == "ReLU":
             if cfg.get("max_value") is not None or cfg.get("negative_slope", 0.0) != 0.0:
                 raise UnsupportedModel("ReLU with a cap or a slope")
-            return lambda x: np.maximum(x, 0)
+            return _Activation("relu")
         if kind == "Activation" and cfg["activation"] in ACTIVATIONS:
-            return lambda x, a=cfg["activation"]: _activate(x, a)
+            return _Activation(cfg["activation"])
         if kind in IDENTITY_LAYERS:
-            return lambda x: x
+            return _Identity()
         if kind == "Masking":  # the mask itself comes from the traced ``x != value`` ops
-            return lambda x: x
+            return _Identity()
         if kind == "LSTM":
             return _LSTM.from_config(cfg, variables)
         if kind == "Average":
-            return lambda *xs: sum(xs[1:], xs[0]) / np.float32(len(xs))
+            return _Mean()
         if kind in ("Functional", "Model"):
             return _Graph(cfg, slot)
         raise UnsupportedModel(f"layer type {kind}")

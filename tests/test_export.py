@@ -74,3 +74,52 @@ def test_cli_export_rejects_an_unknown_format(predictor, capsys):
         main(["export", str(predictor.run_dir), "--format", "onnx"])
     assert exit_.value.code == 2
     assert "invalid choice: 'onnx'" in capsys.readouterr().err
+
+
+def test_onnx_matches_keras_or_refuses_clearly(predictor, tmp_path):
+    """ONNX: dense and LSTM models equal Keras on real clips' inputs; convolutional ones
+    are refused by name, with nothing written."""
+    from ser.export import ExportError
+
+    if predictor.cfg.model.type in ("cnn", "crnn"):
+        with pytest.raises(ExportError, match="not supported yet"):
+            export_run(predictor.run_dir, "onnx", tmp_path / "onnx", predictor=predictor)
+        assert not (tmp_path / "onnx").exists()
+        return
+    meta = export_run(predictor.run_dir, "onnx", tmp_path / "onnx", predictor=predictor)
+    assert meta["parity_max_abs_diff"] < 1e-4
+    exported = load_exported(tmp_path / "onnx")
+    for x in clip_inputs(predictor):
+        keras_probs = np.asarray(predictor.model(x[None], training=False))[0]
+        np.testing.assert_allclose(exported.predict(x), keras_probs, atol=1e-5)
+    d = predictor.input_dim
+    written = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    assert written["input"]["shape"] == ([None, None, d] if predictor.sequence else [None, d])
+
+
+def test_onnx_of_an_ensemble_is_one_graph_equal_to_keras(tmp_path_factory, tmp_path):
+    """A seed ensemble exports as one graph (its members' average inside), runnable on
+    ONNX Runtime in a process that never imports TensorFlow."""
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    ensemble = Predictor.load(tiny_run(tmp_path_factory, "dense", ensemble=2))
+    export_run(ensemble.run_dir, "onnx", tmp_path / "onnx", predictor=ensemble)
+    x = np.random.default_rng(2).standard_normal((4, ensemble.input_dim)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np\n"
+        "from ser.export import load_exported\n"
+        f"m = load_exported({str(tmp_path / 'onnx')!r})\n"
+        f"x = np.load({str(tmp_path / 'x.npy')!r})\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, np.stack([m.predict(v) for v in x]))\n"
+        "assert 'tensorflow' not in sys.modules\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    expected = np.asarray(ensemble.model(x, training=False))
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, atol=1e-5)

@@ -1,4 +1,5 @@
-"""``ser export RUN_DIR --format savedmodel|tflite``: the model for TF Serving or TFLite."""
+"""``ser export RUN_DIR --format savedmodel|tflite|onnx``: the model for TF Serving, TFLite or
+ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. checkpoints/best")
     p.add_argument(
-        "--format", required=True, choices=["savedmodel", "tflite"], help="savedmodel or tflite"
+        "--format",
+        required=True,
+        choices=["savedmodel", "tflite", "onnx"],
+        help="savedmodel, tflite or onnx (dense models, their ensembles and LSTMs)",
     )
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/export/FORMAT)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
