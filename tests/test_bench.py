@@ -95,3 +95,12 @@ def test_startup_bench(tmp_path_factory, tmp_path):
     out = run_bench("startup", tmp_path / "s.json", "--run", str(run_dir), "--repeats", "1")
     assert out["runtime"] == "numpy" and out["model"] == "dense"
     assert out["predict_s"]["first"] > 0 and len(out["serve_ready_s"]["runs"]) == 1
+
+
+def test_runtimes_bench(tmp_path_factory, tmp_path):
+    from tests.support.tiny_run import tiny_run
+
+    run_dir = tiny_run(tmp_path_factory, "lstm")
+    out = run_bench("runtimes", tmp_path / "r.json", "--run", str(run_dir), "--repeats", "5")
+    for runtime in ("keras", "numpy", "onnx"):
+        assert out[runtime]["load_s"] > 0 and out[runtime]["call"]["p50_ms"] > 0, runtime
