@@ -137,26 +137,6 @@ def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 180.0
     raise SystemExit(f"server at {url} not healthy after {timeout:.0f} s")
 
 
-def wait_settled(url: str, proc: subprocess.Popen | None, timeout: float = 180.0) -> dict:
-    """``/health`` once the model's runtime is final: a sequence model served under
-    ``--runtime auto`` answers on NumPy first and moves to XLA-compiled Keras when it is
-    compiled; the figures are of the latter (if it never moves, of NumPy)."""
-    import httpx
-
-    health = wait_healthy(url, proc)
-    if health.get("runtime") != "numpy":
-        return health
-    try:
-        sequence = httpx.get(f"{url}/model", timeout=5).json()["input"]["mode"] == "sequence"
-    except (httpx.HTTPError, KeyError, ValueError):
-        return health
-    deadline = time.time() + timeout
-    while sequence and health.get("runtime") == "numpy" and time.time() < deadline:
-        time.sleep(0.5)
-        health = wait_healthy(url, proc)
-    return health
-
-
 async def run_level(url: str, body: bytes, concurrency: int, requests: int, max_seconds: float):
     import httpx
 
@@ -295,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed_port, out.with_suffix(".seed.log"), out.parent / "seed_app"
             )
             procs.append(seed_proc)
-        health = wait_settled(url, proc)
+        health = wait_healthy(url, proc)
         if seed_url:
             wait_healthy(seed_url, seed_proc)
         load_before = os.getloadavg()[0]

@@ -35,12 +35,12 @@ def add_runtime_arg(parser: argparse.ArgumentParser, default: str) -> None:
     """``--runtime``: what runs the model (see ``Predictor.load``)."""
     parser.add_argument(
         "--runtime",
-        choices=["auto", "numpy", "keras"],
+        choices=["auto", "numpy", "onnx", "keras"],
         default=default,
-        help=f"what runs the model (default {default}): numpy runs dense and LSTM models "
-        "without importing TensorFlow (the quickest start); auto uses NumPy for dense models "
-        "and XLA-compiled Keras for sequence models (the fastest calls; ser serve starts "
-        "them on NumPy and switches once compiled); keras always uses Keras",
+        help=f"what runs the model (default {default}): auto and onnx run dense models, "
+        "their ensembles and LSTMs on ONNX Runtime (no TensorFlow import, the fastest calls) "
+        "and other models on Keras; numpy runs the same models on NumPy alone; keras always "
+        "uses XLA-compiled Keras",
     )
 
 

@@ -54,20 +54,10 @@ def _write_saved_model(predictor: Predictor, out: Path, static: bool) -> None:
     predictor.model.export(str(out), format="tf_saved_model", input_signature=[spec], verbose=False)
 
 
-def _needs(module: str) -> None:
-    """``ExportError`` naming the extra to install when ``module`` is missing."""
-    import importlib.util
-
-    if importlib.util.find_spec(module) is None:
-        raise ExportError(f"--format onnx needs the {module} package: pip install 'ser[onnx]'")
-
-
 def _onnx_bytes(predictor: Predictor) -> bytes:
     from ser.numpy_runtime import load_numpy_model
     from ser.onnx_export import to_onnx
 
-    _needs("onnx")
-    _needs("onnxruntime")  # for the parity check after writing
     model = load_numpy_model(predictor.run_dir / runs.MODEL)
     if model is None:
         raise ExportError(
@@ -116,7 +106,6 @@ def load_exported(path: str | Path) -> ExportedModel:
     meta = json.loads((path / "export.json").read_text(encoding="utf-8"))
     fmt = meta["format"]
     if fmt == "onnx":
-        _needs("onnxruntime")
         import onnxruntime
 
         session = onnxruntime.InferenceSession(

@@ -31,7 +31,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from ser.data.pipeline import (
 )
 from ser.features.extractors import extract_features, silence_bounds
 from ser.numpy_runtime import NumpyModel
+
+if TYPE_CHECKING:
+    from ser.onnx_export import OnnxModel
 from ser.process_tuning import (  # noqa: F401  (re-exported: callers import them from here)
     keep_freed_memory,
     limit_blas_threads,
@@ -58,7 +61,7 @@ from ser.runs import RunDirError, check_run_dir, model_id_of
 from ser.speech import DEFAULT_THRESHOLDS, SpeechEvidence, SpeechThresholds, detect_speech
 
 # How ``Predictor.load`` runs the model (see there).
-RUNTIMES = ("auto", "numpy", "keras")
+RUNTIMES = ("auto", "numpy", "onnx", "keras")
 # Batch sizes the XLA function is compiled for; a batch is padded up to the next one.
 XLA_BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 # Probabilities and confidences in JSON output (API, ``ser predict --json``) are rounded
@@ -218,6 +221,13 @@ class SpeakerSession:
         )
 
 
+def _onnx_model(model: NumpyModel, labels: list[str]) -> OnnxModel:
+    """``model`` converted to ONNX and run on ONNX Runtime."""
+    from ser.onnx_export import OnnxModel
+
+    return OnnxModel(model, labels)
+
+
 def _load_keras_model(run_dir: Path, tf_threads: int | None = None) -> Any:
     """``run_dir``'s model.keras in Keras safe mode, or ``RunDirError`` saying why not;
     TensorFlow runs on ``tf_threads`` threads when given (``limit_tf_threads``)."""
@@ -283,8 +293,8 @@ class Predictor:
     speech_check: bool = True
     speech_thresholds: SpeechThresholds = DEFAULT_THRESHOLDS
     _functions: dict[bool, Any] = field(default_factory=dict, repr=False)
-    # The model as a NumPy function (``ser.numpy_runtime``), when it can run that way.
-    numpy_model: NumpyModel | None = field(default=None, repr=False)
+    # The model run without TensorFlow (``ser.numpy_runtime``, or ONNX Runtime), if it is.
+    light_model: NumpyModel | OnnxModel | None = field(default=None, repr=False)
 
     @classmethod
     def load(
@@ -301,13 +311,14 @@ class Predictor:
         size in ``XLA_BATCH_SIZES`` now (a server); otherwise each compiles on first use.
         ``xla=False`` keeps the plain graph function (no compilation, slower calls).
         ``speech_check=False`` predicts every clip, speech or not. ``runtime`` says what
-        runs the model (``ser.numpy_runtime`` needs no TensorFlow import, about 6 s):
-        ``auto`` (a server's choice) NumPy for a dense model or ensemble, where it is also
-        the faster, and Keras for sequence models, whose XLA-compiled calls are about four
-        times faster than NumPy's frame loop; ``numpy`` (the quickest start, for a few
-        clips) NumPy for every model it can run (dense, LSTM), Keras for the rest;
-        ``keras`` always Keras. ``tf_threads``: when Keras runs the model, TensorFlow's
-        thread count (``limit_tf_threads``), set before it runs an op."""
+        runs the model: ``auto`` (or ``onnx``) ONNX Runtime for the models
+        ``ser.onnx_export`` converts (dense models, their ensembles, LSTMs: no TensorFlow
+        import, which costs about 6 s, and the fastest calls: 0.35 ms for best.yaml's
+        ensemble and 2 ms for a 4 s LSTM window, against Keras's 2.2 and 3.3 ms in
+        bench/runtimes.py) and Keras for the rest; ``numpy`` the same models on
+        ``ser.numpy_runtime`` (NumPy alone; an LSTM's frame loop is slow); ``keras`` always
+        Keras. ``tf_threads``: when Keras runs the model, TensorFlow's thread count
+        (``limit_tf_threads``), set before it runs an op."""
         from ser.numpy_runtime import load_numpy_model
 
         if runtime not in RUNTIMES:
@@ -317,8 +328,8 @@ class Predictor:
         labels = json.loads((path / runs.LABELS).read_text(encoding="utf-8"))
         normaliser = Normaliser.load(path / runs.NORMALISER)
         fast = None if runtime == "keras" else load_numpy_model(path / runs.MODEL)
-        if fast is not None and fast.sequence and runtime == "auto":
-            fast = None
+        if fast is not None and runtime in ("auto", "onnx"):
+            fast = _onnx_model(fast, labels)
         prior = None
         if cfg.features.pooled_normalisation == "speaker":
             if not (path / runs.SPEAKER_PRIOR).is_file():
@@ -329,7 +340,7 @@ class Predictor:
         predictor = cls(
             path, cfg, labels, normaliser, None, model_id_of(path), xla, prior, speech_check
         )
-        predictor.numpy_model = fast
+        predictor.light_model = fast
         if fast is None:  # Keras now, so that a bad file fails here
             predictor._keras = _load_keras_model(path, tf_threads)
         if warm_up:
@@ -345,14 +356,16 @@ class Predictor:
 
     @property
     def runtime(self) -> str:
-        """``numpy`` when the model runs on ``ser.numpy_runtime``, else ``keras``."""
-        return "numpy" if self.numpy_model is not None else "keras"
+        """``numpy`` (``ser.numpy_runtime``), ``onnx`` (ONNX Runtime) or ``keras``."""
+        if self.light_model is None:
+            return "keras"
+        return "numpy" if isinstance(self.light_model, NumpyModel) else "onnx"
 
     @property
     def parameters(self) -> int:
         """The model's parameter count (without loading Keras when NumPy runs it)."""
-        if self.numpy_model is not None:
-            return self.numpy_model.count_params()
+        if self.light_model is not None:
+            return self.light_model.count_params()
         return int(self.model.count_params())
 
     # ------------------------------------------------------------------ shapes
@@ -475,7 +488,7 @@ class Predictor:
         rng = np.random.default_rng(0)
         self._warm_up_audio_path(rng)
         frames = (self.max_frames,) if self.sequence else ()
-        if self.numpy_model is not None:  # nothing to compile: one call checks it runs
+        if self.light_model is not None:  # nothing to compile: one call checks it runs
             self.predict_batch(rng.standard_normal((1, *frames, self.input_dim)).astype(np.float32))
             return
         self._compile_keras(batch_sizes)
@@ -496,20 +509,6 @@ class Predictor:
                 self.xla = False
                 self._keras_batch(x)
                 return
-
-    def upgrade_to_keras(
-        self, batch_sizes: Sequence[int] = XLA_BATCH_SIZES, tf_threads: int | None = None
-    ) -> None:
-        """Move a NumPy-run model to XLA-compiled Keras: load it (TensorFlow's import, about
-        6 s), compile every batch size, then switch. Calls made meanwhile keep running on
-        NumPy, so a server can answer from its first second and get Keras's faster calls
-        once they are ready (``ser serve`` does this for sequence models)."""
-        if self.numpy_model is None:
-            return
-        if self._keras is None:
-            self._keras = _load_keras_model(self.run_dir, tf_threads)
-        self._compile_keras(batch_sizes)
-        self.numpy_model = None  # one attribute write: a concurrent call sees either
 
     def _warm_up_audio_path(self, rng: np.random.Generator) -> None:
         seconds = np.arange(self.sample_rate) / self.sample_rate  # 1 s of a gliding voice
@@ -538,9 +537,8 @@ class Predictor:
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
         """Normalised, padded batch [B, T, D] (sequence) or [B, D] -> probabilities [B, C]."""
         x = np.asarray(batch, np.float32)
-        fast = self.numpy_model  # read once: ``upgrade_to_keras`` may switch it meanwhile
-        if fast is not None:
-            return fast(x)
+        if self.light_model is not None:
+            return self.light_model(x)
         return self._keras_batch(x)
 
     def _keras_batch(self, x: np.ndarray) -> np.ndarray:
@@ -579,7 +577,7 @@ class Predictor:
 
     def predict_inputs(self, inputs: Sequence[np.ndarray], batch_size: int = 32) -> np.ndarray:
         """Model inputs -> class probabilities [N, num_classes]."""
-        if self.numpy_model is not None:
+        if self.light_model is not None:
             return self.predict_normalised([self.normaliser.apply(x) for x in inputs], batch_size)
         ds = make_dataset(
             list(inputs),

@@ -162,3 +162,27 @@ def to_onnx(model: NumpyModel, labels: list[str], name: str = "ser"):
     helper.set_model_props(proto, {"labels": ",".join(labels)})
     checker.check_model(proto)
     return proto
+
+
+class OnnxModel:
+    """A model converted with ``to_onnx`` and run on ONNX Runtime (one thread), with the
+    interface of ``NumpyModel``: float32 [B, D] or [B, T, D] -> [B, C]."""
+
+    def __init__(self, model: NumpyModel, labels: list[str]) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self._session = onnxruntime.InferenceSession(
+            to_onnx(model, labels).SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_dim = model.input_dim
+        self.sequence = model.sequence
+        self.parameters = model.parameters
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {INPUT: np.asarray(x, np.float32)})[0]
+
+    def count_params(self) -> int:
+        return self.parameters

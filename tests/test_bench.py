@@ -93,7 +93,7 @@ def test_startup_bench(tmp_path_factory, tmp_path):
 
     run_dir = tiny_run(tmp_path_factory, "dense")
     out = run_bench("startup", tmp_path / "s.json", "--run", str(run_dir), "--repeats", "1")
-    assert out["runtime"] == "numpy" and out["model"] == "dense"
+    assert out["runtime"] == "onnx" and out["model"] == "dense"
     assert out["predict_s"]["first"] > 0 and len(out["serve_ready_s"]["runs"]) == 1
 
 

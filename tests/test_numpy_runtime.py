@@ -22,7 +22,7 @@ def dense_run(request, tmp_path_factory):
 
 
 def test_dense_models_and_ensembles_equal_keras(dense_run) -> None:
-    predictor = Predictor.load(dense_run)
+    predictor = Predictor.load(dense_run, runtime="numpy")
     assert predictor.runtime == "numpy"
     x = np.random.default_rng(0).standard_normal((7, predictor.input_dim)).astype(np.float32)
     expected = np.asarray(predictor.model(x, training=False))  # Keras, loaded on demand
@@ -34,7 +34,7 @@ def test_a_clip_gets_the_same_answer_from_either_runtime(dense_run) -> None:
     # A steady tone is no speech to the speech check; only the runtimes are compared here.
     fast = Predictor.load(dense_run, speech_check=False)
     keras = Predictor.load(dense_run, runtime="keras", speech_check=False)
-    assert (fast.runtime, keras.runtime) == ("numpy", "keras")
+    assert (fast.runtime, keras.runtime) == ("onnx", "keras")  # ONNX Runtime by default
     wave = tone(2.5, seed=3)
     a, b = fast.predict_clip(wave), keras.predict_clip(wave)
     np.testing.assert_allclose(a.probabilities, b.probabilities, rtol=0, atol=1e-5)
@@ -42,11 +42,11 @@ def test_a_clip_gets_the_same_answer_from_either_runtime(dense_run) -> None:
 
 
 def test_lstm_runs_on_numpy_when_asked_and_equals_keras(run_dir) -> None:
-    """The tiny LSTM: Keras under ``auto`` (a server: XLA calls are faster), NumPy under
-    ``numpy`` (a quick start), with the same probabilities, padding frames masked."""
-    assert Predictor.load(run_dir).runtime == "keras"
+    """The tiny LSTM: ONNX Runtime by default, NumPy when asked, with Keras's
+    probabilities, padding frames masked."""
+    assert Predictor.load(run_dir).runtime == "onnx"
     fast = Predictor.load(run_dir, runtime="numpy")
-    assert fast.runtime == "numpy" and fast.numpy_model.sequence
+    assert fast.runtime == "numpy" and fast.light_model.sequence
     x = np.random.default_rng(1).standard_normal((3, fast.max_frames, fast.input_dim))
     x = x.astype(np.float32)
     x[1, fast.max_frames // 2 :] = 0.0  # padding at the end: masked
@@ -55,13 +55,14 @@ def test_lstm_runs_on_numpy_when_asked_and_equals_keras(run_dir) -> None:
     np.testing.assert_allclose(fast.predict_batch(x), expected, rtol=0, atol=1e-5)
     assert fast.parameters == fast.model.count_params()
     with pytest.raises(ValueError, match="runtime must be one of"):
-        Predictor.load(run_dir, runtime="onnx")
+        Predictor.load(run_dir, runtime="tflite")
 
 
 def test_models_numpy_cannot_run_fall_back_to_keras(tmp_path_factory) -> None:
     cnn = tiny_run(tmp_path_factory, "cnn")
     assert load_numpy_model(cnn / runs.MODEL) is None
     assert Predictor.load(cnn, runtime="numpy").runtime == "keras"
+    assert Predictor.load(cnn).runtime == "keras"
 
 
 def test_unknown_layers_fall_back_to_keras(tmp_path) -> None:
@@ -76,8 +77,8 @@ def test_unknown_layers_fall_back_to_keras(tmp_path) -> None:
 
 @pytest.mark.parametrize("model", ["dense", "lstm"])
 def test_predict_never_imports_tensorflow(model, tmp_path_factory, tmp_path) -> None:
-    """``ser predict`` on a dense or LSTM run: NumPy runs the model, so TensorFlow's ~6 s
-    import is never paid (the command imports it only if it comes to need it)."""
+    """``ser predict`` on a dense or LSTM run: ONNX Runtime runs the model, so TensorFlow's
+    ~6 s import is never paid (the command imports it only if it comes to need it)."""
     run = tiny_run(tmp_path_factory, model)
     clip = tmp_path / "clip.wav"
     clip.write_bytes(encode(tone(1.5)))
@@ -101,27 +102,14 @@ def test_predict_never_imports_tensorflow(model, tmp_path_factory, tmp_path) -> 
     assert '"emotion"' in out.stdout
 
 
-def test_a_server_moves_an_lstm_from_numpy_to_keras_in_the_background(run_dir) -> None:
-    """``ser serve`` under auto: the LSTM answers on NumPy from the start, XLA-compiled
-    Keras takes over once compiled, and the answers agree."""
-    import time
-
-    from fastapi.testclient import TestClient
-
-    from ser.serving.app import create_app
-    from ser.serving.settings import ServingSettings
-
-    predictor = Predictor.load(run_dir, runtime="numpy")
-    clip = encode(tone(1.5, seed=4))
-    # The speech check off: a tone is no speech, and here the model must answer.
-    app = create_app(predictor, settings=ServingSettings(speech_check=False), upgrade_to_keras=True)
-    with TestClient(app) as client:
-        first = client.post("/predict", files={"file": ("a.wav", clip, "audio/wav")}).json()
-        deadline = time.time() + 120
-        while client.get("/health").json()["runtime"] != "keras":
-            assert time.time() < deadline, "no switch to Keras within 120 s"
-            time.sleep(0.2)
-        later = client.post("/predict", files={"file": ("a.wav", clip, "audio/wav")}).json()
-    assert first["type"] == later["type"] == "prediction"
-    for label, p in first["probabilities"].items():
-        assert later["probabilities"][label] == pytest.approx(p, abs=2e-4)
+@pytest.mark.parametrize("model", ["dense", "lstm"])
+def test_onnx_runtime_equals_keras(model, tmp_path_factory) -> None:
+    """``runtime="onnx"``: the same graph on ONNX Runtime, no TensorFlow needed."""
+    predictor = Predictor.load(tiny_run(tmp_path_factory, model), runtime="onnx")
+    assert predictor.runtime == "onnx"
+    frames = (predictor.max_frames,) if predictor.sequence else ()
+    x = np.random.default_rng(3).standard_normal((2, *frames, predictor.input_dim))
+    x = x.astype(np.float32)
+    expected = np.asarray(predictor.model(x, training=False))
+    np.testing.assert_allclose(predictor.predict_batch(x), expected, rtol=0, atol=1e-5)
+    assert predictor.parameters == predictor.model.count_params()

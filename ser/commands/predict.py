@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "far, in the order given, as an HTTP session does; otherwise each clip is normalised "
         "by the average training speaker; clips without speech are not counted",
     )
-    add_runtime_arg(p, "numpy")
+    add_runtime_arg(p, "auto")
     add_tensorflow_args(p, on_demand=True)
     p.set_defaults(func=run)
 

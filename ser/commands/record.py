@@ -31,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save", metavar="FILE.wav", help="also write the recording to this file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--list-devices", action="store_true", help="list input devices and exit")
-    add_runtime_arg(p, "numpy")
+    add_runtime_arg(p, "auto")
     add_tensorflow_args(p, on_demand=True)
     p.set_defaults(func=run)
 

@@ -97,21 +97,19 @@ def run(args: argparse.Namespace) -> int:
     api_keys = load_api_keys(args.api_key_file)
     print(_access_line(api_keys, args.host), flush=True)
     tune_for_inference()
-    # Under auto a sequence model starts on NumPy (ready in seconds) and moves to
-    # XLA-compiled Keras in the background; a dense model stays on NumPy.
-    first = "numpy" if args.runtime == "auto" else args.runtime
-    predictor = Predictor.load(args.run_dir, tf_threads=settings.model_threads, runtime=first)
-    upgrade = args.runtime == "auto" and predictor.runtime == "numpy" and predictor.sequence
+    predictor = Predictor.load(
+        args.run_dir, tf_threads=settings.model_threads, runtime=args.runtime
+    )
     started = time.time()
-    if predictor.runtime == "numpy":
+    if predictor.runtime != "keras":
         predictor.warm_up()
-        later = "; XLA-compiled Keras follows in the background" if upgrade else ""
-        print(f"loaded {predictor.model_id} (NumPy runtime{later})", flush=True)
+        name = {"numpy": "NumPy", "onnx": "ONNX Runtime"}[predictor.runtime]
+        print(f"loaded {predictor.model_id} ({name}: nothing to compile)", flush=True)
     else:
         print(f"loaded {predictor.model_id}; compiling the model ...", flush=True)
         predictor.warm_up(warm_batch_sizes(settings.max_batch_windows))
         print(f"compiled in {time.time() - started:.1f} s", flush=True)
-    app = create_app(predictor, settings=settings, api_keys=api_keys, upgrade_to_keras=upgrade)
+    app = create_app(predictor, settings=settings, api_keys=api_keys)
     print(
         f"serving {predictor.model_id} ({predictor.cfg.model.type}, labels: "
         f"{', '.join(predictor.labels)}) at http://{args.host}:{args.port}/  "

@@ -611,12 +611,9 @@ def create_app(
     run_dir: str | os.PathLike[str] | None = None,
     settings: ServingSettings | None = None,
     api_keys: APIKeys | None = None,
-    upgrade_to_keras: bool = False,
 ) -> FastAPI:
     """The service for ``predictor`` (or the run at ``run_dir``, loaded at start-up),
-    open to all or, given ``api_keys``, to holders of one of them. ``upgrade_to_keras``:
-    a NumPy-run model moves to XLA-compiled Keras in the background once the service is
-    up (``Predictor.upgrade_to_keras``; ``/health`` shows the ``runtime``)."""
+    open to all or, given ``api_keys``, to holders of one of them."""
     if predictor is None and run_dir is None:
         raise ValueError("create_app needs a predictor or a run_dir")
     settings = settings or ServingSettings()
@@ -631,7 +628,7 @@ def create_app(
         description="Predict the emotion of speech clips with a trained `ser` run: upload "
         "clips, or stream live audio over the `/stream` WebSocket. The page at `/` does both.",
         version="1",
-        lifespan=_lifespan(predictor, run_dir, settings, limits, api_keys, upgrade_to_keras),
+        lifespan=_lifespan(predictor, run_dir, settings, limits, api_keys),
     )
     _add_middleware(app, settings, limits, api_keys)
     _add_error_handlers(app)
@@ -652,11 +649,9 @@ def _lifespan(
     settings: ServingSettings,
     limits: ServiceLimits,
     api_keys: APIKeys | None,
-    upgrade_to_keras: bool = False,
 ):
-    """Start-up and shut-down: load and warm the model, run its inference thread (and,
-    with ``upgrade_to_keras``, move the model to Keras in the background), keep keys and
-    session tokens out of the server's logs."""
+    """Start-up and shut-down: load and warm the model, run its inference thread, keep
+    keys and session tokens out of the server's logs."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -673,8 +668,6 @@ def _lifespan(
         app.state.service = Service(
             loaded, engine, settings, model_info(loaded, settings), time.time(), limits, api_keys
         )
-        if upgrade_to_keras and loaded.runtime == "numpy":
-            _upgrade_in_background(loaded, settings)
         try:
             with credentials_kept_out_of_logs():
                 yield
@@ -682,28 +675,6 @@ def _lifespan(
             engine.close()
 
     return lifespan
-
-
-def _upgrade_in_background(predictor: Predictor, settings: ServingSettings) -> None:
-    """``predictor.upgrade_to_keras`` on a daemon thread; a failure is logged and the
-    model stays on NumPy (which answers correctly, only more slowly)."""
-    import logging
-    import threading
-
-    log = logging.getLogger("uvicorn.error")
-
-    def upgrade() -> None:
-        started = time.time()
-        try:
-            predictor.upgrade_to_keras(
-                warm_batch_sizes(settings.max_batch_windows), settings.model_threads
-            )
-        except Exception as exc:  # the service keeps answering on NumPy
-            log.warning("model stays on the NumPy runtime: Keras failed (%s)", exc)
-            return
-        log.info("model now runs on XLA-compiled Keras (ready in %.1f s)", time.time() - started)
-
-    threading.Thread(target=upgrade, name="ser-keras-upgrade", daemon=True).start()
 
 
 def _add_middleware(

@@ -113,9 +113,8 @@ class LoadOut(BaseModel):
 class HealthOut(BaseModel):
     status: Literal["ok"]
     model_id: str
-    runtime: Literal["numpy", "keras"] = Field(
-        description="what runs the model now (a sequence model served by default starts on "
-        "NumPy and moves to XLA-compiled Keras once compiled)"
+    runtime: Literal["numpy", "onnx", "keras"] = Field(
+        description="what runs the model (ser serve --runtime)"
     )
     uptime_seconds: float
     inference_batches: int = Field(description="model calls since start-up")
