@@ -24,8 +24,8 @@ def limit_blas_threads(threads: int = 1) -> None:
 
 # glibc's mallopt parameters and the values ``keep_freed_memory`` sets.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's largest on 64-bit
-_TRIM_THRESHOLD_BYTES = 256 << 20
+_MMAP_THRESHOLD_BYTES = 4 << 20
+_TRIM_THRESHOLD_BYTES = 64 << 20
 
 
 def keep_freed_memory() -> bool:
@@ -36,9 +36,10 @@ def keep_freed_memory() -> bool:
     default glibc serves such sizes with fresh ``mmap`` pages, or trims them off the
     heap when freed, so every request pays page faults on them: measured on a 3 s clip,
     a batch FFT took 2.0-2.5 ms instead of 0.5 ms, and content, order or shape decided
-    which. With blocks up to 32 MB taken from the heap and up to 256 MB of free heap
-    kept, the pages are faulted in once. The cost is a resident size that stays at its
-    peak, as a server's does anyway. Called once by ``ser serve``, ``ser predict``,
+    which. With blocks up to 4 MB taken from the heap and up to 64 MB of free heap kept,
+    the pages are faulted in once. Larger blocks (a long upload's samples) still come
+    from ``mmap`` and go back to the system when freed, so a flood of large uploads
+    leaves no more memory held than before. Called once by ``ser serve``, ``ser predict``,
     ``ser record``, the feature-extraction workers and the benchmarks.
     """
     import ctypes
