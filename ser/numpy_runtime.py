@@ -14,6 +14,9 @@ a dense model. Each BatchNormalization is folded into the Dense before it (exact
 float32 rounding differs from Keras's by about 1e-7). ``tests/test_numpy_runtime.py``
 checks the probabilities equal Keras's within 1e-5 for a dense model and an ensemble.
 
+The graph's steps (``Graph``, ``Step`` and the layer classes) are public:
+``ser.onnx_export`` writes the same graph as ONNX.
+
 Weights are found the way Keras 3 stores them: under each container, a layer's
 variables live at ``layers/<snake_case(class name)>[_<k>]/vars/<i>``, where ``k``
 counts earlier layers of the same class in that container. Shapes are checked against
@@ -62,7 +65,7 @@ def _snake_case(name: str) -> str:
 
 
 @dataclass
-class _Scale:
+class Scale:
     """y = x * scale + shift per feature: a BatchNormalization at inference."""
 
     scale: np.ndarray
@@ -73,7 +76,7 @@ class _Scale:
 
 
 @dataclass
-class _Affine:
+class Affine:
     """y = activation(x @ weight + bias): a Dense, with a BatchNormalization folded in."""
 
     weight: np.ndarray
@@ -120,7 +123,7 @@ def _dtype_is_float32(config: dict[str, Any]) -> bool:
 
 
 @dataclass
-class _Step:
+class Step:
     """One layer of a graph: its name, the layers feeding it, its function, and the layer
     producing the mask it is called with (None: no mask)."""
 
@@ -131,7 +134,7 @@ class _Step:
 
 
 @dataclass
-class _Activation:
+class Activation:
     """An elementwise activation (or softmax over the last axis): ReLU, Activation."""
 
     name: str
@@ -140,14 +143,14 @@ class _Activation:
         return _activate(x, self.name)
 
 
-class _Identity:
+class Identity:
     """Dropout, noise and Masking at inference: the input unchanged."""
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return x
 
 
-class _Mean:
+class Mean:
     """Average: the elementwise mean of its inputs (an ensemble's probabilities)."""
 
     def __call__(self, *xs: np.ndarray) -> np.ndarray:
@@ -155,7 +158,9 @@ class _Mean:
 
 
 @dataclass
-class _NotEqual:
+class NotEqual:
+    """The traced ``x != value`` of a Masking layer: which entries are not padding."""
+
     value: float
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -163,7 +168,9 @@ class _NotEqual:
 
 
 @dataclass
-class _Any:
+class AnyOf:
+    """The traced ``any(..., axis)`` of a Masking layer: which frames are real."""
+
     axis: int | None
     keepdims: bool
 
@@ -174,8 +181,8 @@ class _Any:
 # ``keras.ops`` calls traced into a functional model (``Masking`` records its mask as
 # ``any(x != mask_value, axis=-1)``), by class name -> (config, constants) -> function.
 OPERATIONS: dict[str, Callable[..., Callable[..., np.ndarray]]] = {
-    "NotEqual": lambda cfg, value: _NotEqual(value),
-    "Any": lambda cfg: _Any(cfg.get("axis"), bool(cfg.get("keepdims"))),
+    "NotEqual": lambda cfg, value: NotEqual(value),
+    "Any": lambda cfg: AnyOf(cfg.get("axis"), bool(cfg.get("keepdims"))),
 }
 
 
@@ -184,7 +191,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class _LSTM:
+class LSTMLayer:
     """Keras's ``LSTM`` (tanh, sigmoid gates in the order i, f, c, o) at inference.
 
     Masked frames (all-zero padding) leave the state unchanged and repeat the previous
@@ -198,7 +205,7 @@ class _LSTM:
     return_sequences: bool
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], variables: list[np.ndarray]) -> _LSTM:
+    def from_config(cls, cfg: dict[str, Any], variables: list[np.ndarray]) -> LSTMLayer:
         plain = (
             cfg["activation"] == "tanh"
             and cfg["recurrent_activation"] == "sigmoid"
@@ -243,11 +250,11 @@ def _layer_names(entries: list[Any]) -> list[str]:
     return [entries[0]] if entries and isinstance(entries[0], str) else [e[0] for e in entries]
 
 
-class _Graph:
+class Graph:
     """One functional model's layers, run in config order on named intermediate outputs."""
 
     def __init__(self, config: dict[str, Any], weights: Any) -> None:
-        self.steps: list[_Step] = []
+        self.steps: list[Step] = []
         self.inputs = _layer_names(config["input_layers"])
         self.outputs = _layer_names(config["output_layers"])
         if len(self.inputs) != 1 or len(self.outputs) != 1:
@@ -258,7 +265,7 @@ class _Graph:
             if kind in OPERATIONS:  # traced ``keras.ops`` calls: no weights, no variables slot
                 inputs, constants, mask = _inputs_of(layer)
                 op = OPERATIONS[kind](layer["config"], *constants)
-                self.steps.append(_Step(layer["name"], inputs, op, mask))
+                self.steps.append(Step(layer["name"], inputs, op, mask))
                 continue
             group = _snake_case(kind)
             k = seen.get(group, 0)
@@ -269,7 +276,7 @@ class _Graph:
             inputs, constants, mask = _inputs_of(layer)
             if constants:
                 raise UnsupportedModel(f"layer {layer['name']!r} takes constant arguments")
-            self.steps.append(_Step(layer["name"], inputs, self._build(layer, slot), mask))
+            self.steps.append(Step(layer["name"], inputs, self._build(layer, slot), mask))
         self._fold_batch_norms()
 
     def _build(self, layer: dict[str, Any], slot: Any) -> Callable[..., np.ndarray]:
@@ -287,7 +294,7 @@ class _Graph:
             if weight.shape[1] != cfg["units"]:
                 raise UnsupportedModel(f"Dense {cfg['name']!r}: weights {weight.shape}")
             bias = variables[1] if cfg["use_bias"] else np.zeros(cfg["units"], np.float32)
-            return _Affine(weight, bias, cfg["activation"])
+            return Affine(weight, bias, cfg["activation"])
         if kind == "BatchNormalization":
             axis = cfg["axis"]
             if axis not in (-1, [-1]):
@@ -299,23 +306,23 @@ class _Graph:
                 values["variance"] + np.float32(cfg["epsilon"])
             )
             shift = values.get("beta", np.zeros(size, np.float32)) - values["mean"] * scale
-            return _Scale(scale.astype(np.float32), shift.astype(np.float32))
+            return Scale(scale.astype(np.float32), shift.astype(np.float32))
         if kind == "ReLU":
             if cfg.get("max_value") is not None or cfg.get("negative_slope", 0.0) != 0.0:
                 raise UnsupportedModel("ReLU with a cap or a slope")
-            return _Activation("relu")
+            return Activation("relu")
         if kind == "Activation" and cfg["activation"] in ACTIVATIONS:
-            return _Activation(cfg["activation"])
+            return Activation(cfg["activation"])
         if kind in IDENTITY_LAYERS:
-            return _Identity()
+            return Identity()
         if kind == "Masking":  # the mask itself comes from the traced ``x != value`` ops
-            return _Identity()
+            return Identity()
         if kind == "LSTM":
-            return _LSTM.from_config(cfg, variables)
+            return LSTMLayer.from_config(cfg, variables)
         if kind == "Average":
-            return _Mean()
+            return Mean()
         if kind in ("Functional", "Model"):
-            return _Graph(cfg, slot)
+            return Graph(cfg, slot)
         raise UnsupportedModel(f"layer type {kind}")
 
     def _fold_batch_norms(self) -> None:
@@ -324,19 +331,19 @@ class _Graph:
         for step in self.steps:
             for name in [*step.inputs, *([step.mask] if step.mask else [])]:
                 users[name] = users.get(name, 0) + 1
-        kept: list[_Step] = []
+        kept: list[Step] = []
         for step in self.steps:
             fn = step.fn
-            if isinstance(fn, _Scale) and kept and step.inputs == [kept[-1].name]:
+            if isinstance(fn, Scale) and kept and step.inputs == [kept[-1].name]:
                 before = kept[-1]
                 dense = before.fn
                 if (
-                    isinstance(dense, _Affine)
+                    isinstance(dense, Affine)
                     and dense.activation == "linear"
                     and users[before.name] == 1
                 ):
-                    folded = _Affine(dense.weight * fn.scale, dense.bias * fn.scale + fn.shift)
-                    kept[-1] = _Step(step.name, before.inputs, folded, before.mask)
+                    folded = Affine(dense.weight * fn.scale, dense.bias * fn.scale + fn.shift)
+                    kept[-1] = Step(step.name, before.inputs, folded, before.mask)
                     continue
             kept.append(step)
         self.steps = kept
@@ -356,7 +363,7 @@ class _Graph:
 class NumpyModel:
     """A model as a NumPy function: float32 [B, D] (dense) or [B, T, D] (LSTM) -> [B, C]."""
 
-    graph: _Graph
+    graph: Graph
     input_dim: int
     parameters: int
     sequence: bool = False
@@ -385,7 +392,7 @@ def load_numpy_model(path: str | Path) -> NumpyModel | None:
         return None
     with h5py.File(io.BytesIO(weights), "r") as h5:
         try:
-            graph = _Graph(config["config"], h5)
+            graph = Graph(config["config"], h5)
         except (UnsupportedModel, KeyError, IndexError):
             return None
         # The model's own variables (an optimizer's, saved beside them, are not counted).

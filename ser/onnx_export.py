@@ -20,16 +20,16 @@ from __future__ import annotations
 import numpy as np
 
 from ser.numpy_runtime import (
-    _LSTM,
+    Activation,
+    Affine,
+    AnyOf,
+    Graph,
+    Identity,
+    LSTMLayer,
+    Mean,
+    NotEqual,
     NumpyModel,
-    _Activation,
-    _Affine,
-    _Any,
-    _Graph,
-    _Identity,
-    _Mean,
-    _NotEqual,
-    _Scale,
+    Scale,
 )
 
 OPSET = 17
@@ -73,7 +73,7 @@ def _keras_gates_to_onnx(matrix: np.ndarray, units: int) -> np.ndarray:
     return np.concatenate([i, o, f, c], axis=-1)
 
 
-def _lstm(w: _Writer, lstm: _LSTM, x: str, mask: str | None) -> str:
+def _lstm(w: _Writer, lstm: LSTMLayer, x: str, mask: str | None) -> str:
     from onnx import TensorProto
 
     units = lstm.recurrent.shape[0]
@@ -100,39 +100,39 @@ def _lstm(w: _Writer, lstm: _LSTM, x: str, mask: str | None) -> str:
 def _step(w: _Writer, fn, args: list[str], mask: str | None) -> str:
     from onnx import TensorProto
 
-    if isinstance(fn, _Affine):
+    if isinstance(fn, Affine):
         y = w.op("MatMul", [args[0], w.constant(fn.weight, "W")], "matmul")[0]
         y = w.op("Add", [y, w.constant(fn.bias, "b")], "dense")[0]
-        return _step(w, _Activation(fn.activation), [y], None)
-    if isinstance(fn, _Scale):
+        return _step(w, Activation(fn.activation), [y], None)
+    if isinstance(fn, Scale):
         y = w.op("Mul", [args[0], w.constant(fn.scale, "scale")], "scaled")[0]
         return w.op("Add", [y, w.constant(fn.shift, "shift")], "shifted")[0]
-    if isinstance(fn, _Activation):
+    if isinstance(fn, Activation):
         if fn.name == "relu":
             return w.op("Relu", args, "relu")[0]
         if fn.name == "softmax":
             return w.op("Softmax", args, "softmax", axis=-1)[0]
         return args[0]  # linear
-    if isinstance(fn, _Identity):
+    if isinstance(fn, Identity):
         return args[0]
-    if isinstance(fn, _Mean):
+    if isinstance(fn, Mean):
         return w.op("Mean", args, "mean")[0]
-    if isinstance(fn, _NotEqual):
+    if isinstance(fn, NotEqual):
         value = w.constant(np.array(fn.value, np.float32), "value")
         equal = w.op("Equal", [args[0], value], "equal")[0]
         return w.op("Not", [equal], "not_equal")[0]
-    if isinstance(fn, _Any):  # as float 0/1, so the LSTM can count real frames
+    if isinstance(fn, AnyOf):  # as float 0/1, so the LSTM can count real frames
         as_float = w.op("Cast", args, "as_float", to=TensorProto.FLOAT)[0]
         axis = -1 if fn.axis is None else fn.axis
         return w.op("ReduceMax", [as_float], "any", axes=[axis], keepdims=int(fn.keepdims))[0]
-    if isinstance(fn, _LSTM):
+    if isinstance(fn, LSTMLayer):
         return _lstm(w, fn, args[0], mask)
-    if isinstance(fn, _Graph):
+    if isinstance(fn, Graph):
         return _graph(w, fn, args[0])
     raise UnsupportedForONNX(f"no ONNX form for {type(fn).__name__}")
 
 
-def _graph(w: _Writer, graph: _Graph, x: str) -> str:
+def _graph(w: _Writer, graph: Graph, x: str) -> str:
     values = {graph.inputs[0]: x}
     for step in graph.steps:
         args = [values[i] for i in step.inputs]

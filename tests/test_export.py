@@ -71,9 +71,9 @@ def test_cli_export_prints_the_result_and_refuses_to_overwrite(predictor, tmp_pa
 
 def test_cli_export_rejects_an_unknown_format(predictor, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["export", str(predictor.run_dir), "--format", "onnx"])
+        main(["export", str(predictor.run_dir), "--format", "coreml"])
     assert exit_.value.code == 2
-    assert "invalid choice: 'onnx'" in capsys.readouterr().err
+    assert "invalid choice: 'coreml'" in capsys.readouterr().err
 
 
 def test_onnx_matches_keras_or_refuses_clearly(predictor, tmp_path):
