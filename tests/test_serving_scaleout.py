@@ -13,6 +13,7 @@ restart of the whole server and then ending when idle.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +90,33 @@ def test_redis_sessions_keep_no_token_and_answer_only_their_owner(redis_server, 
     assert stored and not any(session.token.encode() in k for k in stored)
     assert not any(session.token.encode() in v for h in values for v in h.values())
     assert len(store) == 1
+
+
+def test_redis_sessions_of_a_model_without_speaker_normalisation_hold_no_statistics(
+    redis_server,
+):
+    store = RedisSessionStore(
+        redis_server.url, lambda: None, limit=10, idle_seconds=60, namespace="plain"
+    )
+    session = store.create(None)
+    assert session.speaker is None and store.find(session.token, None).speaker is None
+    fields = redis.Redis.from_url(redis_server.url).hgetall(_keys(redis_server, "plain:session")[0])
+    assert set(fields) == {b"owner", b"count"}
+
+
+def test_a_session_store_setting_must_be_a_redis_url():
+    from ser.config import ConfigError
+    from ser.serving.settings import load_settings
+
+    assert load_settings(session_store="redis://:pw@127.0.0.1:6390/2").session_store
+    for url, reason in [
+        ("http://127.0.0.1:6379", "not a Redis URL"),
+        ("redis://", "not a Redis URL"),
+        ("redis://:secret@127.0.0.1:6379/zero", "must be a number"),
+    ]:
+        with pytest.raises(ConfigError, match=reason) as caught:
+            load_settings(session_store=url)
+        assert "secret" not in str(caught.value)
 
 
 def test_redis_statistics_equal_an_in_memory_session(redis_server, speaker_predictor):
@@ -173,6 +201,20 @@ def test_several_workers_need_a_shared_session_store(speaker_run):
     assert "--session-store" in proc.stderr
 
 
+def test_a_redis_session_store_without_the_package_is_a_clear_error(speaker_run, tmp_path):
+    # A 'redis' package that cannot be imported, first on the path.
+    (tmp_path / "redis").mkdir()
+    (tmp_path / "redis" / "__init__.py").write_text("raise ImportError('no redis here')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    store = "redis://:secret@127.0.0.1:1/0"
+    proc = ser_command("serve", str(speaker_run), "--session-store", store, env=env)
+    assert proc.returncode == 2
+    assert "error: session_store redis://127.0.0.1:1/0: needs the Python package 'redis'" in (
+        proc.stderr
+    )
+    assert "secret" not in proc.stderr + proc.stdout
+
+
 @pytest.fixture(scope="module")
 def workers(speaker_run, redis_server, tmp_path_factory):
     log = tmp_path_factory.mktemp("workers") / "serve.log"
@@ -240,6 +282,21 @@ def test_one_session_across_workers_is_normalised_as_in_one_process(workers, spe
         assert got["emotion"] == want["emotion"]
     for client in clients:
         client.close()
+
+
+def test_a_batch_counts_each_file_into_the_shared_session(workers):
+    url, _ = workers
+    files = [("files", (f"{i}.wav", clip(i), "audio/wav")) for i in range(3)]
+    r = httpx.post(f"{url}/predict/batch", params={"session": "new"}, files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [item["prediction"]["session_clips"] for item in results] == [1, 2, 3]
+
+
+def test_the_default_upload_slots_are_shared_among_the_workers(workers):
+    url, _ = workers
+    limit = httpx.get(f"{url}/health").json()["load"]["uploads_limit"]
+    assert 1 <= limit <= max(1, 2 * (os.cpu_count() or 1) // 2)  # two per core, halved
 
 
 def test_clips_sent_at_once_from_many_connections_are_all_counted(workers):

@@ -180,6 +180,7 @@ def _serve_with_workers(args: argparse.Namespace, settings) -> int:
     from ser.serving.workers import WORKER_APP, worker_environment
 
     check_run_dir(args.run_dir)  # a wrong path fails here, not in every worker
+    settings = _share_default_uploads(settings, args.workers)
     os.environ.update(worker_environment(args.run_dir, settings, args.runtime, args.api_key_file))
     print(
         f"serving {args.run_dir} with {args.workers} worker processes at "
@@ -195,6 +196,15 @@ def _serve_with_workers(args: argparse.Namespace, settings) -> int:
         log_level=args.log_level,
     )
     return 0
+
+
+def _share_default_uploads(settings, workers: int):
+    """``settings`` with the default ``max_active_uploads`` (sized for the whole machine's
+    cores and memory) divided among ``workers``; a value that was given is kept."""
+    if "max_active_uploads" in settings.model_fields_set:
+        return settings
+    share = max(1, settings.max_active_uploads // workers)
+    return settings.model_copy(update={"max_active_uploads": share})
 
 
 def _access_line(api_keys, host: str) -> str:
