@@ -113,6 +113,7 @@ def test_a_session_store_setting_must_be_a_redis_url():
         ("http://127.0.0.1:6379", "not a Redis URL"),
         ("redis://", "not a Redis URL"),
         ("redis://:secret@127.0.0.1:6379/zero", "must be a number"),
+        ("redis://:secret@127.0.0.1:63x9/0", "port must be a number"),
     ]:
         with pytest.raises(ConfigError, match=reason) as caught:
             load_settings(session_store=url)

@@ -149,25 +149,19 @@ def _check_workers(workers: int, settings) -> None:
 
 def _sessions_line(settings) -> str:
     """Where speaker sessions are kept, as the start-up output says it: the Redis store
-    without its credentials, and a warning if it does not answer now. A missing
-    ``redis`` package is an error."""
-    from ser.config import ConfigError
+    without its credentials, and a warning if it does not answer now (session requests
+    get 503 until it does). A missing ``redis`` package is an error (``ConfigError``)."""
     from ser.serving.sessions import SessionStoreUnavailable
     from ser.serving.settings import redis_address
-    from ser.serving.shared_sessions import check_session_store, redis_client
+    from ser.serving.shared_sessions import check_session_store
 
     if settings.session_store is None:
         return "speaker sessions: in this process's memory"
-    address = redis_address(settings.session_store)
-    try:
-        redis_client(settings.session_store).close()
-    except SessionStoreUnavailable as exc:
-        raise ConfigError(str(exc)) from None
     try:
         check_session_store(settings.session_store)
     except SessionStoreUnavailable as exc:
         return f"warning: {exc}"
-    return f"speaker sessions: shared in Redis at {address}"
+    return f"speaker sessions: shared in Redis at {redis_address(settings.session_store)}"
 
 
 def _serve_with_workers(args: argparse.Namespace, settings) -> int:

@@ -139,6 +139,10 @@ class ServingSettings(BaseModel):
         if url is None:
             return None
         parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018  (parsed on access)
+        except ValueError:
+            raise ValueError("the port must be a number, e.g. redis://host:6379/0") from None
         if parts.scheme not in REDIS_SCHEMES or not parts.hostname:
             raise ValueError(
                 "not a Redis URL; write redis://host:port/db (rediss:// for TLS), "

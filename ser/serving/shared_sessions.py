@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ser.config import ConfigError
 from ser.inference import SpeakerSession, SpeakerStatistics
 from ser.serving.sessions import (
     MemorySessionStore,
@@ -142,13 +143,13 @@ def open_session_store(
 
 def redis_client(url: str) -> Any:
     """A client of the Redis at ``url`` with short timeouts and one immediate retry (a
-    connection the server closed is opened again); a clear error without the package."""
+    connection the server closed is opened again); ``ConfigError`` without the package."""
     try:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
     except ImportError:
-        raise SessionStoreUnavailable(
+        raise ConfigError(
             f"session_store {redis_address(url)}: needs the Python package 'redis' "
             "(pip install 'ser[redis]', or pip install redis)"
         ) from None
@@ -161,10 +162,11 @@ def redis_client(url: str) -> Any:
 
 
 def check_session_store(url: str) -> None:
-    """Ask the Redis at ``url`` for a PING; ``SessionStoreUnavailable`` saying why not."""
+    """Ask the Redis at ``url`` for a PING; ``SessionStoreUnavailable`` saying why not
+    (``ConfigError`` without the package)."""
+    client = redis_client(url)
     import redis
 
-    client = redis_client(url)
     try:
         client.ping()
     except redis.RedisError as exc:
