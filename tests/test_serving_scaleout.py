@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -188,6 +189,38 @@ def test_an_unreachable_store_says_which_and_why(tmp_path, speaker_predictor):
     message = str(caught.value)
     assert f"session store redis://127.0.0.1:{down.port}/0 unavailable" in message
     assert "requests without ?session= are served as usual" in message
+
+
+def test_a_redis_that_hangs_fails_a_session_call_instead_of_holding_it(tmp_path, speaker_predictor):
+    hung = RedisServer(tmp_path / "redis.log").start()
+    try:
+        store = redis_store(hung.url, speaker_predictor, "hung")
+        token = store.create(None).token
+        hung.proc.send_signal(signal.SIGSTOP)  # accepts connections, answers nothing
+        try:
+            with pytest.raises(SessionStoreUnavailable, match="[Tt]imeout"):
+                store.find(token, None)
+        finally:
+            hung.proc.send_signal(signal.SIGCONT)
+        assert store.find(token, None) is not None  # answering again
+    finally:
+        hung.stop()
+
+
+def test_a_ready_process_is_warmed_up_once(speaker_run, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from ser.serving.app import create_app
+    from ser.serving.settings import ServingSettings
+    from ser.serving.workers import ready_predictor
+
+    warmed = []
+    real = Predictor.warm_up
+    monkeypatch.setattr(Predictor, "warm_up", lambda self, *a: warmed.append(real(self, *a)))
+    predictor = ready_predictor(str(speaker_run), ServingSettings(), "auto", say=lambda _: None)
+    with TestClient(create_app(predictor, warmed=True)) as client:
+        assert client.get("/health").status_code == 200
+    assert len(warmed) == 1  # by ready_predictor; the app's start-up did not repeat it
 
 
 def _keys(server: RedisServer, namespace: str) -> list[bytes]:
