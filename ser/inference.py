@@ -182,6 +182,17 @@ class PreparedClip:
     speech: SpeechEvidence | None = None  # the speech check it passed, if checked
 
 
+@dataclass(frozen=True)
+class SpeakerStatistics:
+    """What a ``SpeakerSession`` has counted, as a store keeps it between requests: the
+    number of clips and the sums of their raw pooled vectors and of their squares [D]
+    (float64)."""
+
+    count: int
+    total: np.ndarray
+    total_sq: np.ndarray
+
+
 class SpeakerSession:
     """Label-free statistics of one speaker's clips (a session, a live stream), for
     ``features.pooled_normalisation: speaker`` at inference.
@@ -192,7 +203,8 @@ class SpeakerSession:
     average training speaker's (``speaker_prior.json``) with ``prior_weight``
     pseudo-clips: mean = (n * m + k * m_prior) / (n + k), and the same for the variance.
     After many clips this is what cross-validation measured; after none it is the prior.
-    Not thread-safe: the HTTP service holds a lock per session.
+    Not thread-safe: the HTTP service holds a lock per session. ``statistics`` and
+    ``restore`` move the counts to and from a session store shared by several processes.
     """
 
     def __init__(self, prior: Normaliser, prior_weight: float = SESSION_PRIOR_WEIGHT) -> None:
@@ -219,6 +231,27 @@ class SpeakerSession:
         return blended_normaliser(
             self.count, self._sum, self._sum_sq, self.prior, self.prior_weight
         )
+
+    def statistics(self) -> SpeakerStatistics:
+        """A copy of what this session has counted so far."""
+        return SpeakerStatistics(self.count, self._sum.copy(), self._sum_sq.copy())
+
+    def restore(self, stats: SpeakerStatistics) -> SpeakerSession:
+        """Continue from ``stats`` (another session's ``statistics()``, e.g. from a store);
+        returns this session."""
+        total = np.asarray(stats.total, np.float64)
+        total_sq = np.asarray(stats.total_sq, np.float64)
+        if total.shape != self._sum.shape or total_sq.shape != self._sum.shape:
+            raise ValueError(
+                f"expected speaker sums of {self._sum.shape[0]} values, got "
+                f"{total.shape} and {total_sq.shape}"
+            )
+        if stats.count < 0:
+            raise ValueError(f"a speaker session's count must be >= 0, got {stats.count}")
+        self.count = int(stats.count)
+        self._sum = total.copy()
+        self._sum_sq = total_sq.copy()
+        return self
 
 
 def _onnx_model(model: NumpyModel, labels: list[str]) -> OnnxModel:

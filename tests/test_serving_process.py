@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.support import ROOT, free_port
-from tests.support.servers import serving
+from tests.support.servers import ser_command, serving
 from tests.support.signals import gliding_tone
 from tests.support.tiny_run import encode, tone
 
@@ -27,15 +27,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 def ser(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ser.cli", *args],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return ser_command(*args, timeout=timeout, env=ENV)
 
 
 @pytest.fixture(scope="module")

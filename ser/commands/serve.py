@@ -63,6 +63,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="TensorFlow threads for the model (default 1; 0 = all cores)",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes, each loading the model and answering on the same port "
+        "(default 1). More than one needs --session-store: speaker sessions kept in one "
+        "process's memory would be split across the workers",
+    )
+    p.add_argument(
+        "--session-store",
+        metavar="URL",
+        help="keep speaker sessions in Redis, e.g. redis://127.0.0.1:6379/0, shared by all "
+        "workers and kept across restarts (needs the 'redis' package: pip install "
+        "'ser[redis]'; default: this process's memory)",
+    )
+    p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     add_runtime_arg(p, "auto")
@@ -71,14 +87,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
     import uvicorn
 
-    from ser.inference import Predictor, tune_for_inference
-    from ser.serving.app import create_app, warm_batch_sizes
+    from ser.serving.app import create_app
     from ser.serving.auth import load_api_keys
     from ser.serving.settings import load_settings
+    from ser.serving.workers import ready_predictor
 
     settings = load_settings(
         args.settings,
@@ -93,23 +107,16 @@ def run(args: argparse.Namespace) -> int:
         stream_hop=args.stream_hop,
         speech_check=args.speech_check,
         model_threads=args.model_threads,
+        session_store=args.session_store,
     )
+    _check_workers(args.workers, settings)
     api_keys = load_api_keys(args.api_key_file)
     print(_access_line(api_keys, args.host), flush=True)
-    tune_for_inference()
-    predictor = Predictor.load(
-        args.run_dir, tf_threads=settings.model_threads, runtime=args.runtime
-    )
-    started = time.time()
-    if predictor.runtime != "keras":
-        predictor.warm_up()
-        name = {"numpy": "NumPy", "onnx": "ONNX Runtime"}[predictor.runtime]
-        print(f"loaded {predictor.model_id} ({name}: nothing to compile)", flush=True)
-    else:
-        print(f"loaded {predictor.model_id}; compiling the model ...", flush=True)
-        predictor.warm_up(warm_batch_sizes(settings.max_batch_windows))
-        print(f"compiled in {time.time() - started:.1f} s", flush=True)
-    app = create_app(predictor, settings=settings, api_keys=api_keys)
+    print(_sessions_line(settings), flush=True)
+    if args.workers > 1:
+        return _serve_with_workers(args, settings)
+    predictor = ready_predictor(args.run_dir, settings, args.runtime, say=_say)
+    app = create_app(predictor, settings=settings, api_keys=api_keys, warmed=True)
     print(
         f"serving {predictor.model_id} ({predictor.cfg.model.type}, labels: "
         f"{', '.join(predictor.labels)}) at http://{args.host}:{args.port}/  "
@@ -118,6 +125,80 @@ def run(args: argparse.Namespace) -> int:
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _check_workers(workers: int, settings) -> None:
+    """Refuse worker counts that cannot work: below one, or several without a shared
+    session store (each worker would hold its own sessions, and a session's next
+    request would reach another worker, which answers 404)."""
+    from ser.config import ConfigError
+
+    if workers < 1:
+        raise ConfigError(f"--workers: must be at least 1, got {workers}")
+    if workers > 1 and settings.session_store is None:
+        raise ConfigError(
+            f"--workers {workers}: speaker sessions would be split across the workers "
+            "(each keeps its own in memory); give --session-store redis://HOST:PORT/DB "
+            "(or session_store in --settings) so that they share them"
+        )
+
+
+def _sessions_line(settings) -> str:
+    """Where speaker sessions are kept, as the start-up output says it: the Redis store
+    without its credentials, and a warning if it does not answer now (session requests
+    get 503 until it does). A missing ``redis`` package is an error (``ConfigError``)."""
+    from ser.serving.sessions import SessionStoreUnavailable
+    from ser.serving.settings import redis_address
+    from ser.serving.shared_sessions import check_session_store
+
+    if settings.session_store is None:
+        return "speaker sessions: in this process's memory"
+    try:
+        check_session_store(settings.session_store)
+    except SessionStoreUnavailable as exc:
+        return f"warning: {exc}"
+    return f"speaker sessions: shared in Redis at {redis_address(settings.session_store)}"
+
+
+def _serve_with_workers(args: argparse.Namespace, settings) -> int:
+    """uvicorn with ``args.workers`` processes, each building its app (``worker_app``)."""
+    import os
+
+    import uvicorn
+
+    from ser.runs import check_run_dir
+    from ser.serving.workers import WORKER_APP, worker_environment
+
+    check_run_dir(args.run_dir)  # a wrong path fails here, not in every worker
+    settings = _share_default_uploads(settings, args.workers)
+    os.environ.update(worker_environment(args.run_dir, settings, args.runtime, args.api_key_file))
+    print(
+        f"serving {args.run_dir} with {args.workers} worker processes at "
+        f"http://{args.host}:{args.port}/  (API docs: /docs)",
+        flush=True,
+    )
+    uvicorn.run(
+        WORKER_APP,
+        factory=True,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def _share_default_uploads(settings, workers: int):
+    """``settings`` with the default ``max_active_uploads`` (sized for the whole machine's
+    cores and memory) divided among ``workers``; a value that was given is kept."""
+    if "max_active_uploads" in settings.model_fields_set:
+        return settings
+    share = max(1, settings.max_active_uploads // workers)
+    return settings.model_copy(update={"max_active_uploads": share})
 
 
 def _access_line(api_keys, host: str) -> str:

@@ -21,7 +21,8 @@ With API keys (``auth.py``) every route but ``/health``, the page and the docs n
 ``Authorization: Bearer <key>``. Client errors are JSON ``{"detail": ..., "field": ...}``
 with 401 (no or wrong API key), 404 (unknown session), 413 (too large), 415 (not audio)
 or 422 (empty, damaged, too long, malformed request); the API does not answer 500 for
-anything a client sends. How much work is taken on at once and from whom (503, 429,
+anything a client sends. A session request while the session store (Redis, see
+``shared_sessions.py``) cannot be reached gets 503 naming it. How much work is taken on at once and from whom (503, 429,
 stream close codes 1013 and 1008) and the security headers are ``limits.py``'s.
 """
 
@@ -83,8 +84,15 @@ from ser.serving.schemas import (
     StreamOut,
     WindowOut,
 )
-from ser.serving.sessions import NEW_SESSION, MemorySessionStore, Session, SessionStore
+from ser.serving.sessions import (
+    NEW_SESSION,
+    Session,
+    SessionEnded,
+    SessionStore,
+    SessionStoreUnavailable,
+)
 from ser.serving.settings import ServingSettings
+from ser.serving.shared_sessions import open_session_store
 from ser.serving.stream import (
     CLOSE_IDLE,
     CLOSE_TRY_LATER,
@@ -118,7 +126,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorOut, "description": "over rate_limit_per_minute; see Retry-After"},
     503: {
         "model": ErrorOut,
-        "description": "max_active_uploads busy and upload_queue full; see Retry-After",
+        "description": "max_active_uploads busy and upload_queue full (see Retry-After); "
+        "or, with `session`, the session store (Redis) unreachable",
     },
 }
 
@@ -244,39 +253,41 @@ class Service:
     sessions: SessionStore = dataclass_field(init=False)
 
     def __post_init__(self) -> None:
-        self.sessions = MemorySessionStore(
-            self.predictor.new_session,
-            self.settings.max_sessions,
-            self.settings.session_idle_seconds,
+        self.sessions = open_session_store(
+            self.settings, self.predictor.new_session, self.predictor.model_id
         )
 
     # ------------------------------------------------------------------ sessions
-    def new_session(self, owner: str | None) -> SessionOut:
-        session = self.sessions.create(owner)
+    async def new_session(self, owner: str | None) -> SessionOut:
+        # A store in Redis is network I/O: off the event loop (so are the others below).
+        session = await run_in_threadpool(self.sessions.create, owner)
         return SessionOut(
             session=session.token,
             speaker_normalised=session.speaker is not None,
             idle_seconds=self.sessions.idle_seconds,
         )
 
-    def session_for(self, token: str | None, owner: str | None) -> Session | None:
+    async def session_for(self, token: str | None, owner: str | None) -> Session | None:
         """The session a request names with ``?session=`` (``new`` starts one), None
         without one; 404 for a token that is not a live session of ``owner``."""
         if token is None:
             return None
         if token == NEW_SESSION:
-            return self.sessions.create(owner)
-        session = self.sessions.find(token, owner)
+            return await run_in_threadpool(self.sessions.create, owner)
+        session = await run_in_threadpool(self.sessions.find, token, owner)
         if session is None:
-            raise UploadProblem(
-                404,
-                "session",
-                "session: no such session (unknown, ended after "
-                f"{self.settings.session_idle_seconds:g} s idle or pushed out by newer ones, "
-                "or started with another API key); start one with POST /sessions or "
-                "?session=new",
-            )
+            raise self._no_such_session()
         return session
+
+    def _no_such_session(self) -> UploadProblem:
+        return UploadProblem(
+            404,
+            "session",
+            "session: no such session (unknown, ended after "
+            f"{self.settings.session_idle_seconds:g} s idle or pushed out by newer ones, "
+            "or started with another API key); start one with POST /sessions or "
+            "?session=new",
+        )
 
     # ------------------------------------------------------------------ speech
     async def answer(self, work: PreparedClip | ClipPrediction) -> ClipPrediction:
@@ -293,13 +304,15 @@ class Service:
         rate = self.predictor.sample_rate
         with self.limits.decoding:
             wave = decode_upload(data, filename, rate, self.settings.max_clip_seconds, field)
-            speaker = session.speaker if session else None
             try:
-                if speaker is None:
+                if session is None or session.speaker is None:
                     return self.predictor.prepare_speech(wave), None
-                with session.lock:
-                    work = self.predictor.prepare_speech(wave, session=speaker)
-                    return work, speaker.count if isinstance(work, PreparedClip) else None
+                work, count = self.sessions.update_speaker(
+                    session, lambda speaker: self.predictor.prepare_speech(wave, session=speaker)
+                )
+                return work, count if isinstance(work, PreparedClip) else None
+            except SessionEnded:
+                raise self._no_such_session() from None
             except ValueError as exc:
                 raise UploadProblem(
                     422, field, f"{display_name(field, filename)}: no features ({exc})"
@@ -382,6 +395,7 @@ class Service:
             model_id=self.predictor.model_id,
             runtime=self.predictor.runtime,
             uptime_seconds=round(time.time() - self.started, 3),
+            worker_pid=os.getpid(),
             inference_batches=self.engine.stats.batches,
             inference_windows=self.engine.stats.windows,
             load=self.load(),
@@ -611,9 +625,12 @@ def create_app(
     run_dir: str | os.PathLike[str] | None = None,
     settings: ServingSettings | None = None,
     api_keys: APIKeys | None = None,
+    warmed: bool = False,
 ) -> FastAPI:
     """The service for ``predictor`` (or the run at ``run_dir``, loaded at start-up),
-    open to all or, given ``api_keys``, to holders of one of them."""
+    open to all or, given ``api_keys``, to holders of one of them. ``warmed``: the
+    caller has tuned this process and warmed ``predictor`` up (``ser serve`` does, before
+    binding the port), so start-up does not do it again."""
     if predictor is None and run_dir is None:
         raise ValueError("create_app needs a predictor or a run_dir")
     settings = settings or ServingSettings()
@@ -628,7 +645,7 @@ def create_app(
         description="Predict the emotion of speech clips with a trained `ser` run: upload "
         "clips, or stream live audio over the `/stream` WebSocket. The page at `/` does both.",
         version="1",
-        lifespan=_lifespan(predictor, run_dir, settings, limits, api_keys),
+        lifespan=_lifespan(predictor, run_dir, settings, limits, api_keys, warmed),
     )
     _add_middleware(app, settings, limits, api_keys)
     _add_error_handlers(app)
@@ -649,13 +666,15 @@ def _lifespan(
     settings: ServingSettings,
     limits: ServiceLimits,
     api_keys: APIKeys | None,
+    warmed: bool = False,
 ):
-    """Start-up and shut-down: load and warm the model, run its inference thread, keep
-    keys and session tokens out of the server's logs."""
+    """Start-up and shut-down: load and warm the model (unless ``warmed``), run its
+    inference thread, keep keys and session tokens out of the server's logs."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        tune_for_inference()
+        if not warmed:
+            tune_for_inference()
         loaded = predictor or await run_in_threadpool(Predictor.load, run_dir)
         # A copy (sharing the model) with this deployment's speech check.
         loaded = replace(
@@ -663,7 +682,8 @@ def _lifespan(
             speech_check=settings.speech_check,
             speech_thresholds=settings.speech_thresholds,
         )
-        await run_in_threadpool(loaded.warm_up, warm_batch_sizes(settings.max_batch_windows))
+        if not warmed:
+            await run_in_threadpool(loaded.warm_up, warm_batch_sizes(settings.max_batch_windows))
         engine = InferenceEngine(loaded, settings.max_batch_windows).start()
         app.state.service = Service(
             loaded, engine, settings, model_info(loaded, settings), time.time(), limits, api_keys
@@ -715,11 +735,16 @@ def _key_id(request: Request) -> str | None:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    """Client errors as JSON ``{"detail", "field"}`` with 413, 415 or 422."""
+    """Client errors as JSON ``{"detail", "field"}`` with 413, 415 or 422; a session store
+    that cannot be reached the same way with 503."""
 
     @app.exception_handler(UploadProblem)
     async def _upload_problem(request: Request, exc: UploadProblem) -> JSONResponse:
         return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=exc.status)
+
+    @app.exception_handler(SessionStoreUnavailable)
+    async def _session_store_down(request: Request, exc: SessionStoreUnavailable):
+        return JSONResponse({"detail": str(exc), "field": "session"}, status_code=503)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
@@ -799,7 +824,7 @@ def _add_prediction_routes(app: FastAPI) -> None:
         session: SessionQuery = None,
     ) -> PredictionOut:
         service = _service(request)
-        speaker = service.session_for(session, _key_id(request))
+        speaker = await service.session_for(session, _key_id(request))
         return await service.predict_upload(file, "file", speaker)
 
     @app.post(
@@ -816,7 +841,8 @@ def _add_prediction_routes(app: FastAPI) -> None:
         session: SessionQuery = None,
     ) -> BatchOut:
         service = _service(request)
-        return await service.predict_batch(files, service.session_for(session, _key_id(request)))
+        speaker = await service.session_for(session, _key_id(request))
+        return await service.predict_batch(files, speaker)
 
 
 def _add_session_routes(app: FastAPI) -> None:
@@ -829,7 +855,7 @@ def _add_session_routes(app: FastAPI) -> None:
         summary="start a speaker session; its token is the only way to use it",
     )
     async def new_session(request: Request) -> SessionOut:
-        return _service(request).new_session(_key_id(request))
+        return await _service(request).new_session(_key_id(request))
 
 
 def _add_stream_route(app: FastAPI) -> None:

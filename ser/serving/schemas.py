@@ -117,6 +117,9 @@ class HealthOut(BaseModel):
         description="what runs the model (ser serve --runtime)"
     )
     uptime_seconds: float
+    worker_pid: int = Field(
+        description="the process that answered: one of the workers of `ser serve --workers N`"
+    )
     inference_batches: int = Field(description="model calls since start-up")
     inference_windows: int = Field(description="windows predicted since start-up")
     load: LoadOut

@@ -11,7 +11,9 @@ ones push it out; an unknown, ended or other key's token is answered alike, so a
 client learns nothing from guessing.
 
 ``SessionStore`` is the interface the service uses; ``MemorySessionStore`` keeps the
-sessions in this process. A store shared by several processes can replace it.
+sessions in this process. ``shared_sessions.RedisSessionStore`` keeps them in Redis, so
+that the worker processes of ``ser serve --workers N`` share them; a store that cannot
+be reached raises ``SessionStoreUnavailable`` (the service answers 503).
 """
 
 from __future__ import annotations
@@ -23,13 +25,22 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from ser.inference import SpeakerSession
 
 TOKEN_BYTES = 16  # 128 bits
 # ``?session=new`` asks for a new session; no token equals it (tokens are 22 characters).
 NEW_SESSION = "new"
+Prepared = TypeVar("Prepared")
+
+
+class SessionStoreUnavailable(Exception):
+    """The session store cannot be reached or failed; the message names it and why."""
+
+
+class SessionEnded(Exception):
+    """The session ended (idle, or pushed out by newer ones) while a request used it."""
 
 
 @dataclass
@@ -59,8 +70,24 @@ class SessionStore(Protocol):
         is none (never issued, ended, or another owner's)."""
         ...
 
+    def update_speaker(
+        self, session: Session, prepare: Callable[[SpeakerSession], Prepared]
+    ) -> tuple[Prepared, int]:
+        """Run ``prepare`` on the session's speaker statistics (it counts clips into
+        them) as one step that no other request of the session interleaves with, keep
+        what it counted, and return its result and the session's count after it.
+        ``SessionEnded`` when the session ended meanwhile. Only for a session whose
+        ``speaker`` is not None."""
+        ...
 
-def _digest(token: str) -> bytes:
+
+def new_token() -> str:
+    """A fresh session token: ``TOKEN_BYTES`` random bytes, URL-safe."""
+    return secrets.token_urlsafe(TOKEN_BYTES)
+
+
+def token_digest(token: str) -> bytes:
+    """The key a session is filed under: its token's SHA-256."""
     # Sessions are filed under the token's hash: the store holds no usable token, and a
     # lookup's time does not depend on how much of a guessed token is right.
     return hashlib.sha256(token.encode()).digest()
@@ -90,10 +117,10 @@ class MemorySessionStore:
 
     def create(self, owner: str | None) -> Session:
         now = self.clock()
-        session = Session(secrets.token_urlsafe(TOKEN_BYTES), owner, self.new_speaker(), now)
+        session = Session(new_token(), owner, self.new_speaker(), now)
         with self._lock:
             self._drop_idle(now)
-            self._sessions[_digest(session.token)] = session
+            self._sessions[token_digest(session.token)] = session
             while len(self._sessions) > self.limit:
                 self._sessions.popitem(last=False)
         return session
@@ -102,13 +129,21 @@ class MemorySessionStore:
         now = self.clock()
         with self._lock:
             self._drop_idle(now)
-            key = _digest(token)
+            key = token_digest(token)
             session = self._sessions.get(key)
             if session is None or session.owner != owner:
                 return None
             session.last_used = now
             self._sessions.move_to_end(key)
             return session
+
+    def update_speaker(
+        self, session: Session, prepare: Callable[[SpeakerSession], Prepared]
+    ) -> tuple[Prepared, int]:
+        """``prepare`` on the session's own statistics, under the session's lock."""
+        with session.lock:
+            result = prepare(session.speaker)
+            return result, session.speaker.count
 
     def _drop_idle(self, now: float) -> None:
         """End the sessions idle for ``idle_seconds`` (the oldest-used come first)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +27,7 @@ UPLOAD_MEMORY_MB = 150.0
 # Share of the memory available at start-up that admitted uploads may take together.
 UPLOAD_MEMORY_SHARE = 0.5
 MEMINFO = Path("/proc/meminfo")
+REDIS_SCHEMES = ("redis", "rediss")
 CGROUP = Path("/sys/fs/cgroup")
 
 
@@ -105,6 +107,11 @@ class ServingSettings(BaseModel):
     # idle this many seconds.
     max_sessions: int = Field(default=1000, ge=1)
     session_idle_seconds: float = Field(default=1800.0, gt=0)
+    # Where the sessions live: None, this process's memory; ``redis://host:port/db``
+    # (``rediss://`` for TLS), a Redis server that every worker process of every server
+    # of the same model shares (``shared_sessions.py``); ``max_sessions`` then bounds
+    # them all together.
+    session_store: str | None = None
     # TensorFlow threads for the model (0 = TensorFlow's default, one per core). One
     # leaves the other cores to decoding, features and HTTP; applied by `ser serve`.
     model_threads: int = Field(default=1, ge=0)
@@ -125,6 +132,28 @@ class ServingSettings(BaseModel):
                     "e.g. https://app.example"
                 )
         return origins
+
+    @field_validator("session_store")
+    @classmethod
+    def _store_is_a_redis_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        try:
+            parts.port  # noqa: B018  (parsed on access)
+        except ValueError:
+            raise ValueError("the port must be a number, e.g. redis://host:6379/0") from None
+        if parts.scheme not in REDIS_SCHEMES or not parts.hostname:
+            raise ValueError(
+                "not a Redis URL; write redis://host:port/db (rediss:// for TLS), "
+                "e.g. redis://127.0.0.1:6379/0"
+            )
+        database = parts.path.strip("/")
+        if database and not database.isdigit():
+            raise ValueError(
+                f"the database in {redis_address(url)} must be a number, e.g. redis://host:6379/0"
+            )
+        return url
 
     @model_validator(mode="after")
     def _hop_fits(self) -> ServingSettings:
@@ -147,6 +176,14 @@ class ServingSettings(BaseModel):
             min_voiced=self.speech_min_voiced,
             max_flat=self.speech_max_flat,
         )
+
+
+def redis_address(url: str) -> str:
+    """``redis://user:secret@host:port/db`` -> ``redis://host:port/db``: the store named
+    in messages and logs without its credentials."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 def load_settings(

@@ -1,5 +1,6 @@
 """``ser serve`` as a real process on a free loopback port, for the tests that need
-HTTP and WebSocket traffic over a socket (the page in Chromium, the CLI server)."""
+HTTP and WebSocket traffic over a socket (the page in Chromium, the CLI server, its
+worker processes), and a real ``redis-server`` for the shared session store."""
 
 from __future__ import annotations
 
@@ -16,6 +17,21 @@ import httpx
 from tests.support import ROOT, free_port
 
 STARTUP_SECONDS = 180  # a cold start compiles the model for every batch size
+
+
+def ser_command(
+    *args: str, timeout: float = 300, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``ser *args`` run to its end, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "ser.cli", *args],
+        cwd=ROOT,
+        env=dict(env or os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @contextmanager
@@ -59,3 +75,57 @@ def serving_process(
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, without persistence (``--save ''``,
+    no append-only file): ``start``, ``stop`` and ``start`` again on the same port, as an
+    outage and its end look to a client."""
+
+    def __init__(self, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        """Start the server and wait until it answers PING."""
+        import redis
+
+        cmd = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        deadline = time.time() + 30
+        while True:
+            assert self.proc.poll() is None, f"redis-server exited: {self.log.read_text()}"
+            try:
+                if client.ping():
+                    return self
+            except redis.ConnectionError:
+                assert time.time() < deadline, f"redis-server not up: {self.log.read_text()}"
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        """Stop the server (its data goes with it) and wait for it to exit."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
