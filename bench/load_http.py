@@ -5,12 +5,15 @@ Starts ``ser serve RUN_DIR`` (uvicorn, one process) and, as the anchor, the seed
 MLP) on free loopback ports, sends the same clip to each with a real HTTP client
 (httpx, keep-alive connections) at each concurrency level, ours then the seed's, and
 reports p50/p95/p99 latency, requests per second, the server's mean inference batch
-size and, per level, ours against the seed's. Bounded: ``--requests`` per level and
+size and, per level, ours against the seed's. With ``--workers 1,2,4`` ours is measured
+once per worker count (``ser serve --workers N``; more than one worker shares speaker
+sessions through a ``redis-server`` the benchmark starts on loopback, as a deployment would). Bounded: ``--requests`` per level and
 ``--max-seconds`` per level, loopback addresses only. The client runs on the same
 cores as the servers, so its own cost is included in the figures.
 
     python bench/load_http.py checkpoints/best [--concurrency 1,4] [--requests 300]
     python bench/load_http.py checkpoints/best --clip some.flac --no-seed
+    python bench/load_http.py checkpoints/best --workers 1,2,4   # needs redis-server
     python bench/load_http.py --url http://127.0.0.1:8000   # a server already running
 """
 
@@ -83,6 +86,29 @@ def start_server(run_dir: str, port: int, log: Path, *options: str) -> subproces
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def start_redis(port: int, log: Path) -> subprocess.Popen:
+    """A throw-away ``redis-server`` on 127.0.0.1:``port`` (nothing saved to disk), the
+    session store ``ser serve --workers N`` needs; SystemExit when it is not installed."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        raise SystemExit(
+            "--workers above 1 needs redis-server (Debian: apt-get install redis-server)"
+        )
+    cmd = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -182,9 +208,10 @@ async def run_level(url: str, body: bytes, concurrency: int, requests: int, max_
     }
 
 
-def measure(url: str, body: bytes, levels: list[int], args, proc) -> list[dict]:
+def measure(url: str, body: bytes, levels: list[int], args, proc, workers: int = 1) -> list[dict]:
     """Every concurrency level against the server at ``url`` (after unmeasured warm-up
-    requests); each result with the server's mean inference batch, when it reports one."""
+    requests); each result with the server's mean inference batch, when it reports one
+    (one worker only: with several, each /health answers for whichever worker took it)."""
     asyncio.run(run_level(url, body, 1, args.warmup, args.max_seconds))
     results = []
     for level in levels:
@@ -193,7 +220,10 @@ def measure(url: str, body: bytes, levels: list[int], args, proc) -> list[dict]:
         after = wait_healthy(url, proc)
         batches = after.get("inference_batches", 0) - before.get("inference_batches", 0)
         windows = after.get("inference_windows", 0) - before.get("inference_windows", 0)
-        result["mean_batch_windows"] = round(windows / batches, 2) if batches else None
+        result["mean_batch_windows"] = (
+            round(windows / batches, 2) if batches and workers == 1 else None
+        )
+        result["workers"] = workers
         results.append(result)
     return results
 
@@ -201,7 +231,7 @@ def measure(url: str, body: bytes, levels: list[int], args, proc) -> list[dict]:
 def print_levels(name: str, results: list[dict]) -> None:
     for r in results:
         print(
-            f"{name:10s} concurrency {r['concurrency']:3d}: {r['requests']:5d} ok, "
+            f"{name:10s} workers {r.get('workers', 1)} concurrency {r['concurrency']:3d}: {r['requests']:5d} ok, "
             f"{r['errors']} errors, {r['requests_per_second']:6.1f} req/s, p50 {r['p50_ms']} ms, "
             f"p95 {r['p95_ms']} ms, p99 {r['p99_ms']} ms, mean batch {r['mean_batch_windows']}"
         )
@@ -210,9 +240,12 @@ def print_levels(name: str, results: list[dict]) -> None:
 def against_seed(ours: list[dict], seed: list[dict]) -> list[dict]:
     """Per level: our requests/s as a multiple of the seed app's, our p50 as a fraction."""
     rows = []
-    for a, b in zip(ours, seed):
+    seed_by_level = {b["concurrency"]: b for b in seed}
+    for a in ours:
+        b = seed_by_level[a["concurrency"]]
         rows.append(
             {
+                "workers": a.get("workers", 1),
                 "concurrency": a["concurrency"],
                 "requests_per_second_x_seed": round(
                     a["requests_per_second"] / b["requests_per_second"], 2
@@ -225,6 +258,31 @@ def against_seed(ours: list[dict], seed: list[dict]) -> list[dict]:
             }
         )
     return rows
+
+
+def measure_ours(args, body: bytes, levels: list[int], workers: int, out: Path, redis_port):
+    """``ser serve`` with ``workers`` processes (or the server at ``--url``) measured at
+    every level; returns its /health answer and the results. The server is stopped after."""
+    if args.url:
+        url, proc = args.url.rstrip("/"), None
+    else:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        options = ["--workers", str(workers)] if workers > 1 else []
+        if redis_port is not None:
+            options += ["--session-store", f"redis://127.0.0.1:{redis_port}/0"]
+        log = out.with_suffix(f".server-{workers}w.log")
+        proc = start_server(args.run_dir, port, log, *options)
+    try:
+        health = wait_healthy(url, proc)
+        print(
+            f"server {url}: model {health['model_id']} ({health.get('runtime')} runtime), "
+            f"{workers} worker(s); load average {os.getloadavg()[0]:.1f}"
+        )
+        return health, measure(url, body, levels, args, proc, workers)
+    finally:
+        if proc is not None:
+            stop_server(proc)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,12 +300,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-seed", action="store_true", help="do not measure the seed's app beside ours"
     )
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="comma-separated ser serve worker counts to measure in turn (default 1; "
+        "above 1 starts a loopback redis-server for the shared sessions)",
+    )
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "load_http.json"))
     args = p.parse_args(argv)
 
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     if not levels or min(levels) < 1 or max(levels) > 64 or not 1 <= args.requests <= 5000:
         p.error("--concurrency levels must be 1..64 and --requests 1..5000")
+    worker_counts = [int(c) for c in args.workers.split(",") if c.strip()]
+    if not worker_counts or min(worker_counts) < 1 or max(worker_counts) > 16:
+        p.error("--workers counts must be 1..16")
+    if args.url and worker_counts != [1]:
+        p.error("--workers measures servers this benchmark starts; not with --url")
     body = (
         Path(args.clip).read_bytes()
         if args.clip
@@ -256,17 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     procs: list[subprocess.Popen] = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    proc = seed_proc = None
+    seed_proc = redis_proc = redis_port = None
     seed_url = None
-    if args.url:
-        url = args.url.rstrip("/")
-        if urlparse(url).hostname not in LOOPBACK:
-            p.error("--url must be a loopback address (127.0.0.1, localhost, ::1)")
-    else:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = start_server(args.run_dir, port, out.with_suffix(".server.log"))
-        procs.append(proc)
+    if args.url and urlparse(args.url).hostname not in LOOPBACK:
+        p.error("--url must be a loopback address (127.0.0.1, localhost, ::1)")
+    results: list[dict] = []
     try:
         if not args.no_seed:
             seed_port = free_port()
@@ -275,22 +338,25 @@ def main(argv: list[str] | None = None) -> int:
                 seed_port, out.with_suffix(".seed.log"), out.parent / "seed_app"
             )
             procs.append(seed_proc)
-        health = wait_healthy(url, proc)
+        if max(worker_counts) > 1:
+            redis_port = free_port()
+            redis_proc = start_redis(redis_port, out.with_suffix(".redis.log"))
+            procs.append(redis_proc)
+        load_before = os.getloadavg()[0]
+        for workers in worker_counts:
+            health, measured = measure_ours(
+                args, body, levels, workers, out, redis_port if workers > 1 else None
+            )
+            results += measured
+            print_levels("ser serve", measured)
+        seed_results = None
         if seed_url:
             wait_healthy(seed_url, seed_proc)
-        load_before = os.getloadavg()[0]
-        print(
-            f"server {url}: model {health['model_id']} ({health.get('runtime')} runtime); "
-            f"load average {load_before:.1f}"
-        )
-        results = measure(url, body, levels, args, proc)
-        print_levels("ser serve", results)
-        seed_results = measure(seed_url, body, levels, args, seed_proc) if seed_url else None
-        if seed_results:
+            seed_results = measure(seed_url, body, levels, args, seed_proc)
             print_levels("seed app", seed_results)
             for row in against_seed(results, seed_results):
                 print(
-                    f"concurrency {row['concurrency']:3d}: ser serve "
+                    f"workers {row['workers']} concurrency {row['concurrency']:3d}: ser serve "
                     f"{row['requests_per_second_x_seed']}x the seed app's requests/s, "
                     f"p50 {row['p50_fraction_of_seed']}x the seed app's"
                 )

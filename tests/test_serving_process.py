@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -113,6 +114,48 @@ def test_load_benchmark_script_runs_against_the_server(server, tmp_path):
         assert 0 < level["p50_ms"] <= level["p95_ms"] <= level["p99_ms"]
     assert [row["concurrency"] for row in report["against_seed"]] == [1, 2]
     assert all(row["requests_per_second_x_seed"] > 0 for row in report["against_seed"])
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="redis-server is not installed (Debian: apt-get install redis-server)",
+)
+def test_load_benchmark_measures_each_worker_count(run_dir, tmp_path):
+    out = tmp_path / "workers.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "bench/load_http.py",
+            str(run_dir),
+            "--workers",
+            "1,2",
+            "--no-seed",
+            "--requests",
+            "6",
+            "--concurrency",
+            "2",
+            "--warmup",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert [(level["workers"], level["concurrency"]) for level in report["levels"]] == [
+        (1, 2),
+        (2, 2),
+    ]
+    assert all(level["requests"] == 6 and level["errors"] == 0 for level in report["levels"])
+    # The two-worker server shared its sessions through the benchmark's own redis-server.
+    log = out.with_suffix(".server-2w.log").read_text()
+    assert "redis://127.0.0.1:" in log
 
 
 def test_load_benchmark_refuses_other_hosts(tmp_path):
