@@ -265,4 +265,4 @@ def test_ready_is_503_while_keras_compiles_and_health_answers(run_dir, tmp_path)
     assert (200, 503, "warming_up") in seen, seen
     assert seen[-1] == (200, 200, "ready"), seen
     assert warmed["runtime"] == "keras" and warmed["warm_up_seconds"] > 0
-    assert log.read_text().count("GET /ready says when it is warmed up") == 1
+    assert log.read_text().count("(Keras); GET /ready answers 200 once it is warmed up") == 1
