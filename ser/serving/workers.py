@@ -3,12 +3,12 @@
 ``loaded_predictor`` is what every serving process does once before it answers: tune
 the process for inference, load the run and say so (the app's inference thread then
 warms the model up once, after the port opens: ``GET /ready``). ``ser serve`` calls it
-once in its own process; with ``--workers N`` uvicorn
-spawns N processes that accept connections on one socket, and each builds its app with
-``worker_app``, the factory uvicorn imports (``WORKER_APP``), from what ``ser serve``
-put in the ``SER_SERVE_WORKER`` environment variable (``worker_environment``): the run
-directory, the runtime, the settings and the API key file (keys are read by each
-worker, never passed on). Each worker loads its own copy of the model; speaker
+once in its own process; with ``--workers N`` uvicorn spawns N processes that accept
+connections on one socket (their metrics added up through ``metrics.py``'s
+multiprocess mode), and each builds its app with ``worker_app``, the factory uvicorn
+imports (``WORKER_APP``), from what ``ser serve`` put in the ``SER_SERVE_WORKER``
+environment variable (``worker_environment``): the run directory, the runtime, the
+settings and the API key file (keys are read by each worker, never passed on). Each worker loads its own copy of the model; speaker
 sessions are shared only through a session store outside them (``shared_sessions.py``).
 """
 
