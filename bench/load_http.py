@@ -150,6 +150,8 @@ def seed_training_clips(work: Path, count: int = 96) -> list[Path]:
 
 
 def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 180.0) -> dict:
+    """The server's /health once it is up and ready: /ready answers 200 (the model is
+    warmed up) or 404 (a server without readiness, like the seed's)."""
     import httpx
 
     deadline = time.time() + timeout
@@ -157,10 +159,12 @@ def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 180.0
         if proc is not None and proc.poll() is not None:
             raise SystemExit(f"server exited with code {proc.returncode}; see its log")
         try:
-            return httpx.get(f"{url}/health", timeout=2).json()
+            if httpx.get(f"{url}/ready", timeout=2).status_code in (200, 404):
+                return httpx.get(f"{url}/health", timeout=2).json()
         except httpx.HTTPError:
-            time.sleep(0.5)
-    raise SystemExit(f"server at {url} not healthy after {timeout:.0f} s")
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"server at {url} not ready after {timeout:.0f} s")
 
 
 async def run_level(url: str, body: bytes, concurrency: int, requests: int, max_seconds: float):

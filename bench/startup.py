@@ -1,7 +1,7 @@
-"""Start-up: ``ser predict one.wav`` end to end, and ``ser serve`` until /health answers.
+"""Start-up: ``ser predict one.wav`` end to end, and ``ser serve`` until it is ready.
 
 Each is a fresh process, as a user starts it (wall clock from launch to exit, or to the
-first successful ``GET /health`` on 127.0.0.1), repeated ``--repeats`` times; the
+first ``GET /ready`` answered 200 on 127.0.0.1: the model warmed up), repeated ``--repeats`` times; the
 median is reported. The first run pays cold file caches and is reported separately.
 
     python -m bench.startup [--run checkpoints/best] [--clip some.flac] [--repeats 3]
@@ -65,8 +65,8 @@ def main() -> None:
     rows = [
         ["ser predict one clip, first run", first_predict],
         [f"ser predict one clip, median of {args.repeats}", statistics.median(predicts)],
-        ["ser serve until /health, first run", first_serve],
-        [f"ser serve until /health, median of {args.repeats}", statistics.median(serves)],
+        ["ser serve until /ready, first run", first_serve],
+        [f"ser serve until /ready, median of {args.repeats}", statistics.median(serves)],
     ]
     print(f"run {predictor.model_id} ({predictor.cfg.model.type}, {predictor.runtime} runtime)")
     print(table(rows, ["what", "seconds"]))

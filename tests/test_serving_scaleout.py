@@ -27,6 +27,7 @@ import pytest
 from ser.inference import Predictor
 from ser.serving.sessions import MemorySessionStore, SessionEnded, SessionStoreUnavailable
 from ser.serving.shared_sessions import RedisSessionStore
+from tests.support.scrape import http, samples, value
 from tests.support.servers import RedisServer, ser_command, serving
 from tests.support.signals import speech_like
 from tests.support.tiny_run import encode, train_speaker_normalised
@@ -207,20 +208,23 @@ def test_a_redis_that_hangs_fails_a_session_call_instead_of_holding_it(tmp_path,
         hung.stop()
 
 
-def test_a_ready_process_is_warmed_up_once(speaker_run, monkeypatch):
+def test_a_serving_process_warms_the_model_up_once(speaker_run, monkeypatch):
     from fastapi.testclient import TestClient
 
     from ser.serving.app import create_app
     from ser.serving.settings import ServingSettings
-    from ser.serving.workers import ready_predictor
+    from ser.serving.workers import loaded_predictor
 
     warmed = []
     real = Predictor.warm_up
     monkeypatch.setattr(Predictor, "warm_up", lambda self, *a: warmed.append(real(self, *a)))
-    predictor = ready_predictor(str(speaker_run), ServingSettings(), "auto", say=lambda _: None)
-    with TestClient(create_app(predictor, warmed=True)) as client:
-        assert client.get("/health").status_code == 200
-    assert len(warmed) == 1  # by ready_predictor; the app's start-up did not repeat it
+    predictor = loaded_predictor(str(speaker_run), ServingSettings(), "auto", say=lambda _: None)
+    assert warmed == []  # loading does not warm up: the app's inference thread does
+    with TestClient(create_app(predictor, tuned=True)) as client:
+        files = {"file": ("a.wav", clip(0), "audio/wav")}
+        assert client.post("/predict", files=files).status_code == 200  # after the warm-up
+        assert client.get("/ready").json()["status"] == "ready"
+    assert len(warmed) == 1
 
 
 def _keys(server: RedisServer, namespace: str) -> list[bytes]:
@@ -286,7 +290,7 @@ def test_one_session_across_workers_is_normalised_as_in_one_process(workers, spe
     url, log = workers
     text = log.read_text()
     assert "speaker sessions: shared in Redis at redis://127.0.0.1:" in text
-    assert text.count("(ONNX Runtime: nothing to compile)") == 2  # each worker loaded it once
+    assert text.count("(ONNX Runtime); GET /ready answers") == 2  # each worker loaded it once
     connections = worker_connections(url)
     pids, clients = list(connections), list(connections.values())
     token = clients[0].post("/sessions").json()["session"]
@@ -316,6 +320,27 @@ def test_one_session_across_workers_is_normalised_as_in_one_process(workers, spe
         assert got["emotion"] == want["emotion"]
     for client in clients:
         client.close()
+
+
+def test_metrics_add_up_the_requests_both_workers_answered(workers):
+    url, _ = workers
+    predicted = http("/predict", "POST", 200)
+    before = value(
+        samples(httpx.get(f"{url}/metrics").text), "ser_http_requests_total", **predicted
+    )
+    connections = worker_connections(url)
+    for client in connections.values():  # two requests answered by each worker
+        for i in range(2):
+            files = {"file": (f"{i}.wav", clip(i), "audio/wav")}
+            assert client.post("/predict", files=files).status_code == 200
+    assert httpx.post(f"{url}/sessions").status_code == 201
+    scraped = samples(httpx.get(f"{url}/metrics").text)
+    for client in connections.values():
+        client.close()
+    assert value(scraped, "ser_http_requests_total", **predicted) == before + 4
+    assert value(scraped, "ser_active_sessions") >= 1  # the shared store, all workers' sessions
+    info = [dict(labels) for name, labels in scraped if name == "ser_model_info"]
+    assert len(info) == 1 and info[0]["runtime"] == "onnx"
 
 
 def test_a_batch_counts_each_file_into_the_shared_session(workers):

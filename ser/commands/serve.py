@@ -12,7 +12,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "serve",
         help="serve a trained run: REST API, live microphone stream and web page",
         description="Load RUN_DIR once and serve POST /predict, /predict/batch, GET /health, "
-        "/model, /docs, WS /stream and the live page at /.",
+        "/ready, /metrics, /model, /docs, WS /stream and the live page at /.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. checkpoints/best")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
@@ -54,8 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--api-key-file",
         metavar="FILE",
-        help="require one of these API keys (one a line) on every route but /health, the "
-        "page and the docs; keys in $SER_API_KEYS count too (default: no keys, open)",
+        help="require one of these API keys (one a line) on every route but /health, "
+        "/ready, the page and the docs; keys in $SER_API_KEYS count too (default: no keys, open)",
     )
     p.add_argument(
         "--model-threads",
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from ser.serving.app import create_app
     from ser.serving.auth import load_api_keys
     from ser.serving.settings import load_settings
-    from ser.serving.workers import ready_predictor
+    from ser.serving.workers import loaded_predictor
 
     settings = load_settings(
         args.settings,
@@ -115,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
     print(_sessions_line(settings), flush=True)
     if args.workers > 1:
         return _serve_with_workers(args, settings)
-    predictor = ready_predictor(args.run_dir, settings, args.runtime, say=_say)
-    app = create_app(predictor, settings=settings, api_keys=api_keys, warmed=True)
+    predictor = loaded_predictor(args.run_dir, settings, args.runtime, say=_say)
+    app = create_app(predictor, settings=settings, api_keys=api_keys, tuned=True)
     print(
         f"serving {predictor.model_id} ({predictor.cfg.model.type}, labels: "
         f"{', '.join(predictor.labels)}) at http://{args.host}:{args.port}/  "
@@ -171,6 +171,7 @@ def _serve_with_workers(args: argparse.Namespace, settings) -> int:
     import uvicorn
 
     from ser.runs import check_run_dir
+    from ser.serving.metrics import multiprocess_metrics
     from ser.serving.workers import WORKER_APP, worker_environment
 
     check_run_dir(args.run_dir)  # a wrong path fails here, not in every worker
@@ -181,14 +182,15 @@ def _serve_with_workers(args: argparse.Namespace, settings) -> int:
         f"http://{args.host}:{args.port}/  (API docs: /docs)",
         flush=True,
     )
-    uvicorn.run(
-        WORKER_APP,
-        factory=True,
-        workers=args.workers,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-    )
+    with multiprocess_metrics():  # GET /metrics adds up the workers' counts
+        uvicorn.run(
+            WORKER_APP,
+            factory=True,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+        )
     return 0
 
 
@@ -206,6 +208,6 @@ def _access_line(api_keys, host: str) -> str:
     if api_keys is None:
         return f"no API keys: anyone who can reach {host} may use the API"
     return (
-        f"API keys required on every route but /health, the page and the docs: "
+        f"API keys required on every route but /health, /ready, the page and the docs: "
         f"{len(api_keys.ids)} key(s), ids {', '.join(api_keys.ids)}"
     )

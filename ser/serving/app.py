@@ -11,19 +11,23 @@ at once) or a run directory to load at start-up. Routes:
   ``type`` ``no_speech`` and a null emotion, and is not counted into its session
 - ``POST /sessions``       a new speaker session -> ``SessionOut`` (its token)
 - ``GET /health``, ``GET /model``, ``GET /`` (web page), ``GET /favicon.ico``
+- ``GET /ready``: 503 until the model is warmed up (compiled), then 200; ``/health``
+  answers as soon as the process serves (liveness)
+- ``GET /metrics``: Prometheus text (``metrics.py``)
 - ``GET /docs`` (Swagger UI), ``GET /redoc`` (ReDoc), ``GET /openapi.json``: the docs
   pages load their scripts from this server (``fastapi-offline``'s files and
   ``static/``), so they work offline and under the pages' Content-Security-Policy
 - ``WS /stream``           live PCM -> window predictions (see ``stream.py``); each
   stream is one speaker session
 
-With API keys (``auth.py``) every route but ``/health``, the page and the docs needs
-``Authorization: Bearer <key>``. Client errors are JSON ``{"detail": ..., "field": ...}``
-with 401 (no or wrong API key), 404 (unknown session), 413 (too large), 415 (not audio)
-or 422 (empty, damaged, too long, malformed request); the API does not answer 500 for
-anything a client sends. A session request while the session store (Redis, see
-``shared_sessions.py``) cannot be reached gets 503 naming it. How much work is taken on at once and from whom (503, 429,
-stream close codes 1013 and 1008) and the security headers are ``limits.py``'s.
+With API keys (``auth.py``) every route but ``/health``, ``/ready``, the page and the
+docs needs ``Authorization: Bearer <key>`` (``/metrics`` too). Client errors are JSON
+``{"detail": ..., "field": ...}`` with 401 (no or wrong API key), 404 (unknown session),
+413 (too large), 415 (not audio) or 422 (empty, damaged, too long, malformed request);
+the API does not answer 500 for anything a client sends. A session request while the
+session store (Redis, see ``shared_sessions.py``) cannot be reached gets 503 naming it.
+How much work is taken on at once and from whom (503, 429, stream close codes 1013 and
+1008) and the security headers are ``limits.py``'s.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import asyncio
 import math
 import os
 import time
+from collections.abc import Sized
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from dataclasses import field as dataclass_field
@@ -42,7 +47,7 @@ from fastapi import FastAPI, File, Query, Request, UploadFile, WebSocket, WebSoc
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -71,6 +76,7 @@ from ser.serving.limits import (
     UploadAdmission,
     send_error,
 )
+from ser.serving.metrics import RequestMetrics, ServiceMetrics
 from ser.serving.schemas import (
     BatchItemOut,
     BatchOut,
@@ -80,6 +86,7 @@ from ser.serving.schemas import (
     LoadOut,
     ModelInfoOut,
     PredictionOut,
+    ReadyOut,
     SessionOut,
     StreamOut,
     WindowOut,
@@ -250,6 +257,7 @@ class Service:
     started: float
     limits: ServiceLimits
     keys: APIKeys | None = None
+    metrics: ServiceMetrics = dataclass_field(default_factory=ServiceMetrics)
     sessions: SessionStore = dataclass_field(init=False)
 
     def __post_init__(self) -> None:
@@ -289,11 +297,21 @@ class Service:
             "?session=new",
         )
 
+    async def count_sessions(self) -> None:
+        """Refresh the active sessions gauge, at each scrape (a store that cannot count, or
+        cannot be reached now, leaves it as it was)."""
+        if isinstance(self.sessions, Sized):
+            try:
+                self.metrics.set_active_sessions(await run_in_threadpool(len, self.sessions))
+            except SessionStoreUnavailable:
+                return
+
     # ------------------------------------------------------------------ speech
     async def answer(self, work: PreparedClip | ClipPrediction) -> ClipPrediction:
         """``Predictor.prepare_speech``'s result -> the clip's prediction (the model runs only for
         speech)."""
         if isinstance(work, ClipPrediction):
+            self.metrics.count_no_speech()
             return work
         return self.predictor.finish_clip(work, await self.engine.predict(work.inputs))
 
@@ -346,7 +364,9 @@ class Service:
     async def predict_upload(
         self, upload: UploadFile, field: str, session: Session | None = None
     ) -> PredictionOut:
-        return await self.answer_upload(await self.prepare_upload(upload, field, session))
+        prepared = await self.prepare_upload(upload, field, session)
+        self.metrics.observe_request_windows(_model_windows(prepared))
+        return await self.answer_upload(prepared)
 
     async def prepare_batch_item(
         self, upload: UploadFile, session: Session | None
@@ -381,6 +401,7 @@ class Service:
                 f"{self.settings.max_batch_files} per request (setting max_batch_files)",
             )
         prepared = [await self.prepare_batch_item(f, session) for f in files]
+        self.metrics.observe_request_windows(sum(_model_windows(p) for p in prepared))
         items = await asyncio.gather(*(self.answer_batch_item(p) for p in prepared))
         return BatchOut(
             model_id=self.predictor.model_id,
@@ -399,6 +420,20 @@ class Service:
             inference_batches=self.engine.stats.batches,
             inference_windows=self.engine.stats.windows,
             load=self.load(),
+        )
+
+    def readiness(self) -> ReadyOut:
+        """Whether the model is warmed up (``engine.py``), for ``GET /ready``."""
+        stats = self.engine.stats
+        status = "ready" if self.engine.ready.is_set() else "warming_up"
+        return ReadyOut(
+            status="failed" if stats.warm_up_error else status,
+            model_id=self.predictor.model_id,
+            runtime=self.predictor.runtime,
+            warm_up_seconds=None
+            if stats.warm_up_seconds is None
+            else round(stats.warm_up_seconds, 3),
+            detail=stats.warm_up_error,
         )
 
     def load(self) -> LoadOut:
@@ -433,9 +468,11 @@ class Service:
             )
             await _close_with_error(ws, busy)
             return
+        self.metrics.stream_opened()
         try:
             await StreamConnection(self, ws).run()
         finally:
+            self.metrics.stream_closed()
             self.limits.streams.leave()
 
 
@@ -520,6 +557,12 @@ class StreamConnection:
             **summary,
             "session_clips": self.speaker.count if counted else None,
         }
+
+
+def _model_windows(prepared: PreparedUpload | BatchItemOut) -> int:
+    """The windows an upload sends to the model (none without speech or on an error)."""
+    work = getattr(prepared, "work", None)
+    return len(work.inputs) if isinstance(work, PreparedClip) else 0
 
 
 def _windows_due(
@@ -625,16 +668,18 @@ def create_app(
     run_dir: str | os.PathLike[str] | None = None,
     settings: ServingSettings | None = None,
     api_keys: APIKeys | None = None,
-    warmed: bool = False,
+    tuned: bool = False,
 ) -> FastAPI:
     """The service for ``predictor`` (or the run at ``run_dir``, loaded at start-up),
-    open to all or, given ``api_keys``, to holders of one of them. ``warmed``: the
-    caller has tuned this process and warmed ``predictor`` up (``ser serve`` does, before
-    binding the port), so start-up does not do it again."""
+    open to all or, given ``api_keys``, to holders of one of them. ``tuned``: the caller
+    has tuned this process for inference (``ser serve`` and its workers do, before
+    loading the model), so start-up does not do it again. The model is warmed up once,
+    by the inference thread, after start-up (``GET /ready``)."""
     if predictor is None and run_dir is None:
         raise ValueError("create_app needs a predictor or a run_dir")
     settings = settings or ServingSettings()
     limits = ServiceLimits.from_settings(settings)
+    metrics = ServiceMetrics()
     # FastAPI's own /docs and /redoc load Swagger UI and ReDoc from a CDN: blank pages
     # offline. FastAPIOffline serves the files its package ships; the pages that load
     # them are ours (``_add_page_routes``), with no inline script for the CSP to forbid.
@@ -645,13 +690,15 @@ def create_app(
         description="Predict the emotion of speech clips with a trained `ser` run: upload "
         "clips, or stream live audio over the `/stream` WebSocket. The page at `/` does both.",
         version="1",
-        lifespan=_lifespan(predictor, run_dir, settings, limits, api_keys, warmed),
+        lifespan=_lifespan(predictor, run_dir, settings, limits, api_keys, metrics, tuned),
     )
     _add_middleware(app, settings, limits, api_keys)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: sees every answer
     _add_error_handlers(app)
     # Registration order is the order of the OpenAPI document and of route matching.
     _add_page_routes(app)
     _add_model_routes(app)
+    _add_operations_routes(app)
     _add_prediction_routes(app)
     _add_session_routes(app)
     _add_stream_route(app)
@@ -666,14 +713,16 @@ def _lifespan(
     settings: ServingSettings,
     limits: ServiceLimits,
     api_keys: APIKeys | None,
-    warmed: bool = False,
+    metrics: ServiceMetrics,
+    tuned: bool = False,
 ):
-    """Start-up and shut-down: load and warm the model (unless ``warmed``), run its
-    inference thread, keep keys and session tokens out of the server's logs."""
+    """Start-up and shut-down: tune the process (unless ``tuned``), load the model, run
+    its inference thread (which warms the model up first: ``/ready``), keep keys and
+    session tokens out of the server's logs."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        if not warmed:
+        if not tuned:
             tune_for_inference()
         loaded = predictor or await run_in_threadpool(Predictor.load, run_dir)
         # A copy (sharing the model) with this deployment's speech check.
@@ -682,17 +731,19 @@ def _lifespan(
             speech_check=settings.speech_check,
             speech_thresholds=settings.speech_thresholds,
         )
-        if not warmed:
-            await run_in_threadpool(loaded.warm_up, warm_batch_sizes(settings.max_batch_windows))
-        engine = InferenceEngine(loaded, settings.max_batch_windows).start()
+        metrics.describe_model(loaded.model_id, loaded.cfg.model.type, loaded.runtime)
+        engine = InferenceEngine(loaded, settings.max_batch_windows, metrics.observe_model_batch)
+        engine.start(warm_up=warm_batch_sizes(settings.max_batch_windows))
+        info = model_info(loaded, settings)
         app.state.service = Service(
-            loaded, engine, settings, model_info(loaded, settings), time.time(), limits, api_keys
+            loaded, engine, settings, info, time.time(), limits, api_keys, metrics
         )
         try:
             with credentials_kept_out_of_logs():
                 yield
         finally:
             engine.close()
+            metrics.close()
 
     return lifespan
 
@@ -802,6 +853,41 @@ def _add_model_routes(app: FastAPI) -> None:
     @app.get("/model", response_model=ModelInfoOut, summary="labels, features, config, metrics")
     async def model(request: Request) -> ModelInfoOut:
         return _service(request).info
+
+
+def _add_operations_routes(app: FastAPI) -> None:
+    """``GET /ready`` and ``GET /metrics``, for orchestrators and monitoring."""
+
+    @app.get(
+        "/ready",
+        response_model=ReadyOut,
+        responses={503: {"model": ReadyOut, "description": "the model is not warmed up yet"}},
+        summary="readiness: 200 once the model is warmed up, 503 before",
+    )
+    async def ready(request: Request) -> JSONResponse:
+        """Readiness, apart from liveness (``/health``): 503 while the inference thread
+        warms the model up (compiles it, with ``--runtime keras``) or if that failed, 200
+        after. Open without an API key, like ``/health``, for the probes of a load
+        balancer or orchestrator."""
+        out = _service(request).readiness()
+        return JSONResponse(out.model_dump(), status_code=200 if out.status == "ready" else 503)
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+        summary="Prometheus metrics: requests, latency, batching, sessions, streams, model",
+    )
+    async def prometheus_metrics(request: Request) -> Response:
+        """The metrics of ``ser.serving.metrics`` in Prometheus text format; with worker
+        processes, every worker's counts added up. It names the model and shows the
+        traffic, so with API keys it needs one like every other route (a scrape config
+        sends it with ``authorization: {credentials_file: ...}``). Scrapes are counted in
+        ``ser_http_requests_total`` under ``route="/metrics"``."""
+        service = _service(request)
+        await service.count_sessions()
+        body, content_type = service.metrics.exposition()
+        return Response(body, media_type=content_type)
 
 
 def _add_prediction_routes(app: FastAPI) -> None:

@@ -3,8 +3,9 @@
 A deployment without keys is open to whoever can reach it (``ser serve`` listens on
 loopback unless told otherwise). With keys (``--api-key-file``, one key a line, and/or
 the ``SER_API_KEYS`` environment variable) every HTTP request needs
-``Authorization: Bearer <key>`` except the open paths: ``/health``, the web page and
-the files it loads, and the API docs pages with the OpenAPI document they read (their
+``Authorization: Bearer <key>`` except the open paths: ``/health`` and ``/ready`` (the
+probes of load balancers and orchestrators carry no key), the web page and the files it
+loads, and the API docs pages with the OpenAPI document they read (their
 *Authorize* button then adds the key). A missing or wrong key gets 401 with
 ``WWW-Authenticate: Bearer``. ``WS /stream`` takes the key in the same header or, as
 browsers cannot set headers on a WebSocket, in a first text message
@@ -41,10 +42,20 @@ KEY_ID_HEX = 8
 # A key goes into an HTTP header: visible ASCII, no spaces.
 KEY_PATTERN = re.compile(r"[\x21-\x7e]+")
 KEY_ADVICE = "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-# What loads without a key: liveness, the page and its files, the docs pages and the
-# OpenAPI document they are drawn from. Everything else, present or future, needs one.
+# What loads without a key: liveness and readiness, the page and its files, the docs
+# pages and the OpenAPI document they are drawn from. Everything else, present or
+# future, needs one (/metrics included: it names the model and shows the traffic).
 OPEN_PATHS = frozenset(
-    {"/", "/health", "/favicon.ico", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {
+        "/",
+        "/health",
+        "/ready",
+        "/favicon.ico",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/openapi.json",
+    }
 )
 OPEN_PREFIXES = ("/static/", "/static-offline-docs/")
 # A stream without the header has this long to send its auth message.

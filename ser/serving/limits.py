@@ -10,8 +10,8 @@ One owner for what the server turns away before a route runs, and why:
   however many arrive.
 - ``RateLimiter`` + ``RateLimit``: ``rate_limit_per_minute`` requests a minute per API
   key (``request.state.api_key_id``, set by an authentication middleware outside this
-  one) or else per client address; beyond it 429 with ``Retry-After``. ``/health`` and
-  static files are exempt.
+  one) or else per client address; beyond it 429 with ``Retry-After``. ``/health``,
+  ``/ready`` and static files are exempt.
 - ``Occupancy``: a count of things in progress with its high-water mark and, when it
   has a cap, the number turned away; used for open live streams (``max_streams``, the
   stream closes with 1013) and for clips being decoded (shown on ``/health``).
@@ -39,9 +39,9 @@ from starlette.requests import Request
 from ser.serving.settings import ServingSettings
 
 UPLOAD_PATHS = ("/predict", "/predict/batch")
-# Never rate limited: liveness probes, and the files a page loads (one page view loads
+# Never rate limited: liveness and readiness probes, and the files a page loads (one page view loads
 # several; the page itself is counted).
-RATE_EXEMPT_PATHS = ("/health", "/favicon.ico")
+RATE_EXEMPT_PATHS = ("/health", "/ready", "/favicon.ico")
 RATE_EXEMPT_PREFIXES = ("/static/", "/static-offline-docs/")
 # ReDoc (fastapi-offline's redoc.standalone.js) adds two <style> elements: an empty one
 # that its styled-components then fill through the CSSOM, and perfect-scrollbar's fixed

@@ -125,6 +125,17 @@ class HealthOut(BaseModel):
     load: LoadOut
 
 
+class ReadyOut(BaseModel):
+    status: Literal["ready", "warming_up", "failed"] = Field(
+        description="ready: the model is loaded and warmed up (compiled where the runtime "
+        "compiles); warming_up: not yet (503); failed: the warm-up failed (503)"
+    )
+    model_id: str
+    runtime: Literal["numpy", "onnx", "keras"]
+    warm_up_seconds: float | None = Field(None, description="how long the warm-up took")
+    detail: str | None = Field(None, description="why the warm-up failed")
+
+
 class ErrorOut(BaseModel):
     detail: str = Field(description="what was wrong, naming the field or file")
     field: str | None = Field(None, description="the request field at fault, if any")

@@ -1,13 +1,14 @@
 """Getting a process ready to serve, and ``ser serve --workers N``'s worker processes.
 
-``ready_predictor`` is what every serving process does once before it answers: tune
-the process for inference, load the run, warm the model up (compile it, on Keras) and
-say so. ``ser serve`` calls it once in its own process; with ``--workers N`` uvicorn
-spawns N processes that accept connections on one socket, and each builds its app with
-``worker_app``, the factory uvicorn imports (``WORKER_APP``), from what ``ser serve``
-put in the ``SER_SERVE_WORKER`` environment variable (``worker_environment``): the run
-directory, the runtime, the settings and the API key file (keys are read by each
-worker, never passed on). Each worker loads its own copy of the model; speaker
+``loaded_predictor`` is what every serving process does once before it answers: tune
+the process for inference, load the run and say so (the app's inference thread then
+warms the model up once, after the port opens: ``GET /ready``). ``ser serve`` calls it
+once in its own process; with ``--workers N`` uvicorn spawns N processes that accept
+connections on one socket (their metrics added up through ``metrics.py``'s
+multiprocess mode), and each builds its app with ``worker_app``, the factory uvicorn
+imports (``WORKER_APP``), from what ``ser serve`` put in the ``SER_SERVE_WORKER``
+environment variable (``worker_environment``): the run directory, the runtime, the
+settings and the API key file (keys are read by each worker, never passed on). Each worker loads its own copy of the model; speaker
 sessions are shared only through a session store outside them (``shared_sessions.py``).
 """
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -29,27 +29,19 @@ WORKER_ENV = "SER_SERVE_WORKER"
 WORKER_APP = "ser.serving.workers:worker_app"
 
 
-def ready_predictor(
+def loaded_predictor(
     run_dir: str,
     settings: ServingSettings,
     runtime: str,
     say: Callable[[str], None] = print,
 ) -> Predictor:
-    """Tune this process (``tune_for_inference``), load ``run_dir`` and warm the model
-    up for ``settings``, telling ``say`` what was loaded and how long compiling took."""
-    from ser.serving.app import warm_batch_sizes
-
+    """Tune this process (``tune_for_inference``) and load ``run_dir``, telling ``say``
+    what was loaded. The model is warmed up later, once, by the app's inference thread
+    (``create_app(..., tuned=True)``), so the port opens before a Keras model compiles."""
     tune_for_inference()
     predictor = Predictor.load(run_dir, tf_threads=settings.model_threads, runtime=runtime)
-    started = time.time()
-    if predictor.runtime != "keras":
-        predictor.warm_up()
-        name = {"numpy": "NumPy", "onnx": "ONNX Runtime"}[predictor.runtime]
-        say(f"loaded {predictor.model_id} ({name}: nothing to compile)")
-    else:
-        say(f"loaded {predictor.model_id}; compiling the model ...")
-        predictor.warm_up(warm_batch_sizes(settings.max_batch_windows))
-        say(f"compiled in {time.time() - started:.1f} s")
+    name = {"numpy": "NumPy", "onnx": "ONNX Runtime", "keras": "Keras"}[predictor.runtime]
+    say(f"loaded {predictor.model_id} ({name}); GET /ready answers 200 once it is warmed up")
     return predictor
 
 
@@ -79,11 +71,11 @@ def worker_app() -> FastAPI:
         ) from None
     settings = ServingSettings.model_validate(job["settings"])
     pid = os.getpid()
-    predictor = ready_predictor(
+    predictor = loaded_predictor(
         job["run_dir"],
         settings,
         job["runtime"],
         say=lambda line: print(f"worker {pid}: {line}", flush=True),
     )
     api_keys = load_api_keys(job["api_key_file"])
-    return create_app(predictor, settings=settings, api_keys=api_keys, warmed=True)
+    return create_app(predictor, settings=settings, api_keys=api_keys, tuned=True)

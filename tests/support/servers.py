@@ -39,7 +39,8 @@ def serving(
     run_dir: Path, log: Path, *options: str, env: Mapping[str, str] | None = None
 ) -> Iterator[str]:
     """Start ``ser serve run_dir --port P *options`` with its output in ``log``; yield
-    ``http://127.0.0.1:P`` once ``/health`` answers, and stop the server afterwards."""
+    ``http://127.0.0.1:P`` once ``/ready`` answers 200 (the model is warmed up), and stop
+    the server afterwards."""
     with serving_process(run_dir, log, *options, env=env) as (url, _proc):
         yield url
 
@@ -51,9 +52,24 @@ def serving_process(
     """``serving``, yielding the server's process too (for its memory)."""
     port = free_port()
     cmd = [sys.executable, "-m", "ser.cli", "serve", str(run_dir), "--port", str(port), *options]
+    with server_process(cmd, port, log, env=env) as running:
+        yield running
+
+
+@contextmanager
+def server_process(
+    command: list[str],
+    port: int,
+    log: Path,
+    wait_for: str = "/ready",
+    env: Mapping[str, str] | None = None,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``command`` (a server listening on 127.0.0.1:``port``) with its output in
+    ``log``; yield its URL and process once ``wait_for`` answers 200, and stop it
+    afterwards (SIGTERM: a graceful shut-down)."""
     with log.open("w") as out:
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=dict(env or os.environ), stdout=out, stderr=subprocess.STDOUT
+            command, cwd=ROOT, env=dict(env or os.environ), stdout=out, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -61,13 +77,14 @@ def serving_process(
         while True:
             assert proc.poll() is None, f"server exited: {log.read_text()}"
             assert time.time() < deadline, (
-                f"server not up after {STARTUP_SECONDS} s: {log.read_text()}"
+                f"no 200 from {wait_for} after {STARTUP_SECONDS} s: {log.read_text()}"
             )
             try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{wait_for}", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
-                time.sleep(0.5)
+                pass
+            time.sleep(0.2)
         yield url, proc
     finally:
         proc.terminate()
