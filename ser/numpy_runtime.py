@@ -1,26 +1,36 @@
-"""Run a saved feed-forward model with NumPy alone: no TensorFlow import, no compilation.
+"""Run a saved model with NumPy alone: no TensorFlow import, no compilation.
 
-``load_numpy_model(path)`` reads a ``model.keras`` archive (its ``config.json`` graph
-and ``model.weights.h5`` weights) and returns a ``NumpyModel`` when every layer is one
-it can run exactly: ``InputLayer``, ``Dense`` (linear, relu or softmax), ``BatchNormalization``
-over the last axis, ``ReLU``, ``Dropout`` and ``GaussianNoise`` (identities at inference),
-``Average`` and nested functional models (the members of a seed ensemble), all float32.
-That is every dense model and dense ensemble this project trains. Anything else (an
-LSTM, a convolution, mixed precision) gives ``None``, and the caller uses Keras.
+``read_numpy_model(path)`` reads a ``model.keras`` archive (its ``config.json`` graph
+and ``model.weights.h5`` weights) into a ``NumpyModel`` when every layer is one it can
+run exactly, and otherwise raises ``UnsupportedModel`` naming the layer (or setting);
+``load_numpy_model`` returns None instead, and the caller uses Keras. It runs
+``InputLayer``, ``Dense`` (linear, relu or softmax), ``Conv1D`` (stride 1; ``same``,
+``valid`` or ``causal`` padding), ``BatchNormalization`` over the last axis, ``ReLU``,
+``Dropout`` and the other identities at inference, ``Masking``, ``LSTM`` and ``GRU``
+(tanh, sigmoid gates), ``Bidirectional`` (concat), ``Average``, nested functional models
+(the members of a seed ensemble), and ``ser.models.layers``' ``FrameMask``,
+``MaskedMaxPooling1D``, ``MaskedGlobalPooling`` and ``MaskedAttentionPooling``, all
+float32: every model type this project trains (dense, lstm, cnn, crnn) and their
+ensembles. Mixed precision, for one, is refused.
 
 Why: ``import tensorflow`` alone costs about 6 s of a command's start, and a Keras call
 costs about 1 ms of fixed overhead, against about 0.3 ms for the few matrix products of
-a dense model. Each BatchNormalization is folded into the Dense before it (exact algebra;
-float32 rounding differs from Keras's by about 1e-7). ``tests/test_numpy_runtime.py``
-checks the probabilities equal Keras's within 1e-5 for a dense model and an ensemble.
+a dense model. Each BatchNormalization is folded into the Dense or Conv1D before it (exact
+algebra; float32 rounding differs from Keras's by about 1e-7). Masks follow Keras: an
+all-zero frame is masked wherever it is (``Masking``, ``FrameMask``), and a recurrent
+layer keeps its state over a masked frame. ``tests/test_light_runtimes.py`` checks the
+probabilities against Keras's for every model type.
 
 The graph's steps (``Graph``, ``Step`` and the layer classes) are public:
-``ser.onnx_export`` writes the same graph as ONNX.
+``ser.onnx_export`` writes the same graph as ONNX. A layer with several outputs
+(``MaskedMaxPooling1D``: frames and mask) holds them under ``output_key`` names.
 
 Weights are found the way Keras 3 stores them: under each container, a layer's
 variables live at ``layers/<snake_case(class name)>[_<k>]/vars/<i>``, where ``k``
-counts earlier layers of the same class in that container. Shapes are checked against
-the config, so a layout this module does not know fails loudly, never silently.
+counts earlier layers of the same class in that container (a recurrent layer's in its
+``cell``, a ``Bidirectional``'s under ``forward_layer`` and ``backward_layer``). Shapes
+are checked against the config, so a layout this module does not know fails loudly,
+never silently.
 """
 
 from __future__ import annotations

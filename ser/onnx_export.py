@@ -1,17 +1,22 @@
 """A run's model as an ONNX graph, for ONNX Runtime on servers, phones and browsers.
 
-``to_onnx(model)`` writes the graph of a ``ser.numpy_runtime.NumpyModel`` (dense models,
-seed ensembles of them, LSTMs: what the NumPy runtime can run) with the same arithmetic:
-Dense as MatMul + Add (each BatchNormalization already folded in), ReLU, Softmax, an
-ensemble's average as Mean, and Keras's LSTM as ONNX's LSTM operator with its gates
-reordered (Keras i, f, c, o; ONNX i, o, f, c). Input ``features``: float32 ``[batch, D]``
-or ``[batch, frames, D]`` (free batch and frame axes), normalised as ``normaliser.json``
-says; output ``probabilities`` ``[batch, classes]``.
+``to_onnx(model)`` writes the graph of a ``ser.numpy_runtime.NumpyModel`` (every model
+type this project trains, an ensemble as one graph) with the same arithmetic: Dense as
+MatMul + Add and Conv1D as Conv (each BatchNormalization already folded in), ReLU,
+Softmax, an ensemble's average as Mean, Keras's LSTM and GRU (and ``Bidirectional``
+pairs) as ONNX's LSTM and GRU operators (LSTM gates reordered: Keras i, f, c, o; ONNX
+i, o, f, c; Keras's GRU ``reset_after`` is ONNX's ``linear_before_reset``), and the
+masked layers of ``ser.models.layers`` from elementary operators. Input ``features``:
+float32 ``[batch, D]`` or ``[batch, frames, D]`` (free batch and frame axes),
+normalised as ``normaliser.json`` says; output ``probabilities`` ``[batch, classes]``.
+A step it cannot write raises ``UnsupportedForONNX``.
 
-Padding: an LSTM's sequence lengths are counted from the frames that are not all zeros,
-which equals Keras's masking when the zero frames are the padding at the end (as
-``ser`` pads). Keras also skips an all-zero frame inside a clip, which ONNX's LSTM does
-not; z-scored features are never exactly zero in all dimensions, so real clips agree.
+Masking: Keras's recurrent layers skip every masked (all-zero) frame, wherever it is,
+while ONNX's only stop at ``sequence_lens``. So each sequence's real frames are moved to
+its front, in order, before the recurrent node (its lengths: their count), and the
+outputs of a layer returning sequences are gathered back to the original frames (a
+masked frame gets the previous output, or zeros inside ``Bidirectional``, as in Keras).
+The result equals Keras's for padding at the end and for all-zero frames inside a clip.
 ``ser export RUN --format onnx`` checks every export against the run's own model.
 """
 
@@ -40,6 +45,7 @@ from ser.numpy_runtime import (
     RealFrames,
     Recurrent,
     Scale,
+    UnsupportedModel,
     output_key,
 )
 
@@ -47,8 +53,8 @@ OPSET = 17
 INPUT, OUTPUT = "features", "probabilities"
 
 
-class UnsupportedForONNX(ValueError):
-    """The model holds a step this exporter cannot write."""
+class UnsupportedForONNX(UnsupportedModel):
+    """The model holds a step this exporter cannot write (though NumPy may run it)."""
 
 
 class _Writer:
