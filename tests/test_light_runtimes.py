@@ -224,3 +224,77 @@ def test_predict_never_imports_tensorflow(model, flags, tmp_path_factory, tmp_pa
     lines = out.stdout.strip().splitlines()
     assert json.loads(lines[-1]) == {"code": 0, "tensorflow": False}
     assert '"emotion"' in out.stdout
+
+
+def _with_moving_statistics(model, rng: np.random.Generator):
+    """``model`` with random BatchNormalization statistics, so that folding them matters."""
+    for layer in model.layers:
+        if type(layer).__name__ == "BatchNormalization":
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 2.0, w.shape) if i in (0, 3) else rng.normal(size=w.shape)
+                    for i, w in enumerate(layer.get_weights())
+                ]
+            )
+    return model
+
+
+def _custom_sequence_model(input_dim: int):
+    """Layer options no builder uses today: all three pooled statistics, a causal
+    convolution with a bias, a GRU without ``reset_after`` and a stacked LSTM."""
+    import keras
+
+    from ser.models.layers import FrameMask, MaskedGlobalPooling
+
+    inputs = keras.Input((None, input_dim))
+    mask = FrameMask()(inputs)
+    conv = keras.layers.Conv1D(6, 3, padding="causal", activation="relu")(inputs)
+    pooled = MaskedGlobalPooling(("mean", "std", "max"))([conv, mask])
+    masked = keras.layers.Masking()(inputs)
+    gru = keras.layers.GRU(5, reset_after=False, return_sequences=True)(masked)
+    lstm = keras.layers.LSTM(4)(gru)
+    x = keras.layers.Average()([keras.layers.Dense(4)(pooled), keras.layers.Dense(4)(lstm)])
+    return keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["model.type=lstm", "model.lstm.units=[6,5]", "model.lstm.bidirectional=true"],
+        ["model.type=crnn", "model.crnn.filters=[8,8]", "model.crnn.rnn=lstm"],
+        [
+            "model.type=cnn",
+            "model.cnn.filters=[8,8,6]",
+            "model.cnn.kernel_size=4",
+            "model.cnn.pool_size=3",
+        ],
+        "custom",
+    ],
+    ids=["bilstm", "crnn-lstm", "cnn-3-blocks", "custom-layers"],
+)
+def test_model_options_equal_keras_on_both_runtimes(options, tmp_path) -> None:
+    """Untrained models of the options the tiny runs do not train, padded and with
+    all-zero frames inside: NumPy and ONNX Runtime give Keras's probabilities."""
+    import keras
+
+    from ser.config import load_config
+    from ser.models import build_model
+    from ser.onnx_export import OnnxModel
+
+    rng = np.random.default_rng(7)
+    if options == "custom":
+        model = _custom_sequence_model(13)
+    else:
+        cfg = load_config(ROOT / "configs" / "base.yaml", options, env={})
+        model = _with_moving_statistics(build_model(cfg.model, 13, 4), rng)
+    model.save(tmp_path / "model.keras")
+    keras_model = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    numpy_model = read_numpy_model(tmp_path / "model.keras")
+    onnx_model = OnnxModel(numpy_model, ["a", "b", "c", "d"][: model.output_shape[-1]])
+    for frames in (37, 5, 1):
+        x = rng.standard_normal((3, frames, 13)).astype(np.float32)
+        x[1, frames // 2 + 1 :] = 0.0
+        x[2, frames // 3] = 0.0
+        expected = np.asarray(keras_model(x, training=False))
+        np.testing.assert_allclose(numpy_model(x), expected, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(onnx_model(x), expected, rtol=0, atol=1e-5)
