@@ -506,7 +506,7 @@ SER_LAYERS: dict[str, Callable[[dict[str, Any], list[np.ndarray]], Callable[...,
     "FrameMask": lambda cfg, variables: RealFrames(),
     "MaskedMaxPooling1D": lambda cfg, variables: MaskedMaxPool(int(cfg["pool_size"])),
     "MaskedGlobalPooling": lambda cfg, variables: MaskedStats(tuple(cfg["stats"])),
-    "MaskedAttentionPooling": lambda cfg, variables: AttentionPool(*variables),
+    "MaskedAttentionPooling": lambda cfg, v: AttentionPool(v[0], v[1], v[2]),
 }
 
 
