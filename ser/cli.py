@@ -32,15 +32,27 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_runtime_arg(parser: argparse.ArgumentParser, default: str) -> None:
-    """``--runtime``: what runs the model (see ``Predictor.load``)."""
-    parser.add_argument(
+    """``--runtime`` (what runs the model, see ``Predictor.load``) and ``--onnx``, its
+    alias for ``--runtime onnx``."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
         "--runtime",
         choices=["auto", "numpy", "onnx", "keras"],
         default=default,
-        help=f"what runs the model (default {default}): auto and onnx run dense models, "
-        "their ensembles and LSTMs on ONNX Runtime (no TensorFlow import, the fastest calls) "
-        "and other models on Keras; numpy runs the same models on NumPy alone; keras always "
-        "uses XLA-compiled Keras",
+        help=f"what runs the model (default {default}): auto runs every model type this "
+        "project trains (lstm, cnn, crnn, dense, ensembles) on ONNX Runtime (no TensorFlow "
+        "import, the fastest calls) and a model holding any other layer on Keras; onnx "
+        "always ONNX Runtime, an error naming the layer it cannot convert otherwise; numpy "
+        "the same models on NumPy alone; keras always XLA-compiled Keras",
+    )
+    group.add_argument(
+        "--onnx",
+        dest="runtime",
+        action="store_const",
+        const="onnx",
+        default=argparse.SUPPRESS,
+        help="same as --runtime onnx: run the model on ONNX Runtime, or stop with an error "
+        "naming the layer that cannot be converted",
     )
 
 

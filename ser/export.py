@@ -6,9 +6,10 @@ sequence models (zero frames at the end are padding and are masked) or
 The SavedModel keeps free batch and frame axes. TFLite needs static shapes, so its
 input is one window, ``[1, max_frames, D]``, for a sequence model (shorter clips are
 zero-padded to it, longer ones cut into windows: ``ExportedModel`` does both) and one
-vector, ``[1, D]``, for a pooled one. ONNX (``ser.onnx_export``: dense models, their
-ensembles as one graph, LSTMs) keeps free batch and frame axes and runs on ONNX Runtime
-without TensorFlow.
+vector, ``[1, D]``, for a pooled one. ONNX (``ser.onnx_export``: every model type, an
+ensemble as one graph; a model holding a layer it cannot convert is refused, naming the
+layer, before anything is written) keeps free batch and frame axes and runs on ONNX
+Runtime without TensorFlow.
 
 Next to the model the export writes what a consumer needs to build that input:
 ``labels.json``, ``normaliser.json``, ``run.yaml`` (features config) and
@@ -55,16 +56,18 @@ def _write_saved_model(predictor: Predictor, out: Path, static: bool) -> None:
 
 
 def _onnx_bytes(predictor: Predictor) -> bytes:
-    from ser.numpy_runtime import load_numpy_model
+    from ser.numpy_runtime import UnsupportedModel, read_numpy_model
     from ser.onnx_export import to_onnx
 
-    model = load_numpy_model(predictor.run_dir / runs.MODEL)
-    if model is None:
+    try:
+        model = read_numpy_model(predictor.run_dir / runs.MODEL)
+        proto = to_onnx(model, list(predictor.labels), predictor.model_id)
+    except UnsupportedModel as exc:  # UnsupportedForONNX included
         raise ExportError(
-            f"--format onnx: a {predictor.cfg.model.type} model is not supported yet (ONNX "
-            "export covers dense models, their ensembles and LSTMs); use savedmodel or tflite"
-        )
-    return to_onnx(model, list(predictor.labels), predictor.model_id).SerializeToString()
+            f"--format onnx: {predictor.run_dir / runs.MODEL} cannot be converted: {exc}; "
+            "use savedmodel or tflite"
+        ) from None
+    return proto.SerializeToString()
 
 
 def _tflite_bytes(predictor: Predictor) -> bytes:

@@ -261,6 +261,26 @@ def _onnx_model(model: NumpyModel, labels: list[str]) -> OnnxModel:
     return OnnxModel(model, labels)
 
 
+def _light_model(path: Path, runtime: str, labels: list[str]) -> NumpyModel | OnnxModel | None:
+    """What runs ``path``'s model without TensorFlow on ``runtime``: None for ``keras``,
+    and for ``auto`` when the model holds a layer the light runtimes lack (Keras runs it);
+    an explicit ``numpy`` or ``onnx`` on such a model is a ``RunDirError`` naming it."""
+    from ser.numpy_runtime import UnsupportedModel, read_numpy_model
+
+    if runtime == "keras":
+        return None
+    try:
+        model = read_numpy_model(path / runs.MODEL)
+        return model if runtime == "numpy" else _onnx_model(model, labels)
+    except UnsupportedModel as exc:  # UnsupportedForONNX included
+        if runtime == "auto":
+            return None
+        raise RunDirError(
+            f"--runtime {runtime}: {path / runs.MODEL} cannot run on "
+            f"{'ONNX Runtime' if runtime == 'onnx' else 'NumPy'}: {exc}; use --runtime keras"
+        ) from None
+
+
 def _load_keras_model(run_dir: Path, tf_threads: int | None = None) -> Any:
     """``run_dir``'s model.keras in Keras safe mode, or ``RunDirError`` saying why not;
     TensorFlow runs on ``tf_threads`` threads when given (``limit_tf_threads``)."""
@@ -344,25 +364,21 @@ class Predictor:
         size in ``XLA_BATCH_SIZES`` now (a server); otherwise each compiles on first use.
         ``xla=False`` keeps the plain graph function (no compilation, slower calls).
         ``speech_check=False`` predicts every clip, speech or not. ``runtime`` says what
-        runs the model: ``auto`` (or ``onnx``) ONNX Runtime for the models
-        ``ser.onnx_export`` converts (dense models, their ensembles, LSTMs: no TensorFlow
-        import, which costs about 6 s, and the fastest calls: 0.35 ms for best.yaml's
-        ensemble and 2 ms for a 4 s LSTM window, against Keras's 2.2 and 3.3 ms in
-        bench/runtimes.py) and Keras for the rest; ``numpy`` the same models on
-        ``ser.numpy_runtime`` (NumPy alone; an LSTM's frame loop is slow); ``keras`` always
-        Keras. ``tf_threads``: when Keras runs the model, TensorFlow's thread count
+        runs the model: ``auto`` ONNX Runtime for the models ``ser.onnx_export`` converts
+        (every model type this project builds, ensembles included: no TensorFlow import,
+        which costs about 6 s, and faster calls than Keras, see BENCHMARKS.md "Keras and
+        ONNX Runtime paths per model type") and Keras for any other; ``onnx`` ONNX Runtime
+        or a ``RunDirError`` naming the layer it lacks; ``numpy`` the same on
+        ``ser.numpy_runtime`` (NumPy alone; a recurrent layer's frame loop is slow);
+        ``keras`` always Keras. ``tf_threads``: when Keras runs the model, TensorFlow's thread count
         (``limit_tf_threads``), set before it runs an op."""
-        from ser.numpy_runtime import load_numpy_model
-
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
         path = check_run_dir(run_dir)
         cfg = load_config(path / runs.CONFIG, env={})
         labels = json.loads((path / runs.LABELS).read_text(encoding="utf-8"))
         normaliser = Normaliser.load(path / runs.NORMALISER)
-        fast = None if runtime == "keras" else load_numpy_model(path / runs.MODEL)
-        if fast is not None and runtime in ("auto", "onnx"):
-            fast = _onnx_model(fast, labels)
+        fast = _light_model(path, runtime, labels)
         prior = None
         if cfg.features.pooled_normalisation == "speaker":
             if not (path / runs.SPEAKER_PRIOR).is_file():

@@ -1,26 +1,36 @@
-"""Run a saved feed-forward model with NumPy alone: no TensorFlow import, no compilation.
+"""Run a saved model with NumPy alone: no TensorFlow import, no compilation.
 
-``load_numpy_model(path)`` reads a ``model.keras`` archive (its ``config.json`` graph
-and ``model.weights.h5`` weights) and returns a ``NumpyModel`` when every layer is one
-it can run exactly: ``InputLayer``, ``Dense`` (linear, relu or softmax), ``BatchNormalization``
-over the last axis, ``ReLU``, ``Dropout`` and ``GaussianNoise`` (identities at inference),
-``Average`` and nested functional models (the members of a seed ensemble), all float32.
-That is every dense model and dense ensemble this project trains. Anything else (an
-LSTM, a convolution, mixed precision) gives ``None``, and the caller uses Keras.
+``read_numpy_model(path)`` reads a ``model.keras`` archive (its ``config.json`` graph
+and ``model.weights.h5`` weights) into a ``NumpyModel`` when every layer is one it can
+run exactly, and otherwise raises ``UnsupportedModel`` naming the layer (or setting);
+``load_numpy_model`` returns None instead, and the caller uses Keras. It runs
+``InputLayer``, ``Dense`` (linear, relu or softmax), ``Conv1D`` (stride 1; ``same``,
+``valid`` or ``causal`` padding), ``BatchNormalization`` over the last axis, ``ReLU``,
+``Dropout`` and the other identities at inference, ``Masking``, ``LSTM`` and ``GRU``
+(tanh, sigmoid gates), ``Bidirectional`` (concat), ``Average``, nested functional models
+(the members of a seed ensemble), and ``ser.models.layers``' ``FrameMask``,
+``MaskedMaxPooling1D``, ``MaskedGlobalPooling`` and ``MaskedAttentionPooling``, all
+float32: every model type this project trains (dense, lstm, cnn, crnn) and their
+ensembles. Mixed precision, for one, is refused.
 
 Why: ``import tensorflow`` alone costs about 6 s of a command's start, and a Keras call
 costs about 1 ms of fixed overhead, against about 0.3 ms for the few matrix products of
-a dense model. Each BatchNormalization is folded into the Dense before it (exact algebra;
-float32 rounding differs from Keras's by about 1e-7). ``tests/test_numpy_runtime.py``
-checks the probabilities equal Keras's within 1e-5 for a dense model and an ensemble.
+a dense model. Each BatchNormalization is folded into the Dense or Conv1D before it (exact
+algebra; float32 rounding differs from Keras's by about 1e-7). Masks follow Keras: an
+all-zero frame is masked wherever it is (``Masking``, ``FrameMask``), and a recurrent
+layer keeps its state over a masked frame. ``tests/test_light_runtimes.py`` checks the
+probabilities against Keras's for every model type.
 
 The graph's steps (``Graph``, ``Step`` and the layer classes) are public:
-``ser.onnx_export`` writes the same graph as ONNX.
+``ser.onnx_export`` writes the same graph as ONNX. A layer with several outputs
+(``MaskedMaxPooling1D``: frames and mask) holds them under ``output_key`` names.
 
 Weights are found the way Keras 3 stores them: under each container, a layer's
 variables live at ``layers/<snake_case(class name)>[_<k>]/vars/<i>``, where ``k``
-counts earlier layers of the same class in that container. Shapes are checked against
-the config, so a layout this module does not know fails loudly, never silently.
+counts earlier layers of the same class in that container (a recurrent layer's in its
+``cell``, a ``Bidirectional``'s under ``forward_layer`` and ``backward_layer``). Shapes
+are checked against the config, so a layout this module does not know fails loudly,
+never silently.
 """
 
 from __future__ import annotations
@@ -87,10 +97,17 @@ class Affine:
         return _activate(x @ self.weight + self.bias, self.activation)
 
 
+def output_key(layer: str, index: int) -> str:
+    """The name under which a graph holds output ``index`` of ``layer``: the layer's name
+    for its first (usually only) output, ``name:index`` for the others."""
+    return layer if index == 0 else f"{layer}:{index}"
+
+
 def _tensor_name(value: Any) -> str | None:
-    """The producing layer's name of a serialised Keras tensor, else None."""
+    """The ``output_key`` of a serialised Keras tensor's producer, else None."""
     if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
-        return value["config"]["keras_history"][0]
+        layer, _node, index = value["config"]["keras_history"]
+        return output_key(layer, index)
     return None
 
 
@@ -190,58 +207,307 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-@dataclass
-class LSTMLayer:
-    """Keras's ``LSTM`` (tanh, sigmoid gates in the order i, f, c, o) at inference.
+def _check_plain_recurrent(cfg: dict[str, Any]) -> None:
+    """Refuse, by name, the recurrent settings this runtime lacks."""
+    odd = [
+        key
+        for key, plain in (("activation", "tanh"), ("recurrent_activation", "sigmoid"))
+        if cfg.get(key, plain) != plain
+    ]
+    odd += [key for key in ("return_state", "stateful", "unroll") if cfg.get(key)]
+    if odd:
+        raise UnsupportedModel(f"recurrent layer {cfg['name']!r} with {', '.join(odd)}")
 
-    Masked frames (all-zero padding) leave the state unchanged and repeat the previous
-    output, as Keras's masked LSTM does; without ``return_sequences`` the output is the
-    state after each sequence's last real frame. One matrix product per frame.
+
+@dataclass
+class Recurrent:
+    """A Keras recurrent layer (``LSTMLayer``, ``GRULayer``) at inference: the frame loop.
+
+    Masked frames (all-zero padding, or any all-zero frame under ``Masking``) leave the
+    state unchanged, as Keras's masked RNNs do: their output repeats the previous one,
+    or is zero with ``zero_masked`` (Keras's ``zero_output_for_mask``, which
+    ``Bidirectional`` sets when it returns sequences). ``go_backwards`` runs from the
+    last frame to the first (the backward half of a ``Bidirectional``); its sequence
+    output is in the original frame order, as ``Bidirectional`` returns it. Without
+    ``return_sequences`` the output is the state after the last real frame processed.
     """
 
-    kernel: np.ndarray  # [D, 4H]
-    recurrent: np.ndarray  # [H, 4H]
-    bias: np.ndarray  # [4H]
+    kernel: np.ndarray  # [D, G*H], G gates in Keras's order
+    recurrent: np.ndarray  # [H, G*H]
+    bias: np.ndarray  # [G*H], added to the input part
     return_sequences: bool
+    go_backwards: bool = False
+    zero_masked: bool = False
 
-    @classmethod
-    def from_config(cls, cfg: dict[str, Any], variables: list[np.ndarray]) -> LSTMLayer:
-        plain = (
-            cfg["activation"] == "tanh"
-            and cfg["recurrent_activation"] == "sigmoid"
-            and not cfg.get("go_backwards")
-            and not cfg.get("return_state")
-            and not cfg.get("stateful")
-            and not cfg.get("zero_output_for_mask")
-        )
-        if not plain:
-            raise UnsupportedModel(f"LSTM {cfg['name']!r} with settings this runtime lacks")
-        units = cfg["units"]
-        bias = variables[2] if cfg["use_bias"] else np.zeros(4 * units, np.float32)
-        if variables[1].shape != (units, 4 * units):
-            raise UnsupportedModel(f"LSTM {cfg['name']!r}: recurrent kernel {variables[1].shape}")
-        return cls(variables[0], variables[1], bias, bool(cfg["return_sequences"]))
+    @property
+    def units(self) -> int:
+        return self.recurrent.shape[0]
+
+    def initial_state(self, batch: int) -> tuple[np.ndarray, ...]:
+        """Zero state; its first entry is the output h."""
+        return (np.zeros((batch, self.units), np.float32),)
+
+    def step(self, inputs: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        """One frame: its input part (x @ kernel + bias) and the state -> the next state."""
+        raise NotImplementedError
 
     def __call__(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         batch, frames, _ = x.shape
-        units = self.recurrent.shape[0]
         inputs = x @ self.kernel + self.bias  # every frame's input part at once
-        h = np.zeros((batch, units), np.float32)
-        c = np.zeros((batch, units), np.float32)
-        outputs = np.zeros((batch, frames, units), np.float32) if self.return_sequences else None
-        for t in range(frames):
-            z = inputs[:, t] + h @ self.recurrent
-            i, f = _sigmoid(z[:, :units]), _sigmoid(z[:, units : 2 * units])
-            new_c = f * c + i * np.tanh(z[:, 2 * units : 3 * units])
-            new_h = _sigmoid(z[:, 3 * units :]) * np.tanh(new_c)
+        state = self.initial_state(batch)
+        outputs = np.zeros((batch, frames, self.units), np.float32)
+        for t in range(frames - 1, -1, -1) if self.go_backwards else range(frames):
+            new = self.step(inputs[:, t], state)
             if mask is None:
-                h, c = new_h, new_c
+                state = new
+                outputs[:, t] = state[0]
+                continue
+            keep = mask[:, t, None] > 0
+            state = tuple(np.where(keep, n, old) for n, old in zip(new, state))
+            outputs[:, t] = np.where(keep, state[0], 0.0) if self.zero_masked else state[0]
+        return outputs if self.return_sequences else state[0]
+
+
+@dataclass
+class LSTMLayer(Recurrent):
+    """Keras's ``LSTM`` (tanh, sigmoid gates in the order i, f, c, o)."""
+
+    def initial_state(self, batch: int) -> tuple[np.ndarray, ...]:
+        return (np.zeros((batch, self.units), np.float32),) * 2  # h, c
+
+    def step(self, inputs: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        h, c = state
+        u = self.units
+        z = inputs + h @ self.recurrent
+        i, f = _sigmoid(z[:, :u]), _sigmoid(z[:, u : 2 * u])
+        c = f * c + i * np.tanh(z[:, 2 * u : 3 * u])
+        return _sigmoid(z[:, 3 * u :]) * np.tanh(c), c
+
+
+@dataclass
+class GRULayer(Recurrent):
+    """Keras's ``GRU`` (tanh, sigmoid gates in the order z, r, h); with ``reset_after``
+    (Keras's default) the reset gate multiplies the recurrent part after its bias."""
+
+    recurrent_bias: np.ndarray | None = None  # [3H] with reset_after, else None
+    reset_after: bool = True
+
+    def step(self, inputs: np.ndarray, state: tuple[np.ndarray, ...]) -> tuple[np.ndarray, ...]:
+        (h,) = state
+        u = self.units
+        if self.reset_after:
+            rec = h @ self.recurrent + self.recurrent_bias
+            z = _sigmoid(inputs[:, :u] + rec[:, :u])
+            r = _sigmoid(inputs[:, u : 2 * u] + rec[:, u : 2 * u])
+            candidate = np.tanh(inputs[:, 2 * u :] + r * rec[:, 2 * u :])
+        else:
+            rec = h @ self.recurrent[:, : 2 * u]
+            z = _sigmoid(inputs[:, :u] + rec[:, :u])
+            r = _sigmoid(inputs[:, u : 2 * u] + rec[:, u:])
+            candidate = np.tanh(inputs[:, 2 * u :] + (r * h) @ self.recurrent[:, 2 * u :])
+        return (z * h + (1.0 - z) * candidate,)
+
+
+def recurrent_layer(
+    kind: str, cfg: dict[str, Any], variables: list[np.ndarray], *, in_bidirectional: bool = False
+) -> Recurrent:
+    """The ``LSTM`` or ``GRU`` of ``cfg`` with its weights, or ``UnsupportedModel``."""
+    _check_plain_recurrent(cfg)
+    if cfg.get("go_backwards") and not in_bidirectional:
+        raise UnsupportedModel(f"recurrent layer {cfg['name']!r} with go_backwards")
+    if cfg.get("zero_output_for_mask") and not in_bidirectional:
+        raise UnsupportedModel(f"recurrent layer {cfg['name']!r} with zero_output_for_mask")
+    units, gates = cfg["units"], 4 if kind == "LSTM" else 3
+    if variables[1].shape != (units, gates * units):
+        raise UnsupportedModel(f"{kind} {cfg['name']!r}: recurrent kernel {variables[1].shape}")
+    common = {
+        "return_sequences": bool(cfg["return_sequences"]),
+        "go_backwards": bool(cfg.get("go_backwards")),
+        "zero_masked": bool(cfg.get("zero_output_for_mask")),
+    }
+    zeros = np.zeros(gates * units, np.float32)
+    bias = variables[2] if cfg["use_bias"] else zeros
+    if kind == "LSTM":
+        return LSTMLayer(variables[0], variables[1], bias, **common)
+    reset_after = bool(cfg.get("reset_after", True))
+    if reset_after:  # Keras keeps [input bias, recurrent bias] as one [2, 3H] variable
+        bias, recurrent_bias = (bias[0], bias[1]) if cfg["use_bias"] else (zeros, zeros)
+        return GRULayer(variables[0], variables[1], bias, **common, recurrent_bias=recurrent_bias)
+    return GRULayer(variables[0], variables[1], bias, **common, reset_after=False)
+
+
+@dataclass
+class Bidirectional:
+    """Keras's ``Bidirectional`` (merge mode concat): the forward layer's output, then the
+    backward one's, both over the same mask."""
+
+    forward: Recurrent
+    backward: Recurrent
+
+    def __call__(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        return np.concatenate([self.forward(x, mask), self.backward(x, mask)], axis=-1)
+
+
+def _cell_variables(slot: Any) -> list[np.ndarray]:
+    """A recurrent layer's variables, kept in its cell."""
+    holder = slot["cell"]["vars"]
+    return [np.asarray(holder[str(i)], np.float32) for i in range(len(holder))]
+
+
+def bidirectional_layer(cfg: dict[str, Any], slot: Any) -> Bidirectional:
+    """The ``Bidirectional`` of ``cfg`` with its two layers' weights."""
+    if cfg.get("merge_mode", "concat") != "concat":
+        raise UnsupportedModel(f"Bidirectional {cfg['name']!r} merge mode {cfg['merge_mode']!r}")
+    halves = []
+    for key, default_backwards in (("layer", False), ("backward_layer", True)):
+        inner = cfg.get(key) or cfg["layer"]
+        kind, inner_cfg = inner["class_name"], dict(inner["config"])
+        if kind not in ("LSTM", "GRU"):
+            raise UnsupportedModel(f"Bidirectional {cfg['name']!r} around a {kind}")
+        if key == "backward_layer" and not cfg.get("backward_layer"):
+            inner_cfg["go_backwards"] = default_backwards
+        variables = _cell_variables(slot[f"{'forward' if key == 'layer' else 'backward'}_layer"])
+        halves.append(recurrent_layer(kind, inner_cfg, variables, in_bidirectional=True))
+    if halves[0].go_backwards or not halves[1].go_backwards:
+        raise UnsupportedModel(f"Bidirectional {cfg['name']!r} with unusual directions")
+    return Bidirectional(*halves)
+
+
+@dataclass
+class Conv1D:
+    """Keras's ``Conv1D`` (stride 1, no dilation, one group) over [B, T, C] frames:
+    ``pad`` zero frames before and after, then y_t = activation(sum_k x_{t+k} @ weight[k]
+    + bias); a BatchNormalization after it is folded in."""
+
+    weight: np.ndarray  # [K, C_in, C_out]
+    bias: np.ndarray  # [C_out]
+    pad: tuple[int, int]
+    activation: str = "linear"
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any], variables: list[np.ndarray]) -> Conv1D:
+        name = cfg["name"]
+        plain = (
+            tuple(cfg.get("strides", [1])) == (1,)
+            and tuple(cfg.get("dilation_rate", [1])) == (1,)
+            and cfg.get("groups", 1) == 1
+            and cfg.get("data_format", "channels_last") == "channels_last"
+        )
+        if not plain:
+            raise UnsupportedModel(
+                f"Conv1D {name!r} with strides, dilation, groups or channels_first"
+            )
+        if cfg["activation"] not in ACTIVATIONS:
+            raise UnsupportedModel(f"Conv1D {name!r} activation {cfg['activation']!r}")
+        weight = variables[0]
+        width = weight.shape[0]
+        pads = {"valid": (0, 0), "same": ((width - 1) // 2, width // 2), "causal": (width - 1, 0)}
+        if cfg["padding"] not in pads:
+            raise UnsupportedModel(f"Conv1D {name!r} padding {cfg['padding']!r}")
+        bias = variables[1] if cfg["use_bias"] else np.zeros(weight.shape[2], np.float32)
+        return cls(weight, bias, pads[cfg["padding"]], cfg["activation"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.pad(x, ((0, 0), self.pad, (0, 0)))
+        frames = x.shape[1] - self.weight.shape[0] + 1
+        y = sum(x[:, k : k + frames] @ self.weight[k] for k in range(self.weight.shape[0]))
+        return _activate(y + self.bias, self.activation)
+
+
+def fold_scale(step: Affine | Conv1D, scale: Scale) -> Affine | Conv1D:
+    """A linear Dense or Conv1D followed by ``scale`` (a BatchNormalization) as one step."""
+    weight, bias = step.weight * scale.scale, step.bias * scale.scale + scale.shift
+    if isinstance(step, Conv1D):
+        return Conv1D(weight, bias, step.pad)
+    return Affine(weight, bias)
+
+
+class RealFrames:
+    """``ser.models.layers.FrameMask``: [B, T, D] -> float [B, T], 1 where a frame has any
+    non-zero value (0: padding)."""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.any(x != 0, axis=-1).astype(np.float32)
+
+
+@dataclass
+class MaskedMaxPool:
+    """``ser.models.layers.MaskedMaxPooling1D``: max over real frames in windows of
+    ``pool`` frames from frame 0 (the last one may be short); a window without a real
+    frame gives 0 and mask 0. (x, mask) -> (x, mask)."""
+
+    pool: int
+
+    def __call__(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch, frames, channels = x.shape
+        p = self.pool
+        extra = (-frames) % p
+        x = np.where(mask[..., None] > 0, x, -np.inf)
+        x = np.pad(x, ((0, 0), (0, extra), (0, 0)), constant_values=-np.inf)
+        m = np.pad(mask.astype(np.float32), ((0, 0), (0, extra)))
+        x = x.reshape(batch, -1, p, channels).max(axis=2)
+        m = m.reshape(batch, -1, p).max(axis=2)
+        return np.where(m[..., None] > 0, x, 0.0).astype(np.float32), m
+
+
+# ``keras.config.epsilon()``'s default, which ``MaskedGlobalPooling``'s std adds.
+KERAS_EPSILON = 1e-7
+
+
+@dataclass
+class MaskedStats:
+    """``ser.models.layers.MaskedGlobalPooling``: ``stats`` (mean, std, max) over the real
+    frames, concatenated; a sequence without a real frame pools to zeros."""
+
+    stats: tuple[str, ...]
+
+    def __call__(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        weights = mask.astype(np.float32)[..., None]
+        count = weights.sum(axis=1)
+        safe = np.maximum(count, 1.0)
+        mean = (x * weights).sum(axis=1) / safe
+        pooled = []
+        for stat in self.stats:
+            if stat == "mean":
+                pooled.append(mean)
+            elif stat == "std":
+                centred = (x - mean[:, None]) * weights
+                pooled.append(np.sqrt((centred**2).sum(axis=1) / safe + KERAS_EPSILON))
             else:
-                keep = mask[:, t, None]
-                h, c = np.where(keep, new_h, h), np.where(keep, new_c, c)
-            if outputs is not None:
-                outputs[:, t] = h
-        return outputs if outputs is not None else h
+                peak = np.where(weights > 0, x, -np.inf).max(axis=1)
+                pooled.append(np.where(count > 0, peak, 0.0))
+        return np.concatenate(pooled, axis=-1).astype(np.float32)
+
+
+@dataclass
+class AttentionPool:
+    """``ser.models.layers.MaskedAttentionPooling``: softmax over the real frames of
+    ``tanh(x @ hidden_kernel + hidden_bias) @ score_kernel``, then the weighted sum of x;
+    padded frames weigh 0 and a sequence without a real frame pools to zeros."""
+
+    hidden_kernel: np.ndarray  # [C, U]
+    hidden_bias: np.ndarray  # [U]
+    score_kernel: np.ndarray  # [U, 1]
+
+    def __call__(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        hidden = np.tanh(x @ self.hidden_kernel + self.hidden_bias)
+        scores = (hidden @ self.score_kernel)[..., 0]
+        valid = mask > 0
+        scores = np.where(valid, scores, -np.inf)
+        peak = scores.max(axis=1, keepdims=True)
+        peak = np.where(np.isfinite(peak), peak, 0.0)
+        weights = np.where(valid, np.exp(scores - peak), 0.0)
+        weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1e-30)
+        return (x * weights[..., None]).sum(axis=1).astype(np.float32)
+
+
+# ``ser.models.layers``' custom layers, by class name -> (config, variables) -> step.
+SER_LAYERS: dict[str, Callable[[dict[str, Any], list[np.ndarray]], Callable[..., Any]]] = {
+    "FrameMask": lambda cfg, variables: RealFrames(),
+    "MaskedMaxPooling1D": lambda cfg, variables: MaskedMaxPool(int(cfg["pool_size"])),
+    "MaskedGlobalPooling": lambda cfg, variables: MaskedStats(tuple(cfg["stats"])),
+    "MaskedAttentionPooling": lambda cfg, v: AttentionPool(v[0], v[1], v[2]),
+}
 
 
 def _layer_names(entries: list[Any]) -> list[str]:
@@ -276,8 +542,24 @@ class Graph:
             inputs, constants, mask = _inputs_of(layer)
             if constants:
                 raise UnsupportedModel(f"layer {layer['name']!r} takes constant arguments")
-            self.steps.append(Step(layer["name"], inputs, self._build(layer, slot), mask))
+            if kind == "BatchNormalization":
+                mask = None  # at inference it uses its moving statistics, mask or not
+            self.steps.append(Step(layer["name"], inputs, self._build_named(layer, slot), mask))
         self._fold_batch_norms()
+
+    def _build_named(self, layer: dict[str, Any], slot: Any) -> Callable[..., Any]:
+        """``_build``, with any refusal or unexpected weight layout naming the layer."""
+        try:
+            return self._build(layer, slot)
+        except UnsupportedModel as exc:
+            if str(exc).startswith("layer "):  # a nested model's layer, named already
+                raise
+            raise UnsupportedModel(f"layer {layer['name']!r} ({layer['class_name']}): {exc}")
+        except (KeyError, IndexError) as exc:
+            raise UnsupportedModel(
+                f"layer {layer['name']!r} ({layer['class_name']}): weights not where "
+                f"expected ({exc})"
+            ) from None
 
     def _build(self, layer: dict[str, Any], slot: Any) -> Callable[..., np.ndarray]:
         kind, cfg = layer["class_name"], layer["config"]
@@ -317,16 +599,22 @@ class Graph:
             return Identity()
         if kind == "Masking":  # the mask itself comes from the traced ``x != value`` ops
             return Identity()
-        if kind == "LSTM":
-            return LSTMLayer.from_config(cfg, variables)
+        if kind in ("LSTM", "GRU"):
+            return recurrent_layer(kind, cfg, variables)
+        if kind == "Bidirectional":
+            return bidirectional_layer(cfg, slot)
+        if kind == "Conv1D":
+            return Conv1D.from_config(cfg, variables)
+        if kind in SER_LAYERS:
+            return SER_LAYERS[kind](cfg, variables)
         if kind == "Average":
             return Mean()
         if kind in ("Functional", "Model"):
             return Graph(cfg, slot)
-        raise UnsupportedModel(f"layer type {kind}")
+        raise UnsupportedModel(f"no NumPy form for layer type {kind}")
 
     def _fold_batch_norms(self) -> None:
-        """A linear Dense whose only consumer is a BatchNormalization -> one affine map."""
+        """A linear Dense or Conv1D whose only consumer is a BatchNormalization -> one step."""
         users: dict[str, int] = {}
         for step in self.steps:
             for name in [*step.inputs, *([step.mask] if step.mask else [])]:
@@ -338,11 +626,11 @@ class Graph:
                 before = kept[-1]
                 dense = before.fn
                 if (
-                    isinstance(dense, Affine)
+                    isinstance(dense, (Affine, Conv1D))
                     and dense.activation == "linear"
                     and users[before.name] == 1
                 ):
-                    folded = Affine(dense.weight * fn.scale, dense.bias * fn.scale + fn.shift)
+                    folded = fold_scale(dense, fn)
                     kept[-1] = Step(step.name, before.inputs, folded, before.mask)
                     continue
             kept.append(step)
@@ -353,9 +641,11 @@ class Graph:
         for step in self.steps:
             args = [values[i] for i in step.inputs]
             if step.mask is None:
-                values[step.name] = step.fn(*args)
+                out = step.fn(*args)
             else:
-                values[step.name] = step.fn(*args, mask=values[step.mask])
+                out = step.fn(*args, mask=values[step.mask])
+            for i, value in enumerate(out if isinstance(out, tuple) else (out,)):
+                values[output_key(step.name, i)] = value
         return values[self.outputs[0]]
 
 
@@ -380,21 +670,21 @@ class NumpyModel:
         return self.parameters
 
 
-def load_numpy_model(path: str | Path) -> NumpyModel | None:
-    """The model in the ``model.keras`` archive at ``path`` as a ``NumpyModel``, or None
-    when it holds a layer this module does not run (see the module docstring)."""
+def read_numpy_model(path: str | Path) -> NumpyModel:
+    """The model in the ``model.keras`` archive at ``path`` as a ``NumpyModel``, or
+    ``UnsupportedModel`` naming the layer (or setting) this module does not run."""
     import h5py
 
     with zipfile.ZipFile(path) as archive:
         config = json.loads(archive.read("config.json"))
         weights = archive.read("model.weights.h5")
     if config.get("class_name") not in ("Functional", "Model"):
-        return None
+        raise UnsupportedModel(f"a {config.get('class_name')} model (functional models only)")
     with h5py.File(io.BytesIO(weights), "r") as h5:
         try:
             graph = Graph(config["config"], h5)
-        except (UnsupportedModel, KeyError, IndexError):
-            return None
+        except (KeyError, IndexError) as exc:
+            raise UnsupportedModel(f"weights not where expected ({exc})") from None
         # The model's own variables (an optimizer's, saved beside them, are not counted).
         sizes: list[int] = []
         h5["layers"].visititems(
@@ -403,8 +693,17 @@ def load_numpy_model(path: str | Path) -> NumpyModel | None:
         parameters = int(sum(sizes))
     shape = _input_shape(config["config"], graph.inputs[0])
     if shape is None or len(shape) not in (2, 3) or shape[-1] is None:
-        return None
+        raise UnsupportedModel(f"input shape {shape} (expected [batch, D] or [batch, frames, D])")
     return NumpyModel(graph, int(shape[-1]), parameters, sequence=len(shape) == 3)
+
+
+def load_numpy_model(path: str | Path) -> NumpyModel | None:
+    """``read_numpy_model``, or None when the model holds something this module does not
+    run (the caller then uses Keras)."""
+    try:
+        return read_numpy_model(path)
+    except UnsupportedModel:
+        return None
 
 
 def _input_shape(config: dict[str, Any], name: str) -> list[int | None] | None:

@@ -1,43 +1,60 @@
 """A run's model as an ONNX graph, for ONNX Runtime on servers, phones and browsers.
 
-``to_onnx(model)`` writes the graph of a ``ser.numpy_runtime.NumpyModel`` (dense models,
-seed ensembles of them, LSTMs: what the NumPy runtime can run) with the same arithmetic:
-Dense as MatMul + Add (each BatchNormalization already folded in), ReLU, Softmax, an
-ensemble's average as Mean, and Keras's LSTM as ONNX's LSTM operator with its gates
-reordered (Keras i, f, c, o; ONNX i, o, f, c). Input ``features``: float32 ``[batch, D]``
-or ``[batch, frames, D]`` (free batch and frame axes), normalised as ``normaliser.json``
-says; output ``probabilities`` ``[batch, classes]``.
+``to_onnx(model)`` writes the graph of a ``ser.numpy_runtime.NumpyModel`` (every model
+type this project trains, an ensemble as one graph) with the same arithmetic: Dense as
+MatMul + Add and Conv1D as Conv (each BatchNormalization already folded in), ReLU,
+Softmax, an ensemble's average as Mean, Keras's LSTM and GRU (and ``Bidirectional``
+pairs) as ONNX's LSTM and GRU operators (LSTM gates reordered: Keras i, f, c, o; ONNX
+i, o, f, c; Keras's GRU ``reset_after`` is ONNX's ``linear_before_reset``), and the
+masked layers of ``ser.models.layers`` from elementary operators. Input ``features``:
+float32 ``[batch, D]`` or ``[batch, frames, D]`` (free batch and frame axes),
+normalised as ``normaliser.json`` says; output ``probabilities`` ``[batch, classes]``.
+A step it cannot write raises ``UnsupportedForONNX``.
 
-Padding: an LSTM's sequence lengths are counted from the frames that are not all zeros,
-which equals Keras's masking when the zero frames are the padding at the end (as
-``ser`` pads). Keras also skips an all-zero frame inside a clip, which ONNX's LSTM does
-not; z-scored features are never exactly zero in all dimensions, so real clips agree.
+Masking: Keras's recurrent layers skip every masked (all-zero) frame, wherever it is,
+while ONNX's only stop at ``sequence_lens``. So each sequence's real frames are moved to
+its front, in order, before the recurrent node (its lengths: their count), and the
+outputs of a layer returning sequences are gathered back to the original frames (a
+masked frame gets the previous output, or zeros inside ``Bidirectional``, as in Keras).
+The result equals Keras's for padding at the end and for all-zero frames inside a clip.
 ``ser export RUN --format onnx`` checks every export against the run's own model.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ser.numpy_runtime import (
+    KERAS_EPSILON,
     Activation,
     Affine,
     AnyOf,
+    AttentionPool,
+    Bidirectional,
+    Conv1D,
     Graph,
     Identity,
     LSTMLayer,
+    MaskedMaxPool,
+    MaskedStats,
     Mean,
     NotEqual,
     NumpyModel,
+    RealFrames,
+    Recurrent,
     Scale,
+    UnsupportedModel,
+    output_key,
 )
 
 OPSET = 17
 INPUT, OUTPUT = "features", "probabilities"
 
 
-class UnsupportedForONNX(ValueError):
-    """The model holds a step this exporter cannot write."""
+class UnsupportedForONNX(UnsupportedModel):
+    """The model holds a step this exporter cannot write (though NumPy may run it)."""
 
 
 class _Writer:
@@ -56,7 +73,7 @@ class _Writer:
         from onnx import numpy_helper
 
         name = self.name(hint)
-        self.weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        self.weights.append(numpy_helper.from_array(np.array(array, order="C"), name))
         return name
 
     def op(self, kind: str, inputs: list[str], hint: str, outputs: int = 1, **attrs) -> list[str]:
@@ -68,36 +85,247 @@ class _Writer:
 
 
 def _keras_gates_to_onnx(matrix: np.ndarray, units: int) -> np.ndarray:
-    """[..., 4H] in Keras's gate order (i, f, c, o) -> ONNX's order (i, o, f, c)."""
+    """[..., 4H] in Keras's LSTM gate order (i, f, c, o) -> ONNX's order (i, o, f, c)."""
     i, f, c, o = (matrix[..., k * units : (k + 1) * units] for k in range(4))
     return np.concatenate([i, o, f, c], axis=-1)
 
 
-def _lstm(w: _Writer, lstm: LSTMLayer, x: str, mask: str | None) -> str:
+def _ints(w: _Writer, values: list[int], hint: str = "ints") -> str:
+    return w.constant(np.array(values, np.int64), hint)
+
+
+def _float(w: _Writer, value: float, hint: str = "value") -> str:
+    return w.constant(np.array(value, np.float32), hint)
+
+
+def _frames(w: _Writer, x: str) -> str:
+    """The frame count of a [B, T, ...] tensor, as int64 [1]."""
+    return w.op("Shape", [x], "frames", start=1, end=2)[0]
+
+
+@dataclass
+class _Compacted:
+    """A masked batch with each sequence's real frames moved to its front, in order, and
+    what it takes to put outputs back (``_compact``)."""
+
+    x: str  # [B, T, D]
+    lengths: str  # int32 [B]: real frames per sequence
+    before: str  # int64 [B, T]: real frames before each frame
+    mask: str  # float [B, T]
+
+
+def _compact(w: _Writer, x: str, mask: str) -> _Compacted:
+    """Real frames first: Keras's RNNs skip every masked frame (not only trailing ones), so
+    the state after the real frames equals the ONNX recurrent operator's over the real
+    frames alone, with ``sequence_lens`` their count. The order comes from sorting the keys
+    (masked ? T : 0) + t, which keeps real frames in order."""
     from onnx import TensorProto
 
-    units = lstm.recurrent.shape[0]
-    kernel = _keras_gates_to_onnx(lstm.kernel, units).T[None]  # [1, 4H, D]
-    recurrent = _keras_gates_to_onnx(lstm.recurrent, units).T[None]  # [1, 4H, H]
-    bias = np.concatenate([_keras_gates_to_onnx(lstm.bias, units), np.zeros(4 * units)])
-    inputs = [
-        w.op("Transpose", [x], "time_major", perm=[1, 0, 2])[0],
-        w.constant(kernel.astype(np.float32), "lstm_W"),
-        w.constant(recurrent.astype(np.float32), "lstm_R"),
-        w.constant(bias[None].astype(np.float32), "lstm_B"),
+    frames = _frames(w, x)
+    count = w.op("Squeeze", [frames], "count")[0]
+    one = w.constant(np.array(1, np.int64), "one")
+    positions = w.op("Range", [w.constant(np.array(0, np.int64), "zero"), count, one], "t")[0]
+    positions = w.op("Cast", [positions], "t_float", to=TensorProto.FLOAT)[0]
+    masked = w.op("Sub", [_float(w, 1.0, "one"), mask], "masked")[0]
+    span = w.op("Cast", [frames], "span", to=TensorProto.FLOAT)[0]
+    keys = w.op("Add", [w.op("Mul", [masked, span], "late")[0], positions], "keys")[0]
+    _, order = w.op("TopK", [keys, frames], "order", outputs=2, axis=1, largest=0, sorted=1)
+    index = w.op("Unsqueeze", [order, _ints(w, [-1], "axes")], "index")[0]
+    compact = w.op("GatherND", [x, index], "real_first", batch_dims=1)[0]
+    total = w.op("ReduceSum", [mask, _ints(w, [1], "axes")], "real", keepdims=0)[0]
+    lengths = w.op("Cast", [total], "lengths", to=TensorProto.INT32)[0]
+    running = w.op("CumSum", [mask, w.constant(np.array(1, np.int64), "axis")], "running")[0]
+    before = w.op("Sub", [running, mask], "before_float")[0]
+    before = w.op("Cast", [before], "before", to=TensorProto.INT64)[0]
+    return _Compacted(compact, lengths, before, mask)
+
+
+def _onnx_weights(layer: Recurrent) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One direction's ONNX W [G*H, D], R [G*H, H] and B [2*G*H] of a Keras layer."""
+    units = layer.units
+    if isinstance(layer, LSTMLayer):
+        kernel = _keras_gates_to_onnx(layer.kernel, units)
+        recurrent = _keras_gates_to_onnx(layer.recurrent, units)
+        bias = np.concatenate([_keras_gates_to_onnx(layer.bias, units), np.zeros(4 * units)])
+        return kernel.T, recurrent.T, bias
+    # Keras's GRU gates (z, r, h) are ONNX's order already.
+    recurrent_bias = layer.recurrent_bias if layer.reset_after else np.zeros(3 * units)
+    return layer.kernel.T, layer.recurrent.T, np.concatenate([layer.bias, recurrent_bias])
+
+
+def _recurrent(w: _Writer, layers: list[Recurrent], x: str, mask: str | None) -> str:
+    """One ONNX LSTM or GRU node for ``layers`` (one forward layer, or a Bidirectional's
+    forward and backward ones, outputs concatenated) over [B, T, D] -> [B, (T,) dirs*H]."""
+    first = layers[0]
+    kind = "LSTM" if isinstance(first, LSTMLayer) else "GRU"
+    weights = [_onnx_weights(layer) for layer in layers]
+    compacted = None if mask is None else _compact(w, x, mask)
+    source = x if compacted is None else compacted.x
+    inputs = [w.op("Transpose", [source], "time_major", perm=[1, 0, 2])[0]]
+    for k, hint in enumerate(("W", "R", "B")):
+        stacked = np.stack([np.asarray(wt[k], np.float32) for wt in weights])
+        inputs.append(w.constant(np.ascontiguousarray(stacked, np.float32), f"{kind}_{hint}"))
+    attrs = {"hidden_size": first.units}
+    if len(layers) == 2:
+        attrs["direction"] = "bidirectional"
+    if kind == "GRU":
+        attrs["linear_before_reset"] = int(first.reset_after)
+    if compacted is not None:
+        inputs.append(compacted.lengths)
+    y, y_h = w.op(kind, inputs, kind.lower(), outputs=2, **attrs)
+    if not first.return_sequences:  # [dirs, B, H] -> [B, dirs*H]
+        batch_major = w.op("Transpose", [y_h], "last", perm=[1, 0, 2])[0]
+        return w.op("Reshape", [batch_major, _ints(w, [0, -1], "shape")], "state")[0]
+    y = w.op("Transpose", [y], "batch_major", perm=[2, 0, 1, 3])[0]  # [B, T, dirs, H]
+    if compacted is None:
+        return w.op("Reshape", [y, _ints(w, [0, 0, -1], "shape")], "sequence")[0]
+    parts = [_restore_order(w, y, d, layer, compacted) for d, layer in enumerate(layers)]
+    return parts[0] if len(parts) == 1 else w.op("Concat", parts, "sequence", axis=-1)[0]
+
+
+def _restore_order(w: _Writer, y: str, direction: int, layer: Recurrent, c: _Compacted) -> str:
+    """Direction ``direction`` of a compacted run's outputs [B, T, dirs, H] back at the
+    original frames: a forward layer's output at frame t is its output after the last real
+    frame up to t, a backward one's after the first real frame from t; masked frames get
+    zeros (``zero_masked``) or, forward, the previous output (zeros before any)."""
+    from onnx import TensorProto
+
+    outputs = w.op("Gather", [y, w.constant(np.array(direction, np.int64), "d")], "dir", axis=2)[0]
+    if layer.go_backwards:
+        if not layer.zero_masked:
+            raise UnsupportedForONNX("a backward layer's sequence without zero_output_for_mask")
+        position = c.before
+    else:
+        running = w.op(
+            "Add", [c.before, w.op("Cast", [c.mask], "m", to=TensorProto.INT64)[0]], "n"
+        )[0]
+        position = w.op(
+            "Max", [w.op("Sub", [running, _ints(w, [1])], "last")[0], _ints(w, [0])], "p"
+        )[0]
+    index = w.op("Unsqueeze", [position, _ints(w, [-1], "axes")], "index")[0]
+    gathered = w.op("GatherND", [outputs, index], "restored", batch_dims=1)[0]
+    if layer.zero_masked:
+        keep = c.mask
+    else:  # frames after the first real one carry its output on
+        seen = w.op("Greater", [running, _ints(w, [0])], "seen")[0]
+        keep = w.op("Cast", [seen], "keep", to=TensorProto.FLOAT)[0]
+    keep = w.op("Unsqueeze", [keep, _ints(w, [-1], "axes")], "keep3")[0]
+    return w.op("Mul", [gathered, keep], "sequence")[0]
+
+
+def _conv(w: _Writer, conv: Conv1D, x: str) -> str:
+    """Conv1D on [B, T, C]: ONNX's Conv works on [B, C, T]."""
+    channels_first = w.op("Transpose", [x], "ncw", perm=[0, 2, 1])[0]
+    weight = w.constant(np.ascontiguousarray(conv.weight.transpose(2, 1, 0)), "conv_W")
+    y = w.op(
+        "Conv",
+        [channels_first, weight, w.constant(conv.bias, "conv_b")],
+        "conv",
+        kernel_shape=[conv.weight.shape[0]],
+        pads=list(conv.pad),
+    )[0]
+    y = w.op("Transpose", [y], "nwc", perm=[0, 2, 1])[0]
+    return _step(w, Activation(conv.activation), [y], None)
+
+
+def _real_frames(w: _Writer, x: str) -> str:
+    """``RealFrames``: float [B, T], 1 where a frame has a non-zero value."""
+    nonzero = _step(w, NotEqual(0.0), [x], None)
+    return _step(w, AnyOf(-1, False), [nonzero], None)
+
+
+def _is_real(w: _Writer, mask: str, expand: bool) -> str:
+    """mask > 0 as booleans, [B, T] or (``expand``) [B, T, 1]."""
+    real = w.op("Greater", [mask, _float(w, 0.0, "zero")], "real")[0]
+    return w.op("Unsqueeze", [real, _ints(w, [-1], "axes")], "real3")[0] if expand else real
+
+
+def _masked_max_pool(w: _Writer, pool: MaskedMaxPool, x: str, mask: str) -> list[str]:
+    """``MaskedMaxPool``: pad T up to a multiple of p (with -inf; mask 0), reshape to
+    windows, take their max."""
+    p = pool.pool
+    channels = w.op("Shape", [x], "channels", start=2, end=3)[0]
+    hidden = w.op("Where", [_is_real(w, mask, True), x, _float(w, -np.inf, "ninf")], "hide")[0]
+    p_const = _ints(w, [p], "p")
+    extra = w.op(
+        "Mod",
+        [w.op("Sub", [p_const, w.op("Mod", [_frames(w, x), p_const], "r")[0]], "s")[0], p_const],
+        "extra",
+    )[0]
+    x_pads = w.op("Concat", [_ints(w, [0, 0, 0, 0]), extra, _ints(w, [0])], "x_pads", axis=0)[0]
+    m_pads = w.op("Concat", [_ints(w, [0, 0, 0]), extra], "m_pads", axis=0)[0]
+    padded = w.op("Pad", [hidden, x_pads, _float(w, -np.inf, "ninf")], "padded")[0]
+    padded_mask = w.op("Pad", [mask, m_pads, _float(w, 0.0, "zero")], "padded_mask")[0]
+    shape = w.op("Concat", [_ints(w, [0, -1, p]), channels], "windows_shape", axis=0)[0]
+    windows = w.op("Reshape", [padded, shape], "windows")[0]
+    pooled = w.op("ReduceMax", [windows], "pooled", axes=[2], keepdims=0)[0]
+    mask_windows = w.op("Reshape", [padded_mask, _ints(w, [0, -1, p])], "mask_windows")[0]
+    pooled_mask = w.op("ReduceMax", [mask_windows], "pooled_mask", axes=[2], keepdims=0)[0]
+    zero = _float(w, 0.0, "zero")
+    x_out = w.op("Where", [_is_real(w, pooled_mask, True), pooled, zero], "pool_out")[0]
+    return [x_out, pooled_mask]
+
+
+def _masked_stats(w: _Writer, stats: MaskedStats, x: str, mask: str) -> str:
+    """``MaskedStats``: mean, std and max over the real frames, concatenated."""
+    axes = _ints(w, [1], "axes")
+    weights = w.op("Unsqueeze", [mask, _ints(w, [-1], "axes")], "weights")[0]
+    count = w.op("ReduceSum", [weights, axes], "count", keepdims=0)[0]
+    safe = w.op("Max", [count, _float(w, 1.0, "one")], "safe")[0]
+    weighted = w.op("Mul", [x, weights], "weighted")[0]
+    mean = w.op("Div", [w.op("ReduceSum", [weighted, axes], "total", keepdims=0)[0], safe], "mean")[
+        0
     ]
-    if mask is not None:  # real frames per sequence: the padding is at the end
-        axes = w.constant(np.array([1], np.int64), "axes")
-        count = w.op("ReduceSum", [mask, axes], "frames", keepdims=0)[0]
-        inputs.append(w.op("Cast", [count], "lengths", to=TensorProto.INT32)[0])
-    y, y_h = w.op("LSTM", inputs, "lstm", outputs=2, hidden_size=units)
-    if not lstm.return_sequences:
-        return w.op("Squeeze", [y_h, w.constant(np.array([0], np.int64), "axes")], "h")[0]
-    squeezed = w.op("Squeeze", [y, w.constant(np.array([1], np.int64), "axes")], "seq")[0]
-    return w.op("Transpose", [squeezed], "batch_major", perm=[1, 0, 2])[0]
+    pooled = []
+    for stat in stats.stats:
+        if stat == "mean":
+            pooled.append(mean)
+        elif stat == "std":
+            expanded = w.op("Unsqueeze", [mean, axes], "mean3")[0]
+            centred = w.op("Mul", [w.op("Sub", [x, expanded], "dev")[0], weights], "centred")[0]
+            square = w.op("Mul", [centred, centred], "square")[0]
+            variance = w.op(
+                "Div", [w.op("ReduceSum", [square, axes], "ss", keepdims=0)[0], safe], "var"
+            )[0]
+            shifted = w.op("Add", [variance, _float(w, KERAS_EPSILON, "eps")], "var_eps")[0]
+            pooled.append(w.op("Sqrt", [shifted], "std")[0])
+        else:
+            hidden = w.op(
+                "Where", [_is_real(w, mask, True), x, _float(w, -np.inf, "ninf")], "hide"
+            )[0]
+            peak = w.op("ReduceMax", [hidden], "peak", axes=[1], keepdims=0)[0]
+            some = w.op("Greater", [count, _float(w, 0.0, "zero")], "some")[0]
+            pooled.append(w.op("Where", [some, peak, _float(w, 0.0, "zero")], "max")[0])
+    return pooled[0] if len(pooled) == 1 else w.op("Concat", pooled, "stats", axis=-1)[0]
 
 
-def _step(w: _Writer, fn, args: list[str], mask: str | None) -> str:
+def _attention_pool(w: _Writer, attention: AttentionPool, x: str, mask: str) -> str:
+    """``AttentionPool``: a softmax over the real frames' scores weighs the frames."""
+    hidden = w.op("MatMul", [x, w.constant(attention.hidden_kernel, "att_W")], "att_h")[0]
+    hidden = w.op(
+        "Tanh",
+        [w.op("Add", [hidden, w.constant(attention.hidden_bias, "att_b")], "att_z")[0]],
+        "att_t",
+    )[0]
+    scores = w.op("MatMul", [hidden, w.constant(attention.score_kernel, "att_v")], "scores3")[0]
+    scores = w.op("Squeeze", [scores, _ints(w, [-1], "axes")], "scores")[0]
+    real = _is_real(w, mask, False)
+    scores = w.op("Where", [real, scores, _float(w, -np.inf, "ninf")], "real_scores")[0]
+    peak = w.op("ReduceMax", [scores], "peak", axes=[1], keepdims=1)[0]
+    peak = w.op(
+        "Where", [w.op("IsInf", [peak], "no_frame")[0], _float(w, 0.0, "zero"), peak], "safe_peak"
+    )[0]
+    exp = w.op("Exp", [w.op("Sub", [scores, peak], "centred")[0]], "exp")[0]
+    weights = w.op("Where", [real, exp, _float(w, 0.0, "zero")], "unnormalised")[0]
+    total = w.op("ReduceSum", [weights, _ints(w, [1], "axes")], "sum", keepdims=1)[0]
+    total = w.op("Max", [total, _float(w, 1e-30, "tiny")], "safe_sum")[0]
+    weights = w.op("Div", [weights, total], "weights")[0]
+    weights = w.op("Unsqueeze", [weights, _ints(w, [-1], "axes")], "weights3")[0]
+    weighted = w.op("Mul", [x, weights], "weighted")[0]
+    return w.op("ReduceSum", [weighted, _ints(w, [1], "axes")], "attended", keepdims=0)[0]
+
+
+def _step(w: _Writer, fn, args: list[str], mask: str | None) -> str | list[str]:
     from onnx import TensorProto
 
     if isinstance(fn, Affine):
@@ -121,12 +349,24 @@ def _step(w: _Writer, fn, args: list[str], mask: str | None) -> str:
         value = w.constant(np.array(fn.value, np.float32), "value")
         equal = w.op("Equal", [args[0], value], "equal")[0]
         return w.op("Not", [equal], "not_equal")[0]
-    if isinstance(fn, AnyOf):  # as float 0/1, so the LSTM can count real frames
+    if isinstance(fn, AnyOf):  # as float 0/1: every mask in the graph is float
         as_float = w.op("Cast", args, "as_float", to=TensorProto.FLOAT)[0]
         axis = -1 if fn.axis is None else fn.axis
         return w.op("ReduceMax", [as_float], "any", axes=[axis], keepdims=int(fn.keepdims))[0]
-    if isinstance(fn, LSTMLayer):
-        return _lstm(w, fn, args[0], mask)
+    if isinstance(fn, Recurrent):
+        return _recurrent(w, [fn], args[0], mask)
+    if isinstance(fn, Bidirectional):
+        return _recurrent(w, [fn.forward, fn.backward], args[0], mask)
+    if isinstance(fn, Conv1D):
+        return _conv(w, fn, args[0])
+    if isinstance(fn, RealFrames):
+        return _real_frames(w, args[0])
+    if isinstance(fn, MaskedMaxPool):
+        return _masked_max_pool(w, fn, *args)
+    if isinstance(fn, MaskedStats):
+        return _masked_stats(w, fn, *args)
+    if isinstance(fn, AttentionPool):
+        return _attention_pool(w, fn, *args)
     if isinstance(fn, Graph):
         return _graph(w, fn, args[0])
     raise UnsupportedForONNX(f"no ONNX form for {type(fn).__name__}")
@@ -136,7 +376,9 @@ def _graph(w: _Writer, graph: Graph, x: str) -> str:
     values = {graph.inputs[0]: x}
     for step in graph.steps:
         args = [values[i] for i in step.inputs]
-        values[step.name] = _step(w, step.fn, args, values[step.mask] if step.mask else None)
+        out = _step(w, step.fn, args, values[step.mask] if step.mask else None)
+        for i, value in enumerate(out if isinstance(out, list) else [out]):
+            values[output_key(step.name, i)] = value
     return values[graph.outputs[0]]
 
 

@@ -92,15 +92,33 @@ def test_startup_bench(tmp_path_factory, tmp_path):
     from tests.support.tiny_run import tiny_run
 
     run_dir = tiny_run(tmp_path_factory, "dense")
-    out = run_bench("startup", tmp_path / "s.json", "--run", str(run_dir), "--repeats", "1")
-    assert out["runtime"] == "onnx" and out["model"] == "dense"
-    assert out["predict_s"]["first"] > 0 and len(out["serve_ready_s"]["runs"]) == 1
+    out = run_bench(
+        "startup",
+        tmp_path / "s.json",
+        "--run",
+        str(run_dir),
+        "--repeats",
+        "1",
+        "--runtime",
+        "onnx",
+        "--runtime",
+        "keras",
+    )
+    assert out["model"] == "dense" and sorted(out["runtimes"]) == ["keras", "onnx"]
+    for runtime, result in out["runtimes"].items():
+        assert result["predict_s"]["first"] > 0, runtime
+        assert len(result["serve_ready_s"]["runs"]) == 1, runtime
 
 
 def test_runtimes_bench(tmp_path_factory, tmp_path):
     from tests.support.tiny_run import tiny_run
 
-    run_dir = tiny_run(tmp_path_factory, "lstm")
-    out = run_bench("runtimes", tmp_path / "r.json", "--run", str(run_dir), "--repeats", "5")
-    for runtime in ("keras", "numpy", "onnx"):
-        assert out[runtime]["load_s"] > 0 and out[runtime]["call"]["p50_ms"] > 0, runtime
+    runs = [tiny_run(tmp_path_factory, model) for model in ("lstm", "cnn")]
+    args = [arg for run in runs for arg in ("--run", str(run))]
+    out = run_bench("runtimes", tmp_path / "r.json", *args, "--repeats", "5")
+    assert [r["model"] for r in out["runs"]] == ["lstm", "cnn"]
+    for result in out["runs"]:
+        assert result["onnx_parity_max_abs_diff"] < 1e-4
+        for runtime in ("keras", "numpy", "onnx"):
+            assert result[runtime]["load_s"] > 0, runtime
+            assert result[runtime]["call"]["p50_ms"] > 0, runtime

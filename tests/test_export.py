@@ -1,4 +1,4 @@
-"""``ser export``: SavedModel and TFLite give the Keras model's probabilities on a test clip."""
+"""``ser export``: SavedModel, TFLite and ONNX give the Keras model's probabilities on a test clip."""
 
 from __future__ import annotations
 
@@ -76,16 +76,8 @@ def test_cli_export_rejects_an_unknown_format(predictor, capsys):
     assert "invalid choice: 'coreml'" in capsys.readouterr().err
 
 
-def test_onnx_matches_keras_or_refuses_clearly(predictor, tmp_path):
-    """ONNX: dense and LSTM models equal Keras on real clips' inputs; convolutional ones
-    are refused by name, with nothing written."""
-    from ser.export import ExportError
-
-    if predictor.cfg.model.type in ("cnn", "crnn"):
-        with pytest.raises(ExportError, match="not supported yet"):
-            export_run(predictor.run_dir, "onnx", tmp_path / "onnx", predictor=predictor)
-        assert not (tmp_path / "onnx").exists()
-        return
+def test_onnx_matches_keras_on_test_clips(predictor, tmp_path):
+    """ONNX: every model type equals Keras on real clips' inputs."""
     meta = export_run(predictor.run_dir, "onnx", tmp_path / "onnx", predictor=predictor)
     assert meta["parity_max_abs_diff"] < 1e-4
     exported = load_exported(tmp_path / "onnx")
@@ -95,6 +87,18 @@ def test_onnx_matches_keras_or_refuses_clearly(predictor, tmp_path):
     d = predictor.input_dim
     written = json.loads((tmp_path / "onnx" / "export.json").read_text())
     assert written["input"]["shape"] == ([None, None, d] if predictor.sequence else [None, d])
+
+
+def test_onnx_refuses_a_layer_it_cannot_convert_by_name(tmp_path_factory, tmp_path, capsys):
+    """A model with a layer ONNX export lacks: refused, naming it, with nothing written."""
+    from tests.support.tiny_run import with_unconvertible_layer
+
+    run = with_unconvertible_layer(tiny_run(tmp_path_factory, "dense"), tmp_path / "run")
+    out = tmp_path / "onnx"
+    assert main(["export", str(run), "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--format onnx:" in err and "'elu_layer' (Dense)" in err
+    assert not out.exists()
 
 
 def test_onnx_of_an_ensemble_is_one_graph_equal_to_keras(tmp_path_factory, tmp_path):

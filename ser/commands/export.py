@@ -11,7 +11,7 @@ from ser.cli import add_tensorflow_args
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export a run's model as a SavedModel or TFLite file",
+        help="export a run's model as a SavedModel, TFLite or ONNX file",
         description="Write the model with its labels, normaliser and features config, then "
         "check that it gives the Keras model's probabilities.",
     )
@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--format",
         required=True,
         choices=["savedmodel", "tflite", "onnx"],
-        help="savedmodel, tflite or onnx (dense models, their ensembles and LSTMs)",
+        help="savedmodel, tflite or onnx (every model type; an ensemble as one graph)",
     )
     p.add_argument("--out", metavar="DIR", help="output folder (default RUN_DIR/export/FORMAT)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")

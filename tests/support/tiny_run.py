@@ -136,3 +136,21 @@ def encode(
     buf = io.BytesIO()
     sf.write(buf, wave, sr, format=format, subtype=subtype)
     return buf.getvalue()
+
+
+def with_unconvertible_layer(run: Path, dest: Path) -> Path:
+    """A copy of the dense ``run`` at ``dest`` whose model has a layer neither NumPy nor
+    ONNX export can run (a Dense with elu, named ``elu_layer``): Keras alone runs it."""
+    import json
+    import shutil
+
+    import keras
+
+    shutil.copytree(run, dest)
+    dims = len(json.loads((run / "normaliser.json").read_text())["mean"])
+    classes = len(json.loads((run / "labels.json").read_text()))
+    inputs = keras.Input((dims,), name="features")
+    x = keras.layers.Dense(4, activation="elu", name="elu_layer")(inputs)
+    outputs = keras.layers.Dense(classes, activation="softmax", name="emotion")(x)
+    keras.Model(inputs, outputs).save(dest / "model.keras")
+    return dest
