@@ -54,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml())
         return 0
+    from ser.multi_worker import task_for
+
+    task_for(cfg.train.distribute)  # a missing or malformed TF_CONFIG fails before any work
     try:
         cfg = _with_corpora(cfg, args)
     except KeyboardInterrupt:
