@@ -194,13 +194,15 @@ def lost_worker_message(error: Exception, task: Task, backup_dir: Path) -> str:
         {f"{job} {index}" for job, index in _TASK_NAME.findall(str(error))} - {task.name}
     )
     lost = f" ({', '.join(others)})" if others else ""
-    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = next((line for line in lines if "aborted by" in line), lines[0] if lines else "")
+    said = said.split("}}")[-1].strip() or type(error).__name__
     epochs = backed_up_epochs(backup_dir)
     saved = f"{epochs} epoch(s) backed up" if epochs else "no epoch backed up yet"
     return (
         f"multi-worker training lost a worker{lost}; this is {task.name}; "
         f"rerun the same command on every host to resume from the backup in {backup_dir} "
-        f"({saved}). TensorFlow said: {first[:300]}"
+        f"({saved}). TensorFlow said: {said[:300]}"
     )
 
 

@@ -5,7 +5,9 @@ inputs (resolved config, split, labels, manifest, normaliser: see ``ser.runs`` f
 the layout), fits each member with ``EpochReport`` keeping its best validation epoch
 and the state ``--resume`` needs, averages an ensemble into one graph, scores the
 test split and writes ``summary.json`` last. TensorBoard logs go to
-``experiments/<run>/``; ``checkpoints/best`` then points at the run.
+``experiments/<run>/``; ``checkpoints/best`` then points at the run. Under
+``train.distribute: multi_worker`` every process runs ``train`` and only the chief
+writes any of that (``ser.multi_worker``).
 """
 
 from __future__ import annotations
