@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ser import runs
 from ser.config import ConfigError
 
 TF_CONFIG = "TF_CONFIG"
@@ -134,8 +135,6 @@ def workspace(run_dir: Path, task: Task | None) -> Iterator[Path]:
     process); for any other task a temporary folder, deleted afterwards, whose
     backup starts as a copy of the chief's (``run_dir/backup``) so that a rerun
     resumes every task from the same epoch."""
-    from ser import runs
-
     if task is None or task.is_chief:
         yield run_dir
         return

@@ -1,7 +1,7 @@
 """``train.distribute: multi_worker``: one training over two real processes.
 
 Two ``train.py`` processes on 127.0.0.1 (each with its TF_CONFIG and a free port)
-train one tiny dense model with MultiWorkerMirroredStrategy on a generated EMO-DB.
+train one tiny model with MultiWorkerMirroredStrategy on a generated EMO-DB.
 The chief (worker 0) writes the run directory; worker 1 writes nothing lasting.
 One killed worker makes the other exit with a clear message, and rerunning both
 resumes from the chief's backup.
@@ -38,18 +38,20 @@ def corpora(tmp_path_factory) -> Path:
     return root
 
 
-def _overrides(corpora: Path, work: Path, run_name: str, **extra: str) -> list[str]:
-    """A tiny dense run on the generated EMO-DB, trained by two workers."""
+def _overrides(
+    corpora: Path, work: Path, run_name: str, model: str = "dense", **extra: str
+) -> list[str]:
+    """A tiny run on the generated EMO-DB, trained by two workers, without dropout."""
     return tiny_overrides(
         corpora,
         work,
-        "dense",
+        model,
         "[emodb]",
         **{
             "train.distribute": "multi_worker",
             "train.run_name": run_name,
             "train.confusion_images": "false",
-            "model.dense.dropout": "0.0",
+            f"model.{model}.dropout": "0.0",
             **extra,
         },
     )
@@ -123,7 +125,7 @@ def test_two_workers_train_one_run_that_loads_and_scores_like_one_process(corpor
     from ser.training import train
 
     epochs = {"train.epochs": "4", "train.early_stopping.enabled": "false"}
-    sets = _overrides(corpora, tmp_path, "two", **epochs)
+    sets = _overrides(corpora, tmp_path, "two", "lstm", **epochs)
     logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
     with _workers(sets, logs) as procs:
         _finish(procs, logs)
@@ -161,7 +163,15 @@ def test_two_workers_train_one_run_that_loads_and_scores_like_one_process(corpor
     gap = float(np.abs(probs_two - probs_one).max())
     two, one = summary["test"], single["test"]
     print(f"UA two workers {two['ua']:.3f}, one process {one['ua']:.3f}; largest gap {gap:.4f}")
-    assert gap < 0.1
+    # Close but not bit-identical. Without dropout or batch normalisation (this LSTM has
+    # neither) each step is the same average gradient; what differs is the order of
+    # the sums (each task adds its half batch, then the two halves are added), and
+    # Adam's normalised steps enlarge those last-bit differences on weights whose
+    # gradient is near zero. After these 12 steps the largest probability gap is
+    # ~0.003 (measured); 0.02 leaves room for other machines. Sharding gone wrong is
+    # far off (with OFF, each task predicts all 14 validation clips and the gathered
+    # predictions do not even match the clips).
+    assert gap < 0.02
     assert abs(two["wa"] - one["wa"]) <= 2 / two["n"] + 1e-9
 
 
@@ -177,7 +187,7 @@ def _wait_for_backup(run_dir: Path, procs: Sequence[subprocess.Popen], logs: Seq
 
 
 def test_a_killed_worker_stops_the_other_and_a_rerun_resumes_from_the_backup(corpora, tmp_path):
-    epochs = 6
+    epochs = 4
     sets = _overrides(
         corpora,
         tmp_path,
