@@ -374,7 +374,7 @@ def _open_run(
 
 def _unfinished_run_of(cfg: Config, run_dir: Path) -> bool:
     """Whether ``run_dir`` is an unfinished run of ``cfg`` (the multi-worker rerun that
-    resumes); ``FileExistsError`` when it holds a finished or different run."""
+    resumes it); ``FileExistsError`` when it is an unfinished run of another config."""
     if not (run_dir / runs.CONFIG).is_file() or (run_dir / runs.SUMMARY).is_file():
         return False
     if load_config(run_dir / runs.CONFIG, env={}).to_yaml() != cfg.to_yaml():

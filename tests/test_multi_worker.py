@@ -73,6 +73,8 @@ def _start(sets: Sequence[str], tf_config: str | None, log: Path) -> subprocess.
     env.pop(multi_worker.TF_CONFIG, None)
     if tf_config is not None:
         env[multi_worker.TF_CONFIG] = tf_config
+    env["TMPDIR"] = str(_temp_of(log))  # where a non-chief task trains
+    _temp_of(log).mkdir(exist_ok=True)
     args = [a for s in sets for a in ("--set", s)]
     with log.open("w") as out:
         return subprocess.Popen(
@@ -82,6 +84,11 @@ def _start(sets: Sequence[str], tf_config: str | None, log: Path) -> subprocess.
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+
+
+def _temp_of(log: Path) -> Path:
+    """The temporary folder of the process that writes ``log``."""
+    return log.with_suffix(".tmp")
 
 
 @contextmanager
@@ -138,6 +145,7 @@ def test_two_workers_train_one_run_that_loads_and_scores_like_one_process(corpor
         assert (run_dir / name).is_file(), name
     assert not (run_dir / "backup").exists()
     assert "worker 1 done; the chief wrote the run directory" in logs[1].read_text()
+    assert not list(_temp_of(logs[1]).glob("ser-*"))  # its private folder is gone
     history = (run_dir / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2", "3"]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -205,6 +213,9 @@ def test_a_killed_worker_stops_the_other_and_a_rerun_resumes_from_the_backup(cor
             pytest.fail(f"the chief still runs {LOST_WORKER_SECONDS} s after worker 1 died")
     out = logs[0].read_text()
     assert chief.returncode == 2, out
+    # Killed, worker 1 could not delete the private folder it trained in.
+    private = list(_temp_of(logs[1]).glob("ser-*"))
+    assert len(private) == 1 and private[0].name.startswith("ser-worker1-"), private
     assert "error: multi-worker training lost a worker (worker 1); this is worker 0" in out
     assert "rerun the same command on every host to resume from the backup" in out
     assert "Traceback" not in out
