@@ -38,8 +38,15 @@ def corpora(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One feature cache for the module's runs, as hosts share one: the first run's
+    two workers fill it at once, the later runs read it."""
+    return tmp_path_factory.mktemp("cache")
+
+
 def _overrides(
-    corpora: Path, work: Path, run_name: str, model: str = "dense", **extra: str
+    corpora: Path, cache: Path, work: Path, run_name: str, model: str = "dense", **extra: str
 ) -> list[str]:
     """A tiny run on the generated EMO-DB, trained by two workers, without dropout."""
     return tiny_overrides(
@@ -48,6 +55,7 @@ def _overrides(
         model,
         "[emodb]",
         **{
+            "features.cache_dir": str(cache),
             "train.distribute": "multi_worker",
             "train.run_name": run_name,
             "train.confusion_images": "false",
@@ -126,13 +134,15 @@ def _epochs_logged(text: str) -> list[int]:
     ]
 
 
-def test_two_workers_train_one_run_that_loads_and_scores_like_one_process(corpora, tmp_path):
+def test_two_workers_train_one_run_that_loads_and_scores_like_one_process(
+    corpora, shared_cache, tmp_path
+):
     from ser.evaluation import Examples, evaluate_keras, load_run_data
     from ser.inference import Predictor
     from ser.training import train
 
     epochs = {"train.epochs": "4", "train.early_stopping.enabled": "false"}
-    sets = _overrides(corpora, tmp_path, "two", "lstm", **epochs)
+    sets = _overrides(corpora, shared_cache, tmp_path, "two", "lstm", **epochs)
     logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
     with _workers(sets, logs) as procs:
         _finish(procs, logs)
@@ -146,6 +156,8 @@ def test_two_workers_train_one_run_that_loads_and_scores_like_one_process(corpor
     assert not (run_dir / "backup").exists()
     assert "worker 1 done; the chief wrote the run directory" in logs[1].read_text()
     assert not list(_temp_of(logs[1]).glob("ser-*"))  # its private folder is gone
+    for log in logs:  # both filled the one cache at once, and read whole entries
+        assert "extracted, 0 failed" in log.read_text()
     history = (run_dir / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1", "2", "3"]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -194,31 +206,38 @@ def _wait_for_backup(run_dir: Path, procs: Sequence[subprocess.Popen], logs: Seq
     return epochs
 
 
-def test_a_killed_worker_stops_the_other_and_a_rerun_resumes_from_the_backup(corpora, tmp_path):
-    epochs = 4
+@pytest.mark.parametrize("killed", [1, 0], ids=["worker", "chief"])
+def test_a_killed_worker_stops_the_other_and_a_rerun_resumes_from_the_backup(
+    corpora, shared_cache, tmp_path, killed
+):
+    epochs, survivor = 4, 1 - killed
     sets = _overrides(
         corpora,
+        shared_cache,
         tmp_path,
         "killed",
         **{"train.epochs": str(epochs), "train.early_stopping.enabled": "false"},
     )
     run_dir = tmp_path / "checkpoints" / "killed"
     logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
-    with _workers(sets, logs) as (chief, worker):
-        _wait_for_backup(run_dir, [chief, worker], logs)
-        worker.kill()
+    with _workers(sets, logs) as procs:
+        _wait_for_backup(run_dir, procs, logs)
+        procs[killed].kill()
         try:
-            chief.wait(timeout=LOST_WORKER_SECONDS)
+            procs[survivor].wait(timeout=LOST_WORKER_SECONDS)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the chief still runs {LOST_WORKER_SECONDS} s after worker 1 died")
-    out = logs[0].read_text()
-    assert chief.returncode == 2, out
-    # Killed, worker 1 could not delete the private folder it trained in.
-    private = list(_temp_of(logs[1]).glob("ser-*"))
-    assert len(private) == 1 and private[0].name.startswith("ser-worker1-"), private
-    assert "error: multi-worker training lost a worker (worker 1); this is worker 0" in out
+            pytest.fail(f"worker {survivor} still runs {LOST_WORKER_SECONDS} s after {killed} died")
+    out = logs[survivor].read_text()
+    assert procs[survivor].returncode == 2, out
+    assert (
+        f"error: multi-worker training lost a worker (worker {killed}); this is worker {survivor}"
+        in out
+    )
     assert "rerun the same command on every host to resume from the backup" in out
     assert "Traceback" not in out
+    # Worker 1 trains in a private folder: left behind when it is killed, else deleted.
+    private = list(_temp_of(logs[1]).glob("ser-*"))
+    assert [p.name.startswith("ser-worker1-") for p in private] == [True] * killed
     done = multi_worker.backed_up_epochs(run_dir / "backup")
     assert 1 <= done < epochs and not (run_dir / "summary.json").exists()
 
@@ -294,7 +313,7 @@ def test_the_chief_is_the_chief_task_or_else_worker_zero():
 
 def test_multi_worker_without_tf_config_fails_before_any_work(corpora, tmp_path):
     log = tmp_path / "train.log"
-    proc = _start(_overrides(corpora, tmp_path, "nothing"), None, log)
+    proc = _start(_overrides(corpora, tmp_path / "cache", tmp_path, "nothing"), None, log)
     try:
         proc.wait(timeout=120)
     finally:
@@ -308,7 +327,7 @@ def test_multi_worker_without_tf_config_fails_before_any_work(corpora, tmp_path)
 
 
 def test_multi_worker_needs_a_run_name_and_one_model(corpora, tmp_path):
-    sets = _overrides(corpora, tmp_path, "named")
+    sets = _overrides(corpora, tmp_path / "cache", tmp_path, "named")
     unnamed = [s for s in sets if not s.startswith("train.run_name=")]
     with pytest.raises(ConfigError, match="multi_worker needs train.run_name"):
         load_config(ROOT / "configs" / "base.yaml", unnamed, env={})
