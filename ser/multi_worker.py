@@ -15,7 +15,10 @@ owns what that needs beyond the strategy itself:
   coordination service with the strategy: every task sends it heartbeats, and a
   task that stops (killed, its host down) aborts the collectives of the others
   with ``UnavailableError`` within seconds (about 10 s measured); a task whose
-  peer closed its connection fails at its next collective the same way;
+  peer closed its connection fails at its next collective the same way. No
+  collective timeout (``CommunicationOptions(timeout_seconds=...)``) is set:
+  TensorFlow documents it for debugging (a thread per collective), and it cannot
+  tell a dead task from a slow one (the chief writing its files at an epoch end);
 - two workarounds that make Keras 3's ``fit`` run under the strategy at all
   (``_install_keras_workarounds``).
 """
