@@ -620,6 +620,20 @@ class Config(Strict):
         return self
 
     @model_validator(mode="after")
+    def _multi_worker_run_is_named(self) -> Config:
+        # Every host must name the same run (a rerun of the command resumes it), and an
+        # ensemble's finished members are known to the chief alone.
+        if self.train.distribute == "multi_worker":
+            if self.train.run_name is None:
+                raise ValueError(
+                    "train.distribute multi_worker needs train.run_name: every host names "
+                    "the same run, and rerunning the command resumes it"
+                )
+            if self.model.ensemble > 1:
+                raise ValueError("train.distribute multi_worker trains one model: model.ensemble 1")
+        return self
+
+    @model_validator(mode="after")
     def _folders_split_has_folders(self) -> Config:
         if self.split.method == "folders" and (
             self.data.corpora != ["custom"] or not self.data.custom.split_folders

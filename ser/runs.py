@@ -1,7 +1,8 @@
 """The run directory: the one contract between training, evaluation, inference,
 export and serving, and the only module that spells its file names.
 
-``train()`` writes ``checkpoints/<run>/``::
+``train()`` writes ``checkpoints/<run>/`` (under ``train.distribute: multi_worker``,
+only the chief does: ``ser.multi_worker``)::
 
     model.keras          the model of the best validation epoch (an ensemble: the
                          members' averaged probabilities, one graph)

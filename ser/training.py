@@ -5,7 +5,9 @@ inputs (resolved config, split, labels, manifest, normaliser: see ``ser.runs`` f
 the layout), fits each member with ``EpochReport`` keeping its best validation epoch
 and the state ``--resume`` needs, averages an ensemble into one graph, scores the
 test split and writes ``summary.json`` last. TensorBoard logs go to
-``experiments/<run>/``; ``checkpoints/best`` then points at the run.
+``experiments/<run>/``; ``checkpoints/best`` then points at the run. Under
+``train.distribute: multi_worker`` every process runs ``train`` and only the chief
+writes any of that (``ser.multi_worker``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ser import runs
+from ser import multi_worker, runs
 from ser.config import Config, load_config, save_config
 from ser.data.pipeline import Normaliser, make_dataset
 from ser.data.prepare import PreparedData, prepare_data, read_saved_split, save_run_data
@@ -180,6 +182,8 @@ class EpochReport(keras.callbacks.Callback):
 
 # ------------------------------------------------------------------- one model
 def make_strategy(kind: str):
+    """The ``tf.distribute`` strategy ``train.distribute`` names (for multi_worker, the
+    process's one ``MultiWorkerMirroredStrategy``: see ``ser.multi_worker``)."""
     import tensorflow as tf
 
     if kind == "none":
@@ -188,7 +192,7 @@ def make_strategy(kind: str):
         gpus = tf.config.list_logical_devices("GPU")
         devices = gpus or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy(devices=[d.name for d in devices])
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return multi_worker.strategy()
 
 
 def class_weights(targets: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -308,6 +312,8 @@ def _fit_member(
         log,
     )
     weights = class_weights(data.targets["train"], classes) if cfg.train.class_weights else None
+    if cfg.train.distribute == "multi_worker":
+        multi_worker.check_same_start(run_dir / runs.BACKUP)
     started = time.time()
     model.fit(
         train_ds,
@@ -340,25 +346,43 @@ def _average_members(paths: list[Path]):
     return keras.Model(inputs, emotion, name=f"ensemble_of_{len(members)}")
 
 
-def _open_run(
-    cfg: Config, resume: str | Path | None, log: Log
-) -> tuple[Config, Path, Path, Split | None]:
-    """``(config, run directory, checkpoints folder, saved split)`` of a new or resumed run."""
-    if resume is None:
-        checkpoints = Path(cfg.train.checkpoints_dir)
-        run_dir = checkpoints / runs.new_run_name(cfg.name, cfg.train.run_name)
-        if run_dir.exists():
-            raise FileExistsError(
-                f"{run_dir} exists; choose another train.run_name or use --resume"
-            )
-        return cfg, run_dir, checkpoints, None
-    run_dir = Path(resume)
+def _saved_config(run_dir: Path) -> Config:
+    """The resolved config a run directory was started with."""
     if not (run_dir / runs.CONFIG).is_file():
         raise FileNotFoundError(f"{run_dir}: not a run directory (no {runs.CONFIG}) to resume")
-    cfg = load_config(run_dir / runs.CONFIG, env={})
-    saved_split = read_saved_split(run_dir, cfg.data)
-    log(f"resuming {run_dir}")
-    return cfg, run_dir, run_dir.parent, saved_split
+    return load_config(run_dir / runs.CONFIG, env={})
+
+
+def _open_run(
+    cfg: Config, resume: str | Path | None, task: multi_worker.Task | None
+) -> tuple[Path, Path, bool]:
+    """``(run directory, checkpoints folder, resuming)`` of a new or resumed run. Under
+    multi_worker, rerunning the command of an unfinished run resumes it (only the chief
+    checks the run directory: the other tasks never write it)."""
+    if resume is not None:
+        return Path(resume), Path(resume).parent, True
+    checkpoints = Path(cfg.train.checkpoints_dir)
+    run_dir = checkpoints / runs.new_run_name(cfg.name, cfg.train.run_name)
+    if task is not None and not task.is_chief:
+        return run_dir, checkpoints, (run_dir / runs.BACKUP).is_dir()
+    if task is not None and _unfinished_run_of(cfg, run_dir):
+        return run_dir, checkpoints, True
+    if run_dir.exists():
+        raise FileExistsError(f"{run_dir} exists; choose another train.run_name or use --resume")
+    return run_dir, checkpoints, False
+
+
+def _unfinished_run_of(cfg: Config, run_dir: Path) -> bool:
+    """Whether ``run_dir`` is an unfinished run of ``cfg`` (the multi-worker rerun that
+    resumes it); ``FileExistsError`` when it is an unfinished run of another config."""
+    if not (run_dir / runs.CONFIG).is_file() or (run_dir / runs.SUMMARY).is_file():
+        return False
+    if load_config(run_dir / runs.CONFIG, env={}).to_yaml() != cfg.to_yaml():
+        raise FileExistsError(
+            f"{run_dir} holds an unfinished run of another config; rerun it with the "
+            "config it was started with (or --resume it), or choose another train.run_name"
+        )
+    return True
 
 
 def _save_run_inputs(cfg: Config, run_dir: Path, data: PreparedData) -> Normaliser:
@@ -493,13 +517,49 @@ def train(
 
     ``split`` (e.g. a cross-validation fold with extra training corpora) replaces the
     split ``cfg.split`` would make; it is saved to ``split.json`` like any other.
+    Under ``train.distribute: multi_worker`` (TF_CONFIG checked first) only the chief
+    writes the run directory; the other tasks train in a temporary folder.
     """
     started = time.time()
-    cfg, run_dir, checkpoints, saved_split = _open_run(cfg, resume, log)
-    log_dir = Path(cfg.train.experiments_dir) / run_dir.name
+    if resume is not None:
+        cfg = _saved_config(Path(resume))
+    task = multi_worker.task_for(cfg.train.distribute)
+    if task is not None:  # joins the cluster; must come before any TensorFlow op runs
+        multi_worker.strategy()
+    run_dir, checkpoints, resuming = _open_run(cfg, resume, task)
+    if resuming:
+        log(f"resuming {run_dir}")
+        split = read_saved_split(run_dir, cfg.data)
+    with multi_worker.workspace(run_dir, task) as work_dir:
+        summary, data = _train_in(cfg, run_dir, work_dir, split, task, resuming=resuming, log=log)
+    summary["seconds"]["total"] = time.time() - started
+    if work_dir != run_dir:
+        log(f"{task.name} done; the chief wrote the run directory {run_dir}")
+        return summary
+    runs.write_json(run_dir / runs.SUMMARY, summary)
+    link = runs.point_best(checkpoints, run_dir)
+    _log_outcome(cfg, data, summary, link, log)
+    return summary
+
+
+def _train_in(
+    cfg: Config,
+    run_dir: Path,
+    work_dir: Path,
+    split: Split | None,
+    task: multi_worker.Task | None,
+    *,
+    resuming: bool,
+    log: Log,
+) -> tuple[dict[str, Any], PreparedData]:
+    """Prepare the data, fit and score into ``work_dir`` (the run directory itself, or a
+    multi-worker task's temporary folder); returns the summary (without total seconds)
+    and the data."""
+    chief = work_dir == run_dir
+    log_dir = Path(cfg.train.experiments_dir) / run_dir.name if chief else work_dir / "logs"
     keras.utils.set_random_seed(cfg.seed)
-    data = prepare_data(cfg, split=saved_split or split, log=log)
-    normaliser = _save_run_inputs(cfg, run_dir, data)
+    data = prepare_data(cfg, split=split, log=log)
+    normaliser = _save_run_inputs(cfg, work_dir, data)
 
     def dataset(part: str) -> Any:
         return make_dataset(
@@ -513,15 +573,16 @@ def train(
 
     val_x = dataset("val")
     fit_started = time.time()
-    fits = _fit_members(
-        cfg, data, normaliser, val_x, run_dir, log_dir, resume=resume is not None, log=log
-    )
+    with multi_worker.reporting_lost_workers(task, run_dir / runs.BACKUP):
+        fits = _fit_members(
+            cfg, data, normaliser, val_x, work_dir, log_dir, resume=resuming, log=log
+        )
     fit_seconds = time.time() - fit_started
-    best, best_epoch, best_value = _final_model(cfg, run_dir, fits, val_x, data, log)
+    best, best_epoch, best_value = _final_model(cfg, work_dir, fits, val_x, data, log)
     # Keras cannot save into a folder that already has its "assets" (a resumed run that
     # had finished once): that folder is rewritten anyway.
-    shutil.rmtree(run_dir / "assets", ignore_errors=True)
-    best.save(run_dir, zipped=False)  # the run directory itself loads with load_model
+    shutil.rmtree(work_dir / "assets", ignore_errors=True)
+    best.save(work_dir, zipped=False)  # the run directory itself loads with load_model
     summary = {
         "run": run_dir.name,
         "run_dir": str(run_dir),
@@ -543,9 +604,6 @@ def train(
             "cache_hits": data.extraction.hits,
             "extracted": data.extraction.extracted,
         },
-        "seconds": {"total": time.time() - started, "fit": fit_seconds},
+        "seconds": {"total": None, "fit": fit_seconds},
     }
-    runs.write_json(run_dir / runs.SUMMARY, summary)
-    link = runs.point_best(checkpoints, run_dir)
-    _log_outcome(cfg, data, summary, link, log)
-    return summary
+    return summary, data

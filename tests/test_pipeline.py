@@ -65,6 +65,32 @@ def test_training_shuffle_is_seeded():
     assert sorted(order(1)) == list(range(20))
 
 
+def test_datasets_shard_by_data_and_every_task_builds_the_same_order():
+    """Multi-worker tasks each build the dataset and keep their slices of every batch
+    (DATA sharding): that needs the same order on every task, epoch after epoch."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    pooled = [rng.normal(size=4).astype(np.float32) for _ in range(9)]
+    labels = np.arange(9)
+    for xs in (pooled, sequences(n=9, dim=2)):
+        norm = Normaliser.fit(xs)
+
+        def build(training: bool, xs=xs, norm=norm):
+            return make_dataset(
+                xs, labels, normaliser=norm, batch_size=4, training=training, seed=3
+            )
+
+        def epochs(ds) -> list[list[int]]:
+            return [[int(y) for _, ys in ds.as_numpy_iterator() for y in ys] for _ in range(2)]
+
+        for training in (True, False):
+            policy = build(training).options().experimental_distribute.auto_shard_policy
+            assert policy == tf.data.experimental.AutoShardPolicy.DATA
+        task0, task1 = epochs(build(True)), epochs(build(True))
+        assert task0 == task1 and task0[0] != task0[1]  # reshuffled, identically on each task
+
+
 def test_pooled_inputs_batch_as_vectors():
     rng = np.random.default_rng(0)
     xs = [rng.normal(size=6).astype(np.float32) for _ in range(7)]

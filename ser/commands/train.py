@@ -23,7 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "train.experiments_dir (experiments/) and features to features.cache_dir (data/cache): "
         "relative paths there are taken from the current folder. A configured corpus missing "
         "under data.root is named with its source and licence and downloaded once the licence "
-        "is accepted (a y/N question at a terminal, or --accept-licences).",
+        "is accepted (a y/N question at a terminal, or --accept-licences). With "
+        "--set train.distribute=multi_worker, run the same command on every host, each with "
+        "its TF_CONFIG (README: Training on several machines).",
     )
     add_config_args(p)
     p.add_argument(
@@ -54,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(cfg.to_yaml())
         return 0
+    from ser.multi_worker import task_for
+
+    task_for(cfg.train.distribute)  # a missing or malformed TF_CONFIG fails before any work
     try:
         cfg = _with_corpora(cfg, args)
     except KeyboardInterrupt:
