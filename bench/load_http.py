@@ -97,7 +97,15 @@ def start_redis(port: int, log: Path) -> subprocess.Popen:
         raise SystemExit(
             "--workers above 1 needs redis-server (Debian: apt-get install redis-server)"
         )
-    cmd = [
+    return subprocess.Popen(
+        redis_server_command(port), stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+
+
+def redis_server_command(port: int) -> list[str]:
+    """``redis-server`` on 127.0.0.1:``port`` keeping nothing on disk (no snapshots, no
+    append-only file): a throw-away store for benchmarks and tests."""
+    return [
         "redis-server",
         "--port",
         str(port),
@@ -108,7 +116,6 @@ def start_redis(port: int, log: Path) -> subprocess.Popen:
         "--appendonly",
         "no",
     ]
-    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def stop_server(proc: subprocess.Popen) -> None:

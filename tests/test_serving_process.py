@@ -79,24 +79,11 @@ def test_websocket_stream_with_a_real_client(server):
     assert kinds[1:-1] == ["prediction", "prediction", "prediction", "no_speech"]
 
 
-def test_load_benchmark_script_runs_against_the_server(server, tmp_path):
-    url, _ = server
-    out = tmp_path / "load.json"
+def load_benchmark(*args: str) -> None:
+    """``bench/load_http.py`` with ``args`` (two unmeasured warm-up requests), which must
+    exit 0."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "bench/load_http.py",
-            "--url",
-            url,
-            "--requests",
-            "8",
-            "--concurrency",
-            "1,2",
-            "--warmup",
-            "2",
-            "--out",
-            str(out),
-        ],
+        [sys.executable, "bench/load_http.py", *args, "--warmup", "2"],
         cwd=ROOT,
         env=ENV,
         capture_output=True,
@@ -105,6 +92,12 @@ def test_load_benchmark_script_runs_against_the_server(server, tmp_path):
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_load_benchmark_script_runs_against_the_server(server, tmp_path):
+    url, _ = server
+    out = tmp_path / "load.json"
+    load_benchmark("--url", url, "--requests", "8", "--concurrency", "1,2", "--out", str(out))
     report = json.loads(out.read_text())
     assert report["model_id"].startswith("tiny-lstm@")
     assert [level["concurrency"] for level in report["levels"]] == [1, 2]
@@ -122,31 +115,18 @@ def test_load_benchmark_script_runs_against_the_server(server, tmp_path):
 )
 def test_load_benchmark_measures_each_worker_count(run_dir, tmp_path):
     out = tmp_path / "workers.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "bench/load_http.py",
-            str(run_dir),
-            "--workers",
-            "1,2",
-            "--no-seed",
-            "--requests",
-            "6",
-            "--concurrency",
-            "2",
-            "--warmup",
-            "2",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    load_benchmark(
+        str(run_dir),
+        "--workers",
+        "1,2",
+        "--no-seed",
+        "--requests",
+        "6",
+        "--concurrency",
+        "2",
+        "--out",
+        str(out),
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     assert [(level["workers"], level["concurrency"]) for level in report["levels"]] == [
         (1, 2),

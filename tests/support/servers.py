@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.load_http import redis_server_command
 from tests.support import ROOT, free_port
 
 STARTUP_SECONDS = 180  # a cold start compiles the model for every batch size
@@ -109,17 +110,7 @@ class RedisServer:
         """Start the server and wait until it answers PING."""
         import redis
 
-        cmd = [
-            "redis-server",
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
+        cmd = redis_server_command(self.port)
         with self.log.open("a") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
