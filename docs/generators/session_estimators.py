@@ -238,12 +238,13 @@ def _cell(values: list[float]) -> str:
     return f"{100 * np.mean(values):.1f} ± {std:.1f}"
 
 
-def _bucket_ua(positions: list, lo: int, hi: int, classes: int) -> str:
+def _bucket_ua(positions: list, lo: int, hi: int) -> str:
     """UA over the classes present among the clips at positions lo..hi (folds pooled)."""
     picked = [(t, p) for n, t, p in positions if lo <= n <= hi]
     if not picked:
         return ""
     t, p = (np.asarray(v) for v in zip(*picked, strict=True))
+    classes = int(max(t.max(), p.max())) + 1
     return f"{100 * unweighted_accuracy(t, p, classes):.1f}"
 
 
@@ -283,7 +284,6 @@ def render(results: dict[str, list[dict]]) -> str:
         ),
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    classes = 16
     for corpus, folds in results.items():
         for name in names:
             cells = [
@@ -291,7 +291,6 @@ def render(results: dict[str, list[dict]]) -> str:
                     [x for f in folds for x in f["estimators"][name]["positions"][kind]],
                     lo,
                     hi,
-                    classes,
                 )
                 for kind in ("random", "sorted")
                 for lo, hi in BUCKETS
