@@ -44,6 +44,7 @@ from ser.data.pipeline import (
     blended_normaliser,
     make_dataset,
     max_frames_for,
+    spread_weighted_normaliser,
     to_model_input,
     zscore,
 )
@@ -203,15 +204,26 @@ class SpeakerSession:
     average training speaker's (``speaker_prior.json``) with ``prior_weight``
     pseudo-clips: mean = (n * m + k * m_prior) / (n + k), and the same for the variance.
     After many clips this is what cross-validation measured; after none it is the prior.
+    ``spread_exponent`` > 0 makes the prior weight grow when the session's clips vary less
+    than the prior expects (``spread_weighted_normaliser``: a run of one emotion leans on
+    the prior instead of becoming the speaker's centre); 0 is the plain blend above.
     Not thread-safe: the HTTP service holds a lock per session. ``statistics`` and
     ``restore`` move the counts to and from a session store shared by several processes.
     """
 
-    def __init__(self, prior: Normaliser, prior_weight: float = SESSION_PRIOR_WEIGHT) -> None:
+    def __init__(
+        self,
+        prior: Normaliser,
+        prior_weight: float = SESSION_PRIOR_WEIGHT,
+        spread_exponent: float = 0.0,
+    ) -> None:
         if prior_weight <= 0:
             raise ValueError(f"prior_weight must be > 0, got {prior_weight}")
+        if spread_exponent < 0:
+            raise ValueError(f"spread_exponent must be >= 0, got {spread_exponent}")
         self.prior = prior
         self.prior_weight = float(prior_weight)
+        self.spread_exponent = float(spread_exponent)
         dim = prior.mean.shape[0]
         self.count = 0
         self._sum = np.zeros(dim, np.float64)
@@ -228,6 +240,15 @@ class SpeakerSession:
 
     def normaliser(self) -> Normaliser:
         """The blend of this session's statistics and the prior's."""
+        if self.spread_exponent > 0:
+            return spread_weighted_normaliser(
+                self.count,
+                self._sum,
+                self._sum_sq,
+                self.prior,
+                self.prior_weight,
+                self.spread_exponent,
+            )
         return blended_normaliser(
             self.count, self._sum, self._sum_sq, self.prior, self.prior_weight
         )
@@ -442,12 +463,14 @@ class Predictor:
         return self.cfg.data.max_seconds
 
     # ------------------------------------------------------------------ inputs
-    def new_session(self, prior_weight: float = SESSION_PRIOR_WEIGHT) -> SpeakerSession | None:
+    def new_session(
+        self, prior_weight: float = SESSION_PRIOR_WEIGHT, spread_exponent: float = 0.0
+    ) -> SpeakerSession | None:
         """Statistics for one speaker's clips, or None when the model does not use them
-        (no ``features.pooled_normalisation: speaker``)."""
-        return (
-            None if self.speaker_prior is None else SpeakerSession(self.speaker_prior, prior_weight)
-        )
+        (no ``features.pooled_normalisation: speaker``); options as ``SpeakerSession``'s."""
+        if self.speaker_prior is None:
+            return None
+        return SpeakerSession(self.speaker_prior, prior_weight, spread_exponent)
 
     def model_input(
         self, features: np.ndarray, session: SpeakerSession | None = None

@@ -91,6 +91,63 @@ def test_session_starts_at_the_prior_and_converges_to_the_speakers_statistics():
         SpeakerSession(prior, prior_weight=0)
 
 
+def _sums(clips: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    return len(clips), clips.sum(0), (clips * clips).sum(0)
+
+
+def test_a_run_of_alike_clips_leans_on_the_prior_more_than_a_varied_one():
+    from ser.data.pipeline import blended_normaliser, session_spread, spread_weighted_normaliser
+
+    rng = np.random.default_rng(2)
+    prior = Normaliser(np.zeros(4, np.float32), np.ones(4, np.float32))
+    centre = np.array([3.0, -3.0, 2.0, 1.0])
+    # Ten clips of one emotion: close together. Ten varied clips: as varied as the prior
+    # expects. Both centred on the same point, so only their spread differs.
+    alike = centre + 0.1 * rng.standard_normal((10, 4))
+    varied = centre + rng.standard_normal((10, 4))
+    alike += centre - alike.mean(0)
+    varied += centre - varied.mean(0)
+    assert session_spread(*_sums(alike), prior) < 0.05
+    assert session_spread(*_sums(varied), prior) > 0.5
+    pulled = {
+        name: np.linalg.norm(spread_weighted_normaliser(*_sums(c), prior, 5.0, 2.0).mean)
+        for name, c in (("alike", alike), ("varied", varied))
+    }
+    assert pulled["alike"] < 0.1 * pulled["varied"]  # the run stays near the prior's centre
+    # Exponent 0, or clips at least as varied as the prior's: the plain blend, unchanged.
+    wide = centre + 3.0 * rng.standard_normal((10, 4))
+    for clips, exponent in ((alike, 0.0), (wide, 4.0)):
+        got = spread_weighted_normaliser(*_sums(clips), prior, 5.0, exponent)
+        plain = blended_normaliser(*_sums(clips), prior, 5.0)
+        np.testing.assert_array_equal(got.mean, plain.mean)
+        np.testing.assert_array_equal(got.std, plain.std)
+
+
+def test_a_spread_weighted_session_still_converges_to_the_speakers_statistics():
+    from ser.inference import SpeakerSession
+
+    rng = np.random.default_rng(3)
+    prior = Normaliser(np.zeros(3, np.float32), np.full(3, 2.0, np.float32))
+    # A speaker less varied than the average (spread 1/4): shrunk more, but all clips
+    # together still outweigh the prior.
+    clips = rng.normal([4.0, -2.0, 1.0], 1.0, size=(4000, 3))
+    plain, robust = SpeakerSession(prior), SpeakerSession(prior, spread_exponent=2.0)
+    assert robust.normaliser() is prior
+    for x in clips[:10]:
+        plain.add(x)
+        robust.add(x)
+    early = np.linalg.norm(robust.normaliser().mean), np.linalg.norm(plain.normaliser().mean)
+    assert early[0] < 0.5 * early[1]
+    for x in clips[10:]:
+        robust.add(x)
+    np.testing.assert_allclose(robust.normaliser().mean, clips.mean(0), atol=0.1)
+    np.testing.assert_allclose(robust.normaliser().std, clips.std(0), atol=0.1)
+    restored = SpeakerSession(prior, spread_exponent=2.0).restore(robust.statistics())
+    np.testing.assert_array_equal(restored.normaliser().mean, robust.normaliser().mean)
+    with pytest.raises(ValueError, match="spread_exponent"):
+        SpeakerSession(prior, spread_exponent=-1.0)
+
+
 def test_predictor_counts_each_clip_into_its_session(run):
     _, summary = run
     predictor = Predictor.load(summary["run_dir"], xla=False)
@@ -125,7 +182,9 @@ def test_http_sessions_and_streams_normalise_by_the_speaker_so_far(run):
 
     _, summary = run
     predictor = Predictor.load(summary["run_dir"], xla=False)
-    settings = ServingSettings(max_sessions=2, stream_window=1.0, stream_hop=1.0)
+    settings = ServingSettings(
+        max_sessions=2, stream_window=1.0, stream_hop=1.0, session_spread_exponent=2.0
+    )
     clips = [encode(gliding_tone(1.0, hz, seed=i)) for i, hz in enumerate((150, 220, 330))]
     silence = encode(non_speech(1.0)["silence"])
 
@@ -134,6 +193,8 @@ def test_http_sessions_and_streams_normalise_by_the_speaker_so_far(run):
         return client.post("/predict", params=params, files={"file": ("c.wav", data, "audio/wav")})
 
     with TestClient(create_app(predictor, settings=settings)) as client:
+        # Every session the service opens uses its statistics setting.
+        assert client.app.state.service.new_speaker().spread_exponent == 2.0
         alone = post(clips[0]).json()
         assert alone["session_clips"] is None and alone["session"] is None
         made = client.post("/sessions").json()

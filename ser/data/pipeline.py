@@ -156,6 +156,35 @@ def blended_normaliser(
     )
 
 
+def session_spread(count: int, total: np.ndarray, total_sq: np.ndarray, prior: Normaliser) -> float:
+    """How varied a session's ``count`` raw pooled vectors are against what the average
+    training speaker's clips vary by: the median over dimensions of the sample variance
+    (n - 1) over the prior's variance, capped at 1. 1 (no evidence) below two clips."""
+    if count < 2:
+        return 1.0
+    mean = total / count
+    var = np.maximum(total_sq - count * mean * mean, 0.0) / (count - 1)
+    prior_var = np.square(prior.std.astype(np.float64))
+    return float(min(1.0, np.median(var / prior_var)))
+
+
+def spread_weighted_normaliser(
+    count: int,
+    total: np.ndarray,
+    total_sq: np.ndarray,
+    prior: Normaliser,
+    prior_weight: float,
+    exponent: float,
+) -> Normaliser:
+    """``blended_normaliser`` with a prior weight that grows when the session's clips
+    vary less than the average training speaker's (``session_spread`` r < 1): k / r**
+    ``exponent``. A run of near-identical clips (one emotion) then leans on the prior
+    instead of becoming the speaker's centre; a varied session is blended as before,
+    and with many clips the weight of the session still goes to 1."""
+    spread = max(session_spread(count, total, total_sq, prior), 1e-6)
+    return blended_normaliser(count, total, total_sq, prior, prior_weight / spread**exponent)
+
+
 def served_copies(
     vectors: Sequence[np.ndarray],
     speakers: Sequence[str],

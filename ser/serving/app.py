@@ -58,6 +58,7 @@ from ser.inference import (
     ClipPrediction,
     Predictor,
     PreparedClip,
+    SpeakerSession,
     tune_for_inference,
 )
 from ser.serving.auth import (
@@ -261,9 +262,12 @@ class Service:
     sessions: SessionStore = dataclass_field(init=False)
 
     def __post_init__(self) -> None:
-        self.sessions = open_session_store(
-            self.settings, self.predictor.new_session, self.predictor.model_id
-        )
+        self.sessions = open_session_store(self.settings, self.new_speaker, self.predictor.model_id)
+
+    def new_speaker(self) -> SpeakerSession | None:
+        """A fresh speaker session with this service's settings (None: the model uses no
+        speaker statistics)."""
+        return self.predictor.new_session(spread_exponent=self.settings.session_spread_exponent)
 
     # ------------------------------------------------------------------ sessions
     async def new_session(self, owner: str | None) -> SessionOut:
@@ -486,7 +490,7 @@ class StreamConnection:
         self.audio = StreamSession(service.settings)
         # One speaker per stream: a speaker-normalised model learns the voice as it goes
         # (speech windows only; windows are prepared one at a time).
-        self.speaker = service.predictor.new_session()
+        self.speaker = service.new_speaker()
 
     async def run(self) -> None:
         """From the key check and the ``ready`` message to the close (see ``stream.py``

@@ -107,6 +107,11 @@ class ServingSettings(BaseModel):
     # idle this many seconds.
     max_sessions: int = Field(default=1000, ge=1)
     session_idle_seconds: float = Field(default=1800.0, gt=0)
+    # Speaker-normalised models: how much more a session leans on the average training
+    # speaker while its clips vary less than that speaker's (e.g. a run of one emotion);
+    # ``ser.inference.SpeakerSession``'s ``spread_exponent``. 0 = the plain running blend.
+    # docs/served_conditions.md ("Session statistics") measures it.
+    session_spread_exponent: float = Field(default=0.0, ge=0, le=16)
     # Where the sessions live: None, this process's memory; ``redis://host:port/db``
     # (``rediss://`` for TLS), a Redis server that every worker process of every server
     # of the same model shares (``shared_sessions.py``); ``max_sessions`` then bounds
