@@ -336,11 +336,37 @@ class FeaturesConfig(Strict):
 
 
 # ------------------------------------------------------------------------- models
+# Statistics over a clip's real frames that models compute in the graph
+# (``ser.models.layers.MaskedGlobalPooling``).
+FrameStatName = Literal["mean", "std", "max", "min", "skew", "kurtosis", "slope", "delta"]
+
+
 class LSTMConfig(Strict):
+    """Stacked LSTM (``ser.models.lstm``)."""
+
     units: list[int] = Field(default=[128, 64], min_length=1)
     bidirectional: bool = False
     dropout: float = Field(default=0.3, ge=0, lt=1)
     dense_units: list[int] = [64]
+    # How the recurrent outputs become one vector: last (the state at the final real
+    # frame), stats (their mean and std over the real frames, x-vector style) or
+    # attention (a learned weighting of the frames).
+    pooling: Literal["last", "stats", "attention"] = "last"
+    attention_units: int = Field(default=64, ge=1)  # pooling: attention
+    # Max-pool the input frames over this many before the LSTMs: fewer, coarser steps
+    # (4 = 40 ms at a 10 ms hop), several times faster to train. 1 = every frame.
+    frame_pool: int = Field(default=1, ge=1, le=32)
+    # A second branch beside the LSTMs: these statistics of the input frames over the
+    # clip (computed in the model, so served exactly as trained), batch-normalised and
+    # read by the head together with the pooled recurrent output. [] = no branch.
+    functionals: list[FrameStatName] = []
+
+    @field_validator("functionals")
+    @classmethod
+    def _distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a statistic twice: {value}")
+        return value
 
 
 class CNNConfig(Strict):

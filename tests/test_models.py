@@ -16,6 +16,7 @@ from ser.models.layers import (
     MaskedGlobalPooling,
     MaskedMaxPooling1D,
 )
+from ser.features.extractors import pool
 from ser.registry import UnknownNameError
 
 INPUT_DIM = 8
@@ -37,6 +38,15 @@ PARAMS_TYPE = {LSTMConfig: "lstm", CNNConfig: "cnn", CRNNConfig: "crnn", DenseCo
 VARIANTS = {
     "lstm": TINY["lstm"],
     "bilstm": LSTMConfig(units=[8, 8], bidirectional=True, dense_units=[8]),
+    "bilstm_stats_fusion": LSTMConfig(
+        units=[8],
+        bidirectional=True,
+        pooling="stats",
+        frame_pool=3,
+        functionals=["mean", "std", "max", "min", "skew", "kurtosis", "slope", "delta"],
+        dense_units=[8],
+    ),
+    "lstm_attention": LSTMConfig(units=[8, 8], pooling="attention", attention_units=4),
     "cnn": TINY["cnn"],
     "cnn_pool3": CNNConfig(filters=[8, 8], kernel_size=4, pool_size=3, dense_units=[8]),
     "crnn": TINY["crnn"],
@@ -211,6 +221,28 @@ def test_masked_global_pooling_uses_real_frames_only():
     out = keras.ops.convert_to_numpy(MaskedGlobalPooling(("mean", "std", "max"))([x, mask]))
     np.testing.assert_allclose(out[0], [2.0, 1.0, 3.0], atol=1e-3)
     np.testing.assert_allclose(out[1], [0.0, 0.0, 0.0], atol=1e-3)
+
+
+def test_masked_global_pooling_equals_the_utterance_functionals():
+    """The in-model statistics are the ones ``ser.features.extractors.pool`` computes
+    for the utterance functionals, over the real frames of each clip."""
+    stats = ("mean", "std", "max", "min", "skew", "kurtosis", "slope", "delta")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 40, 5)).astype("float32")
+    x[1, 25:] = 0.0  # the second clip has 25 real frames
+    mask = (np.abs(x).sum(axis=-1) > 0).astype("float32")
+    out = keras.ops.convert_to_numpy(MaskedGlobalPooling(stats)([x, mask]))
+    np.testing.assert_allclose(out[0], pool(x[0], stats), atol=1e-4)
+    np.testing.assert_allclose(out[1], pool(x[1, :25], stats), atol=1e-4)
+
+
+def test_masked_global_pooling_of_one_frame_and_constant_channels_is_finite():
+    x = np.array([[[2.0, 1.0], [0.0, 0.0]], [[3.0, 3.0], [3.0, 3.0]]], "float32")
+    mask = np.array([[1, 0], [1, 1]], "float32")
+    stats = ("skew", "kurtosis", "slope", "delta", "min")
+    out = keras.ops.convert_to_numpy(MaskedGlobalPooling(stats)([x, mask]))
+    np.testing.assert_allclose(out[0], [0, 0, 0, 0, 0, 0, 0, 0, 2, 1], atol=1e-6)
+    np.testing.assert_allclose(out[1], [0, 0, 0, 0, 0, 0, 0, 0, 3, 3], atol=1e-6)
 
 
 def test_masked_attention_pooling_weighs_real_frames_only():

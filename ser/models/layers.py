@@ -14,7 +14,13 @@ from collections.abc import Sequence
 import keras
 from keras import layers, ops
 
-POOLING_STATS = ("mean", "std", "max")
+# Statistics ``MaskedGlobalPooling`` computes over a clip's real frames. The moments,
+# slope and delta are defined as ``ser.features.extractors.pool`` defines them for the
+# utterance functionals (slope against time scaled to [-1, 1]; delta the mean absolute
+# change between neighbouring frames), in float32.
+POOLING_STATS = ("mean", "std", "max", "min", "skew", "kurtosis", "slope", "delta")
+# Below this variance a channel is constant over the clip: its skew and kurtosis are 0.
+CONSTANT_VARIANCE = 1e-6
 
 
 @keras.saving.register_keras_serializable(package="ser")
@@ -94,11 +100,11 @@ class MaskedMaxPooling1D(ExplicitMaskLayer):
 
 
 @keras.saving.register_keras_serializable(package="ser")
-class MaskedGlobalPooling(layers.Layer):
+class MaskedGlobalPooling(ExplicitMaskLayer):
     """Statistics over real frames only: ``[x [B, T, C], mask [B, T]] -> [B, C * len(stats)]``.
 
-    ``stats`` is an ordered subset of ``("mean", "std", "max")``, concatenated in the
-    given order. A sequence with no real frame pools to zeros instead of NaN.
+    ``stats`` is an ordered subset of ``POOLING_STATS``, concatenated in the given
+    order. A sequence with no real frame pools to zeros instead of NaN.
     """
 
     def __init__(self, stats: Sequence[str] = ("mean", "max"), **kwargs):
@@ -117,18 +123,25 @@ class MaskedGlobalPooling(layers.Layer):
         count = ops.sum(weights, axis=1)  # [B, 1]
         safe_count = ops.maximum(count, 1.0)
         mean = ops.sum(x * weights, axis=1) / safe_count
+        centred = (x - ops.expand_dims(mean, axis=1)) * weights
+        variance = ops.sum(ops.square(centred), axis=1) / safe_count
         pooled = []
         for stat in self.stats:
             if stat == "mean":
                 pooled.append(mean)
             elif stat == "std":
-                centred = (x - ops.expand_dims(mean, axis=1)) * weights
-                variance = ops.sum(ops.square(centred), axis=1) / safe_count
                 # The epsilon keeps the gradient of sqrt finite for constant channels.
                 pooled.append(ops.sqrt(variance + keras.config.epsilon()))
+            elif stat in ("max", "min"):
+                sign = 1.0 if stat == "max" else -1.0
+                peak = ops.max(ops.where(weights > 0, sign * x, float("-inf")), axis=1)
+                pooled.append(ops.where(count > 0, sign * peak, 0.0))
+            elif stat in ("skew", "kurtosis"):
+                pooled.append(_standard_moment(centred, variance, safe_count, stat))
+            elif stat == "slope":
+                pooled.append(_slope(centred, count))
             else:
-                peak = ops.max(ops.where(weights > 0, x, float("-inf")), axis=1)
-                pooled.append(ops.where(count > 0, peak, 0.0))
+                pooled.append(_mean_change(x, weights, count))
         return pooled[0] if len(pooled) == 1 else ops.concatenate(pooled, axis=-1)
 
     def compute_output_shape(self, input_shape):
@@ -138,6 +151,42 @@ class MaskedGlobalPooling(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "stats": list(self.stats)}
+
+
+def _standard_moment(centred, variance, count, stat: str):
+    """Skewness (third standardised moment) or excess kurtosis of each channel, 0 for a
+    channel that is constant over the clip. ``centred`` is zero on padded frames."""
+    constant = variance <= CONSTANT_VARIANCE
+    safe = ops.where(constant, 1.0, variance)
+    squares = ops.square(centred)
+    if stat == "skew":
+        value = ops.sum(squares * centred, axis=1) / count / (safe * ops.sqrt(safe))
+    else:
+        value = ops.sum(ops.square(squares), axis=1) / count / ops.square(safe) - 3.0
+    return ops.where(constant, 0.0, value)
+
+
+def _slope(centred, count):
+    """Least-squares slope of each channel against time scaled to [-1, 1] over the real
+    frames (so it does not depend on the clip's length); 0 below two real frames."""
+    steps = ops.cast(ops.arange(ops.shape(centred)[1]), centred.dtype)  # [T]
+    span = ops.maximum(count - 1.0, 1.0)  # [B, 1]
+    t = ops.expand_dims(2.0 * ops.expand_dims(steps, 0) / span - 1.0, -1)  # [B, T, 1]
+    # centred is 0 on padded frames, so they add nothing to the numerator; the
+    # denominator counts real frames only (frames are right-padded).
+    real = ops.cast(
+        ops.expand_dims(ops.expand_dims(steps, 0), -1) < ops.expand_dims(count, 1), t.dtype
+    )
+    denominator = ops.sum(ops.square(t) * real, axis=1)  # [B, 1]
+    value = ops.sum(t * centred, axis=1) / ops.maximum(denominator, 1e-12)
+    return ops.where(count > 1.0, value, 0.0)
+
+
+def _mean_change(x, weights, count):
+    """Mean absolute change between neighbouring real frames; 0 below two real frames.
+    Frames are right-padded, so a pair is real when its second frame is."""
+    change = ops.abs(x[:, 1:] - x[:, :-1]) * weights[:, 1:]
+    return ops.sum(change, axis=1) / ops.maximum(count - 1.0, 1.0)
 
 
 @keras.saving.register_keras_serializable(package="ser")
