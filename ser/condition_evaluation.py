@@ -31,7 +31,7 @@ from ser import runs
 from ser.audio import load_audio
 from ser.config import FeaturesConfig
 from ser.data.corpora import Utterance
-from ser.data.pipeline import scope_normalise, speaker_normalise_vectors, to_model_input, zscore
+from ser.data.pipeline import scope_normalise, speaker_normalise_vectors, to_model_input
 from ser.data.prepare import CONDITION_MARK, PreparedData
 from ser.features.extractors import extract_features
 from ser.inference import Predictor
@@ -69,7 +69,7 @@ def _model_inputs(
     if f.normalisation == "none":
         alone_frames = speaker_frames = frames
     else:
-        alone_frames = [zscore(x) for x in frames]  # a lone clip's speaker is unknown
+        alone_frames = [predictor.lone_clip_frames(x) for x in frames]
         by_path = scope_normalise(dict(zip([r.path for r in rows], frames)), rows, f.normalisation)
         speaker_frames = [by_path[r.path] for r in rows]
     alone = [to_model_input(x, f.mode, f.pooling, width) for x in alone_frames]

@@ -41,7 +41,7 @@ from ser.inference import Predictor
 from ser.metrics import classification_metrics, metrics_by_group
 from ser.progress import Log, above_bar, progress_bar
 from ser.reports import served_line
-from ser.served_evaluation import served_modes
+from ser.served_evaluation import served_frame_modes, served_modes
 
 if TYPE_CHECKING:
     from ser.baselines import PooledFeatures
@@ -555,6 +555,9 @@ def evaluate_run(
     )
     if predictor.speaker_prior is not None:
         report["served"] = served_modes(predictor, data)["ua"]
+    elif predictor.frame_prior is not None:
+        report["served"] = served_frame_modes(predictor, data)["ua"]
+    if "served" in report:
         log(served_line(report["served"]))
     _note_if_changed_since_training(report, results[0], log)
     report["seconds"] = time.perf_counter() - started

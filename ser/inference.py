@@ -302,6 +302,16 @@ def _light_model(path: Path, runtime: str, labels: list[str]) -> NumpyModel | On
         ) from None
 
 
+def _frame_prior(path: Path, cfg: Config) -> Normaliser | None:
+    """The run's frame_prior.json, for a sequence model trained on speaker-normalised
+    frames; None for any other run, and for such runs saved before the file existed."""
+    f = cfg.features
+    if f.mode != "sequence" or f.normalisation != "speaker":
+        return None
+    file = path / runs.FRAME_PRIOR
+    return Normaliser.load(file) if file.is_file() else None
+
+
 def _load_keras_model(run_dir: Path, tf_threads: int | None = None) -> Any:
     """``run_dir``'s model.keras in Keras safe mode, or ``RunDirError`` saying why not;
     TensorFlow runs on ``tf_threads`` threads when given (``limit_tf_threads``)."""
@@ -363,6 +373,10 @@ class Predictor:
     # its pooled vector is normalised by the average training speaker's (mean of the
     # speakers' means and stds, speaker_prior.json). Less accurate than a speaker's own.
     speaker_prior: Normaliser | None = None
+    # Sequence models with features.normalisation speaker: the average training speaker's
+    # frame statistics (frame_prior.json), which a clip's frames are normalised by, since
+    # its speaker is unknown. Runs saved without it z-score each clip by itself.
+    frame_prior: Normaliser | None = None
     # Check every clip for speech first (``ser.speech``); clips without get ``no_speech``.
     speech_check: bool = True
     speech_thresholds: SpeechThresholds = DEFAULT_THRESHOLDS
@@ -408,7 +422,16 @@ class Predictor:
                 )
             prior = Normaliser.load(path / runs.SPEAKER_PRIOR)
         predictor = cls(
-            path, cfg, labels, normaliser, None, model_id_of(path), xla, prior, speech_check
+            path,
+            cfg,
+            labels,
+            normaliser,
+            None,
+            model_id_of(path),
+            xla,
+            prior,
+            frame_prior=_frame_prior(path, cfg),
+            speech_check=speech_check,
         )
         predictor.light_model = fast
         if fast is None:  # Keras now, so that a bad file fails here
@@ -495,14 +518,23 @@ class Predictor:
         """float32 mono wave at the run's rate -> frame features [T, D] as training saw them.
 
         With ``features.trim_db`` the clip's leading and trailing silence is cut first,
-        inside ``extract_features`` as in training. With ``features.normalisation``
-        ``utterance`` the clip is z-scored by its own statistics; so is it with
-        ``speaker``, since a clip's speaker is unknown here (training does the same for
-        speakers it cannot name).
+        inside ``extract_features`` as in training; then ``lone_clip_frames``.
         """
         c = self.cfg
-        frames = extract_features(wave, c.data.sample_rate, c.features)
-        return frames if c.features.normalisation == "none" else zscore(frames)
+        return self.lone_clip_frames(extract_features(wave, c.data.sample_rate, c.features))
+
+    def lone_clip_frames(self, frames: np.ndarray) -> np.ndarray:
+        """Raw frame features [T, D] of one clip, its speaker unknown -> normalised as
+        ``features.normalisation`` asks: ``utterance``, z-scored by its own statistics;
+        ``speaker``, by the average training speaker (``frame_prior``), or, for a run
+        saved without it, by its own statistics (as training treats speakers it cannot
+        name)."""
+        scope = self.cfg.features.normalisation
+        if scope == "none":
+            return frames
+        if scope == "speaker" and self.frame_prior is not None:
+            return self.frame_prior.apply(frames)
+        return zscore(frames)
 
     def input_from_wave(self, wave: np.ndarray) -> np.ndarray:
         """float32 mono wave at the run's sample rate -> model input."""

@@ -14,6 +14,9 @@ only the chief does: ``ser.multi_worker``)::
     normaliser.json      training-split mean and std of the model inputs
     speaker_prior.json   the average training speaker's statistics (only with
                          ``features.pooled_normalisation: speaker``)
+    frame_prior.json     the average training speaker's frame statistics, which a
+                         served clip is normalised by (sequence models with
+                         ``features.normalisation: speaker``)
     split.json           the split: protocol, speaker lists, validation/test paths
     manifest.jsonl       one row per utterance the run saw
     versions.json        library versions and git commit at training time
@@ -48,6 +51,7 @@ CONFIG = "run.yaml"
 LABELS = "labels.json"
 NORMALISER = "normaliser.json"
 SPEAKER_PRIOR = "speaker_prior.json"
+FRAME_PRIOR = "frame_prior.json"
 SPLIT = "split.json"
 MANIFEST = "manifest.jsonl"
 VERSIONS = "versions.json"

@@ -14,6 +14,11 @@ the HTTP API, every WebSocket stream, ``ser predict --one-speaker``).
   clips after another's: the worst case for running statistics;
 - ``speaker``: all of the speaker's clips at once, as cross-validation scores them.
 
+A sequence model trained on speaker-normalised frames (``features.normalisation:
+speaker``) has no sessions: ``served_frame_modes`` scores its test clips ``prior``
+(each clip's frames by the average training speaker, ``Predictor.lone_clip_frames``)
+and ``speaker``.
+
 Labels only score (and order the worst-case session); nothing is chosen here.
 """
 
@@ -96,4 +101,36 @@ def served_modes(predictor: Predictor, data: PreparedData, seed: int = 0) -> dic
         },
         "session_hits_by_position": hits,
         "session_by_emotion_hits_by_position": hits_by_emotion,
+    }
+
+
+def served_frame_modes(predictor: Predictor, data: PreparedData) -> dict[str, Any]:
+    """UA of a sequence run's test clips alone (``prior``: frames normalised as a served
+    clip's are) and by speaker (``speaker``, as cross-validation scores them). ``data``
+    must hold the raw frames (``prepare_data(..., keep_features=True)``)."""
+    if predictor.frame_prior is None:
+        raise ValueError("served frame modes need a run with frame_prior.json")
+    f = predictor.cfg.features
+    rows, targets = data.rows["test"], np.asarray(data.targets["test"])
+    alone = [
+        to_model_input(
+            predictor.lone_clip_frames(data.raw_features[r.path]),
+            f.mode,
+            f.pooling,
+            predictor.max_frames,
+        )
+        for r in rows
+    ]
+    predicted = {
+        "prior": predictor.predict_inputs(alone).argmax(axis=1),
+        "speaker": np.asarray(predictor.predict_inputs(data.inputs["test"])).argmax(axis=1),
+    }
+    classes = len(predictor.labels)
+    return {
+        "speakers": sorted({r.speaker for r in rows}),
+        "n": len(rows),
+        "ua": {
+            mode: float(unweighted_accuracy(targets, np.asarray(p), classes))
+            for mode, p in predicted.items()
+        },
     }

@@ -396,6 +396,8 @@ def _save_run_inputs(cfg: Config, run_dir: Path, data: PreparedData) -> Normalis
     normaliser.save(run_dir / runs.NORMALISER)
     if data.speaker_prior is not None:
         data.speaker_prior.save(run_dir / runs.SPEAKER_PRIOR)
+    if data.frame_prior is not None:
+        data.frame_prior.save(run_dir / runs.FRAME_PRIOR)
     return normaliser
 
 

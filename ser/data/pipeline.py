@@ -117,14 +117,16 @@ def speaker_normalise_vectors(
 
 
 def speaker_prior(vectors: Sequence[np.ndarray], speakers: Sequence[str]) -> Normaliser:
-    """The average speaker: mean over speakers of each speaker's vector mean and std."""
+    """The average speaker: mean over speakers of each speaker's mean and std, over
+    their pooled vectors [D] or over all frames of their clips (each [T, D])."""
     groups: dict[str, list[np.ndarray]] = {}
     for x, speaker in zip(vectors, speakers, strict=True):
-        groups.setdefault(speaker, []).append(np.asarray(x, np.float64))
+        groups.setdefault(speaker, []).append(np.atleast_2d(np.asarray(x, np.float64)))
     if not groups:
         raise ValueError("no training vectors to fit a speaker prior on")
-    means = np.stack([np.mean(g, axis=0) for g in groups.values()])
-    stds = np.stack([np.std(g, axis=0) for g in groups.values()])
+    stacked = [np.concatenate(g, axis=0) for g in groups.values()]
+    means = np.stack([g.mean(axis=0) for g in stacked])
+    stds = np.stack([g.std(axis=0) for g in stacked])
     std = stds.mean(axis=0)
     return Normaliser(
         means.mean(axis=0).astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32)

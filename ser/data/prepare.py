@@ -66,6 +66,11 @@ class PreparedData:
     # augment.session_copies: training vectors normalised as served clips would be
     # (``served_copies``), with their targets; training fits on them beside ``inputs``.
     served_train: tuple[list[np.ndarray], np.ndarray] | None = None
+    # Sequence mode with features.normalisation speaker: the average training speaker's
+    # frame statistics (``frame_speaker_prior``), which a served clip is normalised by.
+    frame_prior: Normaliser | None = None
+    # With keep_features: the frame features before any normalisation, by path.
+    raw_features: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def input_dim(self) -> int:
@@ -83,6 +88,14 @@ def extract_manifest_features(
 ) -> tuple[dict, ExtractionReport]:
     """Frame features of every manifest row (through the cache), normalised in the
     configured scope (``features.normalisation``)."""
+    features, report = _raw_manifest_features(cfg, manifest, log)
+    return scope_normalise(features, manifest.rows, cfg.features.normalisation), report
+
+
+def _raw_manifest_features(
+    cfg: Config, manifest: Manifest, log: Log
+) -> tuple[dict, ExtractionReport]:
+    """Frame features of every manifest row through the cache, before normalisation."""
     features, report = extract_all(
         [r.path for r in manifest.rows],
         cfg.features,
@@ -92,7 +105,22 @@ def extract_manifest_features(
         log=log,
     )
     log(report.summary())
-    return scope_normalise(features, manifest.rows, cfg.features.normalisation), report
+    return features, report
+
+
+def frame_speaker_prior(
+    cfg: Config, features: dict[str, np.ndarray], train: list[Utterance]
+) -> Normaliser | None:
+    """With ``features.normalisation: speaker`` in sequence mode, the average training
+    speaker's frame statistics (``speaker_prior`` over each speaker's raw frames): what
+    a served clip, whose speaker is unknown, is normalised by. None otherwise."""
+    f = cfg.features
+    if f.mode != "sequence" or f.normalisation != "speaker":
+        return None
+    named = [r for r in train if r.path in features and not r.speaker.endswith(":unknown")]
+    if not named:
+        return None
+    return speaker_prior([features[r.path] for r in named], [r.speaker for r in named])
 
 
 def _check_no_part_empty(
@@ -214,7 +242,8 @@ def prepare_data(
         )
     split = split or make_split(manifest.rows, cfg.split, cfg.seed)
     log(f"split: {split.protocol()}")
-    features, report = extract_manifest_features(cfg, manifest, log)
+    raw, report = _raw_manifest_features(cfg, manifest, log)
+    features = scope_normalise(raw, manifest.rows, cfg.features.normalisation)
     labels = labels or label_list(manifest.rows, list(cfg.data.emotions))
     index = {label: i for i, label in enumerate(labels)}
     max_frames = max_frames_for(
@@ -231,6 +260,7 @@ def prepare_data(
         ]
         targets[part] = np.array([index[r.emotion] for r in kept], np.int32)
     _check_no_part_empty(rows, features, report)
+    frame_prior = frame_speaker_prior(cfg, raw, rows["train"])
     if cfg.augment.condition_copies:
         copies, copy_inputs, copy_features = _condition_copies(cfg, rows["train"], max_frames, log)
         features.update(copy_features)
@@ -264,6 +294,8 @@ def prepare_data(
         kept_features,
         prior,
         served,
+        frame_prior,
+        raw if keep_features else {},
     )
 
 

@@ -1,0 +1,105 @@
+"""Sequence runs on speaker-normalised frames (``features.normalisation: speaker``): the
+average training speaker's frame statistics are saved with the run, a served clip's
+frames are normalised by them, and evaluation scores the test clips that way too."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from ser.config import load_config
+from ser.data.pipeline import Normaliser, speaker_prior, zscore
+from ser.data.prepare import prepare_data
+from ser.evaluation import evaluate_run
+from ser.features.extractors import extract_features
+from ser.inference import Predictor
+from ser.runs import FRAME_PRIOR
+from ser.training import train
+from tests.support import ROOT
+from tests.support.fakes import make_emodb
+from tests.support.tiny_run import tiny_overrides
+
+
+def quiet(_line: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("frameprior")
+    make_emodb(work / "corpora")
+    sets = tiny_overrides(
+        work / "corpora",
+        work,
+        "lstm",
+        "[emodb]",
+        **{
+            "features.normalisation": "speaker",
+            "model.lstm.pooling": "stats",
+            "model.lstm.functionals": "[mean, std]",
+            "train.confusion_images": "false",
+            "train.run_name": "frameprior",
+            "evaluation.baselines": "[logistic_regression]",
+            "evaluation.plots": "false",
+            "evaluation.tensorboard": "false",
+        },
+    )
+    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
+    return cfg, train(cfg, log=quiet)
+
+
+def test_frame_prior_averages_each_speakers_frame_statistics():
+    rng = np.random.default_rng(0)
+    a = [rng.normal(5, 2, (40, 3)), rng.normal(5, 2, (10, 3))]  # speaker A: two clips
+    b = [rng.normal(-5, 4, (30, 3))]
+    prior = speaker_prior(a + b, ["A", "A", "B"])
+    whole_a = np.concatenate(a)
+    np.testing.assert_allclose(prior.mean, (whole_a.mean(0) + b[0].mean(0)) / 2, rtol=1e-5)
+    np.testing.assert_allclose(prior.std, (whole_a.std(0) + b[0].std(0)) / 2, rtol=1e-5)
+
+
+def test_training_saves_the_frame_prior_of_the_training_speakers(run):
+    cfg, summary = run
+    saved = Normaliser.load(f"{summary['run_dir']}/{FRAME_PRIOR}")
+    data = prepare_data(cfg, log=quiet, keep_features=True)
+    train_rows = data.rows["train"]
+    expected = speaker_prior(
+        [data.raw_features[r.path] for r in train_rows], [r.speaker for r in train_rows]
+    )
+    np.testing.assert_allclose(saved.mean, expected.mean, rtol=1e-5)
+    np.testing.assert_allclose(saved.std, expected.std, rtol=1e-5)
+
+
+def test_a_served_clip_is_normalised_by_the_frame_prior(run):
+    cfg, summary = run
+    predictor = Predictor.load(summary["run_dir"], xla=False)
+    assert predictor.frame_prior is not None
+    wave = 0.1 * np.sin(2 * np.pi * 180 * np.arange(16000) / 16000).astype(np.float32)
+    raw = extract_features(wave, cfg.data.sample_rate, cfg.features)
+    np.testing.assert_allclose(
+        predictor.frame_features(wave), predictor.frame_prior.apply(raw), rtol=1e-5, atol=1e-5
+    )
+    # Not the clip's own z-score, which a lone clip got before the prior existed.
+    assert not np.allclose(predictor.frame_features(wave), zscore(raw), atol=1e-3)
+
+
+def test_a_run_saved_without_the_frame_prior_z_scores_each_clip(run, tmp_path):
+    _cfg, summary = run
+    copy = tmp_path / "old"
+    shutil.copytree(summary["run_dir"], copy, symlinks=True)
+    (copy / FRAME_PRIOR).unlink()
+    predictor = Predictor.load(copy, xla=False)
+    frames = np.random.default_rng(1).normal(3.0, 2.0, (50, predictor.input_dim))
+    np.testing.assert_allclose(predictor.lone_clip_frames(frames), zscore(frames), atol=1e-6)
+
+
+def test_evaluation_reports_each_clip_alone_beside_the_whole_speaker(run):
+    _cfg, summary = run
+    report = evaluate_run(summary["run_dir"], write=False, log=quiet)
+    assert set(report["served"]) == {"prior", "speaker"}
+    assert all(0.0 <= ua <= 1.0 for ua in report["served"].values())
+    # The whole-speaker mode is the Keras row of the report itself.
+    keras_ua = next(m for m in report["models"] if m["kind"] == "keras")["ua"]
+    assert report["served"]["speaker"] == pytest.approx(keras_ua, abs=1e-9)
