@@ -14,8 +14,11 @@ test speaker's clips in a seeded random order through ``Predictor`` three ways:
   the prior);
 - ``speaker``: all of the speaker's clips at once, as cross-validation scores them.
 
-and prints UA per corpus (mean ± std over folds) and the session's UA by how many of
-the speaker's clips it had heard. Labels only score; nothing is chosen here.
+A sequence model on speaker-normalised frames has no sessions: its clips are replayed
+``prior`` (frames by the average training speaker) and ``speaker``.
+
+The script prints UA per corpus (mean ± std over folds) and the session's UA by how
+many of the speaker's clips it had heard. Labels only score; nothing is chosen here.
 """
 
 from __future__ import annotations
@@ -35,12 +38,22 @@ def replay_fold(run_dir: Path, seed: int = 0) -> dict:
     """UA of one fold run in the served modes, and session hits by position."""
     from ser.evaluation import load_run_data
     from ser.inference import Predictor
-    from ser.served_evaluation import served_modes
+    from ser.served_evaluation import served_frame_modes, served_modes
 
     predictor = Predictor.load(run_dir, xla=False)
-    if predictor.speaker_prior is None:
-        raise SystemExit(f"{run_dir}: not a speaker-normalised run (features.pooled_normalisation)")
+    f = predictor.cfg.features
+    frames = f.mode == "sequence" and f.normalisation == "speaker"
+    if predictor.speaker_prior is None and not frames:
+        raise SystemExit(
+            f"{run_dir}: not a speaker-normalised run (features.pooled_normalisation, or "
+            "features.normalisation in sequence mode)"
+        )
     data = load_run_data(predictor, log=lambda _line: None)
+    if frames:
+        # A run saved before frame_prior.json existed: the same statistics, recomputed
+        # from its own training split as training computes them.
+        predictor.frame_prior = predictor.frame_prior or data.frame_prior
+        return {"fold": run_dir.name, **served_frame_modes(predictor, data)}
     return {"fold": run_dir.name, **served_modes(predictor, data, seed)}
 
 
@@ -64,7 +77,10 @@ def render(config: str, results: dict[str, list[dict]]) -> str:
             for k in modes
         )
         lines.append(f"| {corpus} | {len(folds)} | {cells} |")
-    names = list(next(iter(results.values()))[0]["session_hits_by_position"])
+    first = next(iter(results.values()))[0]
+    if "session_hits_by_position" not in first:  # a sequence model: no sessions
+        return "\n".join(lines)
+    names = list(first["session_hits_by_position"])
     for key, order in (
         ("session_hits_by_position", "random order"),
         ("session_by_emotion_hits_by_position", "sorted by emotion"),
