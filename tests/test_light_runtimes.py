@@ -83,6 +83,28 @@ def test_every_model_type_equals_keras_on_generated_clips(any_run, runtime) -> N
     assert keras_and_light_differ_by(any_run, runtime, generated_clips()) <= PARITY
 
 
+def test_a_trained_lstm_with_the_pooling_options_runs_on_onnx_and_equals_keras(
+    tmp_path_factory,
+) -> None:
+    """Statistics pooling, frame pooling and the batch-normalised functionals branch
+    (``Concatenate``): ONNX Runtime by default, no fall-back to Keras, and both light
+    runtimes give Keras's probabilities on padded clips."""
+    run = tiny_run(
+        tmp_path_factory,
+        "lstm",
+        variant="stats-functionals",
+        **{
+            "model.lstm.bidirectional": "true",
+            "model.lstm.pooling": "stats",
+            "model.lstm.frame_pool": "3",
+            "model.lstm.functionals": "[mean,std,max,min,skew,kurtosis,slope,delta]",
+        },
+    )
+    assert Predictor.load(run).runtime == "onnx"
+    for runtime in ("onnx", "numpy"):
+        assert keras_and_light_differ_by(run, runtime, generated_clips()) <= PARITY
+
+
 def test_every_model_type_equals_keras_on_real_clips(any_run) -> None:
     assert keras_and_light_differ_by(any_run, "onnx", corpus_clips()) <= PARITY
 
