@@ -19,9 +19,9 @@ Why: ``import tensorflow`` alone costs about 6 s of a command's start, and a Ker
 costs about 1 ms of fixed overhead, against about 0.3 ms for the few matrix products of
 a dense model. Each BatchNormalization is folded into the Dense or Conv1D before it (exact
 algebra; float32 rounding differs from Keras's by about 1e-7); one with no such layer
-before it (the LSTM's batch-normalised functionals) runs as its own scale and shift. Masks follow Keras: an
-all-zero frame is masked wherever it is (``Masking``, ``FrameMask``), and a recurrent
-layer keeps its state over a masked frame. ``tests/test_light_runtimes.py`` checks the
+before it (the LSTM's batch-normalised functionals) runs as its own scale and shift.
+Masks follow Keras: an all-zero frame is masked wherever it is (``Masking``,
+``FrameMask``), and a recurrent layer keeps its state over a masked frame. ``tests/test_light_runtimes.py`` checks the
 probabilities against Keras's for every model type.
 
 The graph's steps (``Graph``, ``Step`` and the layer classes) are public:
