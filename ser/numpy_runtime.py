@@ -21,8 +21,9 @@ a dense model. Each BatchNormalization is folded into the Dense or Conv1D before
 algebra; float32 rounding differs from Keras's by about 1e-7); one with no such layer
 before it (the LSTM's batch-normalised functionals) runs as its own scale and shift.
 Masks follow Keras: an all-zero frame is masked wherever it is (``Masking``,
-``FrameMask``), and a recurrent layer keeps its state over a masked frame. ``tests/test_light_runtimes.py`` checks the
-probabilities against Keras's for every model type.
+``FrameMask``), and a recurrent layer keeps its state over a masked frame.
+``tests/test_light_runtimes.py`` checks the probabilities against Keras's for every
+model type.
 
 The graph's steps (``Graph``, ``Step`` and the layer classes) are public:
 ``ser.onnx_export`` writes the same graph as ONNX. A layer with several outputs
