@@ -7,19 +7,23 @@ run exactly, and otherwise raises ``UnsupportedModel`` naming the layer (or sett
 ``InputLayer``, ``Dense`` (linear, relu or softmax), ``Conv1D`` (stride 1; ``same``,
 ``valid`` or ``causal`` padding), ``BatchNormalization`` over the last axis, ``ReLU``,
 ``Dropout`` and the other identities at inference, ``Masking``, ``LSTM`` and ``GRU``
-(tanh, sigmoid gates), ``Bidirectional`` (concat), ``Average``, nested functional models
-(the members of a seed ensemble), and ``ser.models.layers``' ``FrameMask``,
-``MaskedMaxPooling1D``, ``MaskedGlobalPooling`` and ``MaskedAttentionPooling``, all
-float32: every model type this project trains (dense, lstm, cnn, crnn) and their
-ensembles. Mixed precision, for one, is refused.
+(tanh, sigmoid gates; called after ``Masking`` or with an explicit float mask),
+``Bidirectional`` (concat), ``Average``, ``Concatenate``, nested functional models (the
+members of a seed ensemble), and ``ser.models.layers``' ``FrameMask``,
+``MaskedMaxPooling1D``, ``MaskedGlobalPooling`` (every statistic of ``POOLING_STATS``)
+and ``MaskedAttentionPooling``, all float32: every model type this project trains
+(dense, lstm with any pooling, frame pooling and functionals branch, cnn, crnn) and
+their ensembles. Mixed precision, for one, is refused.
 
 Why: ``import tensorflow`` alone costs about 6 s of a command's start, and a Keras call
 costs about 1 ms of fixed overhead, against about 0.3 ms for the few matrix products of
 a dense model. Each BatchNormalization is folded into the Dense or Conv1D before it (exact
-algebra; float32 rounding differs from Keras's by about 1e-7). Masks follow Keras: an
-all-zero frame is masked wherever it is (``Masking``, ``FrameMask``), and a recurrent
-layer keeps its state over a masked frame. ``tests/test_light_runtimes.py`` checks the
-probabilities against Keras's for every model type.
+algebra; float32 rounding differs from Keras's by about 1e-7); one with no such layer
+before it (the LSTM's batch-normalised functionals) runs as its own scale and shift.
+Masks follow Keras: an all-zero frame is masked wherever it is (``Masking``,
+``FrameMask``), and a recurrent layer keeps its state over a masked frame.
+``tests/test_light_runtimes.py`` checks the probabilities against Keras's for every
+model type.
 
 The graph's steps (``Graph``, ``Step`` and the layer classes) are public:
 ``ser.onnx_export`` writes the same graph as ONNX. A layer with several outputs
@@ -452,31 +456,88 @@ class MaskedMaxPool:
 
 # ``keras.config.epsilon()``'s default, which ``MaskedGlobalPooling``'s std adds.
 KERAS_EPSILON = 1e-7
+# Twin of ``ser.models.layers.CONSTANT_VARIANCE`` (that module imports Keras, this one
+# must not): below this variance a channel's skew and kurtosis are 0. A test checks
+# that the two are equal.
+CONSTANT_VARIANCE = 1e-6
 
 
 @dataclass
 class MaskedStats:
-    """``ser.models.layers.MaskedGlobalPooling``: ``stats`` (mean, std, max) over the real
-    frames, concatenated; a sequence without a real frame pools to zeros."""
+    """``ser.models.layers.MaskedGlobalPooling``: ``stats`` (mean, std, max, min, skew,
+    kurtosis, slope, delta) over the real frames, concatenated, computed as that layer
+    does in float32; a sequence without a real frame pools to zeros."""
 
     stats: tuple[str, ...]
 
     def __call__(self, x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        weights = mask.astype(np.float32)[..., None]
-        count = weights.sum(axis=1)
-        safe = np.maximum(count, 1.0)
+        weights = mask.astype(np.float32)[..., None]  # [B, T, 1]
+        count = weights.sum(axis=1)  # [B, 1]
+        safe = np.maximum(count, np.float32(1.0))
         mean = (x * weights).sum(axis=1) / safe
+        centred = (x - mean[:, None]) * weights
+        variance = np.square(centred).sum(axis=1) / safe
         pooled = []
         for stat in self.stats:
             if stat == "mean":
                 pooled.append(mean)
             elif stat == "std":
-                centred = (x - mean[:, None]) * weights
-                pooled.append(np.sqrt((centred**2).sum(axis=1) / safe + KERAS_EPSILON))
+                pooled.append(np.sqrt(variance + np.float32(KERAS_EPSILON)))
+            elif stat in ("max", "min"):
+                sign = np.float32(1.0 if stat == "max" else -1.0)
+                peak = np.where(weights > 0, sign * x, -np.inf).max(axis=1)
+                pooled.append(np.where(count > 0, sign * peak, 0.0))
+            elif stat in ("skew", "kurtosis"):
+                pooled.append(_standard_moment(centred, variance, safe, stat))
+            elif stat == "slope":
+                pooled.append(_slope(centred, count))
             else:
-                peak = np.where(weights > 0, x, -np.inf).max(axis=1)
-                pooled.append(np.where(count > 0, peak, 0.0))
+                pooled.append(_mean_change(x, weights, count))
         return np.concatenate(pooled, axis=-1).astype(np.float32)
+
+
+def _standard_moment(
+    centred: np.ndarray, variance: np.ndarray, count: np.ndarray, stat: str
+) -> np.ndarray:
+    """``MaskedGlobalPooling``'s skewness or excess kurtosis per channel, 0 for a channel
+    that is constant over the clip."""
+    constant = variance <= np.float32(CONSTANT_VARIANCE)
+    safe = np.where(constant, np.float32(1.0), variance)
+    squares = np.square(centred)
+    if stat == "skew":
+        value = (squares * centred).sum(axis=1) / count / (safe * np.sqrt(safe))
+    else:
+        value = np.square(squares).sum(axis=1) / count / np.square(safe) - np.float32(3.0)
+    return np.where(constant, np.float32(0.0), value)
+
+
+def _slope(centred: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """``MaskedGlobalPooling``'s least-squares slope per channel against time scaled to
+    [-1, 1] over the first ``count`` frames; 0 below two real frames."""
+    steps = np.arange(centred.shape[1], dtype=np.float32)  # [T]
+    span = np.maximum(count - np.float32(1.0), np.float32(1.0))  # [B, 1]
+    t = (np.float32(2.0) * steps[None] / span - np.float32(1.0))[..., None]  # [B, T, 1]
+    real = (steps[None, :, None] < count[:, None]).astype(np.float32)
+    denominator = (np.square(t) * real).sum(axis=1)  # [B, 1]
+    value = (t * centred).sum(axis=1) / np.maximum(denominator, np.float32(1e-12))
+    return np.where(count > 1.0, value, np.float32(0.0))
+
+
+def _mean_change(x: np.ndarray, weights: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """``MaskedGlobalPooling``'s mean absolute change between neighbouring frames whose
+    second frame is real; 0 below two real frames."""
+    change = np.abs(x[:, 1:] - x[:, :-1]) * weights[:, 1:]
+    return change.sum(axis=1) / np.maximum(count - np.float32(1.0), np.float32(1.0))
+
+
+@dataclass
+class Concat:
+    """Keras's ``Concatenate``: its inputs joined along ``axis``."""
+
+    axis: int
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        return np.concatenate(xs, axis=self.axis)
 
 
 @dataclass
@@ -609,6 +670,8 @@ class Graph:
             return SER_LAYERS[kind](cfg, variables)
         if kind == "Average":
             return Mean()
+        if kind == "Concatenate":
+            return Concat(int(cfg["axis"]))
         if kind in ("Functional", "Model"):
             return Graph(cfg, slot)
         raise UnsupportedModel(f"no NumPy form for layer type {kind}")

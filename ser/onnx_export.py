@@ -2,13 +2,15 @@
 
 ``to_onnx(model)`` writes the graph of a ``ser.numpy_runtime.NumpyModel`` (every model
 type this project trains, an ensemble as one graph) with the same arithmetic: Dense as
-MatMul + Add and Conv1D as Conv (each BatchNormalization already folded in), ReLU,
-Softmax, an ensemble's average as Mean, Keras's LSTM and GRU (and ``Bidirectional``
-pairs) as ONNX's LSTM and GRU operators (LSTM gates reordered: Keras i, f, c, o; ONNX
-i, o, f, c; Keras's GRU ``reset_after`` is ONNX's ``linear_before_reset``), and the
-masked layers of ``ser.models.layers`` from elementary operators. Input ``features``:
-float32 ``[batch, D]`` or ``[batch, frames, D]`` (free batch and frame axes),
-normalised as ``normaliser.json`` says; output ``probabilities`` ``[batch, classes]``.
+MatMul + Add and Conv1D as Conv (a BatchNormalization folded in, or as Mul + Add where
+there is nothing to fold it into), ReLU, Softmax, an ensemble's average as Mean,
+Concatenate as Concat, Keras's LSTM and GRU (and ``Bidirectional`` pairs) as ONNX's LSTM
+and GRU operators (LSTM gates reordered: Keras i, f, c, o; ONNX i, o, f, c; Keras's GRU
+``reset_after`` is ONNX's ``linear_before_reset``), and the masked layers of
+``ser.models.layers`` from elementary operators (``MaskedGlobalPooling`` with every one
+of its statistics, in the layer's own arithmetic). Input ``features``: float32
+``[batch, D]`` or ``[batch, frames, D]`` (free batch and frame axes), normalised as
+``normaliser.json`` says; output ``probabilities`` ``[batch, classes]``.
 A step it cannot write raises ``UnsupportedForONNX``.
 
 Masking: Keras's recurrent layers skip every masked (all-zero) frame, wherever it is,
@@ -27,12 +29,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ser.numpy_runtime import (
+    CONSTANT_VARIANCE,
     KERAS_EPSILON,
     Activation,
     Affine,
     AnyOf,
     AttentionPool,
     Bidirectional,
+    Concat,
     Conv1D,
     Graph,
     Identity,
@@ -103,6 +107,16 @@ def _frames(w: _Writer, x: str) -> str:
     return w.op("Shape", [x], "frames", start=1, end=2)[0]
 
 
+def _positions(w: _Writer, x: str) -> str:
+    """The frame indices 0, 1, ..., T-1 of a [B, T, ...] tensor, as float [T]."""
+    from onnx import TensorProto
+
+    count = w.op("Squeeze", [_frames(w, x)], "count")[0]
+    one = w.constant(np.array(1, np.int64), "one")
+    positions = w.op("Range", [w.constant(np.array(0, np.int64), "zero"), count, one], "t")[0]
+    return w.op("Cast", [positions], "t_float", to=TensorProto.FLOAT)[0]
+
+
 @dataclass
 class _Compacted:
     """A masked batch with each sequence's real frames moved to its front, in order, and
@@ -122,10 +136,7 @@ def _compact(w: _Writer, x: str, mask: str) -> _Compacted:
     from onnx import TensorProto
 
     frames = _frames(w, x)
-    count = w.op("Squeeze", [frames], "count")[0]
-    one = w.constant(np.array(1, np.int64), "one")
-    positions = w.op("Range", [w.constant(np.array(0, np.int64), "zero"), count, one], "t")[0]
-    positions = w.op("Cast", [positions], "t_float", to=TensorProto.FLOAT)[0]
+    positions = _positions(w, x)
     masked = w.op("Sub", [_float(w, 1.0, "one"), mask], "masked")[0]
     span = w.op("Cast", [frames], "span", to=TensorProto.FLOAT)[0]
     keys = w.op("Add", [w.op("Mul", [masked, span], "late")[0], positions], "keys")[0]
@@ -267,36 +278,103 @@ def _masked_max_pool(w: _Writer, pool: MaskedMaxPool, x: str, mask: str) -> list
 
 
 def _masked_stats(w: _Writer, stats: MaskedStats, x: str, mask: str) -> str:
-    """``MaskedStats``: mean, std and max over the real frames, concatenated."""
+    """``MaskedStats``: its statistics over the real frames, concatenated, with the same
+    arithmetic."""
     axes = _ints(w, [1], "axes")
     weights = w.op("Unsqueeze", [mask, _ints(w, [-1], "axes")], "weights")[0]
-    count = w.op("ReduceSum", [weights, axes], "count", keepdims=0)[0]
+    count = w.op("ReduceSum", [weights, axes], "count", keepdims=0)[0]  # [B, 1]
     safe = w.op("Max", [count, _float(w, 1.0, "one")], "safe")[0]
-    weighted = w.op("Mul", [x, weights], "weighted")[0]
-    mean = w.op("Div", [w.op("ReduceSum", [weighted, axes], "total", keepdims=0)[0], safe], "mean")[
-        0
-    ]
+    mean = _frame_sum(w, w.op("Mul", [x, weights], "weighted")[0], safe, "mean")
+    expanded = w.op("Unsqueeze", [mean, axes], "mean3")[0]
+    centred = w.op("Mul", [w.op("Sub", [x, expanded], "dev")[0], weights], "centred")[0]
+    variance = _frame_sum(w, w.op("Mul", [centred, centred], "square")[0], safe, "var")
     pooled = []
     for stat in stats.stats:
         if stat == "mean":
             pooled.append(mean)
         elif stat == "std":
-            expanded = w.op("Unsqueeze", [mean, axes], "mean3")[0]
-            centred = w.op("Mul", [w.op("Sub", [x, expanded], "dev")[0], weights], "centred")[0]
-            square = w.op("Mul", [centred, centred], "square")[0]
-            variance = w.op(
-                "Div", [w.op("ReduceSum", [square, axes], "ss", keepdims=0)[0], safe], "var"
-            )[0]
             shifted = w.op("Add", [variance, _float(w, KERAS_EPSILON, "eps")], "var_eps")[0]
             pooled.append(w.op("Sqrt", [shifted], "std")[0])
+        elif stat in ("max", "min"):
+            pooled.append(_masked_extreme(w, x, mask, count, stat))
+        elif stat in ("skew", "kurtosis"):
+            pooled.append(_standard_moment(w, centred, variance, safe, stat))
+        elif stat == "slope":
+            pooled.append(_slope(w, centred, count))
         else:
-            hidden = w.op(
-                "Where", [_is_real(w, mask, True), x, _float(w, -np.inf, "ninf")], "hide"
-            )[0]
-            peak = w.op("ReduceMax", [hidden], "peak", axes=[1], keepdims=0)[0]
-            some = w.op("Greater", [count, _float(w, 0.0, "zero")], "some")[0]
-            pooled.append(w.op("Where", [some, peak, _float(w, 0.0, "zero")], "max")[0])
+            pooled.append(_mean_change(w, x, weights, count))
     return pooled[0] if len(pooled) == 1 else w.op("Concat", pooled, "stats", axis=-1)[0]
+
+
+def _frame_sum(w: _Writer, x: str, divisor: str | None, hint: str) -> str:
+    """[B, T, C] summed over the frames (and divided by ``divisor`` [B, 1]) -> [B, C]."""
+    total = w.op("ReduceSum", [x, _ints(w, [1], "axes")], f"{hint}_sum", keepdims=0)[0]
+    return total if divisor is None else w.op("Div", [total, divisor], hint)[0]
+
+
+def _masked_extreme(w: _Writer, x: str, mask: str, count: str, stat: str) -> str:
+    """The max or min of each channel over the real frames; 0 without a real frame."""
+    fill, reduce = (-np.inf, "ReduceMax") if stat == "max" else (np.inf, "ReduceMin")
+    hidden = w.op("Where", [_is_real(w, mask, True), x, _float(w, fill, "fill")], "hide")[0]
+    peak = w.op(reduce, [hidden], "peak", axes=[1], keepdims=0)[0]
+    some = w.op("Greater", [count, _float(w, 0.0, "zero")], "some")[0]
+    return w.op("Where", [some, peak, _float(w, 0.0, "zero")], stat)[0]
+
+
+def _standard_moment(w: _Writer, centred: str, variance: str, count: str, stat: str) -> str:
+    """``MaskedStats``' skewness or excess kurtosis per channel, 0 for a constant one."""
+    constant = w.op(
+        "LessOrEqual", [variance, _float(w, CONSTANT_VARIANCE, "constant")], "constant"
+    )[0]
+    safe = w.op("Where", [constant, _float(w, 1.0, "one"), variance], "safe_var")[0]
+    squares = w.op("Mul", [centred, centred], "squares")[0]
+    if stat == "skew":
+        cubes = w.op("Mul", [squares, centred], "cubes")[0]
+        scale = w.op("Mul", [safe, w.op("Sqrt", [safe], "sd")[0]], "sd3")[0]
+        value = w.op("Div", [_frame_sum(w, cubes, count, "m3"), scale], "skew")[0]
+    else:
+        fourths = w.op("Mul", [squares, squares], "fourths")[0]
+        scale = w.op("Mul", [safe, safe], "var2")[0]
+        ratio = w.op("Div", [_frame_sum(w, fourths, count, "m4"), scale], "ratio")[0]
+        value = w.op("Sub", [ratio, _float(w, 3.0, "three")], "kurtosis")[0]
+    return w.op("Where", [constant, _float(w, 0.0, "zero"), value], "moment")[0]
+
+
+def _slope(w: _Writer, centred: str, count: str) -> str:
+    """``MaskedStats``' least-squares slope per channel against time scaled to [-1, 1]
+    over the first ``count`` frames; 0 below two real frames."""
+    from onnx import TensorProto
+
+    one = _float(w, 1.0, "one")
+    steps = w.op("Unsqueeze", [_positions(w, centred), _ints(w, [0], "axes")], "steps")[0]
+    span = w.op("Max", [w.op("Sub", [count, one], "span")[0], one], "safe_span")[0]
+    scaled = w.op("Div", [w.op("Mul", [_float(w, 2.0, "two"), steps], "2t")[0], span], "tt")[0]
+    t = w.op("Sub", [scaled, one], "t")[0]
+    t = w.op("Unsqueeze", [t, _ints(w, [-1], "axes")], "t3")[0]  # [B, T, 1]
+    steps3 = w.op("Unsqueeze", [steps, _ints(w, [-1], "axes")], "steps3")[0]  # [1, T, 1]
+    counts3 = w.op("Unsqueeze", [count, _ints(w, [1], "axes")], "counts3")[0]  # [B, 1, 1]
+    real = w.op(
+        "Cast", [w.op("Less", [steps3, counts3], "first")[0]], "real", to=TensorProto.FLOAT
+    )[0]
+    spread = w.op("Mul", [w.op("Mul", [t, t], "t2")[0], real], "t2_real")[0]
+    denominator = _frame_sum(w, spread, None, "denominator")
+    denominator = w.op("Max", [denominator, _float(w, 1e-12, "tiny")], "safe_denominator")[0]
+    value = _frame_sum(w, w.op("Mul", [t, centred], "tx")[0], denominator, "slope")
+    two_frames = w.op("Greater", [count, one], "two_frames")[0]
+    return w.op("Where", [two_frames, value, _float(w, 0.0, "zero")], "slope_or_0")[0]
+
+
+def _mean_change(w: _Writer, x: str, weights: str, count: str) -> str:
+    """``MaskedStats``' mean absolute change between neighbouring frames whose second
+    frame is real; 0 below two real frames."""
+    one = _float(w, 1.0, "one")
+    axes, end = _ints(w, [1], "axes"), _ints(w, [np.iinfo(np.int64).max], "end")
+    later = w.op("Slice", [x, _ints(w, [1], "start"), end, axes], "later")[0]
+    earlier = w.op("Slice", [x, _ints(w, [0], "start"), _ints(w, [-1], "end"), axes], "earlier")[0]
+    real = w.op("Slice", [weights, _ints(w, [1], "start"), end, axes], "later_real")[0]
+    change = w.op("Abs", [w.op("Sub", [later, earlier], "step")[0]], "change")[0]
+    pairs = w.op("Max", [w.op("Sub", [count, one], "pairs")[0], one], "safe_pairs")[0]
+    return _frame_sum(w, w.op("Mul", [change, real], "real_change")[0], pairs, "delta")
 
 
 def _attention_pool(w: _Writer, attention: AttentionPool, x: str, mask: str) -> str:
@@ -345,6 +423,8 @@ def _step(w: _Writer, fn, args: list[str], mask: str | None) -> str | list[str]:
         return args[0]
     if isinstance(fn, Mean):
         return w.op("Mean", args, "mean")[0]
+    if isinstance(fn, Concat):
+        return w.op("Concat", args, "concat", axis=fn.axis)[0]
     if isinstance(fn, NotEqual):
         value = w.constant(np.array(fn.value, np.float32), "value")
         equal = w.op("Equal", [args[0], value], "equal")[0]

@@ -83,6 +83,28 @@ def test_every_model_type_equals_keras_on_generated_clips(any_run, runtime) -> N
     assert keras_and_light_differ_by(any_run, runtime, generated_clips()) <= PARITY
 
 
+def test_a_trained_lstm_with_the_pooling_options_runs_on_onnx_and_equals_keras(
+    tmp_path_factory,
+) -> None:
+    """Statistics pooling, frame pooling and the batch-normalised functionals branch
+    (``Concatenate``): ONNX Runtime by default, no fall-back to Keras, and both light
+    runtimes give Keras's probabilities on padded clips."""
+    run = tiny_run(
+        tmp_path_factory,
+        "lstm",
+        variant="stats-functionals",
+        **{
+            "model.lstm.bidirectional": "true",
+            "model.lstm.pooling": "stats",
+            "model.lstm.frame_pool": "3",
+            "model.lstm.functionals": "[mean,std,max,min,skew,kurtosis,slope,delta]",
+        },
+    )
+    assert Predictor.load(run).runtime == "onnx"
+    for runtime in ("onnx", "numpy"):
+        assert keras_and_light_differ_by(run, runtime, generated_clips()) <= PARITY
+
+
 def test_every_model_type_equals_keras_on_real_clips(any_run) -> None:
     assert keras_and_light_differ_by(any_run, "onnx", corpus_clips()) <= PARITY
 
@@ -268,9 +290,25 @@ def _custom_sequence_model(input_dim: int):
             "model.cnn.kernel_size=4",
             "model.cnn.pool_size=3",
         ],
+        [
+            "model.type=lstm",
+            "model.lstm.units=[6]",
+            "model.lstm.bidirectional=true",
+            "model.lstm.pooling=stats",
+            "model.lstm.frame_pool=3",
+            "model.lstm.functionals=[mean,std,max,min,skew,kurtosis,slope,delta]",
+        ],
+        ["model.type=lstm", "model.lstm.units=[6,5]", "model.lstm.pooling=attention"],
         "custom",
     ],
-    ids=["bilstm", "crnn-lstm", "cnn-3-blocks", "custom-layers"],
+    ids=[
+        "bilstm",
+        "crnn-lstm",
+        "cnn-3-blocks",
+        "bilstm-stats-pool3-functionals",
+        "lstm-attention",
+        "custom-layers",
+    ],
 )
 def test_model_options_equal_keras_on_both_runtimes(options, tmp_path) -> None:
     """Untrained models of the options the tiny runs do not train, padded and with
@@ -298,3 +336,41 @@ def test_model_options_equal_keras_on_both_runtimes(options, tmp_path) -> None:
         expected = np.asarray(keras_model(x, training=False))
         np.testing.assert_allclose(numpy_model(x), expected, rtol=0, atol=1e-5)
         np.testing.assert_allclose(onnx_model(x), expected, rtol=0, atol=1e-5)
+
+
+def test_constant_variance_twin_equals_the_keras_layers() -> None:
+    """``ser.numpy_runtime`` keeps its own copies of these (it must not import Keras)."""
+    import keras
+
+    from ser import numpy_runtime
+    from ser.models import layers
+
+    assert numpy_runtime.CONSTANT_VARIANCE == layers.CONSTANT_VARIANCE
+    assert numpy_runtime.KERAS_EPSILON == keras.config.epsilon()
+
+
+def test_every_masked_statistic_equals_keras_on_both_runtimes(tmp_path) -> None:
+    """Each statistic of ``MaskedGlobalPooling`` itself (not through a softmax), on clips
+    with padding, an all-zero frame inside, a nearly constant channel, one real frame and
+    none."""
+    import keras
+
+    from ser.models.layers import POOLING_STATS, FrameMask, MaskedGlobalPooling
+    from ser.onnx_export import OnnxModel
+
+    inputs = keras.Input((None, 3))
+    pooled = MaskedGlobalPooling(POOLING_STATS)([inputs, FrameMask()(inputs)])
+    keras.Model(inputs, pooled).save(tmp_path / "model.keras")
+    numpy_model = read_numpy_model(tmp_path / "model.keras")
+    onnx_model = OnnxModel(numpy_model, [f"s{i}" for i in range(3 * len(POOLING_STATS))])
+    x = np.random.default_rng(11).standard_normal((5, 23, 3)).astype(np.float32)
+    x[:, :, 2] = 1.5 + 1e-4 * x[:, :, 2]  # variance below CONSTANT_VARIANCE: moments 0
+    x[1, 17:] = 0.0  # padding
+    x[2, 6] = 0.0  # an all-zero frame inside
+    x[3, 1:] = 0.0  # one real frame
+    x[4] = 0.0  # none
+    expected = keras.ops.convert_to_numpy(keras.models.load_model(tmp_path / "model.keras")(x))
+    moments = [3 * POOLING_STATS.index(s) + 2 for s in ("skew", "kurtosis")]
+    assert np.all(expected[:, moments] == 0.0)
+    for light in (numpy_model, onnx_model):
+        np.testing.assert_allclose(light(x), expected, rtol=1e-5, atol=1e-5)

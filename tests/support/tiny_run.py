@@ -86,10 +86,14 @@ def train_speaker_normalised(work: Path, **extra: str) -> tuple[Any, dict[str, A
     return cfg, train(cfg, log=lambda _line: None)
 
 
-def tiny_run(tmp_path_factory, model: str = "lstm", ensemble: int = 1) -> Path:
+def tiny_run(
+    tmp_path_factory, model: str = "lstm", ensemble: int = 1, variant: str = "", **extra: str
+) -> Path:
     """The run directory of a one-epoch tiny ``model`` (lstm, cnn, crnn or dense), or of
-    a seed ensemble of ``ensemble`` such members."""
+    a seed ensemble of ``ensemble`` such members; ``extra`` overrides (``--set`` keys and
+    values) make the run named ``variant`` of it."""
     name = f"tiny-{model}" if ensemble == 1 else f"tiny-{model}-ensemble{ensemble}"
+    name += f"-{variant}" if variant else ""
     if name not in _RUNS:
         work = tmp_path_factory.mktemp(name)
         make_emodb(work / "corpora")
@@ -103,6 +107,7 @@ def tiny_run(tmp_path_factory, model: str = "lstm", ensemble: int = 1) -> Path:
                 "train.confusion_images": "false",
                 "train.run_name": name,
                 "model.ensemble": str(ensemble),
+                **extra,
             },
         )
         cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
