@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ser.config import CNNConfig, CRNNConfig, DenseConfig, LSTMConfig, ModelConfig
+from ser.features.extractors import pool
 from ser.models import MODELS, build_model
 from ser.models.layers import (
     FrameMask,
@@ -16,7 +17,6 @@ from ser.models.layers import (
     MaskedGlobalPooling,
     MaskedMaxPooling1D,
 )
-from ser.features.extractors import pool
 from ser.registry import UnknownNameError
 
 INPUT_DIM = 8
