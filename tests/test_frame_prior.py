@@ -103,3 +103,35 @@ def test_evaluation_reports_each_clip_alone_beside_the_whole_speaker(run):
     # The whole-speaker mode is the Keras row of the report itself.
     keras_ua = next(m for m in report["models"] if m["kind"] == "keras")["ua"]
     assert report["served"]["speaker"] == pytest.approx(keras_ua, abs=1e-9)
+
+
+def test_predict_http_and_evaluation_give_a_clip_the_same_probabilities(run, tmp_path, capsys):
+    """The lone-clip path of evaluation (``served_frame_modes``) is what ``ser predict``
+    and ``/predict`` serve, for the two-branch LSTM on speaker-normalised frames."""
+    import json
+
+    import soundfile as sf
+    from fastapi.testclient import TestClient
+
+    from ser.audio import load_audio
+    from ser.cli import main
+    from ser.data.pipeline import to_model_input
+    from ser.serving.app import create_app
+    from tests.support.signals import gliding_tone
+
+    cfg, summary = run
+    path = tmp_path / "clip.wav"
+    sf.write(path, gliding_tone(1.5, 200, seed=4), 16000)
+    predictor = Predictor.load(summary["run_dir"], xla=False)
+    raw = extract_features(load_audio(path, 16000), cfg.data.sample_rate, cfg.features)
+    f = cfg.features
+    x = to_model_input(predictor.lone_clip_frames(raw), f.mode, f.pooling, predictor.max_frames)
+    evaluated = predictor.predict_inputs([x])[0]
+    assert main(["predict", str(path), "--run", summary["run_dir"], "--json"]) == 0
+    predicted = json.loads(capsys.readouterr().out)["results"][0]["probabilities"]
+    assert list(predicted.values()) == pytest.approx(evaluated.tolist(), abs=1e-4)
+    with TestClient(create_app(predictor)) as client:
+        served = client.post(
+            "/predict", files={"file": ("clip.wav", path.read_bytes(), "audio/wav")}
+        ).json()["probabilities"]
+    assert list(served.values()) == pytest.approx(evaluated.tolist(), abs=1e-4)
