@@ -268,6 +268,10 @@ class AugmentConfig(Strict):
     # a random number of its speaker's clips (itself among them) blended with it, as a
     # speaker session does (ser.inference.SpeakerSession). 0 turns it off.
     session_copies: int = Field(default=0, ge=0, le=32)
+    # Sequence mode with features.normalisation speaker only: train as served. Beside
+    # each training clip's frames normalised by its speaker's clips, a copy normalised
+    # as a served clip's frames are, by the average training speaker (frame_prior.json).
+    served_frames: bool = False
     # Recording conditions (ser.perturb, e.g. "telephone", "noise:pink:15", "babble:10",
     # "mp3:32", "reverb:0.4", "gain:-20") to train on: beside each training clip,
     # condition_copies copies of its audio, each in one condition drawn from the list
@@ -641,6 +645,13 @@ class Config(Strict):
             raise ValueError("augment.condition_copies needs augment.conditions to draw from")
         if self.augment.session_copies and self.features.pooled_normalisation != "speaker":
             raise ValueError("augment.session_copies needs features.pooled_normalisation: speaker")
+        if self.augment.served_frames and (
+            self.features.mode != "sequence" or self.features.normalisation != "speaker"
+        ):
+            raise ValueError(
+                "augment.served_frames needs features.mode: sequence and "
+                "features.normalisation: speaker"
+            )
         if self.augment.mixup > 0 and self.features.mode != "pooled":
             raise ValueError("augment.mixup needs features.mode: pooled (the dense model)")
         return self

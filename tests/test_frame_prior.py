@@ -135,3 +135,29 @@ def test_predict_http_and_evaluation_give_a_clip_the_same_probabilities(run, tmp
             "/predict", files={"file": ("clip.wav", path.read_bytes(), "audio/wav")}
         ).json()["probabilities"]
     assert list(served.values()) == pytest.approx(evaluated.tolist(), abs=1e-4)
+
+
+def test_served_frames_train_beside_the_speaker_normalised_clips(run):
+    cfg, _summary = run
+    served = cfg.model_copy(
+        update={"augment": cfg.augment.model_copy(update={"served_frames": True})}
+    )
+    data = prepare_data(served, log=quiet, keep_features=True)
+    copies, targets = data.served_train
+    rows = data.rows["train"]
+    assert len(copies) == len(rows) and targets.tolist() == data.targets["train"].tolist()
+    first = data.raw_features[rows[0].path]
+    np.testing.assert_allclose(
+        copies[0], data.frame_prior.apply(first)[: copies[0].shape[0]], atol=1e-6
+    )
+    # The speaker-normalised inputs themselves are unchanged.
+    plain = prepare_data(cfg, log=quiet)
+    np.testing.assert_array_equal(data.inputs["train"][0], plain.inputs["train"][0])
+    assert plain.served_train is None
+
+
+def test_served_frames_need_speaker_normalised_frames():
+    from ser.config import ConfigError
+
+    with pytest.raises(ConfigError, match="served_frames needs features.mode: sequence"):
+        load_config(ROOT / "configs" / "best.yaml", ["augment.served_frames=true"], env={})

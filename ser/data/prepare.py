@@ -64,7 +64,8 @@ class PreparedData:
     # of the raw pooled vectors, for clips whose speaker is unknown (inference).
     speaker_prior: Normaliser | None = None
     # augment.session_copies: training vectors normalised as served clips would be
-    # (``served_copies``), with their targets; training fits on them beside ``inputs``.
+    # (``served_copies``), and augment.served_frames: training frames normalised by the
+    # frame prior, with their targets; training fits on them beside ``inputs``.
     served_train: tuple[list[np.ndarray], np.ndarray] | None = None
     # Sequence mode with features.normalisation speaker: the average training speaker's
     # frame statistics (``frame_speaker_prior``), which a served clip is normalised by.
@@ -121,6 +122,21 @@ def frame_speaker_prior(
     if not named:
         return None
     return speaker_prior([features[r.path] for r in named], [r.speaker for r in named])
+
+
+def _served_training_frames(
+    cfg: Config,
+    raw: dict[str, np.ndarray],
+    rows: list[Utterance],
+    targets: np.ndarray,
+    prior: Normaliser,
+    max_frames: int,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """``augment.served_frames``: each training clip's raw frames normalised as a served
+    clip's are (by the average training speaker), as model inputs, with their targets."""
+    f = cfg.features
+    inputs = [to_model_input(prior.apply(raw[r.path]), f.mode, f.pooling, max_frames) for r in rows]
+    return inputs, targets.copy()
 
 
 def _check_no_part_empty(
@@ -261,6 +277,11 @@ def prepare_data(
         targets[part] = np.array([index[r.emotion] for r in kept], np.int32)
     _check_no_part_empty(rows, features, report)
     frame_prior = frame_speaker_prior(cfg, raw, rows["train"])
+    served = None
+    if cfg.augment.served_frames and frame_prior is not None:
+        served = _served_training_frames(
+            cfg, raw, rows["train"], targets["train"], frame_prior, max_frames
+        )
     if cfg.augment.condition_copies:
         copies, copy_inputs, copy_features = _condition_copies(cfg, rows["train"], max_frames, log)
         features.update(copy_features)
@@ -268,7 +289,7 @@ def prepare_data(
         inputs["train"] = inputs["train"] + copy_inputs
         copy_targets = np.array([index[r.emotion] for r in copies], np.int32)
         targets["train"] = np.concatenate([targets["train"], copy_targets])
-    prior = served = None
+    prior = None
     if cfg.features.pooled_normalisation == "speaker":
         raw_train = inputs["train"]
         inputs, prior = _normalise_by_speaker(inputs, rows)
