@@ -53,7 +53,7 @@ def test_default_config_and_its_extends_chain_load_from_an_empty_folder(tmp_path
     proc = ser("train", "--print-config", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("name: lstm\n")
-    # lstm.yaml extends base.yaml, features/frames_prosody.yaml and model/lstm_fusion.yaml.
+    # lstm.yaml extends base.yaml, features/frames_prosody.yaml and model/lstm_stats.yaml.
     printed = proc.stdout
     assert "type: lstm" in printed and "- chroma" in printed and "cache_dir: data/cache" in printed
     assert list(tmp_path.iterdir()) == []  # printing a config writes nothing
