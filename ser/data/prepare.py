@@ -236,6 +236,27 @@ def _served_training_copies(
     return vectors, np.repeat(targets, cfg.augment.session_copies).astype(np.int32)
 
 
+def _model_inputs_by_part(
+    cfg: Config,
+    parts: Mapping[str, list[Utterance]],
+    features: dict[str, np.ndarray],
+    index: Mapping[str, int],
+    max_frames: int,
+) -> tuple[dict[str, list[Utterance]], dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
+    """Per part: the rows with features and a known label, their model inputs and their
+    integer targets."""
+    rows, inputs, targets = {}, {}, {}
+    f = cfg.features
+    for part in PARTS:
+        kept = [r for r in parts[part] if r.path in features and r.emotion in index]
+        rows[part] = kept
+        inputs[part] = [
+            to_model_input(features[r.path], f.mode, f.pooling, max_frames) for r in kept
+        ]
+        targets[part] = np.array([index[r.emotion] for r in kept], np.int32)
+    return rows, inputs, targets
+
+
 def prepare_data(
     cfg: Config,
     split: Split | None = None,
@@ -265,16 +286,9 @@ def prepare_data(
     max_frames = max_frames_for(
         cfg.data.max_seconds, cfg.data.sample_rate, cfg.features.frame.hop_length
     )
-    parts = split.partition(manifest.rows)
-    rows, inputs, targets = {}, {}, {}
-    for part in PARTS:
-        kept = [r for r in parts[part] if r.path in features and r.emotion in index]
-        rows[part] = kept
-        inputs[part] = [
-            to_model_input(features[r.path], cfg.features.mode, cfg.features.pooling, max_frames)
-            for r in kept
-        ]
-        targets[part] = np.array([index[r.emotion] for r in kept], np.int32)
+    rows, inputs, targets = _model_inputs_by_part(
+        cfg, split.partition(manifest.rows), features, index, max_frames
+    )
     _check_no_part_empty(rows, features, report)
     frame_prior = frame_speaker_prior(cfg, raw, rows["train"])
     served = None
