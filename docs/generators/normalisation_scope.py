@@ -41,19 +41,12 @@ def clip_statistics(corpus: str) -> tuple[list, dict[str, np.ndarray]]:
     from ser.config import load_config
     from ser.data.corpora import build_manifest
     from ser.data.pipeline import scope_normalise, speaker_normalise_vectors
-    from ser.features.cache import extract_all
+    from ser.data.prepare import raw_manifest_features
     from ser.features.extractors import pool
 
     cfg = load_config("configs/best.yaml", [f"data.corpora=[{corpus}]"])
     manifest = build_manifest(cfg.data, log=lambda _line: None)
-    frames, _ = extract_all(
-        [r.path for r in manifest.rows],
-        cfg.features,
-        cfg.data.sample_rate,
-        workers=cfg.features.workers,
-        cache_dir=cfg.features.cache_dir,
-        log=lambda _line: None,
-    )
+    frames, _ = raw_manifest_features(cfg, manifest, log=lambda _line: None)
     rows = [r for r in manifest.rows if r.path in frames]
     raw = np.stack([pool(frames[r.path], STATISTICS) for r in rows])
     by_frames = scope_normalise(frames, rows, "speaker")
@@ -91,7 +84,9 @@ def fold_scores(rows: list, x: np.ndarray, method: str, folds: int) -> list[floa
 
 
 def main() -> int:
-    print("| corpus | no speaker normalisation | speaker-normalised frames | speaker-normalised statistics |")
+    print(
+        "| corpus | no speaker normalisation | speaker-normalised frames | speaker-normalised statistics |"
+    )
     print("|---|---:|---:|---:|")
     for corpus, (method, folds) in CORPORA.items():
         rows, levels = clip_statistics(corpus)

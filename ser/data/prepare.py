@@ -89,11 +89,11 @@ def extract_manifest_features(
 ) -> tuple[dict, ExtractionReport]:
     """Frame features of every manifest row (through the cache), normalised in the
     configured scope (``features.normalisation``)."""
-    features, report = _raw_manifest_features(cfg, manifest, log)
+    features, report = raw_manifest_features(cfg, manifest, log)
     return scope_normalise(features, manifest.rows, cfg.features.normalisation), report
 
 
-def _raw_manifest_features(
+def raw_manifest_features(
     cfg: Config, manifest: Manifest, log: Log
 ) -> tuple[dict, ExtractionReport]:
     """Frame features of every manifest row through the cache, before normalisation."""
@@ -279,7 +279,7 @@ def prepare_data(
         )
     split = split or make_split(manifest.rows, cfg.split, cfg.seed)
     log(f"split: {split.protocol()}")
-    raw, report = _raw_manifest_features(cfg, manifest, log)
+    raw, report = raw_manifest_features(cfg, manifest, log)
     features = scope_normalise(raw, manifest.rows, cfg.features.normalisation)
     labels = labels or label_list(manifest.rows, list(cfg.data.emotions))
     index = {label: i for i, label in enumerate(labels)}
