@@ -320,6 +320,12 @@ class FeaturesConfig(Strict):
     cache_dir: str = "data/cache"
     workers: int = Field(default=0, ge=0)  # 0 = one per core
 
+    @property
+    def speaker_normalised_frames(self) -> bool:
+        """Sequence mode with ``normalisation: speaker``: such runs carry the average
+        training speaker's frame statistics (``frame_prior.json``) for served clips."""
+        return self.mode == "sequence" and self.normalisation == "speaker"
+
     @model_validator(mode="after")
     def _unique(self) -> FeaturesConfig:
         for name in ("extractors", "pooling"):
@@ -645,9 +651,7 @@ class Config(Strict):
             raise ValueError("augment.condition_copies needs augment.conditions to draw from")
         if self.augment.session_copies and self.features.pooled_normalisation != "speaker":
             raise ValueError("augment.session_copies needs features.pooled_normalisation: speaker")
-        if self.augment.served_frames and (
-            self.features.mode != "sequence" or self.features.normalisation != "speaker"
-        ):
+        if self.augment.served_frames and not self.features.speaker_normalised_frames:
             raise ValueError(
                 "augment.served_frames needs features.mode: sequence and "
                 "features.normalisation: speaker"

@@ -305,8 +305,7 @@ def _light_model(path: Path, runtime: str, labels: list[str]) -> NumpyModel | On
 def _frame_prior(path: Path, cfg: Config) -> Normaliser | None:
     """The run's frame_prior.json, for a sequence model trained on speaker-normalised
     frames; None for any other run, and for such runs saved before the file existed."""
-    f = cfg.features
-    if f.mode != "sequence" or f.normalisation != "speaker":
+    if not cfg.features.speaker_normalised_frames:
         return None
     file = path / runs.FRAME_PRIOR
     return Normaliser.load(file) if file.is_file() else None

@@ -110,16 +110,9 @@ def served_frame_modes(predictor: Predictor, data: PreparedData) -> dict[str, An
     must hold the raw frames (``prepare_data(..., keep_features=True)``)."""
     if predictor.frame_prior is None:
         raise ValueError("served frame modes need a run with frame_prior.json")
-    f = predictor.cfg.features
     rows, targets = data.rows["test"], np.asarray(data.targets["test"])
     alone = [
-        to_model_input(
-            predictor.lone_clip_frames(data.raw_features[r.path]),
-            f.mode,
-            f.pooling,
-            predictor.max_frames,
-        )
-        for r in rows
+        predictor.model_input(predictor.lone_clip_frames(data.raw_features[r.path])) for r in rows
     ]
     predicted = {
         "prior": predictor.predict_inputs(alone).argmax(axis=1),

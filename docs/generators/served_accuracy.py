@@ -41,8 +41,7 @@ def replay_fold(run_dir: Path, seed: int = 0) -> dict:
     from ser.served_evaluation import served_frame_modes, served_modes
 
     predictor = Predictor.load(run_dir, xla=False)
-    f = predictor.cfg.features
-    frames = f.mode == "sequence" and f.normalisation == "speaker"
+    frames = predictor.cfg.features.speaker_normalised_frames
     if predictor.speaker_prior is None and not frames:
         raise SystemExit(
             f"{run_dir}: not a speaker-normalised run (features.pooled_normalisation, or "

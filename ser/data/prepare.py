@@ -115,8 +115,7 @@ def frame_speaker_prior(
     """With ``features.normalisation: speaker`` in sequence mode, the average training
     speaker's frame statistics (``speaker_prior`` over each speaker's raw frames): what
     a served clip, whose speaker is unknown, is normalised by. None otherwise."""
-    f = cfg.features
-    if f.mode != "sequence" or f.normalisation != "speaker":
+    if not cfg.features.speaker_normalised_frames:
         return None
     named = [r for r in train if r.path in features and not r.speaker.endswith(":unknown")]
     if not named:

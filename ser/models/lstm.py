@@ -39,14 +39,7 @@ def build_lstm(params: LSTMConfig, input_dim: int, num_classes: int) -> keras.Mo
     x, steps = inputs, mask
     if params.frame_pool > 1:
         x, steps = MaskedMaxPooling1D(params.frame_pool, name="frame_pool")([x, steps])
-    for i, units in enumerate(params.units, start=1):
-        last = i == len(params.units) and params.pooling == "last"
-        rnn = layers.LSTM(units, return_sequences=not last, name=f"lstm_{i}")
-        if params.bidirectional:
-            rnn = layers.Bidirectional(rnn, name=f"bilstm_{i}")
-        x = rnn(x, mask=steps)
-        if params.dropout > 0:
-            x = layers.Dropout(params.dropout, name=f"lstm_{i}_dropout")(x)
+    x = _lstm_stack(x, params, last_state=params.pooling == "last", mask=steps)
     if params.pooling == "stats":
         x = MaskedGlobalPooling(RECURRENT_STATS, name="recurrent_stats")([x, steps])
     elif params.pooling == "attention":
@@ -66,15 +59,24 @@ def _last_state_lstm(params: LSTMConfig, inputs, num_classes: int) -> keras.Mode
     state at each sequence's final real frame (the layout of runs saved before the
     other options existed, kept so that they load and convert as before)."""
     x = layers.Masking(mask_value=0.0, name="padding_mask")(inputs)
+    x = _lstm_stack(x, params, last_state=True)
+    x = dense_stack(x, params.dense_units, params.dropout, batch_norm=False, name="head")
+    return keras.Model(inputs, emotion_output(x, num_classes), name="lstm_classifier")
+
+
+def _lstm_stack(x, params: LSTMConfig, *, last_state: bool, mask=None):
+    """``params.units`` LSTMs (bidirectional if asked), each followed by dropout; the last
+    returns its state at the final real frame when ``last_state``, else every step.
+    ``mask`` ([B, T], 1 = real frame) is passed explicitly, or None for a Keras mask
+    already attached to ``x`` (``Masking``)."""
     for i, units in enumerate(params.units, start=1):
-        last = i == len(params.units)
+        last = last_state and i == len(params.units)
         # Dropout between layers rather than LSTM(dropout=...) keeps the fused
         # cuDNN kernel usable on GPU.
         rnn = layers.LSTM(units, return_sequences=not last, name=f"lstm_{i}")
         if params.bidirectional:
             rnn = layers.Bidirectional(rnn, name=f"bilstm_{i}")
-        x = rnn(x)
+        x = rnn(x) if mask is None else rnn(x, mask=mask)
         if params.dropout > 0:
             x = layers.Dropout(params.dropout, name=f"lstm_{i}_dropout")(x)
-    x = dense_stack(x, params.dense_units, params.dropout, batch_norm=False, name="head")
-    return keras.Model(inputs, emotion_output(x, num_classes), name="lstm_classifier")
+    return x
