@@ -56,11 +56,12 @@ def feature_configs():
     return {
         "seed features, seed frames": load_config(None, same + seed_frame, env={}).features,
         "seed features, our frames": load_config(None, same, env={}).features,
-        "lstm/cnn default (mfcc+chroma+contrast)": load_config(
-            "configs/lstm.yaml", env={}
-        ).features,
-        "dense default (mfcc+chroma+mel+contrast)": load_config(
+        "cnn.yaml (mfcc+chroma+contrast)": load_config("configs/cnn.yaml", env={}).features,
+        "dense.yaml (mfcc+chroma+mel+contrast)": load_config(
             "configs/dense.yaml", env={}
+        ).features,
+        "lstm.yaml, the default (best.yaml's frames)": load_config(
+            "configs/lstm.yaml", env={}
         ).features,
         "best.yaml (mfcc+deltas, chroma, mel, contrast, prosody)": load_config(
             "configs/best.yaml", env={}

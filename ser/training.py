@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from ser import multi_worker, runs
 from ser.config import Config, load_config, save_config
+from ser.data.corpora import Manifest
 from ser.data.pipeline import Normaliser, make_dataset
 from ser.data.prepare import PreparedData, prepare_data, read_saved_split, save_run_data
 from ser.data.splits import PARTS, Split
@@ -513,12 +514,18 @@ def _log_outcome(cfg: Config, data: PreparedData, summary: dict[str, Any], link:
 
 
 def train(
-    cfg: Config, *, resume: str | Path | None = None, split: Split | None = None, log: Log = print
+    cfg: Config,
+    *,
+    resume: str | Path | None = None,
+    split: Split | None = None,
+    manifest: Manifest | None = None,
+    log: Log = print,
 ) -> dict[str, Any]:
     """Train one model; returns the run summary (also written to ``summary.json``).
 
     ``split`` (e.g. a cross-validation fold with extra training corpora) replaces the
     split ``cfg.split`` would make; it is saved to ``split.json`` like any other.
+    ``manifest``, if given, is ``cfg``'s manifest already built (``fill_feature_cache``).
     Under ``train.distribute: multi_worker`` (TF_CONFIG checked first) only the chief
     writes the run directory; the other tasks train in a temporary folder.
     """
@@ -533,7 +540,9 @@ def train(
         log(f"resuming {run_dir}")
         split = read_saved_split(run_dir, cfg.data)
     with multi_worker.workspace(run_dir, task) as work_dir:
-        summary, data = _train_in(cfg, run_dir, work_dir, split, task, resuming=resuming, log=log)
+        summary, data = _train_in(
+            cfg, run_dir, work_dir, split, task, manifest, resuming=resuming, log=log
+        )
     summary["seconds"]["total"] = time.time() - started
     if work_dir != run_dir:
         log(f"{task.name} done; the chief wrote the run directory {run_dir}")
@@ -550,6 +559,7 @@ def _train_in(
     work_dir: Path,
     split: Split | None,
     task: multi_worker.Task | None,
+    manifest: Manifest | None,
     *,
     resuming: bool,
     log: Log,
@@ -560,7 +570,7 @@ def _train_in(
     chief = work_dir == run_dir
     log_dir = Path(cfg.train.experiments_dir) / run_dir.name if chief else work_dir / "logs"
     keras.utils.set_random_seed(cfg.seed)
-    data = prepare_data(cfg, split=split, log=log)
+    data = prepare_data(cfg, split=split, manifest=manifest, log=log)
     normaliser = _save_run_inputs(cfg, work_dir, data)
 
     def dataset(part: str) -> Any:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,9 @@ from ser.features.cache import (
     file_digest,
 )
 from ser.features.extractors import extract_features
+from tests.support import ROOT
+from tests.support.fakes import make_emodb
+from tests.support.tiny_run import tiny_overrides
 
 SR = 16000
 
@@ -309,6 +315,55 @@ def test_parallel_workers_match_one_process(
         np.testing.assert_array_equal(parallel[path], serial[path])
     assert len(entries(cfg)) == 4
     assert_no_temp_files(cfg)
+
+
+@pytest.mark.parametrize("loaded", [None, "tensorflow", "onnxruntime", "torch"])
+def test_workers_fork_only_from_a_process_without_threaded_runtimes(
+    monkeypatch: pytest.MonkeyPatch, loaded: str | None
+) -> None:
+    for name in cache_module._FORK_UNSAFE_MODULES:
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    if loaded:
+        monkeypatch.setitem(sys.modules, loaded, types.ModuleType(loaded))
+    expected = "fork" if loaded is None and sys.platform.startswith("linux") else "spawn"
+    assert cache_module._worker_context().get_start_method() == expected
+
+
+# Runs ``ser train`` (args after -c) with ``_worker_context`` recording how each pool
+# of extraction workers started and whether TensorFlow was loaded by then.
+_RECORD_WORKER_STARTS = """
+import sys
+import ser.features.cache as cache
+real, starts = cache._worker_context, []
+def recorded():
+    context = real()
+    starts.append((context.get_start_method(), "tensorflow" in sys.modules))
+    return context
+cache._worker_context = recorded
+from ser.cli import main
+code = main(["train", *sys.argv[1:]])
+print("worker starts:", starts)
+sys.exit(code)
+"""
+
+
+def test_ser_train_extracts_in_forked_workers_before_tensorflow(tmp_path: Path) -> None:
+    make_emodb(tmp_path / "corpora")  # 35 clips: enough for two workers
+    sets = tiny_overrides(tmp_path / "corpora", tmp_path, corpora="[emodb]")
+    sets = [s for s in sets if not s.startswith("features.workers=")] + ["features.workers=2"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _RECORD_WORKER_STARTS, "--config", "base.yaml"]
+        + [arg for s in sets for arg in ("--set", s)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "worker starts: [('fork', False)]" in proc.stdout, proc.stdout[-3000:]
+    assert "features: 35 files, 0 cache hits, 35 extracted" in proc.stdout
+    assert "features: 35 files, 35 cache hits, 0 extracted" in proc.stdout  # training's read
 
 
 def test_report_summary() -> None:

@@ -40,14 +40,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="download missing corpora without asking, accepting their licences (printed "
         "first); same as SER_ACCEPT_LICENCES=1",
     )
-    add_tensorflow_args(p)
+    add_tensorflow_args(p, on_demand=True)  # imported once the features are cached
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ser.config import load_config
+    from ser.tensorflow_startup import import_tensorflow
 
     if args.resume:
+        import_tensorflow()
         from ser.training import train
 
         train(load_config(None, env={}), resume=args.resume)
@@ -66,9 +68,13 @@ def run(args: argparse.Namespace) -> int:
 
         print(interrupted_message(cfg.data.root), file=sys.stderr)
         return 130
+    from ser.data.prepare import fill_feature_cache
+
+    manifest = fill_feature_cache(cfg)  # before TensorFlow's import: see there
+    import_tensorflow()
     from ser.training import train
 
-    train(cfg)
+    train(cfg, manifest=manifest)
     return 0
 
 
