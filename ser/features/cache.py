@@ -293,8 +293,11 @@ class FeatureCache:
         if not np.isfinite(array).all():
             raise ValueError("features contain NaN or infinite values; not cached")
         path = self.path_for(key)
-        path.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(key), suffix=".tmp")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(key), suffix=".tmp")
+        except FileNotFoundError:  # the shard's first entry: a mkdir per entry cost 0.6 ms
+            path.parent.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(key), suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, array, allow_pickle=False)
