@@ -42,8 +42,9 @@ def run_bench(name: str, out: Path, *args: str) -> dict:
 def test_extraction_bench(corpora, tmp_path):
     out = run_bench("extraction", tmp_path / "e.json", "--data-root", str(corpora), "--limit", "6")
     paths = [r["path"] for r in out["results"]]
-    assert paths[0].startswith("seed recipe") and len(paths) == 14
-    assert any("best.yaml" in path for path in paths)  # a row per shipped configuration
+    assert paths[0].startswith("seed recipe") and len(paths) == 16
+    for shipped in ("cnn.yaml", "dense.yaml", "lstm.yaml", "best.yaml"):  # 1 and 2 workers
+        assert sum(path.startswith(f"ours: {shipped}") for path in paths) == 2, shipped
     assert all(r["files_per_s"] > 0 for r in out["results"])
 
 
