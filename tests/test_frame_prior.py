@@ -161,3 +161,25 @@ def test_served_frames_need_speaker_normalised_frames():
 
     with pytest.raises(ConfigError, match="served_frames needs features.mode: sequence"):
         load_config(ROOT / "configs" / "best.yaml", ["augment.served_frames=true"], env={})
+
+
+def test_served_frames_cover_the_copies_in_recording_conditions(run):
+    """A lone clip through a phone is normalised by the clean prior when served, so its
+    training copies in conditions are also seen that way."""
+    from ser.data.prepare import CONDITION_MARK
+
+    cfg, _summary = run
+    augment = cfg.augment.model_copy(
+        update={"served_frames": True, "conditions": ["telephone"], "condition_copies": 1}
+    )
+    data = prepare_data(cfg.model_copy(update={"augment": augment}), log=quiet, keep_features=True)
+    copies, targets = data.served_train
+    rows = data.rows["train"]
+    phoned = [i for i, r in enumerate(rows) if r.path.endswith(f"{CONDITION_MARK}telephone")]
+    assert phoned and len(phoned) * 2 == len(rows) == len(copies)
+    assert targets.tolist() == data.targets["train"].tolist()
+    i = phoned[0]
+    expected = data.frame_prior.apply(data.raw_features[rows[i].path])
+    np.testing.assert_allclose(copies[i], expected[: copies[i].shape[0]], atol=1e-6)
+    # normalised by the clean prior, not by the telephone "speaker" as the plain copy is
+    assert not np.allclose(copies[i], data.inputs["train"][i][: copies[i].shape[0]])

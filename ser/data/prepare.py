@@ -144,8 +144,9 @@ def _served_training_frames(
     prior: Normaliser,
     max_frames: int,
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """``augment.served_frames``: each training clip's raw frames normalised as a served
-    clip's are (by the average training speaker), as model inputs, with their targets."""
+    """``augment.served_frames``: each training clip's raw frames (its copies in recording
+    conditions included) normalised as a served clip's are, by the average clean training
+    speaker, as model inputs, with their targets."""
     f = cfg.features
     inputs = [to_model_input(prior.apply(raw[r.path]), f.mode, f.pooling, max_frames) for r in rows]
     return inputs, targets.copy()
@@ -188,12 +189,12 @@ CONDITION_MARK = "@"
 
 def _condition_copies(
     cfg: Config, train: list[Utterance], max_frames: int, log: Log
-) -> tuple[list[Utterance], list[np.ndarray], dict[str, np.ndarray]]:
+) -> tuple[list[Utterance], list[np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``augment.condition_copies`` copies of each training clip, each in a recording
     condition drawn (seeded by ``cfg.seed`` and the clip's file name) from ``augment.conditions``: their rows
     (path and speaker marked ``<...>@<condition>``, so each condition of a speaker is
-    normalised as a speaker of its own), model inputs and frame features by path.
-    Babble mixes training clips."""
+    normalised as a speaker of its own), model inputs, and frame features by path as
+    normalised and raw. Babble mixes training clips."""
     from ser.perturb import Babble, ConditionError, parse_conditions
 
     rate = cfg.data.sample_rate
@@ -227,10 +228,10 @@ def _condition_copies(
         conditions=sources,
     )
     log(report.summary())
-    features = scope_normalise(features, rows, f.normalisation)
-    kept = [r for r in rows if r.path in features]
-    inputs = [to_model_input(features[r.path], f.mode, f.pooling, max_frames) for r in kept]
-    return kept, inputs, features
+    normalised = scope_normalise(features, rows, f.normalisation)
+    kept = [r for r in rows if r.path in normalised]
+    inputs = [to_model_input(normalised[r.path], f.mode, f.pooling, max_frames) for r in kept]
+    return kept, inputs, normalised, features
 
 
 def _served_training_copies(
@@ -303,18 +304,22 @@ def prepare_data(
     )
     _check_no_part_empty(rows, features, report)
     frame_prior = frame_speaker_prior(cfg, raw, rows["train"])
-    served = None
-    if cfg.augment.served_frames and frame_prior is not None:
-        served = _served_training_frames(
-            cfg, raw, rows["train"], targets["train"], frame_prior, max_frames
-        )
     if cfg.augment.condition_copies:
-        copies, copy_inputs, copy_features = _condition_copies(cfg, rows["train"], max_frames, log)
+        copies, copy_inputs, copy_features, copy_raw = _condition_copies(
+            cfg, rows["train"], max_frames, log
+        )
         features.update(copy_features)
+        raw = {**raw, **copy_raw}
         rows["train"] = rows["train"] + copies
         inputs["train"] = inputs["train"] + copy_inputs
         copy_targets = np.array([index[r.emotion] for r in copies], np.int32)
         targets["train"] = np.concatenate([targets["train"], copy_targets])
+    served = None
+    if cfg.augment.served_frames and frame_prior is not None:
+        # Condition copies too: a lone clip from a phone is normalised by the clean prior.
+        served = _served_training_frames(
+            cfg, raw, rows["train"], targets["train"], frame_prior, max_frames
+        )
     prior = None
     if cfg.features.pooled_normalisation == "speaker":
         raw_train = inputs["train"]
