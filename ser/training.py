@@ -27,7 +27,13 @@ from ser import multi_worker, runs
 from ser.config import Config, load_config, save_config
 from ser.data.corpora import Manifest
 from ser.data.pipeline import Normaliser, make_dataset
-from ser.data.prepare import PreparedData, prepare_data, read_saved_split, save_run_data
+from ser.data.prepare import (
+    ExtractedManifest,
+    PreparedData,
+    prepare_data,
+    read_saved_split,
+    save_run_data,
+)
 from ser.data.splits import PARTS, Split
 from ser.metrics import (
     classification_metrics,
@@ -518,14 +524,15 @@ def train(
     *,
     resume: str | Path | None = None,
     split: Split | None = None,
-    manifest: Manifest | None = None,
+    manifest: Manifest | ExtractedManifest | None = None,
     log: Log = print,
 ) -> dict[str, Any]:
     """Train one model; returns the run summary (also written to ``summary.json``).
 
     ``split`` (e.g. a cross-validation fold with extra training corpora) replaces the
     split ``cfg.split`` would make; it is saved to ``split.json`` like any other.
-    ``manifest``, if given, is ``cfg``'s manifest already built (``fill_feature_cache``).
+    ``manifest``, if given, is ``cfg``'s manifest already built, or with its features
+    already extracted (``fill_feature_cache``).
     Under ``train.distribute: multi_worker`` (TF_CONFIG checked first) only the chief
     writes the run directory; the other tasks train in a temporary folder.
     """
@@ -559,7 +566,7 @@ def _train_in(
     work_dir: Path,
     split: Split | None,
     task: multi_worker.Task | None,
-    manifest: Manifest | None,
+    manifest: Manifest | ExtractedManifest | None,
     *,
     resuming: bool,
     log: Log,

@@ -70,11 +70,11 @@ def run(args: argparse.Namespace) -> int:
         return 130
     from ser.data.prepare import fill_feature_cache
 
-    manifest = fill_feature_cache(cfg)  # before TensorFlow's import: see there
+    extracted = fill_feature_cache(cfg)  # before TensorFlow's import: see there
     import_tensorflow()
     from ser.training import train
 
-    train(cfg, manifest=manifest)
+    train(cfg, manifest=extracted)
     return 0
 
 

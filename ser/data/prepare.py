@@ -109,17 +109,27 @@ def raw_manifest_features(
     return features, report
 
 
-def fill_feature_cache(cfg: Config, log: Log = print) -> Manifest:
+@dataclass(frozen=True)
+class ExtractedManifest:
+    """A config's manifest with every row's raw frame features and the extraction
+    report (``fill_feature_cache``), which ``prepare_data`` takes instead of extracting."""
+
+    manifest: Manifest
+    features: dict[str, np.ndarray]
+    report: ExtractionReport
+
+
+def fill_feature_cache(cfg: Config, log: Log = print) -> ExtractedManifest:
     """``cfg``'s manifest, with every clip's frame features extracted into the cache.
 
     ``ser train`` calls this before it imports TensorFlow, so the extraction workers
     are forked from a process that has librosa loaded instead of spawned (each spawned
-    worker spends about 2.5 s importing it); training then reads the cache.
+    worker spends about 2.5 s importing it); training then uses the features returned.
     """
     manifest = build_manifest(cfg.data, log=log)
-    if manifest.rows:  # none: prepare_data says so
-        raw_manifest_features(cfg, manifest, log)
-    return manifest
+    if not manifest.rows:  # prepare_data says so
+        return ExtractedManifest(manifest, {}, ExtractionReport(0, 0, 0))
+    return ExtractedManifest(manifest, *raw_manifest_features(cfg, manifest, log))
 
 
 def frame_speaker_prior(
@@ -274,17 +284,19 @@ def prepare_data(
     cfg: Config,
     split: Split | None = None,
     labels: list[str] | None = None,
-    manifest: Manifest | None = None,
+    manifest: Manifest | ExtractedManifest | None = None,
     log: Log = print,
     keep_features: bool = False,
 ) -> PreparedData:
     """Manifest -> split -> cached features -> model inputs and integer targets per part.
 
     ``split``, ``labels`` and ``manifest`` default to what the config makes; a saved
-    run passes its own. With ``keep_features`` the frame-level features stay in
+    run passes its own. An ``ExtractedManifest`` brings its features, which are then
+    not read again. With ``keep_features`` the frame-level features stay in
     ``PreparedData.features``.
     """
-    manifest = manifest or build_manifest(cfg.data, log=log)
+    extracted = manifest if isinstance(manifest, ExtractedManifest) else None
+    manifest = extracted.manifest if extracted else manifest or build_manifest(cfg.data, log=log)
     if not manifest.rows:
         raise RuntimeError(
             f"no usable utterances under {cfg.data.root} for corpora {cfg.data.corpora} "
@@ -292,7 +304,10 @@ def prepare_data(
         )
     split = split or make_split(manifest.rows, cfg.split, cfg.seed)
     log(f"split: {split.protocol()}")
-    raw, report = raw_manifest_features(cfg, manifest, log)
+    if extracted:
+        raw, report = extracted.features, extracted.report
+    else:
+        raw, report = raw_manifest_features(cfg, manifest, log)
     features = scope_normalise(raw, manifest.rows, cfg.features.normalisation)
     labels = labels or label_list(manifest.rows, list(cfg.data.emotions))
     index = {label: i for i, label in enumerate(labels)}
