@@ -41,7 +41,7 @@ from ser.inference import Predictor
 from ser.metrics import classification_metrics, metrics_by_group
 from ser.progress import Log, above_bar, progress_bar
 from ser.reports import served_line
-from ser.served_evaluation import served_frame_modes, served_modes
+from ser.served_evaluation import served_modes
 
 if TYPE_CHECKING:
     from ser.baselines import PooledFeatures
@@ -553,10 +553,8 @@ def evaluate_run(
         f"{data.extraction.summary()}",
         extra={"grid": cfg.evaluation.grid if grid is None else grid},
     )
-    if predictor.speaker_prior is not None:
+    if predictor.speaker_prior is not None or predictor.frame_sessions:
         report["served"] = served_modes(predictor, data)["ua"]
-    elif predictor.frame_prior is not None:
-        report["served"] = served_frame_modes(predictor, data)["ua"]
     if "served" in report:
         log(served_line(report["served"]))
     _note_if_changed_since_training(report, results[0], log)

@@ -196,7 +196,8 @@ class SpeakerStatistics:
 
 class SpeakerSession:
     """Label-free statistics of one speaker's clips (a session, a live stream), for
-    ``features.pooled_normalisation: speaker`` at inference.
+    ``features.pooled_normalisation: speaker`` at inference (``add``), or a sequence run
+    on speaker-normalised frames (``add_frames``).
 
     Training normalises each speaker's pooled vectors by the mean and standard deviation
     of all of that speaker's clips. A session gathers the raw pooled vectors of the clips
@@ -207,6 +208,8 @@ class SpeakerSession:
     ``spread_exponent`` > 0 makes the prior weight grow when the session's clips vary less
     than the prior expects (``spread_weighted_normaliser``: a run of one emotion leans on
     the prior instead of becoming the speaker's centre); 0 is the plain blend above.
+    Counting frames, the statistics are those of the speaker's frames and the prior is
+    ``frame_prior.json``; the spread then compares whole-frame variances and does little.
     Not thread-safe: the HTTP service holds a lock per session. ``statistics`` and
     ``restore`` move the counts to and from a session store shared by several processes.
     """
@@ -237,6 +240,18 @@ class SpeakerSession:
         self.count += 1
         self._sum += x
         self._sum_sq += x * x
+
+    def add_frames(self, frames: np.ndarray) -> None:
+        """Count one clip's raw frame features [T, D] (a sequence run on speaker-normalised
+        frames, whose prior is ``frame_prior.json``): by its frame mean and mean square, so
+        after many clips the statistics are those of all the speaker's frames, which
+        training normalised by. Each clip counts once, whatever its length."""
+        x = np.asarray(frames, np.float64)
+        if x.ndim != 2 or x.shape[1] != self._sum.shape[0] or x.shape[0] == 0:
+            raise ValueError(f"expected frame features [T, {self._sum.shape[0]}], got {x.shape}")
+        self.count += 1
+        self._sum += x.mean(axis=0)
+        self._sum_sq += np.square(x).mean(axis=0)
 
     def normaliser(self) -> Normaliser:
         """The blend of this session's statistics and the prior's."""
@@ -488,11 +503,25 @@ class Predictor:
     def new_session(
         self, prior_weight: float = SESSION_PRIOR_WEIGHT, spread_exponent: float = 0.0
     ) -> SpeakerSession | None:
-        """Statistics for one speaker's clips, or None when the model does not use them
-        (no ``features.pooled_normalisation: speaker``); options as ``SpeakerSession``'s."""
-        if self.speaker_prior is None:
-            return None
-        return SpeakerSession(self.speaker_prior, prior_weight, spread_exponent)
+        """Statistics for one speaker's clips, or None when the model does not use them;
+        options as ``SpeakerSession``'s. A run with ``features.pooled_normalisation:
+        speaker`` counts pooled vectors; a sequence run on speaker-normalised frames
+        (``frame_sessions``) counts each clip's frames."""
+        if self.speaker_prior is not None:
+            return SpeakerSession(self.speaker_prior, prior_weight, spread_exponent)
+        if self.frame_sessions:
+            return SpeakerSession(self.frame_prior, prior_weight, spread_exponent)
+        return None
+
+    @property
+    def frame_sessions(self) -> bool:
+        """Whether a session normalises a clip's frames (a sequence run on speaker-
+        normalised frames with its ``frame_prior``) rather than its pooled vector."""
+        return (
+            self.speaker_prior is None
+            and self.frame_prior is not None
+            and self.cfg.features.normalisation == "speaker"
+        )
 
     def model_input(
         self, features: np.ndarray, session: SpeakerSession | None = None
@@ -513,14 +542,26 @@ class Predictor:
         session.add(x)
         return session.normaliser().apply(x)
 
-    def frame_features(self, wave: np.ndarray) -> np.ndarray:
+    def frame_features(self, wave: np.ndarray, session: SpeakerSession | None = None) -> np.ndarray:
         """float32 mono wave at the run's rate -> frame features [T, D] as training saw them.
 
         With ``features.trim_db`` the clip's leading and trailing silence is cut first,
-        inside ``extract_features`` as in training; then ``lone_clip_frames``.
+        inside ``extract_features`` as in training; then ``lone_clip_frames``, or, given
+        a ``session`` of a run with ``frame_sessions``, the clip is counted into it and
+        normalised by that speaker's statistics so far.
         """
         c = self.cfg
-        return self.lone_clip_frames(extract_features(wave, c.data.sample_rate, c.features))
+        raw = extract_features(wave, c.data.sample_rate, c.features)
+        if session is not None and self.frame_sessions:
+            return self.session_frames(raw, session)
+        return self.lone_clip_frames(raw)
+
+    @staticmethod
+    def session_frames(frames: np.ndarray, session: SpeakerSession) -> np.ndarray:
+        """Raw frame features [T, D] of a session's next clip -> counted into the
+        session, then normalised by its statistics so far (shrunk towards the prior)."""
+        session.add_frames(frames)
+        return session.normaliser().apply(frames)
 
     def lone_clip_frames(self, frames: np.ndarray) -> np.ndarray:
         """Raw frame features [T, D] of one clip, its speaker unknown -> normalised as
@@ -550,11 +591,12 @@ class Predictor:
         Windows are ``max_frames`` frames long and start every ``hop_seconds`` (default:
         half the window); the last window ends at the clip's last frame, so every
         frame is covered. Pure CPU work with no model call: safe to run in any thread.
-        A ``session`` (see ``model_input``) counts each window as one of its clips.
+        A ``session`` (see ``model_input``) counts each window as one of its clips; a
+        session of speaker-normalised frames (``frame_features``) counts the whole clip.
         """
         c = self.cfg
         duration = wave.shape[0] / c.data.sample_rate
-        frames = self.frame_features(wave)
+        frames = self.frame_features(wave, session)
         total, width = frames.shape[0], self.max_frames
         seconds_per_frame = c.features.frame.hop_length / c.data.sample_rate
         if total <= width:

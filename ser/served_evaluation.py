@@ -15,9 +15,9 @@ the HTTP API, every WebSocket stream, ``ser predict --one-speaker``).
 - ``speaker``: all of the speaker's clips at once, as cross-validation scores them.
 
 A sequence model trained on speaker-normalised frames (``features.normalisation:
-speaker``) has no sessions: ``served_frame_modes`` scores its test clips ``prior``
-(each clip's frames by the average training speaker, ``Predictor.lone_clip_frames``)
-and ``speaker``.
+speaker``) is replayed the same ways on its test clips' frames: alone, each clip's
+frames by the average training speaker (``Predictor.lone_clip_frames``); in a session,
+counted into it as a served clip's frames are (``Predictor.session_frames``).
 
 Labels only score (and order the worst-case session); nothing is chosen here.
 """
@@ -32,7 +32,7 @@ import numpy as np
 
 from ser.data.pipeline import to_model_input
 from ser.data.prepare import PreparedData
-from ser.inference import Predictor
+from ser.inference import Predictor, SpeakerSession
 from ser.metrics import unweighted_accuracy
 
 # Session hits by the clip's position in its speaker's session (1-based, inclusive).
@@ -46,21 +46,25 @@ def _bucket_name(lo: int, hi: int) -> str:
 
 def served_modes(predictor: Predictor, data: PreparedData, seed: int = 0) -> dict[str, Any]:
     """UA of the run's test clips in each mode (``MODES``), and per session order the
-    hits (1/0) by the clip's position in its session. The run must be speaker-normalised
-    (``predictor.speaker_prior``)."""
-    if predictor.speaker_prior is None:
-        raise ValueError("served modes differ only for features.pooled_normalisation: speaker")
-    f = predictor.cfg.features
+    hits (1/0) by the clip's position in its session. The run must be speaker-normalised:
+    its pooled vectors (``predictor.speaker_prior``), or, for a sequence run, its frames
+    (``predictor.frame_sessions``; ``data`` then holds the raw frames,
+    ``prepare_data(..., keep_features=True)``)."""
+    if predictor.speaker_prior is not None:
+        clips = _pooled_clips(predictor, data)
+    elif predictor.frame_sessions:
+        clips = _frame_clips(predictor, data)
+    else:
+        raise ValueError(
+            "served modes differ only for speaker-normalised runs "
+            "(features.pooled_normalisation: speaker, or speaker-normalised frames)"
+        )
+    alone, in_session, predict = clips
     rows, targets = data.rows["test"], data.targets["test"].tolist()
-    raw = [to_model_input(data.features[r.path], f.mode, f.pooling, 0) for r in rows]
     classes = len(predictor.labels)
     by_speaker: dict[str, list[int]] = defaultdict(list)
     for i, r in enumerate(rows):
         by_speaker[r.speaker].append(i)
-
-    def predict(vectors: list[np.ndarray]) -> list[int]:
-        x = np.stack([predictor.normaliser.apply(v) for v in vectors])
-        return predictor.predict_batch(x).argmax(axis=1).tolist()
 
     def replay(order_of: Callable[[list[int]], list[int]]) -> tuple[list[int], dict]:
         """Each speaker's clips through one session in ``order_of(indices)``."""
@@ -70,8 +74,7 @@ def served_modes(predictor: Predictor, data: PreparedData, seed: int = 0) -> dic
             session = predictor.new_session()
             inputs = []
             for n, i in enumerate(order, start=1):
-                session.add(raw[i])
-                inputs.append(session.normaliser().apply(raw[i]))
+                inputs.append(in_session(i, session))
                 position[i] = n
             for i, p in zip(order, predict(inputs), strict=True):
                 predicted[i] = p
@@ -87,7 +90,7 @@ def served_modes(predictor: Predictor, data: PreparedData, seed: int = 0) -> dic
     session, hits = replay(lambda idx: rng.permutation(idx).tolist())
     by_emotion, hits_by_emotion = replay(lambda idx: sorted(idx, key=lambda i: (targets[i], i)))
     predicted = {
-        "prior": predict([predictor.speaker_prior.apply(v) for v in raw]),
+        "prior": predict([alone(i) for i in range(len(rows))]),
         "session": session,
         "session_by_emotion": by_emotion,
         "speaker": np.asarray(predictor.predict_inputs(data.inputs["test"])).argmax(axis=1),
@@ -104,26 +107,43 @@ def served_modes(predictor: Predictor, data: PreparedData, seed: int = 0) -> dic
     }
 
 
-def served_frame_modes(predictor: Predictor, data: PreparedData) -> dict[str, Any]:
-    """UA of a sequence run's test clips alone (``prior``: frames normalised as a served
-    clip's are) and by speaker (``speaker``, as cross-validation scores them). ``data``
-    must hold the raw frames (``prepare_data(..., keep_features=True)``)."""
-    if predictor.frame_prior is None:
-        raise ValueError("served frame modes need a run with frame_prior.json")
-    rows, targets = data.rows["test"], np.asarray(data.targets["test"])
-    alone = [
-        predictor.model_input(predictor.lone_clip_frames(data.raw_features[r.path])) for r in rows
-    ]
-    predicted = {
-        "prior": predictor.predict_inputs(alone).argmax(axis=1),
-        "speaker": np.asarray(predictor.predict_inputs(data.inputs["test"])).argmax(axis=1),
-    }
-    classes = len(predictor.labels)
-    return {
-        "speakers": sorted({r.speaker for r in rows}),
-        "n": len(rows),
-        "ua": {
-            mode: float(unweighted_accuracy(targets, np.asarray(p), classes))
-            for mode, p in predicted.items()
-        },
-    }
+# How a run's test clip ``i`` becomes a normalised model input alone and as a session's
+# next clip, and how a list of such inputs becomes predicted classes.
+_Clips = tuple[
+    Callable[[int], np.ndarray],
+    Callable[[int, SpeakerSession], np.ndarray],
+    Callable[[list[np.ndarray]], list[int]],
+]
+
+
+def _pooled_clips(predictor: Predictor, data: PreparedData) -> _Clips:
+    """Test clips of a run on speaker-normalised pooled vectors."""
+    f = predictor.cfg.features
+    raw = [to_model_input(data.features[r.path], f.mode, f.pooling, 0) for r in data.rows["test"]]
+
+    def in_session(i: int, session: SpeakerSession) -> np.ndarray:
+        session.add(raw[i])
+        return predictor.normaliser.apply(session.normaliser().apply(raw[i]))
+
+    def predict(inputs: list[np.ndarray]) -> list[int]:
+        return predictor.predict_batch(np.stack(inputs)).argmax(axis=1).tolist()
+
+    return (
+        lambda i: predictor.normaliser.apply(predictor.speaker_prior.apply(raw[i])),
+        in_session,
+        predict,
+    )
+
+
+def _frame_clips(predictor: Predictor, data: PreparedData) -> _Clips:
+    """Test clips of a sequence run on speaker-normalised frames, from their raw frames,
+    each normalised as ``Predictor.frame_features`` normalises a served clip's."""
+    raw = [data.raw_features[r.path] for r in data.rows["test"]]
+
+    def in_session(i: int, session: SpeakerSession) -> np.ndarray:
+        return predictor.model_input(predictor.session_frames(raw[i], session))
+
+    def predict(inputs: list[np.ndarray]) -> list[int]:
+        return predictor.predict_inputs(inputs).argmax(axis=1).tolist()
+
+    return lambda i: predictor.model_input(predictor.lone_clip_frames(raw[i])), in_session, predict

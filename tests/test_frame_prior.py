@@ -14,11 +14,12 @@ from ser.data.pipeline import Normaliser, speaker_prior, zscore
 from ser.data.prepare import prepare_data
 from ser.evaluation import evaluate_run
 from ser.features.extractors import extract_features
-from ser.inference import Predictor
+from ser.inference import Predictor, SpeakerSession
 from ser.runs import FRAME_PRIOR
 from ser.training import train
 from tests.support import ROOT
 from tests.support.fakes import make_emodb
+from tests.support.streaming import stream_replies
 from tests.support.tiny_run import tiny_overrides
 
 
@@ -95,10 +96,10 @@ def test_a_run_saved_without_the_frame_prior_z_scores_each_clip(run, tmp_path):
     np.testing.assert_allclose(predictor.lone_clip_frames(frames), zscore(frames), atol=1e-6)
 
 
-def test_evaluation_reports_each_clip_alone_beside_the_whole_speaker(run):
+def test_evaluation_reports_each_clip_alone_in_sessions_and_by_whole_speaker(run):
     _cfg, summary = run
     report = evaluate_run(summary["run_dir"], write=False, log=quiet)
-    assert set(report["served"]) == {"prior", "speaker"}
+    assert set(report["served"]) == {"prior", "session", "session_by_emotion", "speaker"}
     assert all(0.0 <= ua <= 1.0 for ua in report["served"].values())
     # The whole-speaker mode is the Keras row of the report itself.
     keras_ua = next(m for m in report["models"] if m["kind"] == "keras")["ua"]
@@ -106,7 +107,7 @@ def test_evaluation_reports_each_clip_alone_beside_the_whole_speaker(run):
 
 
 def test_predict_http_and_evaluation_give_a_clip_the_same_probabilities(run, tmp_path, capsys):
-    """The lone-clip path of evaluation (``served_frame_modes``) is what ``ser predict``
+    """The lone-clip path of evaluation (``served_modes``' prior) is what ``ser predict``
     and ``/predict`` serve, for the two-branch LSTM on speaker-normalised frames."""
     import json
 
@@ -183,3 +184,90 @@ def test_served_frames_cover_the_copies_in_recording_conditions(run):
     np.testing.assert_allclose(copies[i], expected[: copies[i].shape[0]], atol=1e-6)
     # normalised by the clean prior, not by the telephone "speaker" as the plain copy is
     assert not np.allclose(copies[i], data.inputs["train"][i][: copies[i].shape[0]])
+
+
+def test_a_frame_session_converges_to_the_speakers_frame_statistics():
+    rng = np.random.default_rng(3)
+    prior = Normaliser(np.zeros(4, np.float32), np.ones(4, np.float32))
+    clips = [rng.normal(2.0, 3.0, (int(rng.integers(40, 60)), 4)) for _ in range(400)]
+    session = SpeakerSession(prior)
+    with pytest.raises(ValueError, match=r"frame features \[T, 4\]"):
+        session.add_frames(np.zeros((10, 5)))
+    session.add_frames(clips[0])
+    first = session.normaliser()
+    assert session.count == 1 and not np.allclose(first.mean, prior.mean)  # the clip counts
+    assert np.all(np.abs(first.mean) < np.abs(clips[0].mean(0)))  # shrunk towards the prior
+    for frames in clips[1:]:
+        session.add_frames(frames)
+    whole = np.concatenate(clips)
+    np.testing.assert_allclose(session.normaliser().mean, whole.mean(0), atol=0.05)
+    np.testing.assert_allclose(session.normaliser().std, whole.std(0), atol=0.05)
+
+
+def _session_clips(tmp_path):
+    """Three speech-like clips of one voice as files, in name order."""
+    import soundfile as sf
+
+    from tests.support.signals import gliding_tone
+
+    paths = []
+    for i, hz in enumerate((150, 220, 330)):
+        paths.append(tmp_path / f"{i}.wav")
+        sf.write(paths[-1], gliding_tone(1.5, hz, seed=i), 16000)
+    return paths
+
+
+def test_every_served_session_normalises_a_sequence_runs_frames_as_evaluation(
+    run, tmp_path, capsys
+):
+    """A session of a sequence run on speaker-normalised frames counts each clip's frames
+    and normalises them by the speaker so far, as ``served_modes`` replays a session:
+    ``ser predict --one-speaker``, ``/predict?session=`` and a live stream agree with it."""
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from ser.audio import load_audio
+    from ser.cli import main
+    from ser.serving.app import create_app
+    from ser.serving.settings import ServingSettings
+
+    cfg, summary = run
+    paths = _session_clips(tmp_path)
+    predictor = Predictor.load(summary["run_dir"], xla=False)
+    assert predictor.frame_sessions
+    replay = predictor.new_session()
+    raws = [
+        extract_features(load_audio(p, 16000), cfg.data.sample_rate, cfg.features) for p in paths
+    ]
+    inputs = [predictor.model_input(Predictor.session_frames(r, replay)) for r in raws]
+    expected = predictor.predict_inputs(inputs)
+    alone = predictor.predict_inputs(
+        [predictor.model_input(predictor.lone_clip_frames(r)) for r in raws]
+    )
+    assert replay.count == 3 and not np.allclose(expected[1:], alone[1:], atol=1e-3)
+
+    args = ["predict", str(tmp_path), "--run", summary["run_dir"], "--json", "--one-speaker"]
+    assert main(args) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["type"] for r in results] == ["prediction"] * 3
+    for got, want in zip(results, expected, strict=True):
+        assert list(got["probabilities"].values()) == pytest.approx(want.tolist(), abs=1e-4)
+
+    settings = ServingSettings(stream_window=1.5, stream_hop=1.5)
+    with TestClient(create_app(predictor, settings=settings)) as client:
+        made = client.post("/sessions").json()
+        assert made["speaker_normalised"] is True
+        for path, want in zip(paths, expected, strict=True):
+            got = client.post(
+                "/predict",
+                params={"session": made["session"]},
+                files={"file": (path.name, path.read_bytes(), "audio/wav")},
+            ).json()
+            assert list(got["probabilities"].values()) == pytest.approx(want.tolist(), abs=1e-4)
+        # A live stream is one speaker: its windows count into one session.
+        replies = stream_replies(client, np.concatenate([load_audio(p, 16000) for p in paths]))
+    heard = [r for r in replies if r["type"] == "prediction"]
+    assert [r["session_clips"] for r in heard] == [1, 2, 3]
+    for got, want in zip(heard, expected, strict=True):  # the same clips, as 16-bit PCM
+        assert list(got["probabilities"].values()) == pytest.approx(want.tolist(), abs=2e-3)

@@ -17,6 +17,7 @@ from ser.inference import Predictor
 from ser.runs import SPEAKER_PRIOR, RunDirError
 from tests.support import ROOT
 from tests.support.signals import gliding_tone, non_speech
+from tests.support.streaming import stream_replies
 from tests.support.tiny_run import train_speaker_normalised
 
 
@@ -228,14 +229,7 @@ def test_http_sessions_and_streams_normalise_by_the_speaker_so_far(run):
         assert named.status_code == 404 and named.json()["field"] == "session"
         # A live stream is one speaker: each speech window counts into it, silence not.
         parts = [gliding_tone(1.0, 150), np.zeros(16000), gliding_tone(1.0, 220, seed=1)]
-        pcm = np.concatenate([*parts, gliding_tone(1.0, 330, seed=2)]) * 32767
-        with client.websocket_connect("/stream") as ws:
-            assert ws.receive_json()["type"] == "ready"
-            ws.send_bytes(pcm.astype("<i2").tobytes())
-            ws.send_text(json.dumps({"type": "end"}))
-            replies = []
-            while (reply := ws.receive_json())["type"] != "end":
-                replies.append(reply)
+        replies = stream_replies(client, np.concatenate([*parts, gliding_tone(1.0, 330, seed=2)]))
         assert [r["type"] for r in replies][1] == "no_speech"
         assert [r["session_clips"] for r in replies if r["type"] == "prediction"] == [1, 2, 3]
 

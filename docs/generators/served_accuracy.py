@@ -38,7 +38,7 @@ def replay_fold(run_dir: Path, seed: int = 0) -> dict:
     """UA of one fold run in the served modes, and session hits by position."""
     from ser.evaluation import load_run_data
     from ser.inference import Predictor
-    from ser.served_evaluation import served_frame_modes, served_modes
+    from ser.served_evaluation import served_modes
 
     predictor = Predictor.load(run_dir, xla=False)
     frames = predictor.cfg.features.speaker_normalised_frames
@@ -52,13 +52,13 @@ def replay_fold(run_dir: Path, seed: int = 0) -> dict:
         # A run saved before frame_prior.json existed: the same statistics, recomputed
         # from its own training split as training computes them.
         predictor.frame_prior = predictor.frame_prior or data.frame_prior
-        return {"fold": run_dir.name, **served_frame_modes(predictor, data)}
     return {"fold": run_dir.name, **served_modes(predictor, data, seed)}
 
 
 def render(config: str, results: dict[str, list[dict]]) -> str:
     def cell(values: list[float]) -> str:
-        return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1) if len(values) > 1 else 0:.1f}"
+        spread = 100 * np.std(values, ddof=1) if len(values) > 1 else 0
+        return f"{100 * np.mean(values):.1f} ± {spread:.1f}"
 
     lines = [
         f"Config `{config}`, every fold run of its cross-validation; UA % mean ± std over folds.",
@@ -77,7 +77,7 @@ def render(config: str, results: dict[str, list[dict]]) -> str:
         )
         lines.append(f"| {corpus} | {len(folds)} | {cells} |")
     first = next(iter(results.values()))[0]
-    if "session_hits_by_position" not in first:  # a sequence model: no sessions
+    if "session_hits_by_position" not in first:  # results replayed without sessions
         return "\n".join(lines)
     names = list(first["session_hits_by_position"])
     for key, order in (

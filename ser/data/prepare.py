@@ -201,7 +201,8 @@ def _condition_copies(
     cfg: Config, train: list[Utterance], max_frames: int, log: Log
 ) -> tuple[list[Utterance], list[np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
     """``augment.condition_copies`` copies of each training clip, each in a recording
-    condition drawn (seeded by ``cfg.seed`` and the clip's file name) from ``augment.conditions``: their rows
+    condition drawn (seeded by ``cfg.seed`` and the clip's file name) from
+    ``augment.conditions``: their rows
     (path and speaker marked ``<...>@<condition>``, so each condition of a speaker is
     normalised as a speaker of its own), model inputs, and frame features by path as
     normalised and raw. Babble mixes training clips."""
@@ -280,6 +281,30 @@ def _model_inputs_by_part(
     return rows, inputs, targets
 
 
+def _add_condition_copies(
+    cfg: Config,
+    parts: tuple[dict, dict, dict],
+    features: dict[str, np.ndarray],
+    raw: dict[str, np.ndarray],
+    index: dict[str, int],
+    max_frames: int,
+    log: Log,
+) -> dict[str, np.ndarray]:
+    """Append ``_condition_copies`` to the training part of ``parts`` (rows, inputs,
+    targets, in place) and their normalised frames to ``features``; returns the raw
+    frames with the copies' added (a new dict: the caller's stays as extracted)."""
+    rows, inputs, targets = parts
+    copies, copy_inputs, copy_features, copy_raw = _condition_copies(
+        cfg, rows["train"], max_frames, log
+    )
+    features.update(copy_features)
+    rows["train"] = rows["train"] + copies
+    inputs["train"] = inputs["train"] + copy_inputs
+    copy_targets = np.array([index[r.emotion] for r in copies], np.int32)
+    targets["train"] = np.concatenate([targets["train"], copy_targets])
+    return {**raw, **copy_raw}
+
+
 def prepare_data(
     cfg: Config,
     split: Split | None = None,
@@ -320,15 +345,9 @@ def prepare_data(
     _check_no_part_empty(rows, features, report)
     frame_prior = frame_speaker_prior(cfg, raw, rows["train"])
     if cfg.augment.condition_copies:
-        copies, copy_inputs, copy_features, copy_raw = _condition_copies(
-            cfg, rows["train"], max_frames, log
+        raw = _add_condition_copies(
+            cfg, (rows, inputs, targets), features, raw, index, max_frames, log
         )
-        features.update(copy_features)
-        raw = {**raw, **copy_raw}
-        rows["train"] = rows["train"] + copies
-        inputs["train"] = inputs["train"] + copy_inputs
-        copy_targets = np.array([index[r.emotion] for r in copies], np.int32)
-        targets["train"] = np.concatenate([targets["train"], copy_targets])
     served = None
     if cfg.augment.served_frames and frame_prior is not None:
         # Condition copies too: a lone clip from a phone is normalised by the clean prior.
