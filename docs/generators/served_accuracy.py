@@ -14,8 +14,9 @@ test speaker's clips in a seeded random order through ``Predictor`` three ways:
   the prior);
 - ``speaker``: all of the speaker's clips at once, as cross-validation scores them.
 
-A sequence model on speaker-normalised frames has no sessions: its clips are replayed
-``prior`` (frames by the average training speaker) and ``speaker``.
+A sequence model on speaker-normalised frames is replayed the same ways, its session
+keeping statistics of the speaker's frames (``SpeakerSession.add_frames``) and its
+``prior`` the average training speaker's frames (``frame_prior.json``).
 
 The script prints UA per corpus (mean ± std over folds) and the session's UA by how
 many of the speaker's clips it had heard. Labels only score; nothing is chosen here.
