@@ -35,7 +35,7 @@ from ser.config import (
     validate,
 )
 from ser.data.corpora import Utterance
-from ser.data.prepare import PreparedData, prepare_data, read_run_data
+from ser.data.prepare import CONDITION_MARK, PreparedData, prepare_data, read_run_data
 from ser.data.splits import PARTS, SPEAKER_DEPENDENT_METHODS, Split, SplitError
 from ser.inference import Predictor
 from ser.metrics import classification_metrics, metrics_by_group
@@ -69,6 +69,12 @@ class Examples:
     @property
     def speakers(self) -> list[str]:
         return sorted({r.speaker for r in self.rows})
+
+    def recorded(self) -> Examples:
+        """These examples without the copies in recording conditions (``augment.conditions``):
+        the clips that are files of their own."""
+        keep = [i for i, r in enumerate(self.rows) if CONDITION_MARK not in r.path]
+        return Examples([self.rows[i] for i in keep], np.asarray(self.targets)[keep])
 
 
 @dataclass
@@ -301,7 +307,6 @@ def evaluate_baselines(
     names = list(ev.baselines if names is None else names)
     grid = ev.grid if grid is None else grid
     num_classes = len(labels) if num_classes is None else num_classes
-    groups = np.array([r.speaker for r in train.rows])
     _check_no_test_speaker_fits(cfg, train, test, val)
     results = []
     with progress_bar(len(names), "baselines", "model", enabled=progress) as bar:
@@ -310,21 +315,25 @@ def evaluate_baselines(
             bar.set_postfix_str(name)
             params = params_of(ev, name)
             features = features_for(name, cfg, run_features)
+            # A baseline on features of its own (the seed recipe) extracts them from the
+            # files, and fits on the recorded clips as its recipe did: the run's copies in
+            # recording conditions have no file (and were never part of that recipe).
+            fit_on = train if features is run_features else train.recorded()
             use_val = val is not None and grid and bool(val.rows)
             # One matrix call, so features still to extract (seed recipe) go in one batch.
-            x_all = features.matrix(train.rows + test.rows + (val.rows if use_val else []))
+            x_all = features.matrix(fit_on.rows + test.rows + (val.rows if use_val else []))
             x_train, x_test = (
-                x_all[: len(train.rows)],
-                x_all[len(train.rows) : len(train.rows) + len(test.rows)],
+                x_all[: len(fit_on.rows)],
+                x_all[len(fit_on.rows) : len(fit_on.rows) + len(test.rows)],
             )
-            x_val = x_all[len(train.rows) + len(test.rows) :] if use_val else None
+            x_val = x_all[len(fit_on.rows) + len(test.rows) :] if use_val else None
             y_val = val.targets if x_val is not None else None
             fit = fit_baseline(
                 name,
                 params,
                 x_train,
-                train.targets,
-                groups,
+                fit_on.targets,
+                np.array([r.speaker for r in fit_on.rows]),
                 seed=cfg.seed,
                 grid=grid,
                 grid_folds=ev.grid_folds,

@@ -214,3 +214,49 @@ def test_bad_training_conditions_name_the_setting(tmp_path):
         prepare_data(cfg, log=lambda _line: None)
     with pytest.raises(ConfigError, match="condition_copies needs augment.conditions"):
         load_config(ROOT / "configs" / "base.yaml", ["augment.condition_copies=1"], env={})
+
+
+def test_train_refuses_a_codec_condition_without_ffmpeg_before_any_work(
+    tmp_path, monkeypatch, capsys
+):
+    """The default config trains on MP3 copies: without ffmpeg ``ser train`` says so, and
+    how to go on, before it looks for corpora or extracts anything."""
+    from ser import audio, cli
+
+    monkeypatch.setattr(audio, "ffmpeg_path", lambda: None)
+    monkeypatch.setattr("ser.perturb.ffmpeg_path", lambda: None)
+    monkeypatch.setenv("SER_DATA_ROOT", str(tmp_path / "no-corpora-here"))
+    code = cli.main(["train", "--config", "lstm.yaml", "--set", f"features.cache_dir={tmp_path}/c"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "augment.conditions: 'mp3:24': the codec round trip needs ffmpeg" in err
+    assert "install ffmpeg" in err
+    assert not (tmp_path / "c").exists() and not (tmp_path / "no-corpora-here").exists()
+
+
+def test_evaluate_runs_the_seed_recipe_beside_a_run_trained_in_recording_conditions(
+    tmp_path_factory,
+):
+    """``evaluate.py RUN_DIR`` on a run with copies in recording conditions (the default
+    config's kind): the seed recipe, on features of its own, fits on the recorded clips
+    (the copies have no file to read), beside a baseline on the run's features, which
+    fits on the copies too."""
+    from ser.evaluation import evaluate_run
+    from tests.support.tiny_run import tiny_run
+
+    run = tiny_run(
+        tmp_path_factory,
+        "dense",
+        variant="conditions",
+        **{"augment.conditions": "[telephone, noise:white:20]", "augment.condition_copies": "1"},
+    )
+    report = evaluate_run(
+        run,
+        overrides=["evaluation.baselines=[logistic_regression, seed_mlp]"],
+        write=False,
+        log=lambda _line: None,
+    )
+    names = [m["name"] for m in report["models"]]
+    assert names == ["dense", "logistic_regression", "seed_mlp"]
+    test_clips = report["models"][0]["n"]
+    assert all(m["n"] == test_clips and 0.0 <= m["ua"] <= 1.0 for m in report["models"])

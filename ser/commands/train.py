@@ -61,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from ser.multi_worker import task_for
 
     task_for(cfg.train.distribute)  # a missing or malformed TF_CONFIG fails before any work
+    from ser.data.prepare import augment_conditions
+
+    augment_conditions(cfg)  # so does a condition that cannot run here (mp3 without ffmpeg)
     try:
         cfg = _with_corpora(cfg, args)
     except KeyboardInterrupt:

@@ -297,8 +297,7 @@ def make_dataset(
 
     if len(inputs) == 0:
         raise ValueError("no examples to build a dataset from")
-    normalised = [normaliser.apply(x) for x in inputs]
-    sequence = normalised[0].ndim == 2
+    sequence = np.ndim(inputs[0]) == 2
     mixup = augment.mixup if augment is not None and training and labels is not None else 0.0
     if mixup > 0 and one_hot is None:
         raise ValueError("mixup blends targets: pass one_hot=<number of classes>")
@@ -306,38 +305,46 @@ def make_dataset(
         labels = np.eye(one_hot, dtype=np.float32)[np.asarray(labels, np.int64)]
     if not sequence:
         noise = augment.gaussian_noise if augment is not None and training else 0.0
-        return _pooled_dataset(
-            np.stack(normalised), labels, batch_size, training, seed, noise, mixup
-        )
-    if sequence:
-        lengths = np.array([x.shape[0] for x in normalised], np.int64)
-        values = np.concatenate(normalised, axis=0)
-        ragged = tf.RaggedTensor.from_row_lengths(values, lengths)
-        ds = tf.data.Dataset.from_tensor_slices(ragged)
-        ds = ds.map(lambda x: x.to_tensor() if isinstance(x, tf.RaggedTensor) else x)
-    else:
-        ds = tf.data.Dataset.from_tensor_slices(np.stack(normalised))
+        normalised = np.stack([normaliser.apply(x) for x in inputs])
+        return _pooled_dataset(normalised, labels, batch_size, training, seed, noise, mixup)
+    lengths, values = _normalised_frames(inputs, normaliser)
+    ragged = tf.RaggedTensor.from_row_lengths(values, lengths)
+    del values  # the tensor holds the frames now
+    ds = tf.data.Dataset.from_tensor_slices(ragged)
+    ds = ds.map(lambda x: x.to_tensor() if isinstance(x, tf.RaggedTensor) else x)
     if labels is not None:
         targets = np.asarray(labels, np.float32 if one_hot is not None else np.int32)
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(targets)))
     if training:
-        ds = ds.shuffle(len(normalised), seed=seed, reshuffle_each_iteration=True)
-        if sequence and augmentation_enabled(augment):
+        ds = ds.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+        if augmentation_enabled(augment):
             tf.random.set_seed(seed)
             aug = lambda x: _spec_augment(x, augment, seed)  # noqa: E731
             if labels is not None:
                 ds = ds.map(lambda x, y: (aug(x), y), num_parallel_calls=tf.data.AUTOTUNE)
             else:
                 ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
-    if sequence:
-        dim = normalised[0].shape[1]
-        target_shape = [one_hot] if one_hot is not None else []
-        shapes = ([None, dim], target_shape) if labels is not None else [None, dim]
-        pads = (0.0, 0.0 if one_hot is not None else 0) if labels is not None else 0.0
-        ds = ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads)
-    else:
-        ds = ds.batch(batch_size)
+    dim = np.shape(inputs[0])[1]
+    target_shape = [one_hot] if one_hot is not None else []
+    shapes = ([None, dim], target_shape) if labels is not None else [None, dim]
+    pads = (0.0, 0.0 if one_hot is not None else 0) if labels is not None else 0.0
+    ds = ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads)
     return _shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def _normalised_frames(
+    inputs: Sequence[np.ndarray], normaliser: Normaliser
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row lengths and the normalised frames of every clip, one after another in a
+    single float32 array written in place: the training set's frames are held once
+    here, not once per clip and again concatenated (a few GB with condition copies)."""
+    lengths = np.array([np.shape(x)[0] for x in inputs], np.int64)
+    values = np.empty((int(lengths.sum()), np.shape(inputs[0])[1]), np.float32)
+    start = 0
+    for x, n in zip(inputs, lengths):
+        values[start : start + n] = normaliser.apply(x)
+        start += n
+    return lengths, values
 
 
 def _shard_by_data(ds):

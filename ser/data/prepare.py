@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -44,6 +45,9 @@ from ser.data.pipeline import (
 from ser.data.splits import PARTS, Split, make_split
 from ser.features.cache import ExtractionReport, extract_all
 from ser.progress import Log
+
+if TYPE_CHECKING:  # ser.perturb imports scipy's signal module: loaded when used
+    from ser.perturb import Babble, Condition
 
 
 @dataclass
@@ -158,7 +162,8 @@ def _served_training_frames(
     conditions included) normalised as a served clip's are, by the average clean training
     speaker, as model inputs, with their targets."""
     f = cfg.features
-    inputs = [to_model_input(prior.apply(raw[r.path]), f.mode, f.pooling, max_frames) for r in rows]
+    # Cropped, then normalised (frame by frame, so the same numbers): only the window is copied.
+    inputs = [prior.apply(to_model_input(raw[r.path], f.mode, f.pooling, max_frames)) for r in rows]
     return inputs, targets.copy()
 
 
@@ -197,6 +202,18 @@ def _normalise_by_speaker(
 CONDITION_MARK = "@"
 
 
+def augment_conditions(cfg: Config, babble: Babble | None = None) -> list[Condition]:
+    """``augment.conditions`` parsed; ``ConfigError`` naming the field when one is
+    unknown or needs a tool that is missing (a codec without ffmpeg). ``ser train``
+    calls it before any work, so such a config fails in its first second."""
+    from ser.perturb import ConditionError, parse_conditions
+
+    try:
+        return parse_conditions(cfg.augment.conditions, seed=cfg.seed, babble=babble)
+    except ConditionError as exc:
+        raise ConfigError(f"augment.conditions: {exc}") from None
+
+
 def _condition_copies(
     cfg: Config, train: list[Utterance], max_frames: int, log: Log
 ) -> tuple[list[Utterance], list[np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -206,14 +223,11 @@ def _condition_copies(
     (path and speaker marked ``<...>@<condition>``, so each condition of a speaker is
     normalised as a speaker of its own), model inputs, and frame features by path as
     normalised and raw. Babble mixes training clips."""
-    from ser.perturb import Babble, ConditionError, parse_conditions
+    from ser.perturb import Babble
 
     rate = cfg.data.sample_rate
     babble = Babble(tuple(r.path for r in train), functools.partial(load_audio, sample_rate=rate))
-    try:
-        conditions = parse_conditions(cfg.augment.conditions, seed=cfg.seed, babble=babble)
-    except ConditionError as exc:
-        raise ConfigError(f"augment.conditions: {exc}") from None
+    conditions = augment_conditions(cfg, babble)
     k = cfg.augment.condition_copies
     rows, sources = [], {}
     for r in train:
