@@ -203,11 +203,13 @@ CONDITION_MARK = "@"
 
 
 def augment_conditions(cfg: Config, babble: Babble | None = None) -> list[Condition]:
-    """``augment.conditions`` parsed; ``ConfigError`` naming the field when one is
-    unknown or needs a tool that is missing (a codec without ffmpeg). ``ser train``
+    """``augment.conditions`` parsed (none: ``[]``); ``ConfigError`` naming the field when
+    one is unknown or needs a tool that is missing (a codec without ffmpeg). ``ser train``
     calls it before any work, so such a config fails in its first second."""
     from ser.perturb import ConditionError, parse_conditions
 
+    if not cfg.augment.conditions:
+        return []
     try:
         return parse_conditions(cfg.augment.conditions, seed=cfg.seed, babble=babble)
     except ConditionError as exc:
