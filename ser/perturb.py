@@ -21,6 +21,10 @@ Conditions (``NAME[:ARG...]``):
 - ``reverb:RT60``        a small room: the clip convolved with a synthetic impulse
                          response (a direct path, then exponentially decaying noise
                          that falls 60 dB in RT60 seconds)
+
+A condition's number may be a range ``LO..HI`` (``noise:white:5..25``): each clip then
+gets its own value, drawn uniformly from the range and seeded like the rest, so
+training copies cover a spread of SNRs, bit rates or rooms rather than one setting.
 """
 
 from __future__ import annotations
@@ -77,12 +81,24 @@ class Condition:
     value: float | None = None
     seed: int = 0
     babble: Babble | None = field(default=None, compare=False, repr=False)
+    span: tuple[float, float] | None = None  # ``LO..HI``: a value per clip in this range
 
     def rng(self, key: str) -> np.random.Generator:
         """The random stream of this condition for the clip named ``key``."""
         return np.random.default_rng(
             [self.seed, zlib.crc32(self.name.encode()), zlib.crc32(key.encode())]
         )
+
+    def amount(self, key: str) -> float:
+        """This condition's number for the clip named ``key``: ``value``, or for a range
+        a uniform draw from it (its own stream, so the noise itself does not shift)."""
+        if self.span is None:
+            return float(self.value)
+        lo, hi = self.span
+        stream = np.random.default_rng(
+            [self.seed, zlib.crc32(self.name.encode()), zlib.crc32(key.encode()), 1]
+        )
+        return float(stream.uniform(lo, hi))
 
     def apply(self, wave: np.ndarray, sample_rate: int, key: str = "") -> np.ndarray:
         """float32 mono ``wave`` at ``sample_rate`` -> the same clip in this condition
@@ -93,7 +109,7 @@ class Condition:
 
 
 def _gain(c: Condition, wave: np.ndarray, sr: int, key: str) -> np.ndarray:
-    return wave * np.float32(10.0 ** (c.value / 20.0))
+    return wave * np.float32(10.0 ** (c.amount(key) / 20.0))
 
 
 def _clip(c: Condition, wave: np.ndarray, sr: int, key: str) -> np.ndarray:
@@ -135,7 +151,7 @@ def _at_snr(wave: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
 
 def _noise(c: Condition, wave: np.ndarray, sr: int, key: str) -> np.ndarray:
     noise = coloured_noise(wave.shape[0], NOISE_COLOURS[c.args[0]], c.rng(key))
-    return _at_snr(wave, noise, c.value)
+    return _at_snr(wave, noise, c.amount(key))
 
 
 def _babble(c: Condition, wave: np.ndarray, sr: int, key: str) -> np.ndarray:
@@ -155,11 +171,11 @@ def _babble(c: Condition, wave: np.ndarray, sr: int, key: str) -> np.ndarray:
             voice = voice / np.float32(10.0 ** (level / 20.0))  # each voice at 0 dBFS active
         start = int(rng.integers(0, voice.shape[0]))
         mix += np.resize(np.roll(voice, -start), wave.shape[0])  # looped to the clip's length
-    return _at_snr(wave, mix, c.value)
+    return _at_snr(wave, mix, c.amount(key))
 
 
 def _codec(c: Condition, wave: np.ndarray, sr: int, key: str) -> np.ndarray:
-    rate = ["-b:a", f"{int(c.value)}k"] + (["-ar", "48000"] if c.kind == "opus" else [])
+    rate = ["-b:a", f"{round(c.amount(key))}k"] + (["-ar", "48000"] if c.kind == "opus" else [])
     try:
         encoded = encode_with_ffmpeg(np.clip(wave, -1.0, 1.0), sr, [*CODEC_ARGS[c.kind], *rate])
         decoded = decode_bytes_with_ffmpeg(encoded, sr, max_seconds=3600.0)
@@ -191,7 +207,7 @@ def room_response(rt60: float, sample_rate: int, rng: np.random.Generator) -> np
 
 
 def _reverb(c: Condition, wave: np.ndarray, sr: int, key: str) -> np.ndarray:
-    wet = signal.fftconvolve(wave, room_response(c.value, sr, c.rng(key)))[: wave.shape[0]]
+    wet = signal.fftconvolve(wave, room_response(c.amount(key), sr, c.rng(key)))[: wave.shape[0]]
     return wet.astype(np.float32)
 
 
@@ -220,7 +236,7 @@ _SYNTAX = {
 
 def _usage(kind: str) -> str:
     words, number = _SYNTAX[kind]
-    return ":".join([kind, *words, *([number[0]] if number else [])])
+    return ":".join([kind, *words, *([f"{number[0]}[..HI]"] if number else [])])
 
 
 def parse_condition(text: str, seed: int = 0, babble: Babble | None = None) -> Condition:
@@ -238,19 +254,30 @@ def parse_condition(text: str, seed: int = 0, babble: Babble | None = None) -> C
     args = tuple(p.lower() for p in parts[1 : 1 + len(words)])
     if kind == "noise" and args[0] not in NOISE_COLOURS:
         raise ConditionError(f"{text!r}: COLOUR must be one of {', '.join(NOISE_COLOURS)}")
-    value = None
+    value, span = None, None
     if number:
-        label, lo, hi = number
-        try:
-            value = float(parts[-1])
-        except ValueError:
-            raise ConditionError(f"{text!r}: {label} must be a number") from None
-        if not (lo <= value <= hi):
-            raise ConditionError(f"{text!r}: {label} must be within {lo:g} to {hi:g}")
+        low, ranged, high = parts[-1].partition("..")
+        span = (_number(text, number, low), _number(text, number, high)) if ranged else None
+        value = span[0] if span else _number(text, number, low)
+        if span and span[0] >= span[1]:
+            raise ConditionError(f"{text!r}: a range LO..HI needs LO below HI")
     if kind in CODEC_ARGS and ffmpeg_path() is None:
         raise ConditionError(f"{text!r}: the codec round trip needs ffmpeg: {FFMPEG_INSTALL}")
-    name = ":".join([kind, *args, *([f"{value:g}"] if value is not None else [])])
-    return Condition(name, kind, args, value, seed, babble if kind == "babble" else None)
+    amount = [f"{span[0]:g}..{span[1]:g}" if span else f"{value:g}"] if number else []
+    name = ":".join([kind, *args, *amount])
+    return Condition(name, kind, args, value, seed, babble if kind == "babble" else None, span)
+
+
+def _number(text: str, number: tuple[str, float, float], part: str) -> float:
+    """One number of condition ``text`` (``part``), checked against its range."""
+    label, lo, hi = number
+    try:
+        value = float(part)
+    except ValueError:
+        raise ConditionError(f"{text!r}: {label} must be a number or a range LO..HI") from None
+    if not (lo <= value <= hi):
+        raise ConditionError(f"{text!r}: {label} must be within {lo:g} to {hi:g}")
+    return value
 
 
 def parse_conditions(

@@ -45,6 +45,9 @@ def test_conditions_parse_to_canonical_names_once_each():
         ("gain:-100", "DB must be within -60 to 20"),
         ("reverb:x", "RT60 must be a number"),
         ("telephone:3", "expected telephone"),
+        ("noise:white:20..5", "needs LO below HI"),
+        ("noise:white:5..", "SNR must be a number or a range"),
+        ("babble:5..90", "SNR must be within -10 to 60"),
         (" , ", "no conditions given"),
     ],
 )
@@ -77,6 +80,23 @@ def test_noise_colours_tilt_the_spectrum(voice):
         noise = parse_condition(f"noise:{colour}:0").apply(silence, SR, "k") - silence
         tilt[colour] = _band_power(noise, 100, 500) / _band_power(noise, 4000, 4400)
     assert tilt["white"] < 2 < tilt["pink"] < tilt["brown"]
+
+
+def test_a_range_draws_one_seeded_value_per_clip_within_it(voice):
+    c = parse_condition("noise:white:5.0..25")
+    assert c.name == "noise:white:5..25"
+    snrs = {}
+    for key in [f"clip-{i}" for i in range(12)]:
+        noise = c.apply(voice, SR, key) - voice
+        noise_db = 10 * np.log10(np.mean(noise.astype(np.float64) ** 2))
+        snrs[key] = active_level_db(voice, FRAME) - noise_db
+        assert snrs[key] == pytest.approx(c.amount(key), abs=0.1)
+    assert all(5.0 <= s <= 25.0 for s in snrs.values())
+    assert max(snrs.values()) - min(snrs.values()) > 5.0  # a spread, not one setting
+    again = parse_condition("noise:white:5..25").apply(voice, SR, "clip-3") - voice
+    np.testing.assert_array_equal(again, c.apply(voice, SR, "clip-3") - voice)
+    gains = [parse_condition("gain:-30..-10").amount(f"k{i}") for i in range(8)]
+    assert all(-30.0 <= g <= -10.0 for g in gains) and len(set(gains)) == 8
 
 
 def test_conditions_are_seeded_by_clip(voice):
