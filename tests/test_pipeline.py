@@ -29,6 +29,34 @@ def test_normaliser_fits_frames_and_round_trips(tmp_path):
     np.testing.assert_array_equal(again.std, norm.std)
 
 
+def test_normaliser_fit_one_clip_at_a_time_matches_the_stacked_statistics():
+    rng = np.random.default_rng(1)
+    scales, offsets = rng.uniform(0.01, 80.0, 40), rng.uniform(-500.0, 500.0, 40)
+    xs = [
+        (rng.standard_normal((int(rng.integers(1, 60)), 40)) * scales + offsets).astype(np.float32)
+        for _ in range(50)
+    ]
+    stacked = np.concatenate(xs).astype(np.float64)
+    norm = Normaliser.fit(xs)
+    np.testing.assert_array_equal(norm.mean, stacked.mean(0).astype(np.float32))
+    np.testing.assert_allclose(norm.std, stacked.std(0), rtol=1e-6)
+    vectors = [x[0] for x in xs]  # pooled inputs [D] count one row each
+    np.testing.assert_allclose(Normaliser.fit(vectors).mean, np.stack(vectors).mean(0), rtol=1e-6)
+
+
+def test_frames_handed_over_in_many_chunks_arrive_whole_and_in_order(monkeypatch):
+    from ser.data import pipeline
+
+    xs = sequences(n=9, dim=3)
+    norm = Normaliser.fit(xs)
+    monkeypatch.setattr(pipeline, "FRAME_CHUNK_BYTES", 100)  # a chunk every clip or two
+    ds = make_dataset(xs, np.arange(9), normaliser=norm, batch_size=1, training=False, seed=0)
+    got = list(ds.as_numpy_iterator())
+    assert [int(y[0]) for _, y in got] == list(range(9))
+    for x, (batch, _) in zip(xs, got):
+        np.testing.assert_array_equal(batch[0], norm.apply(x))
+
+
 def test_normaliser_constant_dimension_stays_finite():
     xs = [np.ones((4, 2), np.float32), np.ones((3, 2), np.float32)]
     out = Normaliser.fit(xs).apply(xs[0])

@@ -35,9 +35,13 @@ class Normaliser:
         """Fit on training inputs: each [frames, D] (every frame counts) or [D]."""
         if not inputs:
             raise ValueError("cannot fit a normaliser on an empty training set")
-        stacked = np.concatenate([np.atleast_2d(x) for x in inputs], axis=0).astype(np.float64)
-        mean = stacked.mean(axis=0)
-        std = stacked.std(axis=0)
+        # Two passes, one input at a time (float64 sums): stacking every training frame
+        # in float64 first would need four times the frames' own memory (GBs with copies).
+        rows = [np.atleast_2d(x) for x in inputs]
+        count = sum(x.shape[0] for x in rows)
+        mean = sum(x.sum(axis=0, dtype=np.float64) for x in rows) / count
+        squares = sum(np.square(x - mean).sum(axis=0) for x in rows)  # x - mean is float64
+        std = np.sqrt(squares / count)
         # Constant dimensions (e.g. a chroma bin in silence) must not blow up.
         std = np.where(std < 1e-8, 1.0, std)
         return cls(mean.astype(np.float32), std.astype(np.float32))
@@ -309,8 +313,9 @@ def make_dataset(
         return _pooled_dataset(normalised, labels, batch_size, training, seed, noise, mixup)
     lengths, values = _normalised_frames(inputs, normaliser)
     ragged = tf.RaggedTensor.from_row_lengths(values, lengths)
-    del values  # the tensor holds the frames now
-    ds = tf.data.Dataset.from_tensor_slices(ragged)
+    del values
+    ds = tf.data.Dataset.from_tensor_slices(ragged)  # its own copy of the frames
+    del ragged
     ds = ds.map(lambda x: x.to_tensor() if isinstance(x, tf.RaggedTensor) else x)
     if labels is not None:
         targets = np.asarray(labels, np.float32 if one_hot is not None else np.int32)
@@ -332,18 +337,31 @@ def make_dataset(
     return _shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
 
 
+# Frames are normalised and handed to TensorFlow in chunks of about this many bytes.
+FRAME_CHUNK_BYTES = 64 << 20
+
+
 def _normalised_frames(
     inputs: Sequence[np.ndarray], normaliser: Normaliser
-) -> tuple[np.ndarray, np.ndarray]:
-    """Row lengths and the normalised frames of every clip, one after another in a
-    single float32 array written in place: the training set's frames are held once
-    here, not once per clip and again concatenated (a few GB with condition copies)."""
+) -> tuple[np.ndarray, Any]:
+    """Row lengths and the normalised frames of every clip, one after another, as one
+    float32 tensor [sum of lengths, D]. Built chunk by chunk: while it is built the
+    training set's frames are held twice (the chunks, then their concatenation), not
+    three times as a whole NumPy array and its conversion would (GBs with copies)."""
+    import tensorflow as tf
+
     lengths = np.array([np.shape(x)[0] for x in inputs], np.int64)
-    values = np.empty((int(lengths.sum()), np.shape(inputs[0])[1]), np.float32)
-    start = 0
-    for x, n in zip(inputs, lengths):
-        values[start : start + n] = normaliser.apply(x)
-        start += n
+    chunks, pending, size = [], [], 0
+    for x in inputs:
+        pending.append(normaliser.apply(x))
+        size += pending[-1].nbytes
+        if size >= FRAME_CHUNK_BYTES:
+            chunks.append(tf.constant(np.concatenate(pending)))
+            pending, size = [], 0
+    if pending:
+        chunks.append(tf.constant(np.concatenate(pending)))
+    values = chunks[0] if len(chunks) == 1 else tf.concat(chunks, axis=0)
+    del chunks
     return lengths, values
 
 
