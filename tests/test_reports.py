@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from ser import reports
 from ser.config import Config
@@ -172,6 +173,40 @@ def test_results_page_states_command_protocol_and_gap():
     assert "## RAVDESS: 2 classes (neutral, sad), 4 speakers" in page
     assert "| seed_mlp (x) | speaker-independent, 5-fold by speaker | 2 | 38.0 ± 2.8 |" in page
     assert "| ravdess | 61.0 ± 1.4 | 38.0 ± 2.8 | 23.0 |" in page  # the gap table
+
+
+def test_served_accuracy_finds_the_fold_runs_of_a_config_or_of_a_study(tmp_path):
+    import importlib.util
+
+    generator = Path(__file__).resolve().parents[1] / "docs" / "generators" / "served_accuracy.py"
+    spec = importlib.util.spec_from_file_location("served_accuracy", generator)
+    served_accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(served_accuracy)
+
+    def finish(config, corpus, fold):
+        run = tmp_path / "study" / config / corpus / f"fold{fold}"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text("{}", encoding="utf-8")
+
+    study = tmp_path / "study"
+    finish("lstm_a", "emodb", 0)
+    finish("lstm_a", "emodb", 1)
+    finish("lstm_a", "ravdess", 0)
+    (study / "lstm_a" / "ravdess" / "fold1").mkdir()  # unfinished: no summary.json
+    for given in (study / "lstm_a", study):
+        config_dir, folds = served_accuracy.fold_runs(given)
+        assert config_dir == study / "lstm_a"
+        assert {c: [f.name for f in fs] for c, fs in folds.items()} == {
+            "emodb": ["fold0", "fold1"],
+            "ravdess": ["fold0"],
+        }
+    finish("lstm_b", "emodb", 0)
+    with pytest.raises(SystemExit, match="several configs' fold runs; name one of: .*lstm_a"):
+        served_accuracy.fold_runs(study)
+    with pytest.raises(SystemExit, match="no finished fold runs"):
+        served_accuracy.fold_runs(study / "lstm_a" / "emodb")
+    with pytest.raises(SystemExit, match="no such folder"):
+        served_accuracy.fold_runs(tmp_path / "missing")
 
 
 def test_ablation_table_differences_come_from_the_cv_groups():

@@ -104,9 +104,41 @@ def render(config: str, results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def fold_runs(path: Path) -> tuple[Path, dict[str, list[Path]]]:
+    """The config folder at ``path`` and its finished fold runs by corpus
+    (``<corpus>/fold<k>/summary.json``). ``path`` may also be the cross-validation
+    folder around one config's folder; ``SystemExit`` naming the choices when it holds
+    several, or naming ``path`` when it holds none."""
+    from ser import runs
+
+    def finished(config_dir: Path) -> dict[str, list[Path]]:
+        found = {}
+        for corpus_dir in sorted(p for p in config_dir.iterdir() if p.is_dir()):
+            folds = sorted(p for p in corpus_dir.glob("fold*") if (p / runs.SUMMARY).is_file())
+            if folds:
+                found[corpus_dir.name] = folds
+        return found
+
+    if not path.is_dir():
+        raise SystemExit(f"{path}: no such folder")
+    if found := finished(path):
+        return path, found
+    inside = {p: f for p in sorted(path.iterdir()) if p.is_dir() and (f := finished(p))}
+    if len(inside) == 1:
+        return next(iter(inside.items()))
+    if inside:
+        names = ", ".join(str(p) for p in inside)
+        raise SystemExit(f"{path} holds several configs' fold runs; name one of: {names}")
+    raise SystemExit(f"{path}: no finished fold runs (<corpus>/fold<k>/summary.json)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config_dir", type=Path, help="checkpoints/cv/<study>/<config>")
+    parser.add_argument(
+        "config_dir",
+        type=Path,
+        help="checkpoints/cv/<study>/<config> (or checkpoints/cv/<study> holding one config)",
+    )
     parser.add_argument("--json", type=Path, help="also write every fold's figures here")
     parser.add_argument("--seed", type=int, default=0, help="order of each speaker's clips")
     parser.add_argument(
@@ -116,23 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         print(render(args.config_dir.name, json.loads(args.from_json.read_text(encoding="utf-8"))))
         return 0
-    from ser import runs
-
+    config_dir, fold_dirs = fold_runs(args.config_dir)
     results: dict[str, list[dict]] = {}
-    for corpus_dir in sorted(p for p in args.config_dir.iterdir() if p.is_dir()):
-        folds = sorted(p for p in corpus_dir.glob("fold*") if (p / runs.SUMMARY).is_file())
-        if folds:
-            results[corpus_dir.name] = []
-            for fold in folds:
-                print(f"{corpus_dir.name} {fold.name} ...", file=sys.stderr, flush=True)
-                results[corpus_dir.name].append(replay_fold(fold, args.seed))
-    if not results:
-        raise SystemExit(
-            f"{args.config_dir}: no finished fold runs (<corpus>/fold<k>/summary.json)"
-        )
+    for corpus, folds in fold_dirs.items():
+        results[corpus] = []
+        for fold in folds:
+            print(f"{corpus} {fold.name} ...", file=sys.stderr, flush=True)
+            results[corpus].append(replay_fold(fold, args.seed))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    print(render(args.config_dir.name, results))
+    print(render(config_dir.name, results))
     return 0
 
 
