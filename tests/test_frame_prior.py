@@ -271,3 +271,20 @@ def test_every_served_session_normalises_a_sequence_runs_frames_as_evaluation(
     assert [r["session_clips"] for r in heard] == [1, 2, 3]
     for got, want in zip(heard, expected, strict=True):  # the same clips, as 16-bit PCM
         assert list(got["probabilities"].values()) == pytest.approx(want.tolist(), abs=2e-3)
+
+
+def test_prepare_data_takes_over_the_features_extracted_before_training(run):
+    from ser.data.prepare import fill_feature_cache
+
+    cfg, _ = run
+    extracted = fill_feature_cache(cfg, log=quiet)
+    count = len(extracted.features)
+    assert count == len(extracted.manifest.rows) > 0
+    data = prepare_data(cfg, manifest=extracted, log=quiet, keep_features=True)
+    assert extracted.features == {}  # not held a second time through training
+    assert len(data.raw_features) == count
+    again = prepare_data(cfg, log=quiet)  # read from the cache instead: the same inputs
+    for part in ("train", "val", "test"):
+        assert [r.path for r in again.rows[part]] == [r.path for r in data.rows[part]]
+        for a, b in zip(again.inputs[part], data.inputs[part], strict=True):
+            np.testing.assert_array_equal(a, b)

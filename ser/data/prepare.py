@@ -116,7 +116,9 @@ def raw_manifest_features(
 @dataclass(frozen=True)
 class ExtractedManifest:
     """A config's manifest with every row's raw frame features and the extraction
-    report (``fill_feature_cache``), which ``prepare_data`` takes instead of extracting."""
+    report (``fill_feature_cache``), which ``prepare_data`` takes instead of extracting.
+    ``prepare_data`` takes the features over (``features`` is left empty), so the raw
+    frames are not held through training by whoever made this."""
 
     manifest: Manifest
     features: dict[str, np.ndarray]
@@ -333,7 +335,7 @@ def prepare_data(
 
     ``split``, ``labels`` and ``manifest`` default to what the config makes; a saved
     run passes its own. An ``ExtractedManifest`` brings its features, which are then
-    not read again. With ``keep_features`` the frame-level features stay in
+    not read again (and taken from it). With ``keep_features`` the frame-level features stay in
     ``PreparedData.features``.
     """
     extracted = manifest if isinstance(manifest, ExtractedManifest) else None
@@ -346,7 +348,8 @@ def prepare_data(
     split = split or make_split(manifest.rows, cfg.split, cfg.seed)
     log(f"split: {split.protocol()}")
     if extracted:
-        raw, report = extracted.features, extracted.report
+        raw, report = dict(extracted.features), extracted.report
+        extracted.features.clear()  # taken over: released once prepared (unless kept)
     else:
         raw, report = raw_manifest_features(cfg, manifest, log)
     features = scope_normalise(raw, manifest.rows, cfg.features.normalisation)
