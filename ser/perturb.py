@@ -83,10 +83,11 @@ class Condition:
     babble: Babble | None = field(default=None, compare=False, repr=False)
     span: tuple[float, float] | None = None  # ``LO..HI``: a value per clip in this range
 
-    def rng(self, key: str) -> np.random.Generator:
-        """The random stream of this condition for the clip named ``key``."""
+    def rng(self, key: str, *stream: int) -> np.random.Generator:
+        """The random stream of this condition for the clip named ``key`` (``stream``
+        picks a separate one, e.g. for the value drawn from a range)."""
         return np.random.default_rng(
-            [self.seed, zlib.crc32(self.name.encode()), zlib.crc32(key.encode())]
+            [self.seed, zlib.crc32(self.name.encode()), zlib.crc32(key.encode()), *stream]
         )
 
     def amount(self, key: str) -> float:
@@ -94,11 +95,7 @@ class Condition:
         a uniform draw from it (its own stream, so the noise itself does not shift)."""
         if self.span is None:
             return float(self.value)
-        lo, hi = self.span
-        stream = np.random.default_rng(
-            [self.seed, zlib.crc32(self.name.encode()), zlib.crc32(key.encode()), 1]
-        )
-        return float(stream.uniform(lo, hi))
+        return float(self.rng(key, 1).uniform(*self.span))
 
     def apply(self, wave: np.ndarray, sample_rate: int, key: str = "") -> np.ndarray:
         """float32 mono ``wave`` at ``sample_rate`` -> the same clip in this condition
