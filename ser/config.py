@@ -447,6 +447,12 @@ class TrainConfig(Strict):
     monitor: Literal["val_ua", "val_loss", "val_accuracy"] = "val_ua"
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     reduce_lr: ReduceLRConfig = ReduceLRConfig()
+    # What one epoch is when the training clips have copies (augment.condition_copies,
+    # served_frames, session_copies): ``all`` passes over every clip and every copy;
+    # ``clips`` takes as many examples as there are training clips from the shuffled pool
+    # of clips and copies (the next epoch goes on where it stopped), so validation,
+    # checkpoints, early stopping and the learning-rate schedule come once per that many.
+    epoch_size: Literal["all", "clips"] = "all"
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     run_name: FolderName | None = None  # default: <name>-<date>-<time>
     checkpoints_dir: str = "checkpoints"

@@ -263,6 +263,14 @@ def _callbacks(
     return callbacks
 
 
+def _steps_per_epoch(cfg: Config, clips: int, examples: int) -> int | None:
+    """Batches in an epoch of ``train.epoch_size: clips`` (as many examples as training
+    clips, from a pool of ``examples`` with their copies); None for a pass over them all."""
+    if cfg.train.epoch_size == "all" or examples <= clips or clips <= 0:
+        return None
+    return -(-clips // cfg.train.batch_size)
+
+
 def _fit_member(
     cfg: Config,
     data: PreparedData,
@@ -287,6 +295,12 @@ def _fit_member(
     if data.served_train is not None:  # augment.session_copies: train as served too
         train_x = [*train_x, *data.served_train[0]]
         train_y = np.concatenate([train_y, data.served_train[1]])
+    steps = _steps_per_epoch(cfg, data.train_clips, len(train_x))
+    if steps is not None:
+        log(
+            f"epoch: {steps} batches, {data.train_clips} of the {len(train_x)} training "
+            "examples (clips and copies, in turn)"
+        )
     train_ds = make_dataset(
         train_x,
         train_y,
@@ -296,6 +310,7 @@ def _fit_member(
         seed=seed,
         augment=cfg.augment,
         one_hot=one_hot,
+        endless=steps is not None,
     )
     val_ds = make_dataset(
         data.inputs["val"],
@@ -326,6 +341,7 @@ def _fit_member(
         train_ds,
         validation_data=val_ds,
         epochs=cfg.train.epochs,
+        steps_per_epoch=steps,
         class_weight=weights,
         callbacks=_callbacks(cfg, report, run_dir, log_dir, resume),
         verbose=cfg.train.verbose,

@@ -5,6 +5,7 @@ frames are normalised by them, and evaluation scores the test clips that way too
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,12 +179,47 @@ def test_served_frames_cover_the_copies_in_recording_conditions(run):
     rows = data.rows["train"]
     phoned = [i for i, r in enumerate(rows) if r.path.endswith(f"{CONDITION_MARK}telephone")]
     assert phoned and len(phoned) * 2 == len(rows) == len(copies)
+    assert data.train_clips == len(phoned)  # the clips, without either kind of copy
     assert targets.tolist() == data.targets["train"].tolist()
     i = phoned[0]
     expected = data.frame_prior.apply(data.raw_features[rows[i].path])
     np.testing.assert_allclose(copies[i], expected[: copies[i].shape[0]], atol=1e-6)
     # normalised by the clean prior, not by the telephone "speaker" as the plain copy is
     assert not np.allclose(copies[i], data.inputs["train"][i][: copies[i].shape[0]])
+
+
+def test_an_epoch_of_clips_trains_on_clips_and_copies_in_turn(run, tmp_path):
+    """``train.epoch_size: clips``: with a served copy of each clip, an epoch is as many
+    examples as clips (half the pool), drawn from an endless shuffle of both; fitting
+    ends after the configured epochs (an endless dataset without set steps would not)."""
+    cfg, _summary = run
+    cfg = cfg.model_copy(
+        update={
+            "augment": cfg.augment.model_copy(update={"served_frames": True}),
+            "train": cfg.train.model_copy(
+                update={"epoch_size": "clips", "epochs": 2, "run_name": "clip-epochs"}
+            ),
+        }
+    )
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    clips = prepare_data(cfg, log=quiet).train_clips
+    batches = -(-clips // cfg.train.batch_size)
+    told = f"epoch: {batches} batches, {clips} of the {2 * clips} training examples"
+    assert any(line.startswith(told) for line in lines), lines
+    history = (Path(summary["run_dir"]) / "history.csv").read_text().splitlines()
+    assert len(history) == 3  # a header and two epochs
+
+
+def test_an_epoch_is_every_example_unless_the_clips_have_copies():
+    from ser.training import _steps_per_epoch
+
+    base = load_config(ROOT / "configs" / "base.yaml", ["train.batch_size=32"], env={})
+    clips = base.model_copy(update={"train": base.train.model_copy(update={"epoch_size": "clips"})})
+    assert _steps_per_epoch(base, 100, 400) is None
+    assert _steps_per_epoch(clips, 100, 400) == 4
+    assert _steps_per_epoch(clips, 100, 100) is None  # no copies: a pass is an epoch
+    assert _steps_per_epoch(clips, 64, 192) == 2
 
 
 def test_a_frame_session_converges_to_the_speakers_frame_statistics():

@@ -323,3 +323,21 @@ def test_mixup_needs_one_hot_targets_and_pooled_features():
         )
     with pytest.raises(ValueError, match="augment.mixup needs features.mode: pooled"):
         load_config(None, ["augment.mixup=0.2"], env={})
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_an_endless_training_dataset_repeats_every_example_once_per_pass(pooled):
+    """``train.epoch_size: clips``: the examples go round without end, each pass a new
+    shuffle of all of them, so an epoch shorter than a pass goes on where the last stopped."""
+    xs = [x.mean(axis=0) for x in sequences(n=10, dim=2)] if pooled else sequences(n=10, dim=2)
+    labels = np.arange(10)
+    norm = Normaliser.fit(xs)
+    ds = make_dataset(
+        xs, labels, normaliser=norm, batch_size=5, training=True, seed=3, endless=True
+    )
+    seen = [int(y) for _x, batch in ds.take(8).as_numpy_iterator() for y in batch]
+    passes = [seen[k : k + 10] for k in range(0, 40, 10)]
+    assert all(sorted(p) == list(range(10)) for p in passes)
+    assert len({tuple(p) for p in passes}) > 1  # reshuffled on each pass
+    plain = make_dataset(xs, labels, normaliser=norm, batch_size=5, training=True, seed=3)
+    assert sum(1 for _ in plain) == 2  # without it, one pass

@@ -287,6 +287,7 @@ def make_dataset(
     seed: int,
     augment: AugmentConfig | None = None,
     one_hot: int | None = None,
+    endless: bool = False,
 ):
     """Build a batched ``tf.data.Dataset``.
 
@@ -296,6 +297,8 @@ def make_dataset(
     ``one_hot``: the number of classes to yield float one-hot targets [B, classes]
     instead of indices (label smoothing and mixup need them; mixup requires it).
     Shuffling (seeded, reshuffled each epoch) and augmentation happen only when ``training``.
+    ``endless`` (training only): the shuffled examples repeat without end, reshuffled on
+    each pass, for a caller that sets the steps of an epoch (``train.epoch_size: clips``).
     """
     import tensorflow as tf
 
@@ -310,7 +313,9 @@ def make_dataset(
     if not sequence:
         noise = augment.gaussian_noise if augment is not None and training else 0.0
         normalised = np.stack([normaliser.apply(x) for x in inputs])
-        return _pooled_dataset(normalised, labels, batch_size, training, seed, noise, mixup)
+        return _pooled_dataset(
+            normalised, labels, batch_size, training, seed, noise, mixup, endless
+        )
     lengths, values = _normalised_frames(inputs, normaliser)
     ragged = tf.RaggedTensor.from_row_lengths(values, lengths)
     del values
@@ -322,6 +327,8 @@ def make_dataset(
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.from_tensor_slices(targets)))
     if training:
         ds = ds.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
+        if endless:
+            ds = ds.repeat()
         if augmentation_enabled(augment):
             tf.random.set_seed(seed)
             aug = lambda x: _spec_augment(x, augment, seed)  # noqa: E731
@@ -392,19 +399,23 @@ def _pooled_dataset(
     seed: int,
     noise: float = 0.0,
     mixup: float = 0.0,
+    endless: bool = False,
 ):
     """[N, D] vectors -> batches [B, D]: shuffle and batch indices, then one gather per
     batch (slicing element by element costs more than a dense model's training step).
     ``noise`` > 0 (training only) adds N(0, noise^2) to every normalised value, a fresh
     draw each epoch; the masks of ``AugmentConfig`` apply to sequences only.
     ``mixup`` > 0 blends each example with a shuffled partner of its batch, weights
-    l ~ Beta(mixup, mixup) per example, on the (noisy) vectors and the one-hot targets."""
+    l ~ Beta(mixup, mixup) per example, on the (noisy) vectors and the one-hot targets.
+    ``endless`` (training only): the shuffled indices repeat without end."""
     import tensorflow as tf
 
     n = x.shape[0]
     index = tf.data.Dataset.range(n)
     if training:
         index = index.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        if endless:
+            index = index.repeat()
     index = index.batch(batch_size)
     features = tf.constant(x)
     if labels is None:

@@ -76,6 +76,9 @@ class PreparedData:
     frame_prior: Normaliser | None = None
     # With keep_features: the frame features before any normalisation, by path.
     raw_features: dict[str, np.ndarray] = field(default_factory=dict)
+    # Training clips before any copy (``rows["train"]`` holds their condition copies
+    # after them; ``served_train`` its served copies): what ``train.epoch_size: clips`` counts.
+    train_clips: int = 0
 
     @property
     def input_dim(self) -> int:
@@ -363,6 +366,7 @@ def prepare_data(
     )
     _check_no_part_empty(rows, features, report)
     frame_prior = frame_speaker_prior(cfg, raw, rows["train"])
+    train_clips = len(rows["train"])
     if cfg.augment.condition_copies:
         raw = _add_condition_copies(
             cfg, (rows, inputs, targets), features, raw, index, max_frames, log
@@ -401,6 +405,7 @@ def prepare_data(
         served,
         frame_prior,
         raw if keep_features else {},
+        train_clips,
     )
 
 
