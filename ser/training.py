@@ -271,6 +271,24 @@ def _steps_per_epoch(cfg: Config, clips: int, examples: int) -> int | None:
     return -(-clips // cfg.train.batch_size)
 
 
+def _training_examples(
+    cfg: Config, data: PreparedData, log: Log
+) -> tuple[list[np.ndarray], np.ndarray, int | None]:
+    """The training inputs and targets (clips, their condition copies and any copies
+    normalised as served) and the batches of an epoch (None: one pass over them all)."""
+    train_x, train_y = data.inputs["train"], data.targets["train"]
+    if data.served_train is not None:  # augment.session_copies: train as served too
+        train_x = [*train_x, *data.served_train[0]]
+        train_y = np.concatenate([train_y, data.served_train[1]])
+    steps = _steps_per_epoch(cfg, data.train_clips, len(train_x))
+    if steps is not None:
+        log(
+            f"epoch: {steps} batches, {data.train_clips} of the {len(train_x)} training "
+            "examples (clips and copies, in turn)"
+        )
+    return train_x, train_y, steps
+
+
 def _fit_member(
     cfg: Config,
     data: PreparedData,
@@ -291,16 +309,7 @@ def _fit_member(
     classes = len(data.labels)
     # Label smoothing and mixup need probability targets; plain training keeps indices.
     one_hot = classes if cfg.train.label_smoothing > 0 or cfg.augment.mixup > 0 else None
-    train_x, train_y = data.inputs["train"], data.targets["train"]
-    if data.served_train is not None:  # augment.session_copies: train as served too
-        train_x = [*train_x, *data.served_train[0]]
-        train_y = np.concatenate([train_y, data.served_train[1]])
-    steps = _steps_per_epoch(cfg, data.train_clips, len(train_x))
-    if steps is not None:
-        log(
-            f"epoch: {steps} batches, {data.train_clips} of the {len(train_x)} training "
-            "examples (clips and copies, in turn)"
-        )
+    train_x, train_y, steps = _training_examples(cfg, data, log)
     train_ds = make_dataset(
         train_x,
         train_y,

@@ -326,6 +326,31 @@ def _add_condition_copies(
     return {**raw, **copy_raw}
 
 
+def _add_copies(
+    cfg: Config,
+    parts: tuple[dict, dict, dict],
+    features: dict[str, np.ndarray],
+    raw: dict[str, np.ndarray],
+    index: dict[str, int],
+    max_frames: int,
+    frame_prior: Normaliser | None,
+    log: Log,
+) -> tuple[dict[str, np.ndarray], tuple[list[np.ndarray], np.ndarray] | None]:
+    """``augment.condition_copies`` appended to the training part of ``parts`` (in place),
+    and ``augment.served_frames``' copies of every training clip and condition copy;
+    returns the raw frames with the condition copies' and the served copies (or None)."""
+    rows, _inputs, targets = parts
+    if cfg.augment.condition_copies:
+        raw = _add_condition_copies(cfg, parts, features, raw, index, max_frames, log)
+    if not (cfg.augment.served_frames and frame_prior is not None):
+        return raw, None
+    # Condition copies too: a lone clip from a phone is normalised by the clean prior.
+    served = _served_training_frames(
+        cfg, raw, rows["train"], targets["train"], frame_prior, max_frames
+    )
+    return raw, served
+
+
 def prepare_data(
     cfg: Config,
     split: Split | None = None,
@@ -367,16 +392,9 @@ def prepare_data(
     _check_no_part_empty(rows, features, report)
     frame_prior = frame_speaker_prior(cfg, raw, rows["train"])
     train_clips = len(rows["train"])
-    if cfg.augment.condition_copies:
-        raw = _add_condition_copies(
-            cfg, (rows, inputs, targets), features, raw, index, max_frames, log
-        )
-    served = None
-    if cfg.augment.served_frames and frame_prior is not None:
-        # Condition copies too: a lone clip from a phone is normalised by the clean prior.
-        served = _served_training_frames(
-            cfg, raw, rows["train"], targets["train"], frame_prior, max_frames
-        )
+    raw, served = _add_copies(
+        cfg, (rows, inputs, targets), features, raw, index, max_frames, frame_prior, log
+    )
     prior = None
     if cfg.features.pooled_normalisation == "speaker":
         raw_train = inputs["train"]
