@@ -311,6 +311,14 @@ class FeaturesConfig(Strict):
     # would be shorter than 0.1 s or one n_fft window, or when it is all zeros.
     # None: no trimming (and the cache keys of untrimmed features stay as they were).
     trim_db: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # Cut each clip to its speech before any extractor sees it (after trim_db, before
+    # loudness_db), in training and at inference alike: from this many seconds before
+    # its first voiced run to as many after its last (ser.speech.speech_span: voicing,
+    # which neither the level nor noise moves, unlike trim_db's energy). What is cut is
+    # the silence, or a noisy recording's noise alone, around the speech. A clip with no
+    # voiced run, or whose span would be shorter than 0.1 s or one n_fft window, is kept
+    # whole. None: off (and the cache keys of such features stay as they were).
+    speech_span: float | None = Field(default=None, ge=0, le=5, allow_inf_nan=False)
     # Bring each clip to this level (dBFS: RMS of its active frames, those within
     # ACTIVE_RANGE_DB of its loudest) before any extractor sees it, in training and at
     # inference alike, so the recording gain carries no weight: the same clip 30 dB

@@ -48,7 +48,7 @@ from ser.data.pipeline import (
     to_model_input,
     zscore,
 )
-from ser.features.extractors import extract_features, silence_bounds
+from ser.features.extractors import analysed_span, extract_features
 from ser.numpy_runtime import NumpyModel
 
 if TYPE_CHECKING:
@@ -545,8 +545,9 @@ class Predictor:
     def frame_features(self, wave: np.ndarray, session: SpeakerSession | None = None) -> np.ndarray:
         """float32 mono wave at the run's rate -> frame features [T, D] as training saw them.
 
-        With ``features.trim_db`` the clip's leading and trailing silence is cut first,
-        inside ``extract_features`` as in training; then ``lone_clip_frames``, or, given
+        With ``features.trim_db`` (``speech_span``) the clip's leading and trailing
+        silence (everything around its speech) is cut first, inside ``extract_features``
+        as in training; then ``lone_clip_frames``, or, given
         a ``session`` of a run with ``frame_sessions``, the clip is counted into it and
         normalised by that speaker's statistics so far.
         """
@@ -609,8 +610,8 @@ class Predictor:
         starts = list(range(0, total - width + 1, hop))
         if starts[-1] != total - width:
             starts.append(total - width)
-        # Frame 0 is at the clip's start, or where trimmed leading silence ended.
-        cut = silence_bounds(np.asarray(wave, np.float32), c.data.sample_rate, c.features)[0]
+        # Frame 0 is at the clip's start, or where the cut before the speech ended.
+        cut = analysed_span(np.asarray(wave, np.float32), c.data.sample_rate, c.features)[0]
         offset = cut / c.data.sample_rate
         spans = [
             (

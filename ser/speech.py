@@ -114,22 +114,52 @@ def detect_speech(
             "finite (audio is expected within about [-1, 1])"
         )
     rms_db = level_db(wave)
+    in_runs, semitones = voiced_run_frames(wave, sample_rate, thresholds)
+    if in_runs is None:
+        return SpeechEvidence(False, 0.0, 0.0, rms_db)
+    voiced_frames = int(in_runs.sum())
+    voiced = voiced_frames / len(in_runs)
+    flat = int(flat_frames(in_runs, semitones).sum()) / voiced_frames if voiced_frames else 0.0
+    speech = voiced >= thresholds.min_voiced and flat <= thresholds.max_flat
+    return SpeechEvidence(bool(speech), float(voiced), float(flat), rms_db)
+
+
+def voiced_run_frames(
+    wave: np.ndarray, sample_rate: int, thresholds: SpeechThresholds = DEFAULT_THRESHOLDS
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Which frames (``FRAME_SECONDS`` every ``HOP_SECONDS``) of ``wave`` lie in voiced
+    runs (cues 1 and 2 of the module docstring), and each frame's pitch in semitones;
+    ``(None, pitch)`` when no frame is above digital silence."""
     low, rate = block_average(np.asarray(wave, np.float64), sample_rate)
     low = remove_dc(low)
     aperiodicity, semitones, levels = frame_periodicity(low, rate)
     audible = levels > SILENT_DB
     if not audible.any():
-        return SpeechEvidence(False, 0.0, 0.0, rms_db)
+        return None, semitones
     loud = audible & (levels > np.percentile(levels, 95) - thresholds.relative_floor_db)
     voiced_mask = loud & (aperiodicity < thresholds.max_aperiodicity)
     in_runs = np.zeros_like(voiced_mask)
     for start, end in voiced_runs(voiced_mask, semitones):
         in_runs[start:end] = True
-    voiced_frames = int(in_runs.sum())
-    voiced = voiced_frames / len(levels)
-    flat = int(flat_frames(in_runs, semitones).sum()) / voiced_frames if voiced_frames else 0.0
-    speech = voiced >= thresholds.min_voiced and flat <= thresholds.max_flat
-    return SpeechEvidence(bool(speech), float(voiced), float(flat), rms_db)
+    return in_runs, semitones
+
+
+def speech_span(wave: np.ndarray, sample_rate: int, margin: float) -> tuple[int, int]:
+    """(start, stop) in samples: from ``margin`` seconds before the first voiced run of
+    ``wave`` to ``margin`` seconds after the end of its last, clamped to the wave.
+
+    Voicing does not depend on the level and noise is aperiodic, so the span is the
+    same for a clip recorded quietly or in noise: what is cut is the silence, or the
+    noise alone, around the speech. ``(0, len(wave))`` when no voiced run is found.
+    """
+    n = int(wave.shape[0])
+    in_runs, _ = voiced_run_frames(wave, sample_rate)
+    voiced = np.flatnonzero(in_runs) if in_runs is not None else np.empty(0, np.int64)
+    if voiced.size == 0:
+        return 0, n
+    start = (voiced[0] * HOP_SECONDS - margin) * sample_rate
+    stop = (voiced[-1] * HOP_SECONDS + FRAME_SECONDS + margin) * sample_rate
+    return max(0, int(start)), min(n, int(np.ceil(stop)))
 
 
 def block_average(wave: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:

@@ -105,6 +105,9 @@ def test_trimming_is_in_the_key_only_when_set(tmp_path: Path) -> None:
     at_30 = cache_key("d" * 40, cfg.model_copy(update={"trim_db": 30.0}), SR)
     assert at_30 != key
     assert cache_key("d" * 40, cfg.model_copy(update={"trim_db": 40.0}), SR) not in (key, at_30)
+    assert cache_key("d" * 40, cfg.model_copy(update={"speech_span": None}), SR) == key
+    spanned = cache_key("d" * 40, cfg.model_copy(update={"speech_span": 0.15}), SR)
+    assert spanned not in (key, at_30)
 
 
 def test_cache_key_includes_extractor_version(

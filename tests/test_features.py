@@ -16,6 +16,7 @@ from ser.features.extractors import (
     feature_names,
     pool,
 )
+from ser.speech import speech_span
 
 SR = 16000
 FRAMES_1S = 1 + SR // 160  # default hop 160, centred STFT
@@ -475,3 +476,45 @@ def test_deltas_equal_librosa(order: int, frames: int) -> None:
     x = (np.random.default_rng(frames).standard_normal((13, frames)) * 10).astype(np.float32)
     expected = librosa.feature.delta(x, width=9, order=order, mode="interp")
     np.testing.assert_allclose(extractors._delta(x, order), expected, rtol=0, atol=1e-4)
+
+
+def test_speech_span_cuts_each_clip_to_its_speech_before_the_extractors() -> None:
+    noise = 0.003 * np.random.default_rng(4).standard_normal(SR).astype(np.float32)
+    wave = np.concatenate([noise, speech_like(1.2, seed=4), noise])
+    cfg = config("mfcc", "prosody", speech_span=0.1, loudness_db=-25)
+    start, stop = speech_span(wave, SR, 0.1)
+    assert 0.85 * SR <= start < SR and 2.1 * SR < stop <= 2.35 * SR
+    cut = extract_features(wave, SR, cfg)
+    expected = extract_features(wave[start:stop], SR, config("mfcc", "prosody", loudness_db=-25))
+    np.testing.assert_array_equal(cut, expected)
+    assert cut.shape[0] < extract_features(wave, SR, config("mfcc", "prosody")).shape[0]
+
+
+def test_speech_span_keeps_a_clip_without_speech_whole() -> None:
+    wave = 0.05 * np.random.default_rng(6).standard_normal(2 * SR).astype(np.float32)
+    spanned = extract_features(wave, SR, config("mfcc", speech_span=0.15))
+    np.testing.assert_array_equal(spanned, extract_features(wave, SR, config("mfcc")))
+
+
+@pytest.mark.parametrize("value", [-0.1, 6, ".nan", "a"])
+def test_speech_span_must_be_a_margin_in_seconds(value) -> None:
+    import yaml
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="speech_span"):
+        FeaturesConfig.model_validate({"speech_span": yaml.safe_load(str(value))})
+
+
+def test_the_analysed_span_composes_the_silence_cut_and_the_speech_cut() -> None:
+    noise = 0.003 * np.random.default_rng(7).standard_normal(SR).astype(np.float32)
+    core = np.concatenate([noise, speech_like(1.2, seed=7), noise])
+    wave = np.concatenate([np.zeros(SR // 2, np.float32), core, np.zeros(SR // 2, np.float32)])
+    cfg = config("mfcc", trim_db=60, speech_span=0.1)
+    start, stop = extractors.analysed_span(wave, SR, cfg)
+    outer = extractors.silence_bounds(wave, SR, cfg)
+    inner = speech_span(wave[outer[0] : outer[1]], SR, 0.1)
+    assert (start, stop) == (outer[0] + inner[0], outer[0] + inner[1])
+    assert 1.35 * SR <= start < 1.5 * SR  # the speech starts at 1.5 s
+    np.testing.assert_array_equal(
+        extract_features(wave, SR, cfg), extract_features(wave[start:stop], SR, config("mfcc"))
+    )

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from ser.config import DATA_ROOT_ENV
-from ser.speech import DEFAULT_THRESHOLDS, detect_speech, level_db
+from ser.speech import DEFAULT_THRESHOLDS, detect_speech, level_db, speech_span
 from tests.support.signals import non_speech, speech_like
 
 RATES = (8000, 16000, 44100, 48000)
@@ -106,6 +106,45 @@ def test_empty_and_tiny_waves_are_answered(samples):
 
 
 # -------------------------------------------------------------------- real data
+def speech_in_silence(sr: int = 16000) -> np.ndarray:
+    """1 s of digital silence, 1.5 s of speech-like audio, 1 s of silence."""
+    pause = np.zeros(sr, np.float32)
+    return np.concatenate([pause, speech_like(1.5, sr=sr, seed=3), pause])
+
+
+@pytest.mark.parametrize("rate", (16000, 44100))
+def test_the_speech_span_is_the_speech_with_its_margin(rate):
+    wave = speech_in_silence(rate)
+    start, stop = speech_span(wave, rate, margin=0.15)
+    # Within the margin of the speech (1.0-2.5 s), never inside the margin's reach of it.
+    assert 0.80 * rate <= start <= 0.90 * rate
+    assert 2.60 * rate <= stop <= 2.72 * rate
+    assert speech_span(wave, rate, margin=0.0)[0] >= 0.95 * rate
+    assert speech_span(wave, rate, margin=2.0) == (0, wave.shape[0])  # clamped to the clip
+
+
+@pytest.mark.parametrize("change", ("-30 dB", "noise 10 dB"))
+def test_the_speech_span_is_not_moved_by_level_or_noise(change):
+    wave = speech_in_silence()
+    if change == "-30 dB":
+        changed = gained(wave, -30.0)
+    else:
+        noise = np.random.default_rng(5).standard_normal(wave.shape[0]).astype(np.float32)
+        speech_rms = float(np.sqrt(np.mean(np.square(wave[16000:40000]))))
+        changed = wave + noise * speech_rms * 10 ** (-10 / 20)
+    clean, moved = speech_span(wave, 16000, 0.15), speech_span(changed, 16000, 0.15)
+    assert abs(moved[0] - clean[0]) <= 0.05 * 16000 and abs(moved[1] - clean[1]) <= 0.05 * 16000
+
+
+@pytest.mark.parametrize("kind", ("silence", "white noise"))
+def test_no_speech_span_keeps_the_whole_clip(kind):
+    n = 32000
+    wave = np.zeros(n, np.float32)
+    if kind == "white noise":
+        wave = 0.1 * np.random.default_rng(2).standard_normal(n).astype(np.float32)
+    assert speech_span(wave, 16000, 0.15) == (0, n)
+
+
 def corpus_files(corpus: str) -> list[Path]:
     root = os.environ.get(DATA_ROOT_ENV)
     if not root or not Path(root).is_dir():

@@ -130,6 +130,8 @@ def _config_part(cfg: FeaturesConfig, sample_rate: int) -> str:
     }
     if cfg.trim_db is not None:  # only when set: entries of untrimmed features keep their keys
         spec["trim_db"] = cfg.trim_db
+    if cfg.speech_span is not None:  # likewise
+        spec["speech_span"] = cfg.speech_span
     if cfg.loudness_db is not None:  # likewise: unnormalised entries keep their keys
         spec["loudness_db"] = cfg.loudness_db
     if any(name in UTTERANCE_EXTRACTORS for name in cfg.extractors):

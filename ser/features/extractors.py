@@ -3,7 +3,8 @@
 Every extractor reads a shared ``Spectra`` so that one waveform gets one STFT, and
 a mel spectrogram is computed once per (n_mels, fmin, fmax) however many extractors
 use it. With ``features.trim_db`` the clip's leading and trailing silence is cut
-first (``silence_bounds``). Frames are ``1 + samples // hop_length`` of what is
+first (``silence_bounds``), with ``features.speech_span`` everything around its
+speech (``speech_bounds``). Frames are ``1 + samples // hop_length`` of what is
 left (centred STFT); waves shorter than ``n_fft`` are zero-padded to ``n_fft``
 first. Nothing here does I/O or mutates global state; the filterbank caches below
 are memoised pure functions.
@@ -30,6 +31,7 @@ from ser.config import (
     TonnetzParams,
 )
 from ser.registry import Registry
+from ser.speech import speech_span
 
 # Part of every cache key: bump it whenever every extractor's output changes.
 EXTRACTOR_VERSION = "1"
@@ -166,6 +168,28 @@ def silence_bounds(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> t
     start = int(loud[0]) * frame.hop_length
     stop = min(n, (int(loud[-1]) + 1) * frame.hop_length)
     return (start, stop) if stop - start >= shortest else (0, n)
+
+
+def speech_bounds(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> tuple[int, int]:
+    """(start, stop) in samples of ``wave``'s speech with ``cfg.speech_span`` seconds
+    either side (``ser.speech.speech_span``); ``(0, len(wave))`` when that is None, when
+    no voiced run is found, or when the span would be shorter than
+    ``MIN_TRIMMED_SECONDS`` or ``n_fft``."""
+    n = wave.shape[0]
+    shortest = max(int(np.ceil(MIN_TRIMMED_SECONDS * sample_rate)), cfg.frame.n_fft)
+    if cfg.speech_span is None or n <= shortest or not np.isfinite(wave).all():
+        return 0, n
+    start, stop = speech_span(wave, sample_rate, cfg.speech_span)
+    return (start, stop) if stop - start >= shortest else (0, n)
+
+
+def analysed_span(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> tuple[int, int]:
+    """(start, stop) in samples of the part of mono ``wave`` that the extractors see:
+    without its leading and trailing silence (``silence_bounds``), then cut to its
+    speech (``speech_bounds``). Frame 0 of ``extract_features`` starts at ``start``."""
+    start, stop = silence_bounds(wave, sample_rate, cfg)
+    inner_start, inner_stop = speech_bounds(wave[start:stop], sample_rate, cfg)
+    return start + inner_start, start + inner_stop
 
 
 # Frames within this many dB of a clip's loudest frame are its active frames: the
@@ -498,9 +522,10 @@ def extract_features(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) ->
     """float32 [frames, feature_dims(cfg)]: ``cfg.extractors`` side by side, in that order.
 
     ``wave`` is mono float32 [samples]; with ``cfg.trim_db`` its leading and trailing
-    silence is cut first (``silence_bounds``), and with ``cfg.loudness_db`` it is brought
-    to that level (``normalise_loudness``), so training and inference, which both
-    extract through here, trim and level alike. All extractors share one ``Spectra``; if their
+    silence is cut first (``silence_bounds``), with ``cfg.speech_span`` it is cut to its
+    speech (``speech_bounds``), and with ``cfg.loudness_db`` it is brought to that level
+    (``normalise_loudness``), so training and inference, which both extract through
+    here, trim and level alike. All extractors share one ``Spectra``; if their
     frame counts differ (tonnetz), every block is cut to the shortest. Raises
     ``ValueError`` for a wave with NaN or infinite samples, input an extractor cannot
     use (librosa's ``ParameterError``) and features that come out non-finite (samples
@@ -508,7 +533,7 @@ def extract_features(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) ->
     """
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim == 1:  # anything else is for Spectra to reject
-        start, stop = silence_bounds(wave, sample_rate, cfg)
+        start, stop = analysed_span(wave, sample_rate, cfg)
         wave = normalise_loudness(wave[start:stop], cfg.loudness_db, cfg.frame)
     spectra = Spectra(wave, sample_rate, cfg.frame)
     blocks = []
