@@ -157,7 +157,7 @@ def silence_bounds(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> t
     signal (all zeros) or with non-finite samples (``Spectra`` rejects those).
     """
     n, frame = wave.shape[0], cfg.frame
-    shortest = max(int(np.ceil(MIN_TRIMMED_SECONDS * sample_rate)), frame.n_fft)
+    shortest = shortest_cut(sample_rate, cfg)
     if cfg.trim_db is None or n <= shortest:
         return 0, n
     rms = librosa.feature.rms(y=wave, frame_length=frame.win_length, hop_length=frame.hop_length)[0]
@@ -170,13 +170,19 @@ def silence_bounds(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> t
     return (start, stop) if stop - start >= shortest else (0, n)
 
 
+def shortest_cut(sample_rate: int, cfg: FeaturesConfig) -> int:
+    """Samples that a cut clip must keep (``MIN_TRIMMED_SECONDS`` or one ``n_fft``
+    window, the longer): a shorter cut leaves the clip whole."""
+    return max(int(np.ceil(MIN_TRIMMED_SECONDS * sample_rate)), cfg.frame.n_fft)
+
+
 def speech_bounds(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> tuple[int, int]:
     """(start, stop) in samples of ``wave``'s speech with ``cfg.speech_span`` seconds
     either side (``ser.speech.speech_span``); ``(0, len(wave))`` when that is None, when
     no voiced run is found, or when the span would be shorter than
     ``MIN_TRIMMED_SECONDS`` or ``n_fft``."""
     n = wave.shape[0]
-    shortest = max(int(np.ceil(MIN_TRIMMED_SECONDS * sample_rate)), cfg.frame.n_fft)
+    shortest = shortest_cut(sample_rate, cfg)
     if cfg.speech_span is None or n <= shortest or not np.isfinite(wave).all():
         return 0, n
     start, stop = speech_span(wave, sample_rate, cfg.speech_span)
