@@ -14,7 +14,7 @@ from ser.config import load_config
 from ser.data.pipeline import Normaliser, speaker_prior, zscore
 from ser.data.prepare import prepare_data
 from ser.evaluation import evaluate_run
-from ser.features.extractors import extract_features
+from ser.features.extractors import analysed_span, extract_features
 from ser.inference import Predictor, SpeakerSession
 from ser.runs import FRAME_PRIOR
 from ser.training import train
@@ -39,6 +39,9 @@ def run(tmp_path_factory):
         "[emodb]",
         **{
             "features.normalisation": "speaker",
+            # configs/lstm.yaml's front end: each clip levelled and cut to its speech
+            "features.loudness_db": "-25",
+            "features.speech_span": "0.15",
             "model.lstm.pooling": "stats",
             "model.lstm.functionals": "[mean, std]",
             "train.confusion_images": "false",
@@ -109,7 +112,8 @@ def test_evaluation_reports_each_clip_alone_in_sessions_and_by_whole_speaker(run
 
 def test_predict_http_and_evaluation_give_a_clip_the_same_probabilities(run, tmp_path, capsys):
     """The lone-clip path of evaluation (``served_modes``' prior) is what ``ser predict``
-    and ``/predict`` serve, for the two-branch LSTM on speaker-normalised frames."""
+    and ``/predict`` serve, for the two-branch LSTM on speaker-normalised frames, with
+    the clip levelled and cut to its speech as ``configs/lstm.yaml`` does."""
     import json
 
     import soundfile as sf
@@ -120,12 +124,18 @@ def test_predict_http_and_evaluation_give_a_clip_the_same_probabilities(run, tmp
     from ser.data.pipeline import to_model_input
     from ser.serving.app import create_app
     from tests.support.signals import gliding_tone
+    from tests.support.tiny_run import silence
 
     cfg, summary = run
     path = tmp_path / "clip.wav"
-    sf.write(path, gliding_tone(1.5, 200, seed=4), 16000)
+    sf.write(
+        path, np.concatenate([silence(0.6), gliding_tone(1.5, 200, seed=4), silence(0.6)]), 16000
+    )
+    wave = load_audio(path, 16000)
+    start, stop = analysed_span(wave, 16000, cfg.features)
+    assert start > 0.3 * 16000 and stop < len(wave) - 0.3 * 16000  # the silence is cut
     predictor = Predictor.load(summary["run_dir"], xla=False)
-    raw = extract_features(load_audio(path, 16000), cfg.data.sample_rate, cfg.features)
+    raw = extract_features(wave, cfg.data.sample_rate, cfg.features)
     f = cfg.features
     x = to_model_input(predictor.lone_clip_frames(raw), f.mode, f.pooling, predictor.max_frames)
     evaluated = predictor.predict_inputs([x])[0]
