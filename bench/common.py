@@ -170,6 +170,7 @@ def train_dataset(cfg, data):
         batch_size=cfg.train.batch_size,
         training=True,
         seed=cfg.seed,
+        length_buckets=cfg.train.length_buckets,
     )
 
 

@@ -1,7 +1,7 @@
 """Input pipeline vs model: is tf.data ever the bottleneck? And peak memory of training.
 
-For the default lstm, cnn and dense configs: batches/s of the training dataset
-alone (iterated, model removed) against batches/s of training steps on the same
+For the default lstm, cnn and dense configs (and the lstm with plain shuffled batches
+instead of its length buckets): batches/s of the training dataset alone (iterated, model removed) against batches/s of training steps on the same
 dataset (second epoch, after tracing). Then the peak resident memory of one full
 ``train.py`` run in a child process (``--rss-epochs`` epochs, default 2; memory
 peaks in the first epoch, once every feature is in RAM).
@@ -28,6 +28,16 @@ from bench.common import (
     train_dataset,
     write,
 )
+
+# (row name, config, overrides): the default configs, and the default LSTM once more
+# with plain shuffled batches, so that what train.length_buckets saves is measured in
+# the same run.
+MODELS = [
+    ("lstm", "lstm.yaml", ()),
+    ("lstm, plain batches", "lstm.yaml", ("train.length_buckets=0",)),
+    ("cnn", "cnn.yaml", ()),
+    ("dense", "dense.yaml", ()),
+]
 
 
 def dataset_rate(ds, passes: int = 3) -> float:
@@ -64,8 +74,8 @@ def main() -> None:
     rows = manifest_rows(args)
     results = []
     with tempfile.TemporaryDirectory() as cache:
-        for name in ("lstm", "cnn", "dense"):
-            cfg = bench_config(args, f"{name}.yaml")
+        for name, config, overrides in MODELS:
+            cfg = bench_config(args, config, *overrides)
             data = prepare(cfg, rows, cache)
             ds = train_dataset(cfg, data)
             input_rate = dataset_rate(ds)
@@ -73,14 +83,17 @@ def main() -> None:
             model.fit(ds, epochs=1, verbose=0)  # traces the step function
             start = time.perf_counter()
             model.fit(ds, epochs=1, verbose=0)
+            seconds = time.perf_counter() - start
             steps = sum(1 for _ in ds)
-            step_rate = steps / (time.perf_counter() - start)
+            step_rate = steps / seconds
             results.append(
                 {
                     "model": name,
                     "input_batches_per_s": input_rate,
                     "train_batches_per_s": step_rate,
                     "ratio": input_rate / step_rate,
+                    "train_examples_per_s": len(data.rows["train"]) / seconds,
+                    "length_buckets": cfg.train.length_buckets,
                     "batch_size": cfg.train.batch_size,
                     "train_examples": len(data.rows["train"]),
                 }
@@ -88,10 +101,16 @@ def main() -> None:
     print(
         table(
             [
-                [r["model"], r["input_batches_per_s"], r["train_batches_per_s"], r["ratio"]]
+                [
+                    r["model"],
+                    r["input_batches_per_s"],
+                    r["train_batches_per_s"],
+                    r["ratio"],
+                    r["train_examples_per_s"],
+                ]
                 for r in results
             ],
-            ["model", "tf.data batches/s", "train steps/s", "input / model"],
+            ["model", "tf.data batches/s", "train steps/s", "input / model", "train examples/s"],
         )
     )
     out = {"files": len(rows), "results": results}

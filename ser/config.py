@@ -461,6 +461,11 @@ class TrainConfig(Strict):
     # of clips and copies (the next epoch goes on where it stopped), so validation,
     # checkpoints, early stopping and the learning-rate schedule come once per that many.
     epoch_size: Literal["all", "clips"] = "all"
+    # Sequence models: training batches are drawn from this many buckets of clips of
+    # similar length (bounds at quantiles of the training clips' lengths), so a batch
+    # is padded to little more than its own clips instead of to the longest clip that
+    # the shuffle put beside them; 0 or 1 = one bucket (plain shuffled batches).
+    length_buckets: int = Field(default=0, ge=0, le=64)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     run_name: FolderName | None = None  # default: <name>-<date>-<time>
     checkpoints_dir: str = "checkpoints"

@@ -320,6 +320,7 @@ def _fit_member(
         augment=cfg.augment,
         one_hot=one_hot,
         endless=steps is not None,
+        length_buckets=cfg.train.length_buckets,
     )
     val_ds = make_dataset(
         data.inputs["val"],

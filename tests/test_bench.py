@@ -65,8 +65,10 @@ def test_pipeline_bench(corpora, tmp_path):
     out = run_bench(
         "pipeline", tmp_path / "p.json", "--data-root", str(corpora), "--rss-epochs", "1"
     )
-    assert [r["model"] for r in out["results"]] == ["lstm", "cnn", "dense"]
-    assert all(r["ratio"] > 0 for r in out["results"])
+    models = [r["model"] for r in out["results"]]
+    assert models == ["lstm", "lstm, plain batches", "cnn", "dense"]
+    assert all(r["ratio"] > 0 and r["train_examples_per_s"] > 0 for r in out["results"])
+    assert [r["length_buckets"] for r in out["results"][:2]] == [8, 0]  # lstm.yaml's, then off
     assert out["peak_rss_mb"] > 0
 
 

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from ser.config import AugmentConfig
-from ser.data.pipeline import Normaliser, centre_crop, make_dataset, to_model_input
+from ser.data.pipeline import (
+    Normaliser,
+    centre_crop,
+    length_bucket_bounds,
+    make_dataset,
+    to_model_input,
+)
 
 
 def sequences(n=5, dim=3, seed=0):
@@ -341,3 +347,55 @@ def test_an_endless_training_dataset_repeats_every_example_once_per_pass(pooled)
     assert len({tuple(p) for p in passes}) > 1  # reshuffled on each pass
     plain = make_dataset(xs, labels, normaliser=norm, batch_size=5, training=True, seed=3)
     assert sum(1 for _ in plain) == 2  # without it, one pass
+
+
+def test_length_bucket_bounds_split_the_lengths_into_groups_of_equal_size():
+    lengths = np.arange(100, 200)
+    bounds = length_bucket_bounds(lengths, 4)
+    assert len(bounds) == 3
+    groups = np.searchsorted(bounds, lengths, side="right")  # the bucket each length takes
+    assert np.bincount(groups).tolist() == [25, 25, 25, 25]
+    assert length_bucket_bounds(lengths, 1) == [] == length_bucket_bounds(lengths, 0)
+    assert length_bucket_bounds(np.full(50, 120), 8) == []  # one length: one bucket
+
+
+def test_length_buckets_pad_each_training_batch_to_clips_of_similar_length():
+    """``train.length_buckets``: every example once per pass, each batch from one bucket
+    (so padded to its own longest clip, not the longest the shuffle put beside it), the
+    frames themselves unchanged, in a seeded order that still changes between seeds."""
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(10, 20, 40), rng.integers(80, 100, 40)])
+    xs = [rng.normal(size=(n, 2)).astype(np.float32) + 1.0 for n in rng.permutation(lengths)]
+    labels = np.arange(len(xs))
+    norm = Normaliser.fit(xs)
+
+    def batches(buckets, seed=1):
+        ds = make_dataset(
+            xs,
+            labels,
+            normaliser=norm,
+            batch_size=8,
+            training=True,
+            seed=seed,
+            length_buckets=buckets,
+        )
+        return list(ds.as_numpy_iterator())
+
+    bucketed, plain = batches(2), batches(0)
+    assert len(bucketed) == 10  # 40 short and 40 long clips in batches of 8
+    ds = make_dataset(
+        xs, labels, normaliser=norm, batch_size=8, training=True, seed=1, length_buckets=2
+    )
+    assert int(ds.cardinality()) == 10  # known beforehand, as Keras wants it
+    for run in (bucketed, plain):
+        assert sorted(int(y) for _x, ys in run for y in ys) == labels.tolist()
+    padded = lambda run: sum(x.shape[0] * x.shape[1] for x, _y in run)  # noqa: E731
+    assert padded(bucketed) < 0.7 * padded(plain)
+    for x, ys in bucketed:  # short and long clips never share a batch
+        real = [len(xs[int(y)]) for y in ys]
+        assert max(real) < 20 or min(real) >= 80
+        assert x.shape[1] == max(real)
+        for row, y in zip(x, ys):
+            np.testing.assert_allclose(row[: len(xs[int(y)])], norm.apply(xs[int(y)]), atol=1e-6)
+    order = lambda run: [int(y) for _x, ys in run for y in ys]  # noqa: E731
+    assert order(bucketed) == order(batches(2)) != order(batches(2, seed=2))

@@ -288,6 +288,7 @@ def make_dataset(
     augment: AugmentConfig | None = None,
     one_hot: int | None = None,
     endless: bool = False,
+    length_buckets: int = 0,
 ):
     """Build a batched ``tf.data.Dataset``.
 
@@ -299,6 +300,8 @@ def make_dataset(
     Shuffling (seeded, reshuffled each epoch) and augmentation happen only when ``training``.
     ``endless`` (training only): the shuffled examples repeat without end, reshuffled on
     each pass, for a caller that sets the steps of an epoch (``train.epoch_size: clips``).
+    ``length_buckets`` > 1 (training sequences only): each batch is taken from one of
+    that many buckets of similar lengths (``train.length_buckets``), in shuffled order.
     """
     import tensorflow as tf
 
@@ -340,8 +343,41 @@ def make_dataset(
     target_shape = [one_hot] if one_hot is not None else []
     shapes = ([None, dim], target_shape) if labels is not None else [None, dim]
     pads = (0.0, 0.0 if one_hot is not None else 0) if labels is not None else 0.0
-    ds = ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads)
+    bounds = length_bucket_bounds(lengths, length_buckets) if training else []
+    ds = _padded_batches(ds, lengths, bounds, batch_size, shapes, pads, endless)
     return _shard_by_data(ds.prefetch(tf.data.AUTOTUNE))
+
+
+def _padded_batches(ds, lengths, bounds: list[int], batch_size: int, shapes, pads, endless: bool):
+    """``ds``'s examples in zero-padded batches: plain (``bounds`` empty), or each batch
+    from one length bucket (``length_bucket_bounds``), with the number of batches of a
+    pass declared so Keras knows an epoch's length before the first one ends."""
+    import tensorflow as tf
+
+    if not bounds:
+        return ds.padded_batch(batch_size, padded_shapes=shapes, padding_values=pads)
+    ds = ds.bucket_by_sequence_length(
+        lambda x, *_: tf.shape(x)[0],
+        bucket_boundaries=bounds,
+        bucket_batch_sizes=[batch_size] * (len(bounds) + 1),
+        padded_shapes=shapes,
+        padding_values=pads,
+    )
+    if endless:
+        return ds
+    buckets = np.bincount(np.searchsorted(bounds, lengths, side="right"))
+    batches = int(sum(-(-n // batch_size) for n in buckets))
+    return ds.apply(tf.data.experimental.assert_cardinality(batches))
+
+
+def length_bucket_bounds(lengths: np.ndarray, buckets: int) -> list[int]:
+    """Bucket bounds (a clip of length L goes to the first bucket whose bound exceeds
+    L) at the quantiles that split ``lengths`` into ``buckets`` groups of about equal
+    size; [] for one bucket. Repeated quantiles (many clips of one length) merge."""
+    if buckets <= 1 or len(lengths) == 0:
+        return []
+    quantiles = np.quantile(np.asarray(lengths), np.arange(1, buckets) / buckets)
+    return sorted({int(q) + 1 for q in quantiles if int(q) + 1 <= int(np.max(lengths))})
 
 
 # Frames are normalised and handed to TensorFlow in chunks of about this many bytes.
