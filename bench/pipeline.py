@@ -1,8 +1,9 @@
 """Input pipeline vs model: is tf.data ever the bottleneck? And peak memory of training.
 
 For the default lstm, cnn and dense configs (and the lstm with plain shuffled batches
-instead of its length buckets): batches/s of the training dataset alone (iterated, model removed) against batches/s of training steps on the same
-dataset (second epoch, after tracing). Then the peak resident memory of one full
+instead of its length buckets): batches/s of the training dataset alone (iterated,
+model removed) against batches/s and examples/s of training steps on the same dataset
+(second epoch, after tracing). Then the peak resident memory of one full
 ``train.py`` run in a child process (``--rss-epochs`` epochs, default 2; memory
 peaks in the first epoch, once every feature is in RAM).
 
