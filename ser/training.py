@@ -54,6 +54,18 @@ def _confusion_image(cm: np.ndarray, cell: int = 24) -> np.ndarray:
     return (np.kron(rgb, np.ones((cell, cell, 1))) * 255).astype(np.uint8)
 
 
+def validation_loss(
+    targets: np.ndarray, probabilities: np.ndarray, label_smoothing: float = 0.0
+) -> float:
+    """Mean cross-entropy of ``probabilities`` against class-index ``targets``, the
+    training loss without class weights (what Keras reports as ``val_loss``)."""
+    classes = probabilities.shape[1]
+    expected = np.full(probabilities.shape, label_smoothing / classes)
+    expected[np.arange(len(targets)), targets] += 1.0 - label_smoothing
+    clipped = np.clip(probabilities, keras.backend.epsilon(), 1.0 - keras.backend.epsilon())
+    return float(np.mean(-(expected * np.log(clipped)).sum(axis=1)))
+
+
 def _improves(value: float | None, best: float | None, monitor: str) -> bool:
     return value is not None and (
         best is None or (value < best if monitor == "val_loss" else value > best)
@@ -61,10 +73,12 @@ def _improves(value: float | None, best: float | None, monitor: str) -> bool:
 
 
 class EpochReport(keras.callbacks.Callback):
-    """Adds ``val_ua`` (balanced accuracy on the validation split) to the epoch logs,
-    writes it and a confusion-matrix image to TensorBoard, keeps the best model in
-    ``model.keras``, records progress for ``--resume`` and prints one line per epoch.
-    Must run before callbacks that monitor ``val_ua``.
+    """Scores the validation split once per epoch: adds ``val_loss``, ``val_accuracy``
+    and ``val_ua`` (balanced accuracy) to the epoch logs from one pass of predictions
+    (``fit`` gets no ``validation_data``, which would pass over the split a second
+    time), writes ``val_ua`` and a confusion-matrix image to TensorBoard, keeps the
+    best model in ``model.keras``, records progress for ``--resume`` and prints one
+    line per epoch. Must run before callbacks that read the validation logs.
 
     The epoch backup (``BackupAndRestore``, saved last at each epoch end) is the
     commit point. A run killed mid-epoch-end may have written history, progress or
@@ -84,10 +98,12 @@ class EpochReport(keras.callbacks.Callback):
         monitor: str,
         total_epochs: int,
         log: Log,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
         self.val_inputs = val_inputs
         self.val_targets = val_targets
+        self.label_smoothing = label_smoothing
         self.num_classes = len(labels)
         self.run_dir = run_dir
         self.monitor = monitor
@@ -146,8 +162,11 @@ class EpochReport(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
-        pred = self.model.predict(self.val_inputs, verbose=0).argmax(axis=1)
+        probabilities = self.model.predict(self.val_inputs, verbose=0)
+        pred = probabilities.argmax(axis=1)
         ua = unweighted_accuracy(self.val_targets, pred, self.num_classes)
+        logs["val_loss"] = validation_loss(self.val_targets, probabilities, self.label_smoothing)
+        logs["val_accuracy"] = float(np.mean(pred == self.val_targets))
         logs["val_ua"] = ua
         self._write_tensorboard(epoch, ua, pred)
         value = logs.get(self.monitor)
@@ -322,15 +341,6 @@ def _fit_member(
         endless=steps is not None,
         length_buckets=cfg.train.length_buckets,
     )
-    val_ds = make_dataset(
-        data.inputs["val"],
-        data.targets["val"],
-        normaliser=normaliser,
-        batch_size=batch,
-        training=False,
-        seed=seed,
-        one_hot=one_hot,
-    )
     model = _compiled_model(cfg, data.input_dim, classes, one_hot)
     log(f"model: {model.name}, {model.count_params():,} parameters, input dim {data.input_dim}")
     report = EpochReport(
@@ -342,6 +352,7 @@ def _fit_member(
         cfg.train.monitor,
         cfg.train.epochs,
         log,
+        label_smoothing=cfg.train.label_smoothing,
     )
     weights = class_weights(data.targets["train"], classes) if cfg.train.class_weights else None
     if cfg.train.distribute == "multi_worker":
@@ -349,7 +360,6 @@ def _fit_member(
     started = time.time()
     model.fit(
         train_ds,
-        validation_data=val_ds,
         epochs=cfg.train.epochs,
         steps_per_epoch=steps,
         class_weight=weights,

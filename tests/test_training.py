@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ser.config import load_config
-from ser.training import class_weights, train
+from ser.training import class_weights, train, validation_loss
 from tests.support import ROOT
 from tests.support.fakes import make_corpora, write_bytes, write_empty_wav
 from tests.support.tiny_run import tiny_overrides
@@ -134,6 +134,26 @@ def _cli(args: list[str], **kw) -> subprocess.Popen:
         text=True,
         **kw,
     )
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_validation_loss_is_the_keras_training_loss_without_weights(smoothing):
+    """EpochReport's val_loss, from its one pass of predictions, is what Keras's own
+    validation pass reported: the compiled cross-entropy, unweighted."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(5), size=40).astype("float32")
+    probabilities[0] = [1.0, 0.0, 0.0, 0.0, 0.0]  # a certain wrong answer is clipped, not inf
+    targets = rng.integers(0, 5, size=40)
+    targets[0] = 3
+    one_hot = keras.ops.one_hot(targets, 5)
+    keras_loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)(
+        one_hot, probabilities
+    )
+    ours = validation_loss(targets, probabilities, smoothing)
+    assert np.isfinite(ours)
+    assert ours == pytest.approx(float(keras_loss), rel=1e-5)
 
 
 def test_resume_after_kill_continues_from_saved_epoch(corpora, tmp_path):
