@@ -21,6 +21,10 @@ Conditions (``NAME[:ARG...]``):
 - ``reverb:RT60``        a small room: the clip convolved with a synthetic impulse
                          response (a direct path, then exponentially decaying noise
                          that falls 60 dB in RT60 seconds)
+- ``speed:FACTOR``       not a recording condition but another voice: the clip played
+                         FACTOR times as fast (tempo, pitch and formants together, as
+                         a tape runs faster; ``speed:0.9..1.1`` for training copies in
+                         more voices). The one condition that changes a clip's length.
 
 A condition's number may be a range ``LO..HI`` (``noise:white:5..25``): each clip then
 gets its own value, drawn uniformly from the range and seeded like the rest, so
@@ -99,10 +103,12 @@ class Condition:
 
     def apply(self, wave: np.ndarray, sample_rate: int, key: str = "") -> np.ndarray:
         """float32 mono ``wave`` at ``sample_rate`` -> the same clip in this condition
-        (float32, same rate and length)."""
+        (float32, same rate; same length, but for ``speed``)."""
         wave = np.asarray(wave, np.float32)
         out = _APPLY[self.kind](self, wave, sample_rate, key)
-        return np.asarray(out[: wave.shape[0]], np.float32)
+        if self.kind != "speed":
+            out = out[: wave.shape[0]]
+        return np.asarray(out, np.float32)
 
 
 def _gain(c: Condition, wave: np.ndarray, sr: int, key: str) -> np.ndarray:
@@ -208,6 +214,11 @@ def _reverb(c: Condition, wave: np.ndarray, sr: int, key: str) -> np.ndarray:
     return wet.astype(np.float32)
 
 
+def _speed(c: Condition, wave: np.ndarray, sr: int, key: str) -> np.ndarray:
+    """Resampled to ``sr / factor`` and read at ``sr``: ``factor`` times as fast."""
+    return resample(wave, sr, max(1, round(sr / c.amount(key))))
+
+
 _APPLY = {
     "gain": _gain,
     "clip": _clip,
@@ -217,6 +228,7 @@ _APPLY = {
     "mp3": _codec,
     "opus": _codec,
     "reverb": _reverb,
+    "speed": _speed,
 }
 # Per kind: (names of the arguments before the number, the number's name and range).
 _SYNTAX = {
@@ -228,6 +240,7 @@ _SYNTAX = {
     "mp3": ((), ("KBPS", 8.0, 320.0)),
     "opus": ((), ("KBPS", 6.0, 256.0)),
     "reverb": ((), ("RT60", 0.05, 2.0)),
+    "speed": ((), ("FACTOR", 0.5, 2.0)),
 }
 
 

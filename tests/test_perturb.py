@@ -48,6 +48,7 @@ def test_conditions_parse_to_canonical_names_once_each():
         ("noise:white:20..5", "needs LO below HI"),
         ("noise:white:5..", "SNR must be a number or a range"),
         ("babble:5..90", "SNR must be within -10 to 60"),
+        ("speed:3", "FACTOR must be within 0.5 to 2"),
         (" , ", "no conditions given"),
     ],
 )
@@ -126,6 +127,27 @@ def test_reverb_adds_a_decaying_tail(voice):
     late = np.sum(wet[5000:6600] ** 2)
     assert early > 10 * late > 0
     assert parse_condition("reverb:0.4").apply(voice, SR, "k").shape == voice.shape
+
+
+def test_speed_plays_the_clip_faster_with_pitch_and_length_in_step():
+    t = np.arange(2 * SR) / SR
+    tone = (0.3 * np.sin(2 * np.pi * 150 * t) + 0.1 * np.sin(2 * np.pi * 300 * t)).astype("f4")
+    for factor in (0.9, 1.1):
+        fast = parse_condition(f"speed:{factor}").apply(tone, SR, "k")
+        assert fast.dtype == np.float32
+        assert len(fast) == pytest.approx(len(tone) / factor, abs=2)
+        # The fundamental moves by the same factor as the tempo.
+        f, p = signal.welch(fast, fs=SR, nperseg=4096)
+        f0, p0 = signal.welch(tone, fs=SR, nperseg=4096)
+        band = (f > 80) & (f < 400)
+        assert f[band][p[band].argmax()] == pytest.approx(
+            factor * f0[band][p0[band].argmax()], rel=0.05
+        )
+    ranged = parse_condition("speed:0.9..1.1")
+    lengths = {len(ranged.apply(tone, SR, f"clip{i}")) for i in range(6)}
+    assert len(lengths) > 1 and all(
+        len(tone) / 1.1 - 2 <= n <= len(tone) / 0.9 + 2 for n in lengths
+    )
 
 
 def test_babble_mixes_other_voices_at_the_snr(voice):
