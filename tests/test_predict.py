@@ -161,6 +161,15 @@ def test_nothing_to_predict_exits_2(run_dir, tmp_path, capsys):
     assert "folder holds no audio files" in err and "no audio files to predict" in err
 
 
+def test_a_run_directory_given_as_audio_is_refused_naming_run(run_dir, clips, capsys):
+    """`ser predict RUN FILE` (for `--run RUN FILE`) must not predict FILE with
+    checkpoints/best, another model, as if nothing were wrong."""
+    assert main(["predict", str(run_dir), str(clips / "angry.wav")]) == 2
+    captured = capsys.readouterr()
+    assert f"{run_dir}: a run directory, not audio" in captured.err
+    assert f"--run {run_dir}" in captured.err and "angry.wav" not in captured.out
+
+
 def test_bad_run_directory_exits_2_with_a_message(clips, tmp_path, capsys):
     assert main(["predict", str(clips), "--run", str(tmp_path)]) == 2
     assert "not a run directory (missing run.yaml" in capsys.readouterr().err

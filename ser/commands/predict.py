@@ -88,6 +88,22 @@ def collect(paths: list[str]) -> tuple[list[Path], list[dict[str, Any]]]:
     return files, errors
 
 
+def run_dirs_among(paths: list[str]) -> list[str]:
+    """The ``paths`` that are run directories (``ser predict RUN FILE`` written for
+    ``ser predict --run RUN FILE``): predicting the files with another run would
+    answer with the wrong model."""
+    from ser.runs import RunDirError, check_run_dir
+
+    found = []
+    for raw in paths:
+        try:
+            check_run_dir(raw)
+        except RunDirError:
+            continue
+        found.append(raw)
+    return found
+
+
 def predict_path(predictor, path: Path, session=None) -> dict[str, Any]:
     """One file -> the result dict of ``Predictor.predict_file`` (WebM/M4A through ffmpeg);
     ``session``: the speaker's ``SpeakerSession``, which the clip is counted into."""
@@ -165,6 +181,12 @@ def run(args: argparse.Namespace) -> int:
     from ser.audio import AudioError
     from ser.inference import Predictor, tune_for_inference
 
+    for raw in run_dirs_among(args.paths):
+        print(
+            f"error: {raw}: a run directory, not audio; to predict with it, pass it as --run {raw}",
+            file=sys.stderr,
+        )
+        return 2
     files, errors = collect(args.paths)
     if not files:
         for e in errors:
