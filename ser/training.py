@@ -57,13 +57,13 @@ def _confusion_image(cm: np.ndarray, cell: int = 24) -> np.ndarray:
 def validation_loss(
     targets: np.ndarray, probabilities: np.ndarray, label_smoothing: float = 0.0
 ) -> float:
-    """Mean cross-entropy of ``probabilities`` against class-index ``targets``, the
-    training loss without class weights (what Keras reports as ``val_loss``)."""
-    classes = probabilities.shape[1]
-    expected = np.full(probabilities.shape, label_smoothing / classes)
-    expected[np.arange(len(targets)), targets] += 1.0 - label_smoothing
-    clipped = np.clip(probabilities, keras.backend.epsilon(), 1.0 - keras.backend.epsilon())
-    return float(np.mean(-(expected * np.log(clipped)).sum(axis=1)))
+    """Mean cross-entropy of ``probabilities`` against class-index ``targets``: Keras's
+    own loss, without class weights (what Keras reports as ``val_loss``)."""
+    expected = keras.ops.one_hot(targets, probabilities.shape[1])
+    losses = keras.losses.categorical_crossentropy(
+        expected, probabilities, label_smoothing=label_smoothing
+    )
+    return float(keras.ops.mean(losses))
 
 
 def _improves(value: float | None, best: float | None, monitor: str) -> bool:
