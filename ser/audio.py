@@ -15,6 +15,7 @@ the pure steps around them.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
@@ -123,6 +124,48 @@ def decode(
 def load_audio(path: str | os.PathLike[str], sample_rate: int, min_samples: int = 1) -> np.ndarray:
     """float32 mono waveform of ``path`` at ``sample_rate`` Hz, in [-1, 1] for PCM input."""
     return decode(path, sample_rate, min_samples)
+
+
+# ---------------------------------------------------------------- MP3, in-process
+# The bit rates (kbit/s) MP3 can carry, by the MPEG version a sample rate implies:
+# MPEG-1 from 32 kHz, MPEG-2 from 16 kHz, MPEG-2.5 below.
+MP3_KBPS_RANGES = ((32000, (32.0, 320.0)), (16000, (8.0, 160.0)), (0, (8.0, 64.0)))
+
+
+def mp3_in_process() -> bool:
+    """Whether soundfile's libsndfile writes MP3 (1.1 and later, as its wheels ship it),
+    so an MP3 round trip needs no ffmpeg: the one check of it."""
+    return "MP3" in sf.available_formats()
+
+
+def encode_mp3(wave: np.ndarray, sample_rate: int, kbps: float) -> bytes:
+    """float32 mono ``wave`` at ``sample_rate`` as constant-bit-rate MP3 of about ``kbps``
+    kbit/s, encoded in memory by libsndfile's LAME (``mp3_in_process``).
+
+    libsndfile takes a compression level in [0, 1] that it maps linearly onto the bit
+    rates of the MPEG version of the sample rate (``MP3_KBPS_RANGES``), highest first;
+    LAME then takes the nearest rate it has, as ffmpeg's ``-b:a KBPSk`` does. A rate
+    beyond the version's range gives its nearest end. Raises ``AudioError`` with
+    libsndfile's reason (e.g. a sample rate MP3 does not have).
+    """
+    low, high = next(span for floor, span in MP3_KBPS_RANGES if sample_rate >= floor)
+    # + 0.5: libsndfile truncates the rate it computes to whole kbit/s.
+    level = (high - (float(kbps) + 0.5)) / (high - low)
+    level = min(max(level, 0.0), (high - low - 0.5) / (high - low))
+    out = io.BytesIO()
+    try:
+        sf.write(
+            out,
+            np.clip(np.asarray(wave, np.float32), -1.0, 1.0),
+            sample_rate,
+            format="MP3",
+            subtype="MPEG_LAYER_III",
+            compression_level=level,
+            bitrate_mode="CONSTANT",
+        )
+    except Exception as exc:
+        raise AudioError(f"MP3 at {sample_rate} Hz, {kbps:g} kbit/s: {_reason(exc)}") from None
+    return out.getvalue()
 
 
 # ---------------------------------------------------------------- ffmpeg, for containers

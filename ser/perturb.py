@@ -17,7 +17,9 @@ Conditions (``NAME[:ARG...]``):
 - ``noise:COLOUR:SNR``   white, pink or brown Gaussian noise at SNR dB below the clip's
                          active level (``active_level_db``)
 - ``babble:SNR``         the sum of four other speakers' clips (``Babble``) at SNR dB
-- ``mp3:KBPS``, ``opus:KBPS``  a lossy codec round trip through ffmpeg at that bit rate
+- ``mp3:KBPS``, ``opus:KBPS``  a lossy codec round trip at that bit rate: MP3 through
+                         LAME in-process (soundfile's libsndfile; ffmpeg where that
+                         lacks MP3), Opus through ffmpeg
 - ``reverb:RT60``        a small room: the clip convolved with a synthetic impulse
                          response (a direct path, then exponentially decaying noise
                          that falls 60 dB in RT60 seconds)
@@ -33,6 +35,7 @@ training copies cover a spread of SNRs, bit rates or rooms rather than one setti
 
 from __future__ import annotations
 
+import io
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,9 +46,12 @@ from scipy import signal
 from ser.audio import (
     FFMPEG_INSTALL,
     AudioError,
+    decode,
     decode_bytes_with_ffmpeg,
+    encode_mp3,
     encode_with_ffmpeg,
     ffmpeg_path,
+    mp3_in_process,
     resample,
 )
 from ser.config import FrameParams
@@ -178,10 +184,14 @@ def _babble(c: Condition, wave: np.ndarray, sr: int, key: str) -> np.ndarray:
 
 
 def _codec(c: Condition, wave: np.ndarray, sr: int, key: str) -> np.ndarray:
-    rate = ["-b:a", f"{round(c.amount(key))}k"] + (["-ar", "48000"] if c.kind == "opus" else [])
+    kbps = c.amount(key)
     try:
-        encoded = encode_with_ffmpeg(np.clip(wave, -1.0, 1.0), sr, [*CODEC_ARGS[c.kind], *rate])
-        decoded = decode_bytes_with_ffmpeg(encoded, sr, max_seconds=3600.0)
+        if c.kind == "mp3" and mp3_in_process():  # in-process: ~7x faster than ffmpeg
+            decoded = decode(io.BytesIO(encode_mp3(wave, sr, kbps)), sr)
+        else:
+            rate = ["-b:a", f"{round(kbps)}k"] + (["-ar", "48000"] if c.kind == "opus" else [])
+            encoded = encode_with_ffmpeg(np.clip(wave, -1.0, 1.0), sr, [*CODEC_ARGS[c.kind], *rate])
+            decoded = decode_bytes_with_ffmpeg(encoded, sr, max_seconds=3600.0)
     except AudioError as exc:
         raise ConditionError(f"{c.name}: {exc}") from None
     decoded = decoded[_lag(wave, decoded) :]  # encoders add a little silence at the start
@@ -249,6 +259,12 @@ def _usage(kind: str) -> str:
     return ":".join([kind, *words, *([f"{number[0]}[..HI]"] if number else [])])
 
 
+def needs_ffmpeg(kind: str) -> bool:
+    """Whether a condition of ``kind`` runs through ffmpeg here: Opus always, MP3 only
+    where soundfile's libsndfile cannot write it."""
+    return kind == "opus" or (kind == "mp3" and not mp3_in_process())
+
+
 def parse_condition(text: str, seed: int = 0, babble: Babble | None = None) -> Condition:
     """``noise:pink:10`` -> its ``Condition``; ``ConditionError`` naming the problem."""
     parts = [p.strip() for p in text.strip().split(":")]
@@ -271,7 +287,7 @@ def parse_condition(text: str, seed: int = 0, babble: Babble | None = None) -> C
         value = span[0] if span else _number(text, number, low)
         if span and span[0] >= span[1]:
             raise ConditionError(f"{text!r}: a range LO..HI needs LO below HI")
-    if kind in CODEC_ARGS and ffmpeg_path() is None:
+    if needs_ffmpeg(kind) and ffmpeg_path() is None:
         raise ConditionError(f"{text!r}: the codec round trip needs ffmpeg: {FFMPEG_INSTALL}")
     amount = [f"{span[0]:g}..{span[1]:g}" if span else f"{value:g}"] if number else []
     name = ":".join([kind, *args, *amount])

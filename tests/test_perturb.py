@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from ser.audio import ffmpeg_path
+from ser import audio
+from ser.audio import ffmpeg_path, mp3_in_process
 from ser.config import FeaturesConfig, FrameParams, load_config
 from ser.features.cache import cache_key
 from ser.features.extractors import active_level_db, extract_features
@@ -17,6 +18,10 @@ from tests.support.signals import speech_like
 
 SR = 16000
 FRAME = FrameParams()
+needs_ffmpeg = pytest.mark.skipif(ffmpeg_path() is None, reason="ffmpeg is not installed")
+mp3_in_soundfile = pytest.mark.skipif(
+    not mp3_in_process(), reason="this soundfile's libsndfile does not write MP3"
+)
 
 
 @pytest.fixture(scope="module")
@@ -161,13 +166,48 @@ def test_babble_mixes_other_voices_at_the_snr(voice):
         parse_condition("babble:5").apply(voice, SR, "clip")
 
 
-@pytest.mark.skipif(ffmpeg_path() is None, reason="ffmpeg is not installed")
-@pytest.mark.parametrize("codec", ["mp3:32", "opus:24"])
+@pytest.mark.parametrize(
+    "codec",
+    [
+        pytest.param("mp3:32", marks=mp3_in_soundfile),
+        pytest.param("opus:24", marks=needs_ffmpeg),
+    ],
+)
 def test_codec_round_trip_is_aligned_and_close(voice, codec):
     out = parse_condition(codec).apply(voice, SR)
     assert out.shape == voice.shape
     assert np.corrcoef(out, voice)[0, 1] > 0.9  # aligned: a lag would decorrelate it
     assert not np.allclose(out, voice, atol=1e-4)  # and lossy
+
+
+@mp3_in_soundfile
+@pytest.mark.parametrize(("sample_rate", "kbps"), [(16000, 24), (16000, 64), (44100, 128)])
+def test_mp3_is_encoded_in_process_at_the_asked_bit_rate(monkeypatch, sample_rate, kbps):
+    """The MP3 round trip needs no ffmpeg where soundfile writes MP3, and its bit rate
+    is the one asked (within the frames' headers)."""
+    monkeypatch.setattr("ser.perturb.ffmpeg_path", lambda: None)
+    monkeypatch.setattr(audio, "ffmpeg_path", lambda: None)
+    wave = speech_like(4.0, hz=140.0, sr=sample_rate, seed=5, amplitude=0.3)
+    encoded = audio.encode_mp3(wave, sample_rate, kbps)
+    assert len(encoded) * 8 / 4.0 / 1000 == pytest.approx(kbps, rel=0.1)
+    out = parse_condition(f"mp3:{kbps}").apply(wave, sample_rate, "clip")
+    assert out.shape == wave.shape and np.corrcoef(out, wave)[0, 1] > 0.9
+
+
+@mp3_in_soundfile
+@needs_ffmpeg
+def test_mp3_in_process_distorts_a_clip_as_ffmpegs_lame_does(voice, monkeypatch):
+    """Both routes are LAME at the same constant bit rate: a clip comes back as far
+    from the original (signal-to-error ratio) either way."""
+
+    def error_db(out: np.ndarray) -> float:
+        return float(10 * np.log10(np.sum(voice**2) / np.sum((voice - out) ** 2)))
+
+    in_process = error_db(parse_condition("mp3:24").apply(voice, SR, "clip"))
+    monkeypatch.setattr("ser.perturb.mp3_in_process", lambda: False)
+    through_ffmpeg = error_db(parse_condition("mp3:24").apply(voice, SR, "clip"))
+    assert in_process == pytest.approx(through_ffmpeg, abs=2.0)
+    assert in_process < 30.0  # lossy at 24 kbit/s, so the comparison can fail
 
 
 # ------------------------------------------------------------------ loudness
@@ -261,12 +301,14 @@ def test_bad_training_conditions_name_the_setting(tmp_path):
 def test_train_refuses_a_codec_condition_without_ffmpeg_before_any_work(
     tmp_path, monkeypatch, capsys
 ):
-    """The default config trains on MP3 copies: without ffmpeg ``ser train`` says so, and
-    how to go on, before it looks for corpora or extracts anything."""
-    from ser import audio, cli
+    """The default config trains on MP3 copies: where soundfile cannot write MP3 and
+    ffmpeg is missing, ``ser train`` says so, and how to go on, before it looks for
+    corpora or extracts anything."""
+    from ser import cli
 
     monkeypatch.setattr(audio, "ffmpeg_path", lambda: None)
     monkeypatch.setattr("ser.perturb.ffmpeg_path", lambda: None)
+    monkeypatch.setattr("ser.perturb.mp3_in_process", lambda: False)
     monkeypatch.setenv("SER_DATA_ROOT", str(tmp_path / "no-corpora-here"))
     code = cli.main(["train", "--config", "lstm.yaml", "--set", f"features.cache_dir={tmp_path}/c"])
     err = capsys.readouterr().err

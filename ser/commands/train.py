@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     task_for(cfg.train.distribute)  # a missing or malformed TF_CONFIG fails before any work
     from ser.data.prepare import augment_conditions
 
-    augment_conditions(cfg)  # so does a condition that cannot run here (mp3 without ffmpeg)
+    augment_conditions(cfg)  # so does a condition that cannot run here (opus without ffmpeg)
     try:
         cfg = _with_corpora(cfg, args)
     except KeyboardInterrupt:
