@@ -9,18 +9,23 @@ export SER_ACCEPT_LICENCES
 
 .PHONY: venv train quick test clean-cache
 
-$(VENV)/.installed: pyproject.toml
+# What training and serving need; the test tools come on top (about 20 s more to install).
+$(VENV)/.installed-run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
 
-train: venv            ## set up, fetch missing corpora (asks first), train on the default config (CONFIG=... to change)
+train: $(VENV)/.installed-run   ## set up, fetch missing corpora (asks first), train on the default config (CONFIG=... to change)
 	$(PY) train.py --config $(CONFIG)
 
-quick: venv            ## set up, then a tiny training run (< 3 min)
+quick: $(VENV)/.installed-run   ## set up, then a tiny training run (< 3 min)
 	$(PY) train.py --config configs/quick.yaml
 
 test: venv             ## set up, then run the tests
