@@ -210,8 +210,8 @@ CONDITION_MARK = "@"
 def augment_conditions(cfg: Config, babble: Babble | None = None) -> list[Condition]:
     """``augment.conditions`` parsed (none: ``[]``); ``ConfigError`` naming the field when
     one is unknown or needs a tool that is missing (Opus, or MP3 where soundfile cannot
-    write it, without ffmpeg). ``ser train``
-    calls it before any work, so such a config fails in its first second."""
+    write it, without ffmpeg). ``ser train`` calls it before any work, so such a config
+    fails in its first second."""
     from ser.perturb import ConditionError, parse_conditions
 
     if not cfg.augment.conditions:
