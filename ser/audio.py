@@ -15,6 +15,7 @@ the pure steps around them.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import shutil
@@ -132,6 +133,7 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int, min_samples: int 
 MP3_KBPS_RANGES = ((32000, (32.0, 320.0)), (16000, (8.0, 160.0)), (0, (8.0, 64.0)))
 
 
+@functools.cache  # asked for every MP3 copy; the library does not change in a process
 def mp3_in_process() -> bool:
     """Whether soundfile's libsndfile writes MP3 (1.1 and later, as its wheels ship it),
     so an MP3 round trip needs no ffmpeg: the one check of it."""
@@ -150,6 +152,8 @@ def encode_mp3(wave: np.ndarray, sample_rate: int, kbps: float) -> bytes:
     """
     low, high = next(span for floor, span in MP3_KBPS_RANGES if sample_rate >= floor)
     # + 0.5: libsndfile truncates the rate it computes to whole kbit/s.
+    # Clamped to the range's ends; a level of exactly 1 is refused, so its lowest rate
+    # is asked for as low + 0.5, like every other rate.
     level = (high - (float(kbps) + 0.5)) / (high - low)
     level = min(max(level, 0.0), (high - low - 0.5) / (high - low))
     out = io.BytesIO()
