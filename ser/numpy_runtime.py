@@ -6,7 +6,7 @@ run exactly, and otherwise raises ``UnsupportedModel`` naming the layer (or sett
 ``load_numpy_model`` returns None instead, and the caller uses Keras. It runs
 ``InputLayer``, ``Dense`` (linear, relu or softmax), ``Conv1D`` (stride 1; ``same``,
 ``valid`` or ``causal`` padding), ``BatchNormalization`` over the last axis, ``ReLU``,
-``Dropout`` and the other identities at inference, ``Masking``, ``LSTM`` and ``GRU``
+``Dropout`` and the other identities at inference, ``Masking``, ``LSTM`` (and ``HoistedLSTM``) and ``GRU``
 (tanh, sigmoid gates; called after ``Masking`` or with an explicit float mask),
 ``Bidirectional`` (concat), ``Average``, ``Concatenate``, nested functional models (the
 members of a seed ensemble), and ``ser.models.layers``' ``FrameMask``,
@@ -312,6 +312,11 @@ class GRULayer(Recurrent):
         return (z * h + (1.0 - z) * candidate,)
 
 
+# Saved recurrent layer classes -> the arithmetic they run (``HoistedLSTM`` is Keras's
+# LSTM computed in another order, ``ser.models.layers``).
+RECURRENT_KINDS = {"LSTM": "LSTM", "HoistedLSTM": "LSTM", "GRU": "GRU"}
+
+
 def recurrent_layer(
     kind: str, cfg: dict[str, Any], variables: list[np.ndarray], *, in_bidirectional: bool = False
 ) -> Recurrent:
@@ -365,9 +370,9 @@ def bidirectional_layer(cfg: dict[str, Any], slot: Any) -> Bidirectional:
     halves = []
     for key, default_backwards in (("layer", False), ("backward_layer", True)):
         inner = cfg.get(key) or cfg["layer"]
-        kind, inner_cfg = inner["class_name"], dict(inner["config"])
-        if kind not in ("LSTM", "GRU"):
-            raise UnsupportedModel(f"Bidirectional {cfg['name']!r} around a {kind}")
+        kind, inner_cfg = RECURRENT_KINDS.get(inner["class_name"]), dict(inner["config"])
+        if kind is None:
+            raise UnsupportedModel(f"Bidirectional {cfg['name']!r} around a {inner['class_name']}")
         if key == "backward_layer" and not cfg.get("backward_layer"):
             inner_cfg["go_backwards"] = default_backwards
         variables = _cell_variables(slot[f"{'forward' if key == 'layer' else 'backward'}_layer"])
@@ -660,8 +665,8 @@ class Graph:
             return Identity()
         if kind == "Masking":  # the mask itself comes from the traced ``x != value`` ops
             return Identity()
-        if kind in ("LSTM", "GRU"):
-            return recurrent_layer(kind, cfg, variables)
+        if kind in RECURRENT_KINDS:
+            return recurrent_layer(RECURRENT_KINDS[kind], cfg, variables)
         if kind == "Bidirectional":
             return bidirectional_layer(cfg, slot)
         if kind == "Conv1D":

@@ -72,6 +72,13 @@ def test_pipeline_bench(corpora, tmp_path):
     assert out["peak_rss_mb"] > 0
 
 
+def test_recurrent_bench(tmp_path):
+    out = run_bench("recurrent", tmp_path / "rec.json", "--batches", "2", "--rounds", "1")
+    assert set(out["ms_per_step_fastest_pass"]) == {"keras LSTM", "HoistedLSTM"}
+    assert out["speed_up"] > 0
+    assert out["max_probability_difference"] < 1e-5  # the same function of the same weights
+
+
 def test_scaling_bench(corpora, tmp_path):
     out = run_bench("scaling", tmp_path / "s.json", "--data-root", str(corpora), "--model", "dense")
     assert [r["fraction"] for r in out["results"]] == [0.25, 0.5, 1.0]

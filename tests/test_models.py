@@ -13,6 +13,7 @@ from ser.features.extractors import pool
 from ser.models import MODELS, build_model
 from ser.models.layers import (
     FrameMask,
+    HoistedLSTM,
     MaskedAttentionPooling,
     MaskedGlobalPooling,
     MaskedMaxPooling1D,
@@ -268,6 +269,7 @@ def test_masked_attention_pooling_weighs_real_frames_only():
         MaskedMaxPooling1D(3),
         MaskedGlobalPooling(("std", "max")),
         MaskedAttentionPooling(5),
+        HoistedLSTM(3, return_sequences=True),
     ],
 )
 def test_custom_layer_config_round_trip(layer):
@@ -297,3 +299,55 @@ def test_dense_input_dropout_is_training_only_and_round_trips(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
     np.testing.assert_array_equal(predict(loaded, x), predict(model, x))
+
+
+@pytest.mark.parametrize("return_sequences", [True, False])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_hoisted_lstm_computes_keras_lstm_and_its_gradients(return_sequences, bidirectional):
+    """The same outputs and weight gradients as Keras's LSTM with the same weights, on
+    sequences padded at the end and with a masked frame inside a clip."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 7, 5)).astype("float32")
+    mask = np.ones((3, 7), bool)
+    mask[1, 4:] = False  # padding at the end
+    mask[2, 2] = False  # a masked frame inside the clip
+    layer = HoistedLSTM(4, return_sequences=return_sequences)
+    if bidirectional:
+        layer = keras.layers.Bidirectional(layer)
+    layer(x, mask=mask)  # build
+    twin = (
+        keras.layers.Bidirectional(keras.layers.LSTM(4, return_sequences=return_sequences))
+        if bidirectional
+        else keras.layers.LSTM(4, return_sequences=return_sequences)
+    )
+    twin(x, mask=mask)
+    twin.set_weights(layer.get_weights())
+    import tensorflow as tf
+
+    results = []
+    for candidate in (layer, twin):
+        with tf.GradientTape() as tape:
+            out = candidate(x, mask=mask)
+            loss = tf.reduce_sum(out * out)
+        grads = tape.gradient(loss, candidate.trainable_variables)
+        results.append((out.numpy(), [g.numpy() for g in grads]))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-6)
+    for ours, keras_own in zip(results[0][1], results[1][1], strict=True):
+        np.testing.assert_allclose(ours, keras_own, atol=1e-5)
+
+
+def test_lstm_model_uses_the_hoisted_loop_and_numpy_runtime_reads_it(tmp_path):
+    """The LSTM model type builds ``HoistedLSTM`` layers; the saved model loads in Keras
+    and in the NumPy runtime (which ONNX export and serving use) with the same answer."""
+    from ser.numpy_runtime import read_numpy_model
+
+    params = LSTMConfig(units=[6], bidirectional=True, pooling="stats", dense_units=[8])
+    model = tiny("lstm", params)
+    recurrent = [layer for layer in model.layers if isinstance(layer, keras.layers.Bidirectional)]
+    assert recurrent and all(isinstance(b.forward_layer, HoistedLSTM) for b in recurrent)
+    x = inputs_for("lstm", batch=3)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(predict(loaded, x), predict(model, x), atol=1e-6)
+    numpy_model = read_numpy_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(numpy_model(x), predict(model, x), atol=1e-5)

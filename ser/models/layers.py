@@ -14,6 +14,9 @@ from collections.abc import Sequence
 import keras
 from keras import layers, ops
 
+# Keras's masked recurrent loop (what its own LSTM runs on CPU); it has no public name.
+from keras.src.backend import rnn as backend_rnn
+
 # Statistics ``MaskedGlobalPooling`` computes over a clip's real frames. The moments,
 # slope and delta are defined as ``ser.features.extractors.pool`` defines them for the
 # utterance functionals (slope against time scaled to [-1, 1]; delta the mean absolute
@@ -187,6 +190,58 @@ def _mean_change(x, weights, count):
     Frames are right-padded, so a pair is real when its second frame is."""
     change = ops.abs(x[:, 1:] - x[:, :-1]) * weights[:, 1:]
     return ops.sum(change, axis=1) / ops.maximum(count - 1.0, 1.0)
+
+
+@keras.saving.register_keras_serializable(package="ser")
+class HoistedLSTM(layers.LSTM):
+    """Keras's ``LSTM`` with the input's share of every gate computed for all frames at once.
+
+    Keras's own loop on CPU multiplies each step's input by the input kernel inside the
+    loop (a [batch, D] x [D, 4 units] product per step, and its gradient per step). Here
+    ``x @ kernel + bias`` runs once over the whole [batch, frames, D] sequence before the
+    loop, and each step only adds ``h @ recurrent_kernel``: the same function of the
+    same variables (outputs equal up to float rounding), fewer and larger matrix
+    products, so training steps are faster (``bench/recurrent.py``). Masking, directions
+    and ``return_sequences`` behave as Keras's; with dropout inside the layer, unrolling
+    or a GPU (where Keras may run cuDNN) Keras's own loop runs. Saved models name this
+    class; ``ser.numpy_runtime`` and the ONNX export read it as an ``LSTM``.
+    """
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        cell = self.cell
+        if cell.dropout or cell.recurrent_dropout or self.unroll or _has_gpu():
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        gate_inputs = ops.matmul(sequences, cell.kernel)
+        if cell.use_bias:
+            gate_inputs = ops.add(gate_inputs, cell.bias)
+
+        def step(gates_in, states):
+            h_tm1, c_tm1 = states
+            gates = ops.add(gates_in, ops.matmul(h_tm1, cell.recurrent_kernel))
+            z_i, z_f, z_c, z_o = ops.split(gates, 4, axis=1)  # Keras's gate order
+            gate = cell.recurrent_activation
+            c = gate(z_f) * c_tm1 + gate(z_i) * cell.activation(z_c)
+            h = gate(z_o) * cell.activation(c)
+            return h, [h, c]
+
+        return backend_rnn(
+            step,
+            gate_inputs,
+            list(initial_state),
+            go_backwards=self.go_backwards,
+            mask=mask,
+            unroll=False,
+            input_length=sequences.shape[1],
+            zero_output_for_mask=self.zero_output_for_mask,
+            return_all_outputs=self.return_sequences,
+        )
+
+
+def _has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU (Keras's LSTM may then use its cuDNN kernel)."""
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
 
 
 @keras.saving.register_keras_serializable(package="ser")

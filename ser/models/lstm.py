@@ -9,6 +9,7 @@ from keras import layers
 from ser.config import LSTMConfig
 from ser.models.layers import (
     FrameMask,
+    HoistedLSTM,
     MaskedAttentionPooling,
     MaskedGlobalPooling,
     MaskedMaxPooling1D,
@@ -73,7 +74,7 @@ def _lstm_stack(x, params: LSTMConfig, *, last_state: bool, mask=None):
         last = last_state and i == len(params.units)
         # Dropout between layers rather than LSTM(dropout=...) keeps the fused
         # cuDNN kernel usable on GPU.
-        rnn = layers.LSTM(units, return_sequences=not last, name=f"lstm_{i}")
+        rnn = HoistedLSTM(units, return_sequences=not last, name=f"lstm_{i}")
         if params.bidirectional:
             rnn = layers.Bidirectional(rnn, name=f"bilstm_{i}")
         x = rnn(x) if mask is None else rnn(x, mask=mask)
