@@ -606,7 +606,18 @@ def _cv_result(
         result["command"] = invocation.command or previous.get("command", "")
         result["seconds"] = previous["seconds"] + (seconds if computed else 0.0)
         result["resumed"] = [*previous.get("resumed", []), *result["resumed"]]
+    elif reused:
+        # The run this one continues was stopped before it wrote cv.json: its duration
+        # is what its finished folds recorded (training, or a baseline's fit), at least.
+        taken = [r for r in unique if r["key"] in reused]
+        result["seconds"] = _recorded_seconds(taken) + (seconds if computed else 0.0)
     return result
+
+
+def _recorded_seconds(records: Sequence[Record]) -> float:
+    """Seconds the journal records say their folds took: a Keras fold's whole training
+    run (``train_seconds``), else the model's fit."""
+    return float(sum(r.get("train_seconds") or r.get("fit_seconds") or 0.0 for r in records))
 
 
 def _read_previous(path: Path) -> dict[str, Any] | None:

@@ -251,6 +251,22 @@ def test_resume_reuses_finished_folds(result, corpora, monkeypatch):
     assert again["groups"] == result["groups"]
 
 
+def test_resume_without_cv_json_counts_the_finished_folds_time(result, corpora, tmp_path):
+    """A run stopped before it wrote cv.json, resumed: its duration is the reused folds'
+    recorded seconds, not only the resume's own (which only renders the reports)."""
+    import shutil
+
+    out = tmp_path / "stopped"
+    shutil.copytree(result["out_dir"], out)
+    (out / "cv.json").unlink()
+    work = Path(result["out_dir"]).parent  # the first run's feature cache
+    cfg = tiny_config(corpora, work, "[emodb, tess]", model="dense", name="dense", **CV)
+    again = cross_validate([cfg], speaker_dependent=True, out_dir=out, resume=True, **QUIET)
+    recorded = sum(f.get("train_seconds") or f["fit_seconds"] for f in result["folds"])
+    assert recorded > 0
+    assert again["seconds"] == pytest.approx(recorded)
+
+
 def test_baselines_shared_by_two_configs_are_fitted_once(corpora, tmp_path):
     lstm = tiny_config(corpora, tmp_path, "[emodb]", **{**CV, "name": "a"})
     dense = tiny_config(corpora, tmp_path, "[emodb]", model="dense", **{**CV, "name": "b"})
