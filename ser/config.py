@@ -453,6 +453,11 @@ class TrainConfig(Strict):
     # Cross-entropy against (1 - s) * one-hot + s / classes; 0 is plain cross-entropy.
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     monitor: Literal["val_ua", "val_loss", "val_accuracy"] = "val_ua"
+    # Polyak averaging: the weights validated, kept as the best epoch and served are an
+    # exponential moving average of the trained weights over about this many epochs
+    # (momentum 1 - 1 / (ema_epochs x batches per epoch)); training steps go on from
+    # the trained weights. 0 = off: the trained weights themselves.
+    ema_epochs: float = Field(default=0.0, ge=0, le=100)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     reduce_lr: ReduceLRConfig = ReduceLRConfig()
     # What one epoch is when the training clips have copies (augment.condition_copies,

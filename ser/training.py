@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,12 @@ class EpochReport(keras.callbacks.Callback):
         self._settle(self.total_epochs)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs if logs is not None else {}
+        # With ``train.ema_epochs`` the averaged weights are scored and kept; the model
+        # goes back to the trained ones before the epoch's backup and the next steps.
+        with averaged_weights(self.model):
+            self._score_epoch(epoch, logs if logs is not None else {})
+
+    def _score_epoch(self, epoch: int, logs: dict) -> None:
         probabilities = self.model.predict(self.val_inputs, verbose=0)
         pred = probabilities.argmax(axis=1)
         ua = unweighted_accuracy(self.val_targets, pred, self.num_classes)
@@ -207,6 +213,22 @@ class EpochReport(keras.callbacks.Callback):
 
 
 # ------------------------------------------------------------------- one model
+@contextmanager
+def averaged_weights(model: keras.Model):
+    """Within the block ``model`` holds its optimizer's moving average of its weights
+    (``use_ema``), and its trained weights again after; a no-op without an average."""
+    if not getattr(model.optimizer, "use_ema", False):
+        yield
+        return
+    swap = keras.callbacks.SwapEMAWeights()
+    swap.set_model(model)
+    swap.on_test_begin()
+    try:
+        yield
+    finally:
+        swap.on_test_end()
+
+
 def make_strategy(kind: str):
     """The ``tf.distribute`` strategy ``train.distribute`` names (for multi_worker, the
     process's one ``MultiWorkerMirroredStrategy``: see ``ser.multi_worker``)."""
@@ -229,16 +251,26 @@ def class_weights(targets: np.ndarray, num_classes: int) -> dict[int, float]:
     return {i: (len(targets) / (k * counts[i]) if counts[i] else 1.0) for i in range(num_classes)}
 
 
-def _optimizer(cfg: Config) -> keras.optimizers.Optimizer:
+def _optimizer(cfg: Config, batches_per_epoch: int) -> keras.optimizers.Optimizer:
     t = cfg.train
+    ema = {}
+    if t.ema_epochs > 0:
+        ema = {"use_ema": True, "ema_momentum": ema_momentum(t.ema_epochs, batches_per_epoch)}
     if t.optimizer == "adamw":
-        return keras.optimizers.AdamW(t.learning_rate, weight_decay=t.weight_decay)
+        return keras.optimizers.AdamW(t.learning_rate, weight_decay=t.weight_decay, **ema)
     if t.optimizer == "sgd":
-        return keras.optimizers.SGD(t.learning_rate, momentum=0.9)
-    return keras.optimizers.Adam(t.learning_rate)
+        return keras.optimizers.SGD(t.learning_rate, momentum=0.9, **ema)
+    return keras.optimizers.Adam(t.learning_rate, **ema)
 
 
-def _compiled_model(cfg: Config, input_dim: int, classes: int, one_hot: int | None):
+def ema_momentum(epochs: float, batches_per_epoch: int) -> float:
+    """The momentum of a weight average over about ``epochs`` epochs of training steps."""
+    return 1.0 - 1.0 / max(epochs * batches_per_epoch, 1.0)
+
+
+def _compiled_model(
+    cfg: Config, input_dim: int, classes: int, one_hot: int | None, batches_per_epoch: int
+):
     """The configured model, built and compiled under ``train.distribute``'s strategy."""
     from ser.models import build_model
 
@@ -249,7 +281,8 @@ def _compiled_model(cfg: Config, input_dim: int, classes: int, one_hot: int | No
             if one_hot
             else "sparse_categorical_crossentropy"
         )
-        model.compile(optimizer=_optimizer(cfg), loss=loss, metrics=["accuracy"])
+        optimizer = _optimizer(cfg, batches_per_epoch)
+        model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
     return model
 
 
@@ -341,7 +374,8 @@ def _fit_member(
         endless=steps is not None,
         length_buckets=cfg.train.length_buckets,
     )
-    model = _compiled_model(cfg, data.input_dim, classes, one_hot)
+    batches = steps or -(-len(train_x) // batch)
+    model = _compiled_model(cfg, data.input_dim, classes, one_hot, batches)
     log(f"model: {model.name}, {model.count_params():,} parameters, input dim {data.input_dim}")
     report = EpochReport(
         val_x,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from ser.config import load_config
-from ser.training import class_weights, train, validation_loss
+from ser.training import averaged_weights, class_weights, ema_momentum, train, validation_loss
 from tests.support import ROOT
 from tests.support.fakes import make_corpora, write_bytes, write_empty_wav
 from tests.support.tiny_run import tiny_overrides
@@ -271,3 +271,41 @@ def test_label_smoothing_and_mixup_train_with_probability_targets(corpora, tmp_p
     assert np.isfinite(summary["test"]["ua"])
     history = (Path(summary["run_dir"]) / "history.csv").read_text().splitlines()
     assert len(history) == 3 and "val_loss" in history[0]
+
+
+def test_averaged_weights_hold_the_moving_average_and_give_the_trained_weights_back():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(keras.optimizers.Adam(0.1, use_ema=True, ema_momentum=0.5), "mse")
+    x, y = np.eye(3, dtype="float32"), np.ones((3, 2), "float32") / 2
+    for _ in range(4):
+        model.train_on_batch(x, y)
+    trained = [w.copy() for w in model.get_weights()]
+    average = [np.asarray(v) for v in model.optimizer._model_variables_moving_average]
+    assert not all(np.allclose(a, t) for a, t in zip(average, trained, strict=True))
+    with averaged_weights(model):
+        for held, expected in zip(model.get_weights(), average, strict=True):
+            np.testing.assert_allclose(held, expected, rtol=1e-6)
+    for held, expected in zip(model.get_weights(), trained, strict=True):
+        np.testing.assert_allclose(held, expected, rtol=1e-6)
+
+
+def test_ema_momentum_averages_over_the_asked_epochs():
+    assert ema_momentum(1.0, 100) == pytest.approx(0.99)
+    assert ema_momentum(2.0, 50) == pytest.approx(0.99)
+    assert ema_momentum(0.001, 10) == 0.0  # fewer than one step: no averaging
+
+
+def test_weight_average_trains_and_keeps_its_best_epoch(corpora, tmp_path):
+    """With ``train.ema_epochs`` a run trains, scores the averaged weights each epoch
+    and keeps its best epoch's."""
+    sets = tiny_overrides(
+        corpora, tmp_path, "lstm", **{"train.ema_epochs": "1", "train.epochs": "2"}
+    )
+    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
+    summary = train(cfg, log=lambda _l: None)
+    assert isinstance(summary["best_epoch"], int) and np.isfinite(summary["test"]["ua"])
+    history = (Path(summary["run_dir"]) / "history.csv").read_text().splitlines()
+    assert len(history) == 3
