@@ -9,6 +9,7 @@ recurrent layers.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import keras
@@ -237,8 +238,10 @@ class HoistedLSTM(layers.LSTM):
         )
 
 
+@functools.cache
 def _has_gpu() -> bool:
-    """Whether TensorFlow sees a GPU (Keras's LSTM may then use its cuDNN kernel)."""
+    """Whether TensorFlow sees a GPU (Keras's LSTM may then use its cuDNN kernel); asked
+    once per process, not at every trace of every recurrent layer."""
     import tensorflow as tf
 
     return bool(tf.config.list_logical_devices("GPU"))
