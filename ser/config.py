@@ -419,6 +419,12 @@ class ModelConfig(Strict):
     # Members of a seed ensemble: each is trained with seed, seed+1, ... and keeps its
     # own best validation epoch; the saved model averages their probabilities.
     ensemble: int = Field(default=1, ge=1, le=32)
+    # With an ensemble, > 0 distils it into one network that is served alone: after the
+    # members, a student (seed + ensemble) is trained on (1 - distill) x one-hot +
+    # distill x the members' averaged probabilities on each training example, softened
+    # by distill_temperature (p ** (1 / T), renormalised). 0 serves the members' average.
+    distill: float = Field(default=0.0, ge=0, le=1)
+    distill_temperature: float = Field(default=2.0, gt=0, le=20)
     lstm: LSTMConfig = LSTMConfig()
     cnn: CNNConfig = CNNConfig()
     crnn: CRNNConfig = CRNNConfig()
@@ -696,6 +702,15 @@ class Config(Strict):
                 )
             if self.model.ensemble > 1:
                 raise ValueError("train.distribute multi_worker trains one model: model.ensemble 1")
+        return self
+
+    @model_validator(mode="after")
+    def _distillation_has_a_teacher(self) -> Config:
+        if self.model.distill > 0 and self.model.ensemble < 2:
+            raise ValueError(
+                "model.distill trains a network on an ensemble's probabilities: set "
+                "model.ensemble to 2 or more (the teacher's members), or model.distill 0"
+            )
         return self
 
     @model_validator(mode="after")

@@ -352,16 +352,22 @@ def _fit_member(
     *,
     resume: bool,
     log: Log,
+    targets: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Build, compile and fit one model into ``run_dir`` (its best validation epoch as
     ``model.keras``, history, progress and epoch backups); returns its best epoch,
-    best monitored value, seed and fit seconds."""
+    best monitored value, seed and fit seconds. ``targets``: probabilities [N, classes]
+    for the training examples (a distilled student's) instead of their labels."""
     keras.utils.set_random_seed(seed)
     batch = cfg.train.batch_size
     classes = len(data.labels)
-    # Label smoothing and mixup need probability targets; plain training keeps indices.
-    one_hot = classes if cfg.train.label_smoothing > 0 or cfg.augment.mixup > 0 else None
+    # Label smoothing, mixup and distillation need probability targets; plain training
+    # keeps indices.
+    soft = cfg.train.label_smoothing > 0 or cfg.augment.mixup > 0 or targets is not None
+    one_hot = classes if soft else None
     train_x, train_y, steps = _training_examples(cfg, data, log)
+    if targets is not None:
+        train_y = targets
     train_ds = make_dataset(
         train_x,
         train_y,
@@ -421,6 +427,13 @@ def _average_members(paths: list[Path]):
     ]
     emotion = keras.layers.Average(name="emotion", dtype="float32")(outputs)
     return keras.Model(inputs, emotion, name=f"ensemble_of_{len(members)}")
+
+
+def _ensemble_in(run_dir: Path, members: int):
+    """The run's ``members`` fitted members averaged into one model (``_average_members``)."""
+    return _average_members(
+        [runs.member_dir(run_dir, k, members) / runs.MODEL for k in range(members)]
+    )
 
 
 def _saved_config(run_dir: Path) -> Config:
@@ -518,7 +531,77 @@ def _fit_members(
         if members > 1:
             runs.write_json(done, fit)
         fits.append(fit)
+    if cfg.model.distill > 0:
+        fits.append(_fit_student(cfg, data, normaliser, val_x, run_dir, log_dir, resume, log))
     return fits
+
+
+def distillation_targets(
+    teacher: np.ndarray, labels: np.ndarray, weight: float, temperature: float
+) -> np.ndarray:
+    """A student's targets [N, classes]: ``(1 - weight)`` x the one-hot ``labels`` +
+    ``weight`` x the ``teacher``'s probabilities raised to ``1 / temperature`` and
+    renormalised (a temperature above 1 spreads them over the runner-up classes)."""
+    p = np.clip(np.asarray(teacher, np.float64), 1e-12, 1.0) ** (1.0 / temperature)
+    p /= p.sum(axis=1, keepdims=True)
+    one_hot = np.eye(p.shape[1])[np.asarray(labels, np.int64)]
+    return ((1.0 - weight) * one_hot + weight * p).astype(np.float32)
+
+
+def _fit_student(
+    cfg: Config,
+    data: PreparedData,
+    normaliser: Normaliser,
+    val_x: Any,
+    run_dir: Path,
+    log_dir: Path,
+    resume: bool,
+    log: Log,
+) -> dict[str, Any]:
+    """Distil the ensemble just fitted (``model.distill``): its averaged probabilities on
+    every training example become part of the targets of one more network, trained into
+    the run directory itself; returns that network's fit with the teacher's scores."""
+    members = cfg.model.ensemble
+    teacher = _ensemble_in(run_dir, members)
+    train_x, train_y, _ = _training_examples(cfg, data, lambda _: None)
+    inputs = make_dataset(
+        train_x,
+        None,
+        normaliser=normaliser,
+        batch_size=cfg.train.batch_size,
+        training=False,
+        seed=cfg.seed,
+    )
+    probs = teacher.predict(inputs, verbose=0)
+    del inputs
+    val_pred = teacher.predict(val_x, verbose=0).argmax(axis=1)
+    teacher_val_ua = unweighted_accuracy(data.targets["val"], val_pred, len(data.labels))
+    teacher_train_accuracy = float(np.mean(probs.argmax(axis=1) == train_y))
+    log(
+        f"teacher (ensemble of {members}): validation UA {teacher_val_ua:.3f}, accuracy "
+        f"{teacher_train_accuracy:.3f} on the training examples; student (seed "
+        f"{cfg.seed + members}) on {cfg.model.distill:g} of its probabilities at "
+        f"temperature {cfg.model.distill_temperature:g}"
+    )
+    targets = distillation_targets(probs, train_y, cfg.model.distill, cfg.model.distill_temperature)
+    fit = _fit_member(
+        cfg,
+        data,
+        normaliser,
+        val_x,
+        run_dir,
+        log_dir,
+        cfg.seed + members,
+        resume=resume,
+        log=log,
+        targets=targets,
+    )
+    return {
+        **fit,
+        "student": True,
+        "teacher_val_ua": teacher_val_ua,
+        "teacher_train_accuracy": teacher_train_accuracy,
+    }
 
 
 def _final_model(
@@ -531,14 +614,13 @@ def _final_model(
 ) -> tuple[Any, int | list[int], float]:
     """``(model, best epoch(s), best monitored value)``: the single model's best epoch,
     or the members averaged into one graph (saved as ``model.keras``) with the
-    ensemble's own validation UA."""
+    ensemble's own validation UA; a distilled run keeps its student alone."""
     members = len(fits)
-    if members == 1:
-        return keras.models.load_model(run_dir / runs.MODEL), fits[0]["best_epoch"], fits[0]["best"]
+    if members == 1 or fits[-1].get("student"):  # one network: alone, or distilled
+        model = keras.models.load_model(run_dir / runs.MODEL)
+        return model, fits[-1]["best_epoch"], fits[-1]["best"]
     monitor = cfg.train.monitor
-    best = _average_members(
-        [runs.member_dir(run_dir, k, members) / runs.MODEL for k in range(members)]
-    )
+    best = _ensemble_in(run_dir, members)
     best.save(run_dir / runs.MODEL)
     pred = best.predict(val_x, verbose=0).argmax(axis=1)
     val_ua = unweighted_accuracy(data.targets["val"], pred, len(data.labels))

@@ -309,3 +309,87 @@ def test_weight_average_trains_and_keeps_its_best_epoch(corpora, tmp_path):
     assert isinstance(summary["best_epoch"], int) and np.isfinite(summary["test"]["ua"])
     history = (Path(summary["run_dir"]) / "history.csv").read_text().splitlines()
     assert len(history) == 3
+
+
+def test_distillation_targets_blend_the_label_with_the_softened_teacher():
+    from ser.training import distillation_targets
+
+    teacher = np.array([[0.8, 0.15, 0.05], [0.25, 0.25, 0.5]])
+    targets = distillation_targets(teacher, np.array([0, 1]), weight=0.5, temperature=2.0)
+    soft = np.sqrt(teacher) / np.sqrt(teacher).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(targets, 0.5 * np.eye(3)[[0, 1]] + 0.5 * soft, atol=1e-6)
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+    # Temperature 1 keeps the teacher's probabilities; weight 0 keeps the labels.
+    same = distillation_targets(teacher, np.array([0, 1]), weight=1.0, temperature=1.0)
+    np.testing.assert_allclose(same, teacher, atol=1e-6)
+    hard = distillation_targets(teacher, np.array([2, 0]), weight=0.0, temperature=3.0)
+    np.testing.assert_array_equal(hard, np.eye(3)[[2, 0]])
+
+
+def test_a_distilled_run_serves_one_student_trained_on_the_ensemble(corpora, tmp_path, monkeypatch):
+    """``model.distill``: the members train, then one more network learns from their
+    averaged probabilities; the run keeps and serves that network alone."""
+    import keras
+
+    import ser.training as training
+    from ser import runs
+    from ser.inference import Predictor
+
+    seen: list[np.ndarray] = []
+
+    def recorded(*args, **kwargs):
+        seen.append(distil(*args, **kwargs))
+        return seen[-1]
+
+    distil = training.distillation_targets
+    monkeypatch.setattr(training, "distillation_targets", recorded)
+    sets = tiny_overrides(
+        corpora,
+        tmp_path,
+        "lstm",
+        **{
+            "model.ensemble": "2",
+            "model.distill": "0.5",
+            "train.epochs": "2",
+            "train.run_name": "kd",
+        },
+    )
+    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    run_dir = Path(summary["run_dir"])
+    assert [m["seed"] for m in summary["members"]] == [42, 43, 44]
+    student = summary["members"][-1]
+    assert student["student"] and 0.0 <= student["teacher_val_ua"] <= 1.0
+    assert summary["best_epoch"] == student["best_epoch"]
+    assert "teacher (ensemble of 2): validation UA" in "\n".join(lines)
+    # The student's targets: every training example, half its label, half the teacher.
+    (targets,) = seen
+    assert targets.shape[1] == len(summary["labels"])
+    np.testing.assert_allclose(targets.sum(axis=1), 1.0, atol=1e-5)
+    assert targets.max(axis=1).min() >= 0.5 and not np.all(targets.max(axis=1) > 0.999)
+    # One network is served: not the members' average, and the same through Predictor.
+    model = keras.models.load_model(run_dir / runs.MODEL)
+    assert not model.name.startswith("ensemble_of")
+    x = np.random.default_rng(0).normal(size=(3, 40, model.input_shape[-1])).astype(np.float32)
+    members = [keras.models.load_model(run_dir / "members" / str(k) / runs.MODEL) for k in range(2)]
+    average = np.mean([m.predict(x, verbose=0) for m in members], axis=0)
+    assert not np.allclose(model.predict(x, verbose=0), average, atol=1e-4)
+    served = Predictor.load(run_dir)
+    np.testing.assert_allclose(
+        served.model(x, training=False), model.predict(x, verbose=0), atol=1e-5
+    )
+    assert runs.history_files(run_dir) == [run_dir / runs.HISTORY]  # the student's curves
+
+    # A resume trains neither member again.
+    lines.clear()
+    train(cfg, resume=run_dir, log=lines.append)
+    text = "\n".join(lines)
+    assert "member 1/2: done before" in text and "member 2/2: done before" in text
+
+
+def test_distillation_without_an_ensemble_is_refused(tmp_path):
+    from ser.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.distill"):
+        load_config(ROOT / "configs" / "base.yaml", ["model.distill=0.5"], env={})

@@ -296,7 +296,8 @@ def make_dataset(
     to the longest clip, shape [B, T_max, D]) or [D] (pooled: [B, D]).
     ``labels``: int class indices [N] or None (inference: the dataset yields inputs only).
     ``one_hot``: the number of classes to yield float one-hot targets [B, classes]
-    instead of indices (label smoothing and mixup need them; mixup requires it).
+    instead of indices (label smoothing and mixup need them; mixup requires it); with
+    it, ``labels`` may also be probability targets [N, classes] (distillation).
     Shuffling (seeded, reshuffled each epoch) and augmentation happen only when ``training``.
     ``endless`` (training only): the shuffled examples repeat without end, reshuffled on
     each pass, for a caller that sets the steps of an epoch (``train.epoch_size: clips``).
@@ -311,7 +312,7 @@ def make_dataset(
     mixup = augment.mixup if augment is not None and training and labels is not None else 0.0
     if mixup > 0 and one_hot is None:
         raise ValueError("mixup blends targets: pass one_hot=<number of classes>")
-    if labels is not None and one_hot is not None:
+    if labels is not None and one_hot is not None and np.ndim(labels) == 1:
         labels = np.eye(one_hot, dtype=np.float32)[np.asarray(labels, np.int64)]
     if not sequence:
         noise = augment.gaussian_noise if augment is not None and training else 0.0
