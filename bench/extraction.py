@@ -58,9 +58,7 @@ def feature_configs():
         "seed features, seed frames": load_config(None, same + seed_frame, env={}).features,
         "seed features, our frames": load_config(None, same, env={}).features,
         "cnn.yaml (mfcc+chroma+contrast)": load_config("configs/cnn.yaml", env={}).features,
-        "dense.yaml (mfcc+chroma+mel+contrast)": load_config(
-            "configs/dense.yaml", env={}
-        ).features,
+        "dense.yaml (mfcc+chroma+mel+contrast)": load_config("configs/dense.yaml", env={}).features,
         "lstm.yaml, the default (best.yaml's frames)": load_config(
             "configs/lstm.yaml", env={}
         ).features,
