@@ -425,6 +425,12 @@ class ModelConfig(Strict):
     # by distill_temperature (p ** (1 / T), renormalised). 0 serves the members' average.
     distill: float = Field(default=0.0, ge=0, le=1)
     distill_temperature: float = Field(default=2.0, gt=0, le=20)
+    # Which probabilities the student learns from: ``ensemble``, the members' average on
+    # every training example (which they all trained on); ``held_out``, member k trains
+    # without the k-th of ``ensemble`` groups of training speakers (of clips, with fewer
+    # speakers than members) and gives that group's probabilities alone, so each
+    # example's teacher never heard its speaker, as a test speaker is never heard.
+    distill_teacher: Literal["ensemble", "held_out"] = "ensemble"
     lstm: LSTMConfig = LSTMConfig()
     cnn: CNNConfig = CNNConfig()
     crnn: CRNNConfig = CRNNConfig()

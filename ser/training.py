@@ -29,6 +29,7 @@ from ser.config import Config, load_config, save_config
 from ser.data.corpora import Manifest
 from ser.data.pipeline import Normaliser, make_dataset
 from ser.data.prepare import (
+    CONDITION_MARK,
     ExtractedManifest,
     PreparedData,
     prepare_data,
@@ -353,11 +354,13 @@ def _fit_member(
     resume: bool,
     log: Log,
     targets: np.ndarray | None = None,
+    examples: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Build, compile and fit one model into ``run_dir`` (its best validation epoch as
     ``model.keras``, history, progress and epoch backups); returns its best epoch,
     best monitored value, seed and fit seconds. ``targets``: probabilities [N, classes]
-    for the training examples (a distilled student's) instead of their labels."""
+    for the training examples (a distilled student's) instead of their labels;
+    ``examples``: the indices of the training examples to fit on (None: all)."""
     keras.utils.set_random_seed(seed)
     batch = cfg.train.batch_size
     classes = len(data.labels)
@@ -368,6 +371,8 @@ def _fit_member(
     train_x, train_y, steps = _training_examples(cfg, data, log)
     if targets is not None:
         train_y = targets
+    if examples is not None:
+        train_x, train_y = [train_x[i] for i in examples], train_y[examples]
     train_ds = make_dataset(
         train_x,
         train_y,
@@ -505,6 +510,7 @@ def _fit_members(
     """Fit the model, or each member of a seed ensemble (members done before a resume
     are read back from their ``member.json``)."""
     members = cfg.model.ensemble
+    held_out = _held_out_groups(cfg, data)
     fits = []
     for k in range(members):
         member_dir = runs.member_dir(run_dir, k, members)
@@ -527,13 +533,38 @@ def _fit_members(
             cfg.seed + k,
             resume=resume,
             log=log,
+            examples=None if held_out is None else np.flatnonzero(held_out != k),
         )
         if members > 1:
             runs.write_json(done, fit)
         fits.append(fit)
     if cfg.model.distill > 0:
-        fits.append(_fit_student(cfg, data, normaliser, val_x, run_dir, log_dir, resume, log))
+        fits.append(
+            _fit_student(cfg, data, normaliser, val_x, run_dir, log_dir, held_out, resume, log)
+        )
     return fits
+
+
+def _held_out_groups(cfg: Config, data: PreparedData) -> np.ndarray | None:
+    """``model.distill_teacher: held_out``: the member (0 .. ensemble - 1) that leaves
+    out each training example (in ``_training_examples``' order), by its speaker, or by
+    its clip when the training side has fewer speakers than members; a clip's copies
+    (recording conditions, served) go with it. None for any other teacher."""
+    if cfg.model.distill <= 0 or cfg.model.distill_teacher != "held_out":
+        return None
+    rows = data.rows["train"]
+    own = [r.path.split(CONDITION_MARK)[0] for r in rows]
+    speakers = {r.speaker.split(CONDITION_MARK)[0] for r in rows}
+    members = cfg.model.ensemble
+    if len(speakers) >= members:
+        own = [r.speaker.split(CONDITION_MARK)[0] for r in rows]
+    keys = sorted(set(own))
+    order = np.random.default_rng([cfg.seed, 2027]).permutation(len(keys))
+    group = {keys[j]: n % members for n, j in enumerate(order)}
+    groups = np.array([group[key] for key in own], np.int64)
+    served = 0 if data.served_train is None else len(data.served_train[0])
+    # Served copies follow the rows' order (``_served_training_frames``).
+    return np.concatenate([groups, groups[:served]]) if served else groups
 
 
 def distillation_targets(
@@ -555,30 +586,42 @@ def _fit_student(
     val_x: Any,
     run_dir: Path,
     log_dir: Path,
+    held_out: np.ndarray | None,
     resume: bool,
     log: Log,
 ) -> dict[str, Any]:
-    """Distil the ensemble just fitted (``model.distill``): its averaged probabilities on
-    every training example become part of the targets of one more network, trained into
-    the run directory itself; returns that network's fit with the teacher's scores."""
+    """Distil the members just fitted (``model.distill``): their probabilities on every
+    training example (averaged, or each from the member that left it out: ``held_out``
+    gives that member per example) become part of the targets of one more network,
+    trained into the run directory itself; returns its fit with the teacher's scores."""
     members = cfg.model.ensemble
     teacher = _ensemble_in(run_dir, members)
     train_x, train_y, _ = _training_examples(cfg, data, lambda _: None)
-    inputs = make_dataset(
-        train_x,
-        None,
-        normaliser=normaliser,
-        batch_size=cfg.train.batch_size,
-        training=False,
-        seed=cfg.seed,
-    )
-    probs = teacher.predict(inputs, verbose=0)
-    del inputs
+
+    def predict(model: Any, which: np.ndarray) -> np.ndarray:
+        inputs = make_dataset(
+            [train_x[i] for i in which],
+            None,
+            normaliser=normaliser,
+            batch_size=cfg.train.batch_size,
+            training=False,
+            seed=cfg.seed,
+        )
+        return model.predict(inputs, verbose=0)
+
+    if held_out is None:
+        probs = predict(teacher, np.arange(len(train_x)))
+    else:
+        probs = np.zeros((len(train_x), len(data.labels)), np.float32)
+        for k in range(members):
+            member = keras.models.load_model(runs.member_dir(run_dir, k, members) / runs.MODEL)
+            probs[held_out == k] = predict(member, np.flatnonzero(held_out == k))
     val_pred = teacher.predict(val_x, verbose=0).argmax(axis=1)
     teacher_val_ua = unweighted_accuracy(data.targets["val"], val_pred, len(data.labels))
     teacher_train_accuracy = float(np.mean(probs.argmax(axis=1) == train_y))
+    which = "held-out members" if held_out is not None else "ensemble"
     log(
-        f"teacher (ensemble of {members}): validation UA {teacher_val_ua:.3f}, accuracy "
+        f"teacher ({which} of {members}): validation UA {teacher_val_ua:.3f}, accuracy "
         f"{teacher_train_accuracy:.3f} on the training examples; student (seed "
         f"{cfg.seed + members}) on {cfg.model.distill:g} of its probabilities at "
         f"temperature {cfg.model.distill_temperature:g}"

@@ -393,3 +393,78 @@ def test_distillation_without_an_ensemble_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match="model.distill"):
         load_config(ROOT / "configs" / "base.yaml", ["model.distill=0.5"], env={})
+
+
+def test_held_out_teachers_never_heard_the_speaker_they_teach_on(corpora, tmp_path, monkeypatch):
+    """``model.distill_teacher: held_out``: member k fits without the k-th group of
+    training speakers, and each training example's teacher probabilities come from the
+    member that left its speaker out."""
+    import ser.training as training
+
+    fitted: list[np.ndarray | None] = []
+    fit_member = training._fit_member
+
+    def recording_fit(*args, **kwargs):
+        fitted.append(kwargs.get("examples"))
+        return fit_member(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_fit_member", recording_fit)
+    groups: list[np.ndarray] = []
+    held_out_groups = training._held_out_groups
+    monkeypatch.setattr(
+        training,
+        "_held_out_groups",
+        lambda cfg, data: groups.append(held_out_groups(cfg, data)) or groups[-1],
+    )
+    sets = tiny_overrides(
+        corpora,
+        tmp_path,
+        "lstm",
+        **{
+            "model.ensemble": "2",
+            "model.distill": "0.5",
+            "model.distill_teacher": "held_out",
+            "train.epochs": "1",
+            "augment.conditions": "[telephone]",
+            "augment.condition_copies": "1",
+        },
+    )
+    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    assert "teacher (held-out members of 2)" in "\n".join(lines)
+    (group,) = groups
+    assert set(group) == {0, 1}
+    # Each member fits on the other group's examples only; the student on all of them.
+    np.testing.assert_array_equal(fitted[0], np.flatnonzero(group != 0))
+    np.testing.assert_array_equal(fitted[1], np.flatnonzero(group != 1))
+    assert fitted[2] is None and summary["members"][-1]["student"]
+    # Speakers (and a clip's copy in a recording condition) stay in one group.
+    from ser.data.prepare import CONDITION_MARK
+
+    rows = training.prepare_data(cfg, log=lambda _l: None).rows["train"]
+    by_speaker: dict[str, set[int]] = {}
+    for row, g in zip(rows, group[: len(rows)], strict=True):
+        by_speaker.setdefault(row.speaker.split(CONDITION_MARK)[0], set()).add(int(g))
+    assert len(by_speaker) >= 2 and all(len(g) == 1 for g in by_speaker.values())
+
+
+def test_held_out_groups_fall_back_to_clips_for_one_training_speaker():
+    """TESS's folds train on one speaker: the groups are then made of clips, each with
+    its copies (a recording condition and the served copy that follows the rows)."""
+    from types import SimpleNamespace
+
+    from ser.training import _held_out_groups
+
+    paths = [f"s/{n}.wav" for n in range(6)]
+    rows = [SimpleNamespace(path=p, speaker="tess:OAF") for p in paths]
+    rows += [SimpleNamespace(path=f"{p}@telephone", speaker="tess:OAF@telephone") for p in paths]
+    data = SimpleNamespace(rows={"train": rows}, served_train=([0] * len(rows), None))
+    sets = ["model.ensemble=3", "model.distill=0.5", "model.distill_teacher=held_out"]
+    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
+    groups = _held_out_groups(cfg, data)
+    assert len(groups) == 2 * len(rows) and sorted(np.bincount(groups[:6])) == [2, 2, 2]
+    np.testing.assert_array_equal(groups[:6], groups[6:12])  # a clip's copy goes with it
+    np.testing.assert_array_equal(groups[:12], groups[12:])  # and its served copies
+    ensemble = load_config(ROOT / "configs" / "base.yaml", sets[:2], env={})
+    assert _held_out_groups(ensemble, data) is None
