@@ -326,6 +326,14 @@ def test_distillation_targets_blend_the_label_with_the_softened_teacher():
     np.testing.assert_array_equal(hard, np.eye(3)[[2, 0]])
 
 
+def _distilled_lstm(corpora: Path, tmp_path: Path, **extra: str):
+    """A tiny LSTM run's config distilled from a seed ensemble of two."""
+    sets = tiny_overrides(
+        corpora, tmp_path, "lstm", **{"model.ensemble": "2", "model.distill": "0.5", **extra}
+    )
+    return load_config(ROOT / "configs" / "base.yaml", sets, env={})
+
+
 def test_a_distilled_run_serves_one_student_trained_on_the_ensemble(corpora, tmp_path, monkeypatch):
     """``model.distill``: the members train, then one more network learns from their
     averaged probabilities; the run keeps and serves that network alone."""
@@ -343,18 +351,7 @@ def test_a_distilled_run_serves_one_student_trained_on_the_ensemble(corpora, tmp
 
     distil = training.distillation_targets
     monkeypatch.setattr(training, "distillation_targets", recorded)
-    sets = tiny_overrides(
-        corpora,
-        tmp_path,
-        "lstm",
-        **{
-            "model.ensemble": "2",
-            "model.distill": "0.5",
-            "train.epochs": "2",
-            "train.run_name": "kd",
-        },
-    )
-    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
+    cfg = _distilled_lstm(corpora, tmp_path, **{"train.epochs": "2", "train.run_name": "kd"})
     lines: list[str] = []
     summary = train(cfg, log=lines.append)
     run_dir = Path(summary["run_dir"])
@@ -416,20 +413,16 @@ def test_held_out_teachers_never_heard_the_speaker_they_teach_on(corpora, tmp_pa
         "_held_out_groups",
         lambda cfg, data: groups.append(held_out_groups(cfg, data)) or groups[-1],
     )
-    sets = tiny_overrides(
+    cfg = _distilled_lstm(
         corpora,
         tmp_path,
-        "lstm",
         **{
-            "model.ensemble": "2",
-            "model.distill": "0.5",
             "model.distill_teacher": "held_out",
             "train.epochs": "1",
             "augment.conditions": "[telephone]",
             "augment.condition_copies": "1",
         },
     )
-    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
     lines: list[str] = []
     summary = train(cfg, log=lines.append)
     assert "teacher (held-out members of 2)" in "\n".join(lines)
