@@ -472,6 +472,12 @@ class TrainConfig(Strict):
     ema_epochs: float = Field(default=0.0, ge=0, le=100)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     reduce_lr: ReduceLRConfig = ReduceLRConfig()
+    # After the model is chosen on the validation speakers, train it once more from the
+    # start on the training and validation speakers together (their copies included)
+    # for the chosen number of epochs, replaying the learning rates of the validated
+    # fit; that network is served. More voices, the same recipe; the validation scores
+    # reported are the validated fit's. Single networks only (model.ensemble 1).
+    refit_with_validation: bool = False
     # What one epoch is when the training clips have copies (augment.condition_copies,
     # served_frames, session_copies): ``all`` passes over every clip and every copy;
     # ``clips`` takes as many examples as there are training clips from the shuffled pool
@@ -708,6 +714,15 @@ class Config(Strict):
                 )
             if self.model.ensemble > 1:
                 raise ValueError("train.distribute multi_worker trains one model: model.ensemble 1")
+        return self
+
+    @model_validator(mode="after")
+    def _refit_is_of_one_network(self) -> Config:
+        if self.train.refit_with_validation and self.model.ensemble > 1:
+            raise ValueError(
+                "train.refit_with_validation refits one network: set model.ensemble 1, "
+                "or train.refit_with_validation false"
+            )
         return self
 
     @model_validator(mode="after")

@@ -175,6 +175,10 @@ class EpochReport(keras.callbacks.Callback):
         logs["val_loss"] = validation_loss(self.val_targets, probabilities, self.label_smoothing)
         logs["val_accuracy"] = float(np.mean(pred == self.val_targets))
         logs["val_ua"] = ua
+        # The rate this epoch trained at (a refit replays them; ReduceLROnPlateau runs later).
+        logs["learning_rate"] = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )
         self._write_tensorboard(epoch, ua, pred)
         value = logs.get(self.monitor)
         value = None if value is None else float(value)
@@ -567,6 +571,100 @@ def _held_out_groups(cfg: Config, data: PreparedData) -> np.ndarray | None:
     return np.concatenate([groups, groups[:served]]) if served else groups
 
 
+def _refit_with_validation(
+    cfg: Config, data: PreparedData, run_dir: Path, log_dir: Path, fit: dict[str, Any], *, log: Log
+) -> tuple[PreparedData, Normaliser, dict[str, Any]]:
+    """``train.refit_with_validation``: the validated network moves to
+    ``validated/model.keras``; a new one (same seed) trains on the training and
+    validation clips with their copies for the validated fit's best number of epochs at
+    its learning rates, and becomes the run's ``model.keras``, with the normaliser and
+    priors of its training data. Returns that data, its normaliser and the refit's
+    record."""
+    epochs = int(fit["best_epoch"])
+    history = _csv_rows(run_dir / runs.HISTORY)
+    rates = [float(r.get("learning_rate") or cfg.train.learning_rate) for r in history][:epochs]
+    rates += [rates[-1] if rates else cfg.train.learning_rate] * (epochs - len(rates))
+    validated = run_dir / "validated"
+    validated.mkdir(exist_ok=True)
+    shutil.copy2(run_dir / runs.MODEL, validated / runs.MODEL)
+    split, manifest = data.split, data.manifest
+    data.inputs.clear()  # the first fit's examples go before the refit's are built
+    data.served_train = None
+    data = prepare_data(cfg, split=split, manifest=manifest, log=log, validation_in_training=True)
+    normaliser = _save_run_inputs(cfg, run_dir, data)
+    train_x, train_y, steps = _training_examples(cfg, data, log)
+    log(
+        f"refit on training and validation speakers: {len(train_x)} examples, {epochs} "
+        f"epochs (the validated fit's best), learning rates {rates[0]:.2g} .. {rates[-1]:.2g}"
+    )
+    keras.utils.set_random_seed(fit["seed"])
+    classes = len(data.labels)
+    one_hot = classes if cfg.train.label_smoothing > 0 or cfg.augment.mixup > 0 else None
+    train_ds = make_dataset(
+        train_x,
+        train_y,
+        normaliser=normaliser,
+        batch_size=cfg.train.batch_size,
+        training=True,
+        seed=fit["seed"],
+        augment=cfg.augment,
+        one_hot=one_hot,
+        endless=steps is not None,
+        length_buckets=cfg.train.length_buckets,
+    )
+    batches = steps or -(-len(train_x) // cfg.train.batch_size)
+    model = _compiled_model(cfg, data.input_dim, classes, one_hot, batches)
+    weights = class_weights(data.targets["train"], classes) if cfg.train.class_weights else None
+    started = time.time()
+    model.fit(
+        train_ds,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        class_weight=weights,
+        callbacks=[
+            keras.callbacks.LearningRateScheduler(lambda epoch, _lr: rates[epoch]),
+            keras.callbacks.CSVLogger(str(run_dir / "refit_history.csv")),
+            keras.callbacks.TensorBoard(log_dir=str(log_dir / "refit"), write_graph=False),
+            _EpochLine(epochs, log),
+        ],
+        verbose=cfg.train.verbose,
+        shuffle=False,
+    )
+    model.save(run_dir / runs.MODEL)
+    record = {
+        "epochs": epochs,
+        "examples": len(train_x),
+        "speakers": len({r.speaker for r in data.rows["train"]}),
+        "fit_seconds": time.time() - started,
+    }
+    return data, normaliser, record
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file (``history.csv``) as dicts; [] when it is missing."""
+    import csv
+
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+class _EpochLine(keras.callbacks.Callback):
+    """One log line per epoch of a fit without validation (the refit)."""
+
+    def __init__(self, epochs: int, log: Log):
+        super().__init__()
+        self.epochs, self.log, self.started = epochs, log, time.time()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        self.log(
+            f"refit epoch {epoch + 1:3d}/{self.epochs}  loss {logs.get('loss', float('nan')):.4f}"
+            f"  acc {logs.get('accuracy', float('nan')):.3f}  {time.time() - self.started:.1f}s"
+        )
+
+
 def distillation_targets(
     teacher: np.ndarray, labels: np.ndarray, weight: float, temperature: float
 ) -> np.ndarray:
@@ -793,6 +891,13 @@ def _train_in(
         )
     fit_seconds = time.time() - fit_started
     best, best_epoch, best_value = _final_model(cfg, work_dir, fits, val_x, data, log)
+    refit = None
+    if cfg.train.refit_with_validation:
+        del best, val_x
+        data, normaliser, refit = _refit_with_validation(
+            cfg, data, work_dir, log_dir, fits[0], log=log
+        )
+        best = keras.models.load_model(work_dir / runs.MODEL)
     # Keras cannot save into a folder that already has its "assets" (a resumed run that
     # had finished once): that folder is rewritten anyway.
     shutil.rmtree(work_dir / "assets", ignore_errors=True)
@@ -810,6 +915,7 @@ def _train_in(
         "best_epoch": best_epoch,
         "best_" + cfg.train.monitor: best_value,
         "members": fits if len(fits) > 1 else None,
+        "refit": refit,
         "test": _test_metrics(best, dataset("test"), data),
         "files": {
             "manifest_rows": len(data.manifest.rows),

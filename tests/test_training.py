@@ -461,3 +461,58 @@ def test_held_out_groups_fall_back_to_clips_for_one_training_speaker():
     np.testing.assert_array_equal(groups[:12], groups[12:])  # and its served copies
     ensemble = load_config(ROOT / "configs" / "base.yaml", sets[:2], env={})
     assert _held_out_groups(ensemble, data) is None
+
+
+def test_a_refit_trains_on_the_validation_speakers_too_for_the_chosen_epochs(corpora, tmp_path):
+    """``train.refit_with_validation``: the validated network is kept aside; the served
+    one retrains from the start on training and validation clips for the validated
+    fit's best number of epochs, with the normaliser of that data."""
+    import keras
+
+    from ser import runs
+    from ser.data.pipeline import Normaliser
+    from ser.data.prepare import prepare_data
+    from ser.inference import Predictor
+
+    sets = tiny_overrides(
+        corpora, tmp_path, "lstm", **{"train.epochs": "3", "train.refit_with_validation": "true"}
+    )
+    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    run_dir = Path(summary["run_dir"])
+    refit = summary["refit"]
+    assert refit["epochs"] == summary["best_epoch"] >= 1
+    assert len((run_dir / "refit_history.csv").read_text().splitlines()) == refit["epochs"] + 1
+    assert sum(line.startswith("refit epoch") for line in lines) == refit["epochs"]
+    # More speakers than the validated fit trained on: the validation ones.
+    data = prepare_data(cfg, log=lambda _l: None)
+    both = prepare_data(cfg, log=lambda _l: None, validation_in_training=True)
+    assert len(both.rows["train"]) == len(data.rows["train"]) + len(data.rows["val"])
+    assert refit["speakers"] == len({r.speaker for r in both.rows["train"]})
+    assert refit["speakers"] > len({r.speaker for r in data.rows["train"]})
+    saved = Normaliser.load(run_dir / runs.NORMALISER)
+    np.testing.assert_allclose(saved.mean, Normaliser.fit(both.inputs["train"]).mean, rtol=1e-5)
+    # The served network is the refit one, not the validated one.
+    validated = keras.models.load_model(run_dir / "validated" / runs.MODEL)
+    served = Predictor.load(run_dir)
+    x = np.random.default_rng(0).normal(size=(2, 30, served.input_dim)).astype(np.float32)
+    refitted = keras.models.load_model(run_dir / runs.MODEL)
+    assert not np.allclose(validated.predict(x, verbose=0), refitted.predict(x, verbose=0))
+    np.testing.assert_allclose(
+        served.model(x, training=False), refitted.predict(x, verbose=0), atol=1e-5
+    )
+    # The learning rate of every validated epoch is in the history the refit replays.
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert "learning_rate" in history[0]
+
+
+def test_a_refit_is_of_one_network(tmp_path):
+    from ser.config import ConfigError
+
+    with pytest.raises(ConfigError, match="refit_with_validation"):
+        load_config(
+            ROOT / "configs" / "base.yaml",
+            ["train.refit_with_validation=true", "model.ensemble=2"],
+            env={},
+        )

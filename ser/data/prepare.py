@@ -359,13 +359,16 @@ def prepare_data(
     manifest: Manifest | ExtractedManifest | None = None,
     log: Log = print,
     keep_features: bool = False,
+    validation_in_training: bool = False,
 ) -> PreparedData:
     """Manifest -> split -> cached features -> model inputs and integer targets per part.
 
     ``split``, ``labels`` and ``manifest`` default to what the config makes; a saved
     run passes its own. An ``ExtractedManifest`` brings its features, which are then
     not read again (and taken from it). With ``keep_features`` the frame-level features stay in
-    ``PreparedData.features``.
+    ``PreparedData.features``. With ``validation_in_training`` the validation clips
+    also train (after the training clips, with copies made as theirs are, and in the
+    frame prior): ``train.refit_with_validation``; the validation part stays as it is.
     """
     extracted = manifest if isinstance(manifest, ExtractedManifest) else None
     manifest = extracted.manifest if extracted else manifest or build_manifest(cfg.data, log=log)
@@ -391,6 +394,10 @@ def prepare_data(
         cfg, split.partition(manifest.rows), features, index, max_frames
     )
     _check_no_part_empty(rows, features, report)
+    if validation_in_training:
+        rows["train"] = rows["train"] + rows["val"]
+        inputs["train"] = inputs["train"] + inputs["val"]
+        targets["train"] = np.concatenate([targets["train"], targets["val"]])
     frame_prior = frame_speaker_prior(cfg, raw, rows["train"])
     train_clips = len(rows["train"])
     raw, served = _add_copies(
