@@ -897,6 +897,7 @@ def _train_in(
         data, normaliser, refit = _refit_with_validation(
             cfg, data, work_dir, log_dir, fits[0], log=log
         )
+        fit_seconds += refit["fit_seconds"]  # the run's fitting: both fits
         best = keras.models.load_model(work_dir / runs.MODEL)
     # Keras cannot save into a folder that already has its "assets" (a resumed run that
     # had finished once): that folder is rewritten anyway.

@@ -483,6 +483,7 @@ def test_a_refit_trains_on_the_validation_speakers_too_for_the_chosen_epochs(cor
     run_dir = Path(summary["run_dir"])
     refit = summary["refit"]
     assert refit["epochs"] == summary["best_epoch"] >= 1
+    assert summary["seconds"]["fit"] > refit["fit_seconds"] > 0  # both fits counted
     assert len((run_dir / "refit_history.csv").read_text().splitlines()) == refit["epochs"] + 1
     assert sum(line.startswith("refit epoch") for line in lines) == refit["epochs"]
     # More speakers than the validated fit trained on: the validation ones.
