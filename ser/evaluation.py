@@ -419,6 +419,8 @@ def build_report(
             "best_epoch": summary.get("best_epoch"),
             "monitor": cfg.train.monitor,
             "best_value": summary.get(f"best_{cfg.train.monitor}"),
+            "refit": summary.get("refit"),
+            "distilled": bool((summary.get("members") or [{}])[-1].get("student")),
             "training_seconds": summary.get("seconds"),
             "test_ua_at_training": (summary.get("test") or {}).get("ua") if kind == "run" else None,
         },

@@ -198,12 +198,18 @@ def _checkpoint_line(model: dict[str, Any]) -> list[str]:
             )
         ]
     if model.get("best_epoch") is not None and model.get("best_value") is not None:
-        return [
-            (
-                f"- checkpoint: epoch {model['best_epoch']}, chosen on {model['monitor']} "
-                f"({model['best_value']:.4f}) of the validation split"
+        what = "a network distilled from a seed ensemble, " if model.get("distilled") else ""
+        line = (
+            f"- checkpoint: {what}epoch {model['best_epoch']}, chosen on {model['monitor']} "
+            f"({model['best_value']:.4f}) of the validation split"
+        )
+        if refit := model.get("refit"):
+            line += (
+                f"; then trained again from the start on the training and validation "
+                f"speakers ({refit['speakers']}, with their copies) for those "
+                f"{refit['epochs']} epochs: that network is evaluated"
             )
-        ]
+        return [line]
     return []
 
 

@@ -634,7 +634,7 @@ def _refit_with_validation(
     record = {
         "epochs": epochs,
         "examples": len(train_x),
-        "speakers": len({r.speaker for r in data.rows["train"]}),
+        "speakers": len({r.speaker.split(CONDITION_MARK)[0] for r in data.rows["train"]}),
         "fit_seconds": time.time() - started,
     }
     return data, normaliser, record

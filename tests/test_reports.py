@@ -721,3 +721,19 @@ def test_checked_in_detail_pages_have_the_shape_the_results_page_renders():
         command = text.split("```bash\n")[1].split("\n```")[0]
         assert command.startswith("SER_DATA_ROOT=") and " --cv " in command
         assert f"(results/{page.name})" in summary
+
+
+def test_the_checkpoint_line_says_when_the_network_was_distilled_and_refit():
+    from ser.reports import _checkpoint_line
+
+    model = {"best_epoch": 7, "best_value": 0.75, "monitor": "val_ua"}
+    assert _checkpoint_line(model) == [
+        "- checkpoint: epoch 7, chosen on val_ua (0.7500) of the validation split"
+    ]
+    refit = {**model, "distilled": True, "refit": {"epochs": 7, "speakers": 9}}
+    (line,) = _checkpoint_line(refit)
+    assert line.startswith("- checkpoint: a network distilled from a seed ensemble, epoch 7")
+    assert line.endswith(
+        "then trained again from the start on the training and validation speakers "
+        "(9, with their copies) for those 7 epochs: that network is evaluated"
+    )
