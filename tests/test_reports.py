@@ -737,3 +737,33 @@ def test_the_checkpoint_line_says_when_the_network_was_distilled_and_refit():
         "then trained again from the start on the training and validation speakers "
         "(9, with their copies) for those 7 epochs: that network is evaluated"
     )
+
+
+def test_ensemble_members_scores_each_member_and_the_runs_own_model(tmp_path_factory, capsys):
+    """``ensemble_members.py`` on a seed ensemble's fold run: one column per member,
+    their average, and the run's model, which for a plain ensemble is that average."""
+    import importlib.util
+
+    from tests.support.tiny_run import tiny_run
+
+    generators = Path(__file__).resolve().parents[1] / "docs" / "generators"
+    spec = importlib.util.spec_from_file_location(
+        "ensemble_members", generators / "ensemble_members.py"
+    )
+    members = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(members)
+    run = tiny_run(tmp_path_factory, "dense", ensemble=2)
+    study = tmp_path_factory.mktemp("study") / "dense_ens" / "emodb"
+    study.mkdir(parents=True)
+    (study / "fold0").symlink_to(run, target_is_directory=True)
+    assert members.main([str(study.parent)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "| emodb | member 0 (seed +0) | member 1 (seed +1) | members' average | run's model |"
+        in out
+    )
+    row = next(line for line in out.splitlines() if line.startswith("| fold0 |"))
+    values = [float(v) for v in row.strip("| ").split(" | ")[1:]]
+    assert (
+        len(values) == 4 and values[2] == values[3] and 0.0 <= min(values) <= max(values) <= 100.0
+    )
