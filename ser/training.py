@@ -346,6 +346,40 @@ def _training_examples(
     return train_x, train_y, steps
 
 
+def _model_and_dataset(
+    cfg: Config,
+    data: PreparedData,
+    normaliser: Normaliser,
+    train_x: list[np.ndarray],
+    train_y: np.ndarray,
+    steps: int | None,
+    seed: int,
+    *,
+    soft: bool = False,
+) -> tuple[Any, Any]:
+    """The compiled model and the training dataset of ``train_x``/``train_y``
+    (``soft``: the targets are probabilities already)."""
+    classes = len(data.labels)
+    # Label smoothing, mixup and distillation need probability targets; plain training
+    # keeps indices.
+    soft = soft or cfg.train.label_smoothing > 0 or cfg.augment.mixup > 0
+    one_hot = classes if soft else None
+    train_ds = make_dataset(
+        train_x,
+        train_y,
+        normaliser=normaliser,
+        batch_size=cfg.train.batch_size,
+        training=True,
+        seed=seed,
+        augment=cfg.augment,
+        one_hot=one_hot,
+        endless=steps is not None,
+        length_buckets=cfg.train.length_buckets,
+    )
+    batches = steps or -(-len(train_x) // cfg.train.batch_size)
+    return _compiled_model(cfg, data.input_dim, classes, one_hot, batches), train_ds
+
+
 def _fit_member(
     cfg: Config,
     data: PreparedData,
@@ -366,31 +400,15 @@ def _fit_member(
     for the training examples (a distilled student's) instead of their labels;
     ``examples``: the indices of the training examples to fit on (None: all)."""
     keras.utils.set_random_seed(seed)
-    batch = cfg.train.batch_size
     classes = len(data.labels)
-    # Label smoothing, mixup and distillation need probability targets; plain training
-    # keeps indices.
-    soft = cfg.train.label_smoothing > 0 or cfg.augment.mixup > 0 or targets is not None
-    one_hot = classes if soft else None
     train_x, train_y, steps = _training_examples(cfg, data, log)
     if targets is not None:
         train_y = targets
     if examples is not None:
         train_x, train_y = [train_x[i] for i in examples], train_y[examples]
-    train_ds = make_dataset(
-        train_x,
-        train_y,
-        normaliser=normaliser,
-        batch_size=batch,
-        training=True,
-        seed=seed,
-        augment=cfg.augment,
-        one_hot=one_hot,
-        endless=steps is not None,
-        length_buckets=cfg.train.length_buckets,
+    model, train_ds = _model_and_dataset(
+        cfg, data, normaliser, train_x, train_y, steps, seed, soft=targets is not None
     )
-    batches = steps or -(-len(train_x) // batch)
-    model = _compiled_model(cfg, data.input_dim, classes, one_hot, batches)
     log(f"model: {model.name}, {model.count_params():,} parameters, input dim {data.input_dim}")
     report = EpochReport(
         val_x,
@@ -574,7 +592,7 @@ def _held_out_groups(cfg: Config, data: PreparedData) -> np.ndarray | None:
 def _refit_with_validation(
     cfg: Config, data: PreparedData, run_dir: Path, log_dir: Path, fit: dict[str, Any], *, log: Log
 ) -> tuple[PreparedData, Normaliser, dict[str, Any]]:
-    """``train.refit_with_validation``: the validated network moves to
+    """``train.refit_with_validation``: the validated network is copied to
     ``validated/model.keras``; a new one (same seed) trains on the training and
     validation clips with their copies for the validated fit's best number of epochs at
     its learning rates, and becomes the run's ``model.keras``, with the normaliser and
@@ -598,22 +616,10 @@ def _refit_with_validation(
         f"epochs (the validated fit's best), learning rates {rates[0]:.2g} .. {rates[-1]:.2g}"
     )
     keras.utils.set_random_seed(fit["seed"])
-    classes = len(data.labels)
-    one_hot = classes if cfg.train.label_smoothing > 0 or cfg.augment.mixup > 0 else None
-    train_ds = make_dataset(
-        train_x,
-        train_y,
-        normaliser=normaliser,
-        batch_size=cfg.train.batch_size,
-        training=True,
-        seed=fit["seed"],
-        augment=cfg.augment,
-        one_hot=one_hot,
-        endless=steps is not None,
-        length_buckets=cfg.train.length_buckets,
+    model, train_ds = _model_and_dataset(
+        cfg, data, normaliser, train_x, train_y, steps, fit["seed"]
     )
-    batches = steps or -(-len(train_x) // cfg.train.batch_size)
-    model = _compiled_model(cfg, data.input_dim, classes, one_hot, batches)
+    classes = len(data.labels)
     weights = class_weights(data.targets["train"], classes) if cfg.train.class_weights else None
     started = time.time()
     model.fit(

@@ -352,6 +352,14 @@ def _add_copies(
     return raw, served
 
 
+def _validation_into_training(rows: dict, inputs: dict, targets: dict) -> None:
+    """Append the validation part's rows, inputs and targets to the training part's (in
+    place); the validation part stays as it is."""
+    rows["train"] = rows["train"] + rows["val"]
+    inputs["train"] = inputs["train"] + inputs["val"]
+    targets["train"] = np.concatenate([targets["train"], targets["val"]])
+
+
 def prepare_data(
     cfg: Config,
     split: Split | None = None,
@@ -395,9 +403,7 @@ def prepare_data(
     )
     _check_no_part_empty(rows, features, report)
     if validation_in_training:
-        rows["train"] = rows["train"] + rows["val"]
-        inputs["train"] = inputs["train"] + inputs["val"]
-        targets["train"] = np.concatenate([targets["train"], targets["val"]])
+        _validation_into_training(rows, inputs, targets)
     frame_prior = frame_speaker_prior(cfg, raw, rows["train"])
     train_clips = len(rows["train"])
     raw, served = _add_copies(
