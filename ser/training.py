@@ -585,8 +585,10 @@ def _held_out_groups(cfg: Config, data: PreparedData) -> np.ndarray | None:
     group = {keys[j]: n % members for n, j in enumerate(order)}
     groups = np.array([group[key] for key in own], np.int64)
     served = 0 if data.served_train is None else len(data.served_train[0])
-    # Served copies follow the rows' order (``_served_training_frames``).
-    return np.concatenate([groups, groups[:served]]) if served else groups
+    # Served copies come row by row, each row's copies together (one per row for
+    # frames, ``augment.session_copies`` per row for pooled vectors).
+    copies = np.repeat(groups, served // len(groups)) if served else groups[:0]
+    return np.concatenate([groups, copies])
 
 
 def _refit_with_validation(

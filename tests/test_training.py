@@ -459,6 +459,10 @@ def test_held_out_groups_fall_back_to_clips_for_one_training_speaker():
     assert len(groups) == 2 * len(rows) and sorted(np.bincount(groups[:6])) == [2, 2, 2]
     np.testing.assert_array_equal(groups[:6], groups[6:12])  # a clip's copy goes with it
     np.testing.assert_array_equal(groups[:12], groups[12:])  # and its served copies
+    # Pooled vectors' session copies: several per row, each row's together.
+    pooled = SimpleNamespace(rows={"train": rows}, served_train=([0] * 3 * len(rows), None))
+    copies = _held_out_groups(cfg, pooled)[len(rows) :]
+    np.testing.assert_array_equal(copies, np.repeat(groups[: len(rows)], 3))
     ensemble = load_config(ROOT / "configs" / "base.yaml", sets[:2], env={})
     assert _held_out_groups(ensemble, data) is None
 
