@@ -44,6 +44,7 @@ from ser.metrics import (
     unweighted_accuracy,
 )
 from ser.progress import Log
+from ser.reports import read_history
 
 
 # ------------------------------------------------------------------- callbacks
@@ -601,8 +602,7 @@ def _refit_with_validation(
     priors of its training data. Returns that data, its normaliser and the refit's
     record."""
     epochs = int(fit["best_epoch"])
-    history = _csv_rows(run_dir / runs.HISTORY)
-    rates = [float(r.get("learning_rate") or cfg.train.learning_rate) for r in history][:epochs]
+    rates = read_history(run_dir / runs.HISTORY).get("learning_rate", [])[:epochs]
     rates += [rates[-1] if rates else cfg.train.learning_rate] * (epochs - len(rates))
     validated = run_dir / "validated"
     validated.mkdir(exist_ok=True)
@@ -646,16 +646,6 @@ def _refit_with_validation(
         "fit_seconds": time.time() - started,
     }
     return data, normaliser, record
-
-
-def _csv_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file (``history.csv``) as dicts; [] when it is missing."""
-    import csv
-
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 class _EpochLine(keras.callbacks.Callback):
