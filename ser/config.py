@@ -471,6 +471,11 @@ class TrainConfig(Strict):
     # the trained weights. 0 = off: the trained weights themselves.
     ema_epochs: float = Field(default=0.0, ge=0, le=100)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    # The learning rate over the epochs: ``plateau`` halves it when the monitored value
+    # stalls (``reduce_lr``); ``cosine`` follows half a cosine from ``learning_rate`` at
+    # the first epoch down to ``reduce_lr.min_lr`` after the last of ``epochs`` (set once
+    # per epoch, so a resumed run gets the same rates), and ``reduce_lr`` is not used.
+    schedule: Literal["plateau", "cosine"] = "plateau"
     reduce_lr: ReduceLRConfig = ReduceLRConfig()
     # After the model is chosen on the validation speakers, train it once more from the
     # start on the training and validation speakers together (their copies included)

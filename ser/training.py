@@ -269,6 +269,14 @@ def _optimizer(cfg: Config, batches_per_epoch: int) -> keras.optimizers.Optimize
     return keras.optimizers.Adam(t.learning_rate, **ema)
 
 
+def cosine_learning_rate(epoch: int, epochs: int, initial: float, final: float) -> float:
+    """The rate of 0-based ``epoch`` on half a cosine from ``initial`` (epoch 0) to
+    ``final`` (reached one epoch after the last of ``epochs``), as ``train.schedule:
+    cosine`` sets it at the start of each epoch."""
+    progress = min(max(epoch / max(epochs, 1), 0.0), 1.0)
+    return float(final + (initial - final) * 0.5 * (1.0 + np.cos(np.pi * progress)))
+
+
 def ema_momentum(epochs: float, batches_per_epoch: int) -> float:
     """The momentum of a weight average over about ``epochs`` epochs of training steps."""
     return 1.0 - 1.0 / max(epochs * batches_per_epoch, 1.0)
@@ -311,7 +319,16 @@ def _callbacks(
                 monitor=monitor, mode=mode, patience=cfg.train.early_stopping.patience
             )
         )
-    if cfg.train.reduce_lr.enabled:
+    if cfg.train.schedule == "cosine":
+        t = cfg.train
+        callbacks.append(
+            keras.callbacks.LearningRateScheduler(
+                lambda epoch, _lr: cosine_learning_rate(
+                    epoch, t.epochs, t.learning_rate, t.reduce_lr.min_lr
+                )
+            )
+        )
+    elif cfg.train.reduce_lr.enabled:
         r = cfg.train.reduce_lr
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(

@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 
 from ser.config import load_config
-from ser.training import averaged_weights, class_weights, ema_momentum, train, validation_loss
+from ser.training import (
+    averaged_weights,
+    class_weights,
+    cosine_learning_rate,
+    ema_momentum,
+    train,
+    validation_loss,
+)
 from tests.support import ROOT
 from tests.support.fakes import make_corpora, write_bytes, write_empty_wav
 from tests.support.tiny_run import tiny_overrides
@@ -309,6 +316,46 @@ def test_weight_average_trains_and_keeps_its_best_epoch(corpora, tmp_path):
     assert isinstance(summary["best_epoch"], int) and np.isfinite(summary["test"]["ua"])
     history = (Path(summary["run_dir"]) / "history.csv").read_text().splitlines()
     assert len(history) == 3
+
+
+def test_cosine_rates_fall_from_the_learning_rate_to_the_floor():
+    rates = [cosine_learning_rate(e, 10, 1e-3, 1e-5) for e in range(10)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates[5] == pytest.approx((1e-3 + 1e-5) / 2)  # half way down
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert rates[-1] > 1e-5
+    assert cosine_learning_rate(10, 10, 1e-3, 1e-5) == pytest.approx(1e-5)
+    assert cosine_learning_rate(25, 10, 1e-3, 1e-5) == pytest.approx(1e-5)  # never below
+
+
+def test_a_cosine_schedule_sets_each_epochs_rate(corpora, tmp_path):
+    """``train.schedule: cosine``: the rates the epochs trained at (history.csv) are the
+    cosine's, not the constant rate a plateau schedule keeps over three epochs."""
+    from ser.reports import read_history
+
+    sets = tiny_overrides(
+        corpora,
+        tmp_path,
+        "lstm",
+        **{
+            "train.epochs": "3",
+            "train.schedule": "cosine",
+            "train.early_stopping.enabled": "false",
+        },
+    )
+    cfg = load_config(ROOT / "configs" / "base.yaml", sets, env={})
+    summary = train(cfg, log=lambda _l: None)
+    rates = read_history(Path(summary["run_dir"]) / "history.csv")["learning_rate"]
+    lr = cfg.train.learning_rate
+    expected = [cosine_learning_rate(e, 3, lr, cfg.train.reduce_lr.min_lr) for e in range(3)]
+    np.testing.assert_allclose(rates, expected, rtol=1e-5)
+
+
+def test_an_unknown_schedule_is_refused_by_name(tmp_path):
+    from ser.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.schedule"):
+        load_config(ROOT / "configs" / "base.yaml", ["train.schedule=linear"], env={})
 
 
 def test_distillation_targets_blend_the_label_with_the_softened_teacher():
