@@ -470,6 +470,10 @@ class TrainConfig(Strict):
     # (momentum 1 - 1 / (ema_epochs x batches per epoch)); training steps go on from
     # the trained weights. 0 = off: the trained weights themselves.
     ema_epochs: float = Field(default=0.0, ge=0, le=100)
+    # Speaker-adversarial training: > 0 trains a speaker classifier on the embedding the
+    # emotion layer reads, behind a gradient reversal of this weight, so the network
+    # unlearns what tells its training speakers apart; the classifier is never served.
+    speaker_adversarial: float = Field(default=0.0, ge=0, le=10)
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     # The learning rate over the epochs: ``plateau`` halves it when the monitored value
     # stalls (``reduce_lr``); ``cosine`` follows half a cosine from ``learning_rate`` at
@@ -727,6 +731,15 @@ class Config(Strict):
             raise ValueError(
                 "train.refit_with_validation refits one network: set model.ensemble 1, "
                 "or train.refit_with_validation false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _speaker_adversary_trains_on_one_process(self) -> Config:
+        if self.train.speaker_adversarial > 0 and self.train.distribute != "none":
+            raise ValueError(
+                "train.speaker_adversarial trains on one process: set train.distribute "
+                "none, or train.speaker_adversarial 0"
             )
         return self
 

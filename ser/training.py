@@ -24,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from ser import multi_worker, runs
+from ser import multi_worker, runs, speaker_adversarial
 from ser.config import Config, load_config, save_config
 from ser.data.corpora import Manifest
 from ser.data.pipeline import Normaliser, make_dataset
@@ -45,6 +45,7 @@ from ser.metrics import (
 )
 from ser.progress import Log
 from ser.reports import read_history
+from ser.speaker_adversarial import served_network
 
 
 # ------------------------------------------------------------------- callbacks
@@ -195,7 +196,7 @@ class EpochReport(keras.callbacks.Callback):
         }
         runs.write_json(self.progress, progress)
         if better:
-            self.model.save(runs.candidate_model(self.run_dir, epoch + 1))
+            served_network(self.model).save(runs.candidate_model(self.run_dir, epoch + 1))
         self._log_epoch(epoch, logs, ua, better)
 
     def _write_tensorboard(self, epoch: int, ua: float, pred: np.ndarray) -> None:
@@ -214,8 +215,18 @@ class EpochReport(keras.callbacks.Callback):
             f"  acc {logs.get('accuracy', float('nan')):.3f}"
             f"  val_loss {logs.get('val_loss', float('nan')):.4f}"
             f"  val_acc {logs.get('val_accuracy', float('nan')):.3f}  val_ua {ua:.3f}"
-            f"  lr {lr:.2g}  {time.time() - self.started:.1f}s" + ("  *" if better else "")
+            + _adversary_part(logs)
+            + f"  lr {lr:.2g}  {time.time() - self.started:.1f}s"
+            + ("  *" if better else "")
         )
+
+
+def _adversary_part(logs: dict) -> str:
+    """How well a speaker-adversarial trainer's speaker head names the training
+    speakers (the lower, the less the embedding tells them apart); "" otherwise."""
+    if "speaker_accuracy" not in logs:
+        return ""
+    return f"  speaker_acc {float(logs['speaker_accuracy']):.3f}"
 
 
 # ------------------------------------------------------------------- one model
@@ -283,13 +294,31 @@ def ema_momentum(epochs: float, batches_per_epoch: int) -> float:
 
 
 def _compiled_model(
-    cfg: Config, input_dim: int, classes: int, one_hot: int | None, batches_per_epoch: int
+    cfg: Config,
+    input_dim: int,
+    classes: int,
+    one_hot: int | None,
+    batches_per_epoch: int,
+    speakers: int = 0,
+    weights: np.ndarray | None = None,
 ):
-    """The configured model, built and compiled under ``train.distribute``'s strategy."""
+    """The configured model, built and compiled under ``train.distribute``'s strategy;
+    with ``speakers`` (``train.speaker_adversarial``) inside a ``SpeakerAdversarial``
+    trainer against that many training speakers, weighting classes by ``weights``."""
     from ser.models import build_model
 
     with make_strategy(cfg.train.distribute).scope():
         model = build_model(cfg.model, input_dim, classes)
+        if speakers:
+            model = speaker_adversarial.SpeakerAdversarial(
+                model,
+                speakers,
+                cfg.train.speaker_adversarial,
+                weights,
+                label_smoothing=cfg.train.label_smoothing,
+            )
+            model.compile(optimizer=_optimizer(cfg, batches_per_epoch))
+            return model
         loss = (
             keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing)
             if one_hot
@@ -374,14 +403,22 @@ def _model_and_dataset(
     seed: int,
     *,
     soft: bool = False,
+    speakers: tuple[np.ndarray, int] | None = None,
 ) -> tuple[Any, Any]:
     """The compiled model and the training dataset of ``train_x``/``train_y``
-    (``soft``: the targets are probabilities already)."""
+    (``soft``: the targets are probabilities already; ``speakers``: each example's
+    speaker index and the number of speakers, for ``train.speaker_adversarial``)."""
     classes = len(data.labels)
     # Label smoothing, mixup and distillation need probability targets; plain training
     # keeps indices.
     soft = soft or cfg.train.label_smoothing > 0 or cfg.augment.mixup > 0
     one_hot = classes if soft else None
+    count, weights = 0, None
+    if speakers is not None:  # targets: the emotion's, then the speaker's one-hot
+        count = speakers[1]
+        train_y = speaker_adversarial.targets(train_y, speakers[0], classes, count)
+        one_hot = classes + count
+        weights = _class_weight_vector(cfg, data)
     train_ds = make_dataset(
         train_x,
         train_y,
@@ -395,7 +432,36 @@ def _model_and_dataset(
         length_buckets=cfg.train.length_buckets,
     )
     batches = steps or -(-len(train_x) // cfg.train.batch_size)
-    return _compiled_model(cfg, data.input_dim, classes, one_hot, batches), train_ds
+    model = _compiled_model(cfg, data.input_dim, classes, one_hot, batches, count, weights)
+    return model, train_ds
+
+
+def _class_weight_vector(cfg: Config, data: PreparedData) -> np.ndarray | None:
+    """``class_weights`` of the training clips as a vector, or None (``train.class_weights`` off)."""
+    if not cfg.train.class_weights:
+        return None
+    classes = len(data.labels)
+    weights = class_weights(data.targets["train"], classes)
+    return np.array([weights[i] for i in range(classes)], np.float32)
+
+
+def _fit_class_weights(cfg: Config, data: PreparedData, model: Any) -> dict[int, float] | None:
+    """``class_weight`` for Keras's ``fit``: None where the model weights classes itself
+    (a ``SpeakerAdversarial`` trainer) or ``train.class_weights`` is off."""
+    if not cfg.train.class_weights or served_network(model) is not model:
+        return None
+    return class_weights(data.targets["train"], len(data.labels))
+
+
+def _adversary_speakers(
+    cfg: Config, data: PreparedData, examples: np.ndarray | None = None
+) -> tuple[np.ndarray, int] | None:
+    """``_training_speakers`` of the examples fitted on (``examples``: their indices, None
+    for all) under ``train.speaker_adversarial``; None without it."""
+    if cfg.train.speaker_adversarial <= 0:
+        return None
+    index, count = _training_speakers(data)
+    return (index if examples is None else index[examples]), count
 
 
 def _fit_member(
@@ -418,16 +484,24 @@ def _fit_member(
     for the training examples (a distilled student's) instead of their labels;
     ``examples``: the indices of the training examples to fit on (None: all)."""
     keras.utils.set_random_seed(seed)
-    classes = len(data.labels)
     train_x, train_y, steps = _training_examples(cfg, data, log)
     if targets is not None:
         train_y = targets
     if examples is not None:
         train_x, train_y = [train_x[i] for i in examples], train_y[examples]
     model, train_ds = _model_and_dataset(
-        cfg, data, normaliser, train_x, train_y, steps, seed, soft=targets is not None
+        cfg,
+        data,
+        normaliser,
+        train_x,
+        train_y,
+        steps,
+        seed,
+        soft=targets is not None,
+        speakers=_adversary_speakers(cfg, data, examples),
     )
-    log(f"model: {model.name}, {model.count_params():,} parameters, input dim {data.input_dim}")
+    parameters = served_network(model).count_params()
+    log(f"model: {model.name}, {parameters:,} parameters, input dim {data.input_dim}")
     report = EpochReport(
         val_x,
         data.targets["val"],
@@ -439,7 +513,7 @@ def _fit_member(
         log,
         label_smoothing=cfg.train.label_smoothing,
     )
-    weights = class_weights(data.targets["train"], classes) if cfg.train.class_weights else None
+    weights = _fit_class_weights(cfg, data, model)
     if cfg.train.distribute == "multi_worker":
         multi_worker.check_same_start(run_dir / runs.BACKUP)
     started = time.time()
@@ -601,12 +675,26 @@ def _held_out_groups(cfg: Config, data: PreparedData) -> np.ndarray | None:
     keys = sorted(set(own))
     order = np.random.default_rng([cfg.seed, 2027]).permutation(len(keys))
     group = {keys[j]: n % members for n, j in enumerate(order)}
-    groups = np.array([group[key] for key in own], np.int64)
+    return _with_served_copies(data, np.array([group[key] for key in own], np.int64))
+
+
+def _with_served_copies(data: PreparedData, per_row: np.ndarray) -> np.ndarray:
+    """A value per training row (``data.rows["train"]``) extended to every training
+    example of ``_training_examples``: the rows, then their served copies, which come
+    row by row, each row's copies together (one per row for frames,
+    ``augment.session_copies`` per row for pooled vectors)."""
     served = 0 if data.served_train is None else len(data.served_train[0])
-    # Served copies come row by row, each row's copies together (one per row for
-    # frames, ``augment.session_copies`` per row for pooled vectors).
-    copies = np.repeat(groups, served // len(groups)) if served else groups[:0]
-    return np.concatenate([groups, copies])
+    copies = np.repeat(per_row, served // len(per_row)) if served else per_row[:0]
+    return np.concatenate([per_row, copies])
+
+
+def _training_speakers(data: PreparedData) -> tuple[np.ndarray, int]:
+    """Each training example's speaker (its clip's, for copies) as an index, and the
+    number of training speakers (``train.speaker_adversarial``'s classes)."""
+    own = [r.speaker.split(CONDITION_MARK)[0] for r in data.rows["train"]]
+    names = sorted(set(own))
+    index = {name: i for i, name in enumerate(names)}
+    return _with_served_copies(data, np.array([index[n] for n in own], np.int64)), len(names)
 
 
 def _refit_with_validation(
@@ -636,10 +724,16 @@ def _refit_with_validation(
     )
     keras.utils.set_random_seed(fit["seed"])
     model, train_ds = _model_and_dataset(
-        cfg, data, normaliser, train_x, train_y, steps, fit["seed"]
+        cfg,
+        data,
+        normaliser,
+        train_x,
+        train_y,
+        steps,
+        fit["seed"],
+        speakers=_adversary_speakers(cfg, data),
     )
-    classes = len(data.labels)
-    weights = class_weights(data.targets["train"], classes) if cfg.train.class_weights else None
+    weights = _fit_class_weights(cfg, data, model)
     started = time.time()
     model.fit(
         train_ds,
@@ -655,7 +749,7 @@ def _refit_with_validation(
         verbose=cfg.train.verbose,
         shuffle=False,
     )
-    model.save(run_dir / runs.MODEL)
+    served_network(model).save(run_dir / runs.MODEL)
     record = {
         "epochs": epochs,
         "examples": len(train_x),

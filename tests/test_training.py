@@ -163,8 +163,14 @@ def test_validation_loss_is_the_keras_training_loss_without_weights(smoothing):
     assert ours == pytest.approx(float(keras_loss), rel=1e-5)
 
 
-def test_resume_after_kill_continues_from_saved_epoch(corpora, tmp_path):
-    sets = tiny_overrides(corpora, tmp_path, **{"train.epochs": "6", "train.run_name": "killed"})
+@pytest.mark.parametrize(
+    "extra", [{}, {"train.speaker_adversarial": "0.5"}], ids=["plain", "adversarial"]
+)
+def test_resume_after_kill_continues_from_saved_epoch(corpora, tmp_path, extra):
+    """Also with a speaker-adversarial trainer, whose epoch backups hold its speaker head."""
+    sets = tiny_overrides(
+        corpora, tmp_path, **{"train.epochs": "6", "train.run_name": "killed", **extra}
+    )
     proc = _cli(["--config", "configs/quick.yaml", *[a for s in sets for a in ("--set", s)]])
     seen = []
     for line in proc.stdout:
