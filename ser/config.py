@@ -498,6 +498,11 @@ class TrainConfig(Strict):
     # is padded to little more than its own clips instead of to the longest clip that
     # the shuffle put beside them; 0 or 1 = one bucket (plain shuffled batches).
     length_buckets: int = Field(default=0, ge=0, le=64)
+    # At most this many training clips of any one training speaker (drawn in turn from
+    # each of the speaker's emotions, seeded), so one speaker with many clips (TESS's
+    # 1,400 each) does not fill most of every epoch; validation and test keep every
+    # clip. None keeps all.
+    max_clips_per_speaker: int | None = Field(default=None, ge=1)
     distribute: Literal["none", "mirrored", "multi_worker"] = "none"
     run_name: FolderName | None = None  # default: <name>-<date>-<time>
     checkpoints_dir: str = "checkpoints"

@@ -5,6 +5,7 @@ frames are normalised by them, and evaluation scores the test clips that way too
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,29 @@ def test_served_frames_cover_the_copies_in_recording_conditions(run):
     np.testing.assert_allclose(copies[i], expected[: copies[i].shape[0]], atol=1e-6)
     # normalised by the clean prior, not by the telephone "speaker" as the plain copy is
     assert not np.allclose(copies[i], data.inputs["train"][i][: copies[i].shape[0]])
+
+
+def test_a_cap_on_clips_per_speaker_thins_training_and_no_other_part(run):
+    """``train.max_clips_per_speaker``: fewer training clips (and so fewer copies) for
+    a speaker over the cap; validation and test keep every clip, and the log says so."""
+    cfg, _summary = run
+    plain = prepare_data(cfg, log=quiet)
+    per_speaker = Counter(r.speaker for r in plain.rows["train"])
+    cap = min(per_speaker.values()) - 2
+    augment = cfg.augment.model_copy(update={"conditions": ["telephone"], "condition_copies": 1})
+    train_cfg = cfg.train.model_copy(update={"max_clips_per_speaker": cap})
+    lines: list[str] = []
+    capped = prepare_data(
+        cfg.model_copy(update={"train": train_cfg, "augment": augment}), log=lines.append
+    )
+    assert capped.train_clips == cap * len(per_speaker) < plain.train_clips
+    assert len(capped.rows["train"]) == 2 * capped.train_clips  # each kept clip's one copy
+    for part in ("val", "test"):
+        assert capped.rows[part] == plain.rows[part]
+    assert any(
+        f"train.max_clips_per_speaker {cap}: {capped.train_clips} of {plain.train_clips}" in line
+        for line in lines
+    ), lines
 
 
 def test_an_epoch_of_clips_trains_on_clips_and_copies_in_turn(run, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from ser.config import SplitConfig
 from ser.data.corpora import Utterance
-from ser.data.splits import PARTS, Split, SplitError, make_folds, make_split
+from ser.data.splits import PARTS, Split, SplitError, cap_speaker_clips, make_folds, make_split
 
 EMOTIONS7 = ("angry", "disgust", "fear", "happy", "neutral", "ps", "sad")
 
@@ -252,3 +252,21 @@ def test_split_rejects_overlapping_lists_and_unknown_keys():
         Split("random", True, ("a",), (), ("b",))
     with pytest.raises(SplitError, match="unknown split keys"):
         Split.from_dict({**make_split(ROWS, SplitConfig(), 0).to_dict(), "extra": 1})
+
+
+# ------------------------------------------------------------------ speaker caps
+def test_capping_keeps_at_most_the_cap_per_speaker_spread_over_emotions():
+    rows = tess() + ravdess(2)  # 70 clips per TESS speaker, 21 per RAVDESS actor
+    kept = cap_speaker_clips(rows, 14, seed=3)
+    per_speaker = Counter(r.speaker for r in kept)
+    assert per_speaker == {"tess:OAF": 14, "tess:YAF": 14, "ravdess:01": 14, "ravdess:02": 14}
+    for speaker in per_speaker:  # two clips of each of the seven emotions
+        assert set(Counter(r.emotion for r in kept if r.speaker == speaker).values()) == {2}
+    assert kept == [r for r in rows if r in kept]  # input order kept
+    assert cap_speaker_clips(rows, 14, seed=3) == kept
+    assert cap_speaker_clips(rows, 14, seed=4) != kept
+
+
+def test_capping_leaves_speakers_under_the_cap_untouched():
+    rows = ravdess(3) + emodb()
+    assert cap_speaker_clips(rows, 21, seed=0) == rows

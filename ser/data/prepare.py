@@ -42,7 +42,7 @@ from ser.data.pipeline import (
     speaker_prior,
     to_model_input,
 )
-from ser.data.splits import PARTS, Split, make_split
+from ser.data.splits import PARTS, Split, cap_speaker_clips, make_split
 from ser.features.cache import ExtractionReport, extract_all
 from ser.progress import Log
 
@@ -282,6 +282,26 @@ def _served_training_copies(
     return vectors, np.repeat(targets, cfg.augment.session_copies).astype(np.int32)
 
 
+def _capped_training(
+    cfg: Config, parts: dict[str, list[Utterance]], log: Log
+) -> dict[str, list[Utterance]]:
+    """``parts`` with ``train.max_clips_per_speaker`` applied to the training part."""
+    cap = cfg.train.max_clips_per_speaker
+    if cap is None:
+        return parts
+    train = cap_speaker_clips(parts["train"], cap, cfg.seed)
+    if len(train) < len(parts["train"]):
+        counts: dict[str, int] = {}
+        for row in parts["train"]:
+            counts[row.speaker] = counts.get(row.speaker, 0) + 1
+        over = sorted(s for s, n in counts.items() if n > cap)
+        log(
+            f"train.max_clips_per_speaker {cap}: {len(train)} of {len(parts['train'])} "
+            f"training clips kept ({', '.join(over)} capped)"
+        )
+    return {**parts, "train": train}
+
+
 def _model_inputs_by_part(
     cfg: Config,
     parts: Mapping[str, list[Utterance]],
@@ -399,7 +419,7 @@ def prepare_data(
         cfg.data.max_seconds, cfg.data.sample_rate, cfg.features.frame.hop_length
     )
     rows, inputs, targets = _model_inputs_by_part(
-        cfg, split.partition(manifest.rows), features, index, max_frames
+        cfg, _capped_training(cfg, split.partition(manifest.rows), log), features, index, max_frames
     )
     _check_no_part_empty(rows, features, report)
     if validation_in_training:

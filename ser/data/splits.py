@@ -493,6 +493,34 @@ def make_split(rows: Sequence[Utterance], cfg: SplitConfig, seed: int) -> Split:
     raise SplitError(f"unknown split method {cfg.method!r}; valid: {', '.join(METHODS)}")
 
 
+def cap_speaker_clips(rows: Sequence[Utterance], cap: int, seed: int) -> list[Utterance]:
+    """``rows`` with at most ``cap`` clips of each speaker, input order kept.
+
+    A speaker over the cap keeps clips taken from each of their emotions in turn (the
+    order within an emotion shuffled by a generator of (seed, speaker)), so the kept
+    clips are as evenly spread over emotions as the speaker's clips allow; the same
+    rows, cap and seed always keep the same clips.
+    """
+    by_speaker: dict[str, list[Utterance]] = defaultdict(list)
+    for row in rows:
+        by_speaker[row.speaker].append(row)
+    kept: set[str] = set()
+    for speaker, clips in by_speaker.items():
+        if len(clips) <= cap:
+            kept.update(r.path for r in clips)
+            continue
+        rng = _rng(seed, "cap", speaker)
+        by_emotion: dict[str, list[str]] = defaultdict(list)
+        for row in clips:
+            by_emotion[row.emotion].append(row.path)
+        queues = [[str(p) for p in rng.permutation(by_emotion[e])] for e in sorted(by_emotion)]
+        taken: list[str] = []
+        while len(taken) < cap:
+            taken += [q.pop() for q in queues if q][: cap - len(taken)]
+        kept.update(taken)
+    return [r for r in rows if r.path in kept]
+
+
 def make_folds(rows: Sequence[Utterance], cfg: SplitConfig, seed: int) -> list[Split]:
     """All folds: ``cfg.folds`` for kfold, one per speaker (sorted) for loso.
 
