@@ -319,6 +319,12 @@ class FeaturesConfig(Strict):
     # voiced run, or whose span would be shorter than 0.1 s or one n_fft window, is kept
     # whole. None: off (and the cache keys of such features stay as they were).
     speech_span: float | None = Field(default=None, ge=0, le=5, allow_inf_nan=False)
+    # With speech_span: only voiced frames where the clip's level over 0.41 s is within
+    # this many dB of its loud stretches (95th percentile) count toward the span
+    # (ser.speech.foreground_frames), so other voices talking that far under the
+    # speaker's (babble, a television), which are voiced too, do not stretch the span
+    # over the whole clip. None: every voiced frame counts (and cache keys stay).
+    speech_span_foreground_db: float | None = Field(default=None, gt=0, le=60, allow_inf_nan=False)
     # Bring each clip to this level (dBFS: RMS of its active frames, those within
     # ACTIVE_RANGE_DB of its loudest) before any extractor sees it, in training and at
     # inference alike, so the recording gain carries no weight: the same clip 30 dB
@@ -342,6 +348,8 @@ class FeaturesConfig(Strict):
                 raise ValueError(f"{name} lists a name twice: {values}")
         if self.pooled_normalisation != "none" and self.mode != "pooled":
             raise ValueError("pooled_normalisation needs mode: pooled")
+        if self.speech_span_foreground_db is not None and self.speech_span is None:
+            raise ValueError("speech_span_foreground_db needs speech_span (the span it narrows)")
         utterance = [e for e in self.extractors if e in UTTERANCE_EXTRACTORS]
         if utterance and (
             len(self.extractors) > 1 or self.mode != "pooled" or self.pooling != ["mean"]

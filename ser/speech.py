@@ -50,6 +50,7 @@ MIN_RUN_FRAMES = 3  # shorter voiced runs are ignored (clicks, chance periodicit
 FLAT_SECONDS = 0.2  # a stretch this long of steady pitch is a tone, not speech
 FLAT_SEMITONES = 0.15
 FLAT_FILL = 0.8  # share of a stretch's frames that must be voiced to judge it
+FOREGROUND_SECONDS = 0.41  # a few syllables: the level a clip's foreground is judged on
 
 
 @dataclass(frozen=True)
@@ -125,11 +126,15 @@ def detect_speech(
 
 
 def voiced_run_frames(
-    wave: np.ndarray, sample_rate: int, thresholds: SpeechThresholds = DEFAULT_THRESHOLDS
+    wave: np.ndarray,
+    sample_rate: int,
+    thresholds: SpeechThresholds = DEFAULT_THRESHOLDS,
+    foreground_db: float | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """Which frames (``FRAME_SECONDS`` every ``HOP_SECONDS``) of ``wave`` lie in voiced
     runs (cues 1 and 2 of the module docstring), and each frame's pitch in semitones;
-    ``(None, pitch)`` when no frame is above digital silence."""
+    ``(None, pitch)`` when no frame is above digital silence. With ``foreground_db``,
+    only frames in the clip's foreground (``foreground_frames``) can be voiced."""
     low, rate = block_average(np.asarray(wave, np.float64), sample_rate)
     low = remove_dc(low)
     aperiodicity, semitones, levels = frame_periodicity(low, rate)
@@ -137,6 +142,8 @@ def voiced_run_frames(
     if not audible.any():
         return None, semitones
     loud = audible & (levels > np.percentile(levels, 95) - thresholds.relative_floor_db)
+    if foreground_db is not None:
+        loud &= foreground_frames(levels, audible, foreground_db)
     voiced_mask = loud & (aperiodicity < thresholds.max_aperiodicity)
     in_runs = np.zeros_like(voiced_mask)
     for start, end in voiced_runs(voiced_mask, semitones):
@@ -144,16 +151,38 @@ def voiced_run_frames(
     return in_runs, semitones
 
 
-def speech_span(wave: np.ndarray, sample_rate: int, margin: float) -> tuple[int, int]:
+def foreground_frames(levels: np.ndarray, audible: np.ndarray, within_db: float) -> np.ndarray:
+    """Which frames lie in the clip's foreground: where its level averaged over
+    ``FOREGROUND_SECONDS`` (power, centred) is within ``within_db`` of the 95th
+    percentile of that average over the audible frames.
+
+    Other voices talking under the speaker (babble, a television) are periodic, so
+    voicing alone takes them for speech; over a few syllables their level stays well
+    below the speaker's, so the average separates them where a single frame's level,
+    which dips between syllables, does not."""
+    width = max(1, round(FOREGROUND_SECONDS / HOP_SECONDS))
+    power = np.where(audible, np.power(10.0, levels / 10.0), 0.0)
+    kernel = np.ones(width) / width
+    average = np.convolve(np.pad(power, width // 2, mode="edge"), kernel, mode="valid")
+    average_db = 10.0 * np.log10(np.maximum(average[: levels.shape[0]], 1e-30))
+    return average_db > np.percentile(average_db[audible], 95) - within_db
+
+
+def speech_span(
+    wave: np.ndarray, sample_rate: int, margin: float, foreground_db: float | None = None
+) -> tuple[int, int]:
     """(start, stop) in samples: from ``margin`` seconds before the first voiced run of
     ``wave`` to ``margin`` seconds after the end of its last, clamped to the wave.
 
     Voicing does not depend on the level and noise is aperiodic, so the span is the
     same for a clip recorded quietly or in noise: what is cut is the silence, or the
-    noise alone, around the speech. ``(0, len(wave))`` when no voiced run is found.
+    noise alone, around the speech. Other voices are periodic: with ``foreground_db``
+    only voiced runs in the clip's foreground count (``foreground_frames``), so voices
+    that many dB under the speaker's do not stretch the span over the whole clip.
+    ``(0, len(wave))`` when no voiced run is found.
     """
     n = int(wave.shape[0])
-    in_runs, _ = voiced_run_frames(wave, sample_rate)
+    in_runs, _ = voiced_run_frames(wave, sample_rate, foreground_db=foreground_db)
     voiced = np.flatnonzero(in_runs) if in_runs is not None else np.empty(0, np.int64)
     if voiced.size == 0:
         return 0, n

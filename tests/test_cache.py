@@ -108,6 +108,8 @@ def test_trimming_is_in_the_key_only_when_set(tmp_path: Path) -> None:
     assert cache_key("d" * 40, cfg.model_copy(update={"speech_span": None}), SR) == key
     spanned = cache_key("d" * 40, cfg.model_copy(update={"speech_span": 0.15}), SR)
     assert spanned not in (key, at_30)
+    foreground = cfg.model_copy(update={"speech_span": 0.15, "speech_span_foreground_db": 16.0})
+    assert cache_key("d" * 40, foreground, SR) not in (key, at_30, spanned)
 
 
 def test_cache_key_includes_extractor_version(

@@ -505,6 +505,15 @@ def test_speech_span_must_be_a_margin_in_seconds(value) -> None:
         FeaturesConfig.model_validate({"speech_span": yaml.safe_load(str(value))})
 
 
+def test_the_span_foreground_needs_the_span() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="speech_span_foreground_db needs speech_span"):
+        FeaturesConfig.model_validate({"speech_span_foreground_db": 16})
+    spanned = FeaturesConfig.model_validate({"speech_span": 0.15, "speech_span_foreground_db": 16})
+    assert spanned.speech_span_foreground_db == 16.0
+
+
 def test_the_analysed_span_composes_the_silence_cut_and_the_speech_cut() -> None:
     noise = 0.003 * np.random.default_rng(7).standard_normal(SR).astype(np.float32)
     core = np.concatenate([noise, speech_like(1.2, seed=7), noise])

@@ -179,3 +179,61 @@ def test_every_tenth_corpus_clip_is_speech(corpus):
         if not detect_speech(wave, rate).speech:
             missed.append(path.name)
     assert missed == []
+
+
+def under_voices(wave: np.ndarray, db_below: float, sr: int = 16000) -> np.ndarray:
+    """``wave`` with three other speech-like voices talking through all of it, together
+    ``db_below`` dB under its speech's level (babble: voiced, unlike noise)."""
+    n = wave.shape[0]
+    voices = sum(
+        speech_like(n / sr, hz=hz, sr=sr, seed=10 + i) for i, hz in enumerate((110, 190, 240))
+    )
+    speech_rms = float(np.sqrt(np.mean(np.square(wave[sr : int(2.5 * sr)]))))
+    voices_rms = float(np.sqrt(np.mean(np.square(voices))))
+    return (wave + voices * (speech_rms / voices_rms) * 10 ** (-db_below / 20)).astype(np.float32)
+
+
+def test_voices_under_the_speaker_stretch_the_span_unless_only_the_foreground_counts():
+    wave = speech_in_silence()
+    clean = speech_span(wave, 16000, 0.15)
+    babble = under_voices(wave, 20.0)
+    # Voiced, the other voices are taken for speech: the span is most of the clip ...
+    stretched = speech_span(babble, 16000, 0.15)
+    assert stretched[1] - stretched[0] > 1.3 * (clean[1] - clean[0])
+    # ... unless only voiced frames within 16 dB of the clip's loud stretches count; the
+    # level is averaged over 0.41 s, so the span may reach half of that into the voices.
+    narrowed = speech_span(babble, 16000, 0.15, foreground_db=16.0)
+    assert abs(narrowed[0] - clean[0]) <= 0.21 * 16000
+    assert abs(narrowed[1] - clean[1]) <= 0.21 * 16000
+
+
+@pytest.mark.parametrize("rate", (16000, 44100))
+def test_the_foreground_leaves_a_clean_clips_span_as_it_was(rate):
+    wave = speech_in_silence(rate)
+    assert speech_span(wave, rate, 0.15, foreground_db=16.0) == speech_span(wave, rate, 0.15)
+
+
+@pytest.mark.corpus
+def test_real_babble_under_a_corpus_clip_leaves_its_foreground_span_in_place():
+    """Every 60th RAVDESS clip (pauses around the speech, which babble fills) under
+    four voices of other actors 20 dB down: the foreground span stays on the speech."""
+    from ser.perturb import Babble, parse_condition
+
+    files = corpus_files("ravdess")
+    others = [str(p) for p in files if p.parent.name in ("Actor_01", "Actor_02")][:40]
+    babble = parse_condition(
+        "babble:20", babble=Babble(others, lambda key: sf.read(key, dtype="float32")[0])
+    )
+
+    def overlap(a: tuple[int, int], b: tuple[int, int]) -> float:
+        return max(0, min(a[1], b[1]) - max(a[0], b[0])) / (max(a[1], b[1]) - min(a[0], b[0]))
+
+    plain, foreground = [], []
+    for path in [p for p in files if p.parent.name not in ("Actor_01", "Actor_02")][::60]:
+        wave, rate = sf.read(path, dtype="float32")
+        clean = speech_span(wave, rate, 0.15, foreground_db=16.0)
+        noisy = babble.apply(wave, rate, str(path))
+        plain.append(overlap(speech_span(noisy, rate, 0.15), clean))
+        foreground.append(overlap(speech_span(noisy, rate, 0.15, foreground_db=16.0), clean))
+    assert len(foreground) >= 15
+    assert np.mean(foreground) >= 0.85 > 0.70 >= np.mean(plain), (plain, foreground)

@@ -132,6 +132,8 @@ def _config_part(cfg: FeaturesConfig, sample_rate: int) -> str:
         spec["trim_db"] = cfg.trim_db
     if cfg.speech_span is not None:  # likewise
         spec["speech_span"] = cfg.speech_span
+    if cfg.speech_span_foreground_db is not None:  # likewise
+        spec["speech_span_foreground_db"] = cfg.speech_span_foreground_db
     if cfg.loudness_db is not None:  # likewise: unnormalised entries keep their keys
         spec["loudness_db"] = cfg.loudness_db
     if any(name in UTTERANCE_EXTRACTORS for name in cfg.extractors):

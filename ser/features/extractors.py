@@ -185,7 +185,7 @@ def speech_bounds(wave: np.ndarray, sample_rate: int, cfg: FeaturesConfig) -> tu
     shortest = shortest_cut(sample_rate, cfg)
     if cfg.speech_span is None or n <= shortest or not np.isfinite(wave).all():
         return 0, n
-    start, stop = speech_span(wave, sample_rate, cfg.speech_span)
+    start, stop = speech_span(wave, sample_rate, cfg.speech_span, cfg.speech_span_foreground_db)
     return (start, stop) if stop - start >= shortest else (0, n)
 
 
