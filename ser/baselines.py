@@ -36,6 +36,7 @@ from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
 from ser.config import (
+    OPTIONAL_FEATURE_FIELDS,
     ChromaParams,
     Config,
     EvaluationConfig,
@@ -222,7 +223,7 @@ class PooledFeatures:
     def key(self) -> str:
         """Stable id of what these vectors are: same key, same numbers."""
         spec = self.features.model_dump(mode="json", exclude={"cache_dir", "workers", "mode"})
-        for optional in ("trim_db", "speech_span", "speech_span_foreground_db", "loudness_db"):
+        for optional in OPTIONAL_FEATURE_FIELDS:
             if spec.get(optional) is None:  # as the cache key: off leaves earlier keys as they were
                 spec.pop(optional, None)
         spec["sample_rate"] = self.sample_rate

@@ -47,6 +47,9 @@ ExtractorName = Literal[
 ]
 # Utterance-level functionals from the optional `opensmile` package: one [1, D] row per clip.
 UTTERANCE_EXTRACTORS = ("egemaps", "compare")
+# Front-end fields that enter a features key (the cache's, the baselines') only when
+# set, so entries made before each field existed keep their keys.
+OPTIONAL_FEATURE_FIELDS = ("trim_db", "speech_span", "speech_span_foreground_db", "loudness_db")
 PoolingName = Literal[
     "mean",
     "std",

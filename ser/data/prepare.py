@@ -16,6 +16,7 @@ import functools
 import json
 import os
 import zlib
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -291,9 +292,7 @@ def _capped_training(
         return parts
     train = cap_speaker_clips(parts["train"], cap, cfg.seed)
     if len(train) < len(parts["train"]):
-        counts: dict[str, int] = {}
-        for row in parts["train"]:
-            counts[row.speaker] = counts.get(row.speaker, 0) + 1
+        counts = Counter(row.speaker for row in parts["train"])
         over = sorted(s for s, n in counts.items() if n > cap)
         log(
             f"train.max_clips_per_speaker {cap}: {len(train)} of {len(parts['train'])} "

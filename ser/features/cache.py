@@ -33,7 +33,12 @@ import numpy as np
 from tqdm import tqdm
 
 from ser.audio import AudioError, load_audio
-from ser.config import UTTERANCE_EXTRACTORS, ConfigError, FeaturesConfig
+from ser.config import (
+    OPTIONAL_FEATURE_FIELDS,
+    UTTERANCE_EXTRACTORS,
+    ConfigError,
+    FeaturesConfig,
+)
 from ser.features.extractors import (
     EXTRACTOR_REVISIONS,
     EXTRACTOR_VERSION,
@@ -128,14 +133,9 @@ def _config_part(cfg: FeaturesConfig, sample_rate: int) -> str:
             for name in cfg.extractors
         ],
     }
-    if cfg.trim_db is not None:  # only when set: entries of untrimmed features keep their keys
-        spec["trim_db"] = cfg.trim_db
-    if cfg.speech_span is not None:  # likewise
-        spec["speech_span"] = cfg.speech_span
-    if cfg.speech_span_foreground_db is not None:  # likewise
-        spec["speech_span_foreground_db"] = cfg.speech_span_foreground_db
-    if cfg.loudness_db is not None:  # likewise: unnormalised entries keep their keys
-        spec["loudness_db"] = cfg.loudness_db
+    for name in OPTIONAL_FEATURE_FIELDS:  # only when set: earlier entries keep their keys
+        if getattr(cfg, name) is not None:
+            spec[name] = getattr(cfg, name)
     if any(name in UTTERANCE_EXTRACTORS for name in cfg.extractors):
         spec["opensmile"] = opensmile_version()  # another release may compute other numbers
     return json.dumps(spec, sort_keys=True, separators=(",", ":"))[1:]
