@@ -419,6 +419,29 @@ class CRNNConfig(Strict):
     dense_units: list[int] = [64]
 
 
+class TCNConfig(Strict):
+    """A dilated temporal convolution network (``ser.models.tcn``), in the spirit of
+    TIM-Net (Ye et al., 2023): residual blocks of two dilated convolutions each, the
+    dilation doubling block by block, every block's output pooled over the clip and the
+    pools read together (several time scales at once)."""
+
+    filters: int = Field(default=64, ge=1)
+    kernel_size: int = Field(default=3, ge=2)
+    # One residual block per entry: its convolutions' dilation (in steps after frame_pool).
+    dilations: list[int] = Field(default=[1, 2, 4, 8, 16], min_length=1)
+    # Max-pool the input frames over this many first (4 = 40 ms steps at a 10 ms hop).
+    frame_pool: int = Field(default=4, ge=1, le=32)
+    dropout: float = Field(default=0.3, ge=0, lt=1)
+    dense_units: list[int] = [128]
+
+    @field_validator("dilations")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if any(d < 1 for d in value):
+            raise ValueError(f"dilations must be >= 1, got {value}")
+        return value
+
+
 class DenseConfig(Strict):
     units: list[int] = Field(default=[256, 128], min_length=1)
     dropout: float = Field(default=0.3, ge=0, lt=1)
@@ -426,7 +449,7 @@ class DenseConfig(Strict):
 
 
 class ModelConfig(Strict):
-    type: Literal["lstm", "cnn", "crnn", "dense"] = "lstm"
+    type: Literal["lstm", "cnn", "crnn", "tcn", "dense"] = "lstm"
     # Members of a seed ensemble: each is trained with seed, seed+1, ... and keeps its
     # own best validation epoch; the saved model averages their probabilities.
     ensemble: int = Field(default=1, ge=1, le=32)
@@ -445,10 +468,11 @@ class ModelConfig(Strict):
     lstm: LSTMConfig = LSTMConfig()
     cnn: CNNConfig = CNNConfig()
     crnn: CRNNConfig = CRNNConfig()
+    tcn: TCNConfig = TCNConfig()
     dense: DenseConfig = DenseConfig()
 
     @property
-    def params(self) -> LSTMConfig | CNNConfig | CRNNConfig | DenseConfig:
+    def params(self) -> LSTMConfig | CNNConfig | CRNNConfig | TCNConfig | DenseConfig:
         """The parameters of the chosen model type."""
         return getattr(self, self.type)
 

@@ -4,15 +4,15 @@
 and ``model.weights.h5`` weights) into a ``NumpyModel`` when every layer is one it can
 run exactly, and otherwise raises ``UnsupportedModel`` naming the layer (or setting);
 ``load_numpy_model`` returns None instead, and the caller uses Keras. It runs
-``InputLayer``, ``Dense`` (linear, relu or softmax), ``Conv1D`` (stride 1; ``same``,
-``valid`` or ``causal`` padding), ``BatchNormalization`` over the last axis, ``ReLU``,
+``InputLayer``, ``Dense`` (linear, relu or softmax), ``Conv1D`` (stride 1, any
+dilation; ``same``, ``valid`` or ``causal`` padding), ``BatchNormalization`` over the last axis, ``ReLU``,
 ``Dropout`` and the other identities at inference, ``Masking``, ``LSTM`` (and ``HoistedLSTM``) and ``GRU``
 (tanh, sigmoid gates; called after ``Masking`` or with an explicit float mask),
-``Bidirectional`` (concat), ``Average``, ``Concatenate``, nested functional models (the
+``Bidirectional`` (concat), ``Average``, ``Add``, ``Concatenate``, nested functional models (the
 members of a seed ensemble), and ``ser.models.layers``' ``FrameMask``,
 ``MaskedMaxPooling1D``, ``MaskedGlobalPooling`` (every statistic of ``POOLING_STATS``)
 and ``MaskedAttentionPooling``, all float32: every model type this project trains
-(dense, lstm with any pooling, frame pooling and functionals branch, cnn, crnn) and
+(dense, lstm with any pooling, frame pooling and functionals branch, cnn, crnn, tcn) and
 their ensembles. Mixed precision, for one, is refused.
 
 Why: ``import tensorflow`` alone costs about 6 s of a command's start, and a Keras call
@@ -176,6 +176,13 @@ class Mean:
 
     def __call__(self, *xs: np.ndarray) -> np.ndarray:
         return sum(xs[1:], xs[0]) / np.float32(len(xs))
+
+
+class Sum:
+    """Add: the elementwise sum of its inputs (a residual connection)."""
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        return sum(xs[1:], xs[0])
 
 
 @dataclass
@@ -384,42 +391,42 @@ def bidirectional_layer(cfg: dict[str, Any], slot: Any) -> Bidirectional:
 
 @dataclass
 class Conv1D:
-    """Keras's ``Conv1D`` (stride 1, no dilation, one group) over [B, T, C] frames:
-    ``pad`` zero frames before and after, then y_t = activation(sum_k x_{t+k} @ weight[k]
+    """Keras's ``Conv1D`` (stride 1, one group) over [B, T, C] frames: ``pad`` zero
+    frames before and after, then y_t = activation(sum_k x_{t+k*dilation} @ weight[k]
     + bias); a BatchNormalization after it is folded in."""
 
     weight: np.ndarray  # [K, C_in, C_out]
     bias: np.ndarray  # [C_out]
     pad: tuple[int, int]
     activation: str = "linear"
+    dilation: int = 1
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any], variables: list[np.ndarray]) -> Conv1D:
         name = cfg["name"]
         plain = (
             tuple(cfg.get("strides", [1])) == (1,)
-            and tuple(cfg.get("dilation_rate", [1])) == (1,)
             and cfg.get("groups", 1) == 1
             and cfg.get("data_format", "channels_last") == "channels_last"
         )
         if not plain:
-            raise UnsupportedModel(
-                f"Conv1D {name!r} with strides, dilation, groups or channels_first"
-            )
+            raise UnsupportedModel(f"Conv1D {name!r} with strides, groups or channels_first")
         if cfg["activation"] not in ACTIVATIONS:
             raise UnsupportedModel(f"Conv1D {name!r} activation {cfg['activation']!r}")
         weight = variables[0]
-        width = weight.shape[0]
-        pads = {"valid": (0, 0), "same": ((width - 1) // 2, width // 2), "causal": (width - 1, 0)}
+        dilation = int(tuple(cfg.get("dilation_rate", [1]))[0])
+        span = (weight.shape[0] - 1) * dilation + 1  # frames one output reads
+        pads = {"valid": (0, 0), "same": ((span - 1) // 2, span // 2), "causal": (span - 1, 0)}
         if cfg["padding"] not in pads:
             raise UnsupportedModel(f"Conv1D {name!r} padding {cfg['padding']!r}")
         bias = variables[1] if cfg["use_bias"] else np.zeros(weight.shape[2], np.float32)
-        return cls(weight, bias, pads[cfg["padding"]], cfg["activation"])
+        return cls(weight, bias, pads[cfg["padding"]], cfg["activation"], dilation)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.pad(x, ((0, 0), self.pad, (0, 0)))
-        frames = x.shape[1] - self.weight.shape[0] + 1
-        y = sum(x[:, k : k + frames] @ self.weight[k] for k in range(self.weight.shape[0]))
+        d = self.dilation
+        frames = x.shape[1] - (self.weight.shape[0] - 1) * d
+        y = sum(x[:, k * d : k * d + frames] @ self.weight[k] for k in range(self.weight.shape[0]))
         return _activate(y + self.bias, self.activation)
 
 
@@ -427,7 +434,7 @@ def fold_scale(step: Affine | Conv1D, scale: Scale) -> Affine | Conv1D:
     """A linear Dense or Conv1D followed by ``scale`` (a BatchNormalization) as one step."""
     weight, bias = step.weight * scale.scale, step.bias * scale.scale + scale.shift
     if isinstance(step, Conv1D):
-        return Conv1D(weight, bias, step.pad)
+        return Conv1D(weight, bias, step.pad, dilation=step.dilation)
     return Affine(weight, bias)
 
 
@@ -675,6 +682,8 @@ class Graph:
             return SER_LAYERS[kind](cfg, variables)
         if kind == "Average":
             return Mean()
+        if kind == "Add":
+            return Sum()
         if kind == "Concatenate":
             return Concat(int(cfg["axis"]))
         if kind in ("Functional", "Model"):

@@ -4,7 +4,7 @@
 type this project trains, an ensemble as one graph) with the same arithmetic: Dense as
 MatMul + Add and Conv1D as Conv (a BatchNormalization folded in, or as Mul + Add where
 there is nothing to fold it into), ReLU, Softmax, an ensemble's average as Mean,
-Concatenate as Concat, Keras's LSTM and GRU (and ``Bidirectional`` pairs) as ONNX's LSTM
+a residual Add as Sum, Concatenate as Concat, Keras's LSTM and GRU (and ``Bidirectional`` pairs) as ONNX's LSTM
 and GRU operators (LSTM gates reordered: Keras i, f, c, o; ONNX i, o, f, c; Keras's GRU
 ``reset_after`` is ONNX's ``linear_before_reset``), and the masked layers of
 ``ser.models.layers`` from elementary operators (``MaskedGlobalPooling`` with every one
@@ -49,6 +49,7 @@ from ser.numpy_runtime import (
     RealFrames,
     Recurrent,
     Scale,
+    Sum,
     UnsupportedModel,
     output_key,
 )
@@ -234,6 +235,7 @@ def _conv(w: _Writer, conv: Conv1D, x: str) -> str:
         "conv",
         kernel_shape=[conv.weight.shape[0]],
         pads=list(conv.pad),
+        dilations=[conv.dilation],
     )[0]
     y = w.op("Transpose", [y], "nwc", perm=[0, 2, 1])[0]
     return _step(w, Activation(conv.activation), [y], None)
@@ -423,6 +425,8 @@ def _step(w: _Writer, fn, args: list[str], mask: str | None) -> str | list[str]:
         return args[0]
     if isinstance(fn, Mean):
         return w.op("Mean", args, "mean")[0]
+    if isinstance(fn, Sum):
+        return w.op("Sum", args, "sum")[0]
     if isinstance(fn, Concat):
         return w.op("Concat", args, "concat", axis=fn.axis)[0]
     if isinstance(fn, NotEqual):

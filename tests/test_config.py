@@ -88,7 +88,7 @@ def test_unknown_choice_lists_valid_choices(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_config(path, env={})
     assert "model.type" in str(err.value)
-    for name in ("lstm", "cnn", "crnn", "dense"):
+    for name in ("lstm", "cnn", "crnn", "tcn", "dense"):
         assert name in str(err.value)
 
 

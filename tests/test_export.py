@@ -14,7 +14,7 @@ from tests.support.fakes import EMOTION_HZ
 from tests.support.tiny_run import tiny_run, tone
 
 
-@pytest.fixture(scope="module", params=["lstm", "cnn", "crnn", "dense"])
+@pytest.fixture(scope="module", params=["lstm", "cnn", "crnn", "tcn", "dense"])
 def predictor(request, tmp_path_factory) -> Predictor:
     return Predictor.load(tiny_run(tmp_path_factory, request.param))
 

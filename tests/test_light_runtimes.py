@@ -26,7 +26,7 @@ from tests.support.tiny_run import encode, tiny_run, tone, with_unconvertible_la
 PARITY = 1e-4
 # (model type, ensemble members): every model type, and ensembles of a pooled and a
 # convolutional model.
-RUNS = [("lstm", 1), ("cnn", 1), ("crnn", 1), ("dense", 1), ("dense", 2), ("cnn", 2)]
+RUNS = [("lstm", 1), ("cnn", 1), ("crnn", 1), ("tcn", 1), ("dense", 1), ("dense", 2), ("cnn", 2)]
 
 
 @pytest.fixture(scope="module", params=RUNS, ids=lambda r: r[0] + ("" if r[1] == 1 else "-x2"))
@@ -119,7 +119,7 @@ def test_all_zero_frames_inside_a_clip_are_masked_as_keras_does(tmp_path_factory
     real frames are compacted before its LSTM/GRU node): inserting zero frames inside a
     clip changes an LSTM's answer not at all, and every model keeps Keras's answer."""
     rng = np.random.default_rng(5)
-    for model in ("lstm", "cnn", "crnn"):
+    for model in ("lstm", "cnn", "crnn", "tcn"):
         onnx = Predictor.load(tiny_run(tmp_path_factory, model), runtime="onnx")
         frames = onnx.max_frames
         x = rng.standard_normal((3, frames, onnx.input_dim)).astype(np.float32)
@@ -219,7 +219,8 @@ def test_onnx_flag_is_runtime_onnx(argv) -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "flags"), [("dense", []), ("lstm", []), ("cnn", ["--onnx"]), ("crnn", ["--onnx"])]
+    ("model", "flags"),
+    [("dense", []), ("lstm", []), ("cnn", ["--onnx"]), ("crnn", ["--onnx"]), ("tcn", [])],
 )
 def test_predict_never_imports_tensorflow(model, flags, tmp_path_factory, tmp_path) -> None:
     """``ser predict`` on any model type: ONNX Runtime runs the model, so TensorFlow's
@@ -299,6 +300,13 @@ def _custom_sequence_model(input_dim: int):
             "model.lstm.functionals=[mean,std,max,min,skew,kurtosis,slope,delta]",
         ],
         ["model.type=lstm", "model.lstm.units=[6,5]", "model.lstm.pooling=attention"],
+        [
+            "model.type=tcn",
+            "model.tcn.filters=6",
+            "model.tcn.kernel_size=4",
+            "model.tcn.dilations=[1,3,2]",
+            "model.tcn.frame_pool=2",
+        ],
         "custom",
     ],
     ids=[
@@ -307,6 +315,7 @@ def _custom_sequence_model(input_dim: int):
         "cnn-3-blocks",
         "bilstm-stats-pool3-functionals",
         "lstm-attention",
+        "tcn-even-kernel-dilations",
         "custom-layers",
     ],
 )

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from ser.config import CNNConfig, CRNNConfig, DenseConfig, LSTMConfig, ModelConfig
+from ser.config import CNNConfig, CRNNConfig, DenseConfig, LSTMConfig, ModelConfig, TCNConfig
 from ser.features.extractors import pool
 from ser.models import MODELS, build_model
 from ser.models.layers import (
@@ -22,7 +22,7 @@ from ser.registry import UnknownNameError
 
 INPUT_DIM = 8
 NUM_CLASSES = 4
-SEQUENCE_MODELS = ("lstm", "cnn", "crnn")
+SEQUENCE_MODELS = ("lstm", "cnn", "crnn", "tcn")
 
 TINY = {
     "lstm": LSTMConfig(units=[8, 8], dense_units=[8]),
@@ -30,9 +30,16 @@ TINY = {
     "crnn": CRNNConfig(
         filters=[8, 8], kernel_size=3, rnn_units=4, attention_units=4, dense_units=[8]
     ),
+    "tcn": TCNConfig(filters=8, dilations=[1, 2], dense_units=[8]),
     "dense": DenseConfig(units=[16, 8]),
 }
-PARAMS_TYPE = {LSTMConfig: "lstm", CNNConfig: "cnn", CRNNConfig: "crnn", DenseConfig: "dense"}
+PARAMS_TYPE = {
+    LSTMConfig: "lstm",
+    CNNConfig: "cnn",
+    CRNNConfig: "crnn",
+    TCNConfig: "tcn",
+    DenseConfig: "dense",
+}
 # Variants the sequence harness must also hold for: a bidirectional LSTM, an even
 # kernel with a pool size whose "same" windows would not start at frame 0, and the
 # CRNN with an LSTM in place of its GRU.
@@ -59,6 +66,10 @@ VARIANTS = {
         rnn_units=4,
         attention_units=4,
         dense_units=[8],
+    ),
+    "tcn": TINY["tcn"],
+    "tcn_even_kernel_pool3": TCNConfig(
+        filters=8, kernel_size=4, dilations=[1, 3, 5], frame_pool=3, dense_units=[8]
     ),
 }
 
@@ -105,7 +116,7 @@ def test_registry_names_equal_config_choices():
 
 
 def test_unknown_model_lists_valid_names():
-    with pytest.raises(UnknownNameError, match="valid: cnn, crnn, dense, lstm"):
+    with pytest.raises(UnknownNameError, match="valid: cnn, crnn, dense, lstm, tcn"):
         MODELS.get("transformer")
     # A config that skipped validation still fails with the registry's message.
     with pytest.raises(UnknownNameError, match="'transformer'"):

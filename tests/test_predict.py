@@ -301,7 +301,7 @@ def test_predictor_z_scores_each_clip_when_the_run_did(run_dir, scope):
     assert not np.allclose(prepared.inputs[0], plain.prepare_clip(wave).inputs[0])
 
 
-@pytest.mark.parametrize("model", ["lstm", "cnn", "crnn", "dense"])
+@pytest.mark.parametrize("model", ["lstm", "cnn", "crnn", "tcn", "dense"])
 def test_compiled_padded_batches_give_the_keras_models_answer(tmp_path_factory, model):
     """The XLA path pads every batch to max_frames and a fixed batch size: no effect."""
     predictor = Predictor.load(tiny_run(tmp_path_factory, model))

@@ -1,6 +1,6 @@
 """Model builders: ``name -> (params, input_dim, num_classes) -> uncompiled keras.Model``.
 
-Names equal the choices of ``ModelConfig.type``. Sequence models (lstm, cnn, crnn) take
+Names equal the choices of ``ModelConfig.type``. Sequence models (lstm, cnn, crnn, tcn) take
 ``[batch, frames, input_dim]`` batches right-padded with all-zero frames and never
 let the padding change a prediction; dense takes pooled ``[batch, input_dim]``
 vectors. Every model ends in a float32 softmax layer named ``emotion``. Compiling,
@@ -19,6 +19,7 @@ from ser.models.cnn import build_cnn
 from ser.models.crnn import build_crnn
 from ser.models.dense import build_dense
 from ser.models.lstm import build_lstm
+from ser.models.tcn import build_tcn
 from ser.registry import Registry
 
 Builder = Callable[[Any, int, int], keras.Model]
@@ -29,6 +30,7 @@ for _name, _builder in (
     ("lstm", build_lstm),
     ("cnn", build_cnn),
     ("crnn", build_crnn),
+    ("tcn", build_tcn),
     ("dense", build_dense),
 ):
     MODELS.register(_name)(_builder)

@@ -48,6 +48,9 @@ def tiny_overrides(
         "model.crnn.rnn_units": "4",
         "model.crnn.attention_units": "4",
         "model.crnn.dense_units": "[8]",
+        "model.tcn.filters": "8",
+        "model.tcn.dilations": "[1, 2]",
+        "model.tcn.dense_units": "[8]",
         "model.dense.units": "[16]",
         "train.epochs": "1",
         "train.batch_size": "16",
@@ -89,7 +92,7 @@ def train_speaker_normalised(work: Path, **extra: str) -> tuple[Any, dict[str, A
 def tiny_run(
     tmp_path_factory, model: str = "lstm", ensemble: int = 1, variant: str = "", **extra: str
 ) -> Path:
-    """The run directory of a one-epoch tiny ``model`` (lstm, cnn, crnn or dense), or of
+    """The run directory of a one-epoch tiny ``model`` (lstm, cnn, crnn, tcn or dense), or of
     a seed ensemble of ``ensemble`` such members; ``extra`` overrides (``--set`` keys and
     values) make the run named ``variant`` of it."""
     name = f"tiny-{model}" if ensemble == 1 else f"tiny-{model}-ensemble{ensemble}"
