@@ -79,6 +79,17 @@ def test_recurrent_bench(tmp_path):
     assert out["max_probability_difference"] < 1e-5  # the same function of the same weights
 
 
+def test_model_step_bench(tmp_path):
+    out = run_bench("model_step", tmp_path / "m.json", "--batches", "2", "--rounds", "1")
+    assert [name.split(" ")[0] for name in out["ms_per_step_fastest_pass"]] == [
+        "lstm",
+        "cnn",
+        "tcn",
+    ]
+    assert all(ms > 0 for ms in out["ms_per_step_fastest_pass"].values())
+    assert all(params > 0 for params in out["parameters"].values())
+
+
 def test_scaling_bench(corpora, tmp_path):
     out = run_bench("scaling", tmp_path / "s.json", "--data-root", str(corpora), "--model", "dense")
     assert [r["fraction"] for r in out["results"]] == [0.25, 0.5, 1.0]
