@@ -103,7 +103,7 @@ def test_second_run_reads_every_feature_from_the_cache(corpora, tmp_path):
     assert second["files"]["cache_hits"] == second["files"]["manifest_rows"]
 
 
-@pytest.mark.parametrize("model", ["cnn", "crnn", "dense"])
+@pytest.mark.parametrize("model", ["cnn", "crnn", "tcn", "dense"])
 def test_other_models_train_end_to_end(corpora, tmp_path, model):
     cfg = load_config(
         ROOT / "configs" / "base.yaml", tiny_overrides(corpora, tmp_path, model), env={}
