@@ -40,7 +40,7 @@ def add_runtime_arg(parser: argparse.ArgumentParser, default: str) -> None:
         choices=["auto", "numpy", "onnx", "keras"],
         default=default,
         help=f"what runs the model (default {default}): auto runs every model type this "
-        "project trains (lstm, cnn, crnn, dense, ensembles) on ONNX Runtime (no TensorFlow "
+        "project trains (lstm, cnn, crnn, tcn, dense, ensembles) on ONNX Runtime (no TensorFlow "
         "import, the fastest calls) and a model holding any other layer on Keras; onnx "
         "always ONNX Runtime, an error naming the layer it cannot convert otherwise; numpy "
         "the same models on NumPy alone; keras always XLA-compiled Keras",

@@ -487,7 +487,7 @@ class Predictor:
 
     @property
     def sequence(self) -> bool:
-        """True for frame-sequence models (lstm, cnn, crnn), False for pooled statistics (dense)."""
+        """True for frame-sequence models (lstm, cnn, crnn, tcn), False for pooled statistics (dense)."""
         return self.cfg.features.mode == "sequence"
 
     @property
