@@ -13,12 +13,8 @@ medians are reported beside it. Needs no corpus.
 
 from __future__ import annotations
 
-import time
-
-import numpy as np
-
 from bench.common import ROOT, parser, table, write
-from bench.recurrent import synthetic_batches
+from bench.recurrent import alternating_fit_passes, synthetic_batches
 
 DEFAULT_CONFIGS = (
     "configs/lstm.yaml",
@@ -54,21 +50,15 @@ def main() -> None:
         keras.utils.set_random_seed(cfg.seed)
         model = build_model(cfg.model, FRAME_FEATURES, len(cfg.data.emotions))
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-        model.fit(dataset(), epochs=1, verbose=0)  # traces the step function
-        models[f"{cfg.model.type} ({cfg.name})"] = (model, model.count_params())
-    seconds: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name, (model, _params) in models.items():
-            start = time.perf_counter()
-            model.fit(dataset(), epochs=1, verbose=0)
-            seconds[name].append(time.perf_counter() - start)
-    ms = {name: 1000 * float(np.min(s)) / args.batches for name, s in seconds.items()}
-    median = {name: 1000 * float(np.median(s)) / args.batches for name, s in seconds.items()}
+        models[f"{cfg.model.type} ({cfg.name})"] = model
+    passes = alternating_fit_passes(models, dataset, args.rounds, args.batches)
+    seconds, ms, median = passes["seconds"], passes["ms_fastest"], passes["ms_median"]
+    parameters = {name: model.count_params() for name, model in models.items()}
     reference = next(iter(ms))
     print(
         table(
             [
-                [name, models[name][1], ms[name], median[name], ms[reference] / ms[name]]
+                [name, parameters[name], ms[name], median[name], ms[reference] / ms[name]]
                 for name in models
             ],
             ["model", "parameters", "ms / step (fastest pass)", "ms / step (median)", "speed-up"],
@@ -82,7 +72,7 @@ def main() -> None:
             "batches": args.batches,
             "rounds": args.rounds,
             "batch_size": first.train.batch_size,
-            "parameters": {name: params for name, (_model, params) in models.items()},
+            "parameters": parameters,
             "ms_per_step_fastest_pass": ms,
             "ms_per_step_median": median,
             "seconds_per_pass": seconds,

@@ -54,6 +54,26 @@ def synthetic_batches(count: int, batch: int, dim: int, seed: int = 0) -> list:
     return out
 
 
+def alternating_fit_passes(models: dict, dataset, rounds: int, batches: int) -> dict:
+    """Time ``fit`` over ``dataset()`` for each compiled model, the models taking turns
+    for ``rounds`` rounds (after one untimed pass each, which traces the step), so that a
+    shared machine's load falls on all of them. Returns ``{"seconds": {name: [s per
+    pass]}, "ms_fastest": {name: ms per step of the fastest pass}, "ms_median": {...}}``."""
+    for model in models.values():
+        model.fit(dataset(), epochs=1, verbose=0)  # traces the step function
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = time.perf_counter()
+            model.fit(dataset(), epochs=1, verbose=0)
+            seconds[name].append(time.perf_counter() - start)
+    return {
+        "seconds": seconds,
+        "ms_fastest": {name: 1000 * float(np.min(s)) / batches for name, s in seconds.items()},
+        "ms_median": {name: 1000 * float(np.median(s)) / batches for name, s in seconds.items()},
+    }
+
+
 def main() -> None:
     p = parser("recurrent", __doc__.splitlines()[0])
     p.add_argument("--batches", type=int, default=40, help="batches per timed pass")
@@ -89,16 +109,8 @@ def main() -> None:
         float(np.abs(models["HoistedLSTM"](x) - models["keras LSTM"](x)).max())
         for x, _ in batches[:5]
     )
-    for model in models.values():
-        model.fit(dataset(), epochs=1, verbose=0)  # traces the step function
-    seconds: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name, model in models.items():
-            start = time.perf_counter()
-            model.fit(dataset(), epochs=1, verbose=0)
-            seconds[name].append(time.perf_counter() - start)
-    ms = {name: 1000 * float(np.min(s)) / args.batches for name, s in seconds.items()}
-    median = {name: 1000 * float(np.median(s)) / args.batches for name, s in seconds.items()}
+    passes = alternating_fit_passes(models, dataset, args.rounds, args.batches)
+    seconds, ms, median = passes["seconds"], passes["ms_fastest"], passes["ms_median"]
     ratio = ms["keras LSTM"] / ms["HoistedLSTM"]
     print(
         table(

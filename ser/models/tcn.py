@@ -49,26 +49,29 @@ def build_tcn(params: TCNConfig, input_dim: int, num_classes: int) -> keras.Mode
 
 def _residual_block(x, steps, params: TCNConfig, dilation: int, *, name: str):
     """One residual block of two dilated convolutions; padded steps come out as 0."""
-    h = x
-    for j in (1, 2):
-        # BatchNorm has its own shift, which makes a conv bias redundant.
-        h = layers.Conv1D(
-            params.filters,
-            params.kernel_size,
-            dilation_rate=dilation,
-            padding="same",
-            use_bias=False,
-            name=f"{name}_conv_{j}",
-        )(h)
-        h = layers.BatchNormalization(name=f"{name}_conv_{j}_bn")(h, mask=steps)
-        if j == 1:
-            h = layers.ReLU(name=f"{name}_conv_1_relu")(h)
-            h = _zero_padding(h, steps, f"{name}_conv_1_reset")
-            if params.dropout > 0:
-                h = layers.Dropout(params.dropout, name=f"{name}_dropout")(h)
+    h = _dilated_conv(x, steps, params, dilation, f"{name}_conv_1")
+    h = layers.ReLU(name=f"{name}_conv_1_relu")(h)
+    h = _zero_padding(h, steps, f"{name}_conv_1_reset")
+    if params.dropout > 0:
+        h = layers.Dropout(params.dropout, name=f"{name}_dropout")(h)
+    h = _dilated_conv(h, steps, params, dilation, f"{name}_conv_2")
     x = layers.Add(name=f"{name}_residual")([x, h])
     x = layers.ReLU(name=f"{name}_relu")(x)
     return _zero_padding(x, steps, f"{name}_reset")
+
+
+def _dilated_conv(x, steps, params: TCNConfig, dilation: int, name: str):
+    """A "same" convolution of ``kernel_size`` taps ``dilation`` steps apart, then
+    BatchNorm over the real steps (its own shift makes a conv bias redundant)."""
+    x = layers.Conv1D(
+        params.filters,
+        params.kernel_size,
+        dilation_rate=dilation,
+        padding="same",
+        use_bias=False,
+        name=name,
+    )(x)
+    return layers.BatchNormalization(name=f"{name}_bn")(x, mask=steps)
 
 
 def _zero_padding(x, steps, name: str):
