@@ -448,8 +448,11 @@ class DenseConfig(Strict):
     input_dropout: float = Field(default=0.0, ge=0, lt=1)  # on the pooled features themselves
 
 
+ModelType = Literal["lstm", "cnn", "crnn", "tcn", "dense"]
+
+
 class ModelConfig(Strict):
-    type: Literal["lstm", "cnn", "crnn", "tcn", "dense"] = "lstm"
+    type: ModelType = "lstm"
     # Members of a seed ensemble: each is trained with seed, seed+1, ... and keeps its
     # own best validation epoch; the saved model averages their probabilities.
     ensemble: int = Field(default=1, ge=1, le=32)
@@ -465,16 +468,47 @@ class ModelConfig(Strict):
     # speakers than members) and gives that group's probabilities alone, so each
     # example's teacher never heard its speaker, as a test speaker is never heard.
     distill_teacher: Literal["ensemble", "held_out"] = "ensemble"
+    # An ensemble across model types: member k is a ``member_types[k]`` network (each
+    # with its own section's parameters, e.g. ``lstm`` and ``tcn``), so members that err
+    # differently are averaged; as many entries as ``ensemble`` members. Empty: every
+    # member is a ``type`` network (a seed ensemble). A distilled student is ``type``.
+    member_types: list[ModelType] = []
     lstm: LSTMConfig = LSTMConfig()
     cnn: CNNConfig = CNNConfig()
     crnn: CRNNConfig = CRNNConfig()
     tcn: TCNConfig = TCNConfig()
     dense: DenseConfig = DenseConfig()
 
+    @model_validator(mode="after")
+    def _members_listed(self) -> ModelConfig:
+        if self.member_types and len(self.member_types) != self.ensemble:
+            raise ValueError(
+                f"model.member_types lists {len(self.member_types)} member type(s) for "
+                f"model.ensemble {self.ensemble}: give one type per member"
+            )
+        return self
+
     @property
     def params(self) -> LSTMConfig | CNNConfig | CRNNConfig | TCNConfig | DenseConfig:
         """The parameters of the chosen model type."""
         return getattr(self, self.type)
+
+    @property
+    def types(self) -> list[str]:
+        """The model type of every trained network: ``member_types``, else ``type``."""
+        return list(self.member_types) or [self.type]
+
+    @property
+    def label(self) -> str:
+        """What the run's model is called in logs and reports: ``type``, or the member
+        types joined by ``+`` for an ensemble across types (``lstm+tcn``)."""
+        return "+".join(self.member_types) or self.type
+
+    def member(self, k: int) -> ModelConfig:
+        """This config for the ``k``-th ensemble member: its ``type`` is the member's."""
+        if not self.member_types:
+            return self
+        return self.model_copy(update={"type": self.member_types[k]})
 
 
 # ----------------------------------------------------------------------- training
@@ -732,12 +766,12 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _model_matches_features(self) -> Config:
-        wants = "pooled" if self.model.type == "dense" else "sequence"
-        if self.features.mode != wants:
-            raise ValueError(
-                f"model.type {self.model.type!r} needs features.mode {wants!r}, "
-                f"got {self.features.mode!r}"
-            )
+        for kind in dict.fromkeys([self.model.type, *self.model.member_types]):
+            wants = "pooled" if kind == "dense" else "sequence"
+            if self.features.mode != wants:
+                raise ValueError(
+                    f"model type {kind!r} needs features.mode {wants!r}, got {self.features.mode!r}"
+                )
         if self.augment.condition_copies and not self.augment.conditions:
             raise ValueError("augment.condition_copies needs augment.conditions to draw from")
         if self.augment.session_copies and self.features.pooled_normalisation != "speaker":

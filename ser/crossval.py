@@ -240,7 +240,7 @@ def _fold_job(
     run_name = corpus_cfg.train.model_copy(update={"run_name": f"fold{fold}"})
     cfg = corpus_cfg.model_copy(update={"split": fold_split, "train": run_name})
     names = cfg.evaluation.baselines if baselines else []
-    model = cfg.model.type
+    model = cfg.model.label
     return FoldJob(
         config=label,
         keras_model=label if label == model else f"{model} ({label})",

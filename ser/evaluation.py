@@ -219,9 +219,9 @@ def evaluate_keras(
     metrics = classification_metrics(test.targets, pred, labels)
     cfg = predictor.cfg
     return ModelResult(
-        name=cfg.model.type,
+        name=cfg.model.label,
         kind="keras",
-        title=f"{cfg.model.type} (this run, {predictor.parameters:,} parameters)",
+        title=f"{cfg.model.label} (this run, {predictor.parameters:,} parameters)",
         features=describe_model_input(cfg),
         metrics=metrics,
         per_corpus=metrics_by_group(test.targets, pred, [r.corpus for r in test.rows], labels),
@@ -414,7 +414,7 @@ def build_report(
         "test_by_corpus": dict(sorted(Counter(r.corpus for r in test.rows).items())),
         "data": data_note,
         "model": {
-            "type": cfg.model.type,
+            "type": cfg.model.label,
             "features": describe_model_input(cfg),
             "best_epoch": summary.get("best_epoch"),
             "monitor": cfg.train.monitor,

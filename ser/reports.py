@@ -595,7 +595,7 @@ def _figure_pixels(fig) -> np.ndarray:
 def hparams_of(cfg: Config) -> dict[str, Any]:
     """Flat scalar hyper-parameters of a run for TensorBoard's HParams table."""
     params = {
-        "model": cfg.model.type,
+        "model": cfg.model.label,
         "corpora": "+".join(cfg.data.corpora),
         "features": "+".join(cfg.features.extractors),
         "feature_mode": cfg.features.mode,
@@ -792,7 +792,7 @@ def _config_line(label: str, cfg: dict[str, Any]) -> str:
     """One cross-validated config: model, features and training settings."""
     t = cfg["train"]
     return (
-        f"- `{label}`: model {cfg['model']['type']}, features "
+        f"- `{label}`: model {'+'.join(cfg['model'].get('member_types') or [cfg['model']['type']])}, features "
         f"{'+'.join(cfg['features']['extractors'])} ({cfg['features']['mode']}), "
         f"up to {t['epochs']} epochs (early stopping patience "
         f"{t['early_stopping']['patience'] if t['early_stopping']['enabled'] else 'off'}), "

@@ -634,11 +634,12 @@ def _fit_members(
             fits.append(json.loads(done.read_text()))
             log(f"member {k + 1}/{members}: done before (best epoch {fits[-1]['best_epoch']})")
             continue
+        member_cfg = cfg.model_copy(update={"model": cfg.model.member(k)})
         if members > 1:
             member_dir.mkdir(parents=True, exist_ok=True)
-            log(f"member {k + 1}/{members} (seed {cfg.seed + k})")
+            log(f"member {k + 1}/{members}: {member_cfg.model.type}, seed {cfg.seed + k}")
         fit = _fit_member(
-            cfg,
+            member_cfg,
             data,
             normaliser,
             val_x,
@@ -649,6 +650,7 @@ def _fit_members(
             log=log,
             examples=None if held_out is None else np.flatnonzero(held_out != k),
         )
+        fit["type"] = member_cfg.model.type
         if members > 1:
             runs.write_json(done, fit)
         fits.append(fit)
@@ -1018,7 +1020,7 @@ def _train_in(
         "log_dir": str(log_dir),
         "protocol": data.split.protocol(),
         "speaker_independent": data.split.speaker_independent,
-        "model": cfg.model.type,
+        "model": cfg.model.label,
         "parameters": int(best.count_params()),
         "labels": data.labels,
         "examples": {p: len(data.rows[p]) for p in PARTS},

@@ -107,6 +107,20 @@ def test_model_and_feature_mode_must_agree(tmp_path):
         load_config(path, env={})
 
 
+def test_an_ensemble_across_model_types_names_one_type_per_member(tmp_path):
+    path = write(tmp_path, "model:\n  ensemble: 2\n  member_types: [lstm, tcn]\n")
+    cfg = load_config(path, env={})
+    assert cfg.model.label == "lstm+tcn"
+    assert [cfg.model.member(k).type for k in range(2)] == ["lstm", "tcn"]
+    assert cfg.model.member(1).tcn == cfg.model.tcn  # every member keeps its own section
+    seeds = load_config(write(tmp_path, "model:\n  ensemble: 2\n", "seeds.yaml"), env={})
+    assert (seeds.model.label, seeds.model.member(1).type) == ("lstm", "lstm")
+    with pytest.raises(ConfigError, match="lists 2 member type.*model.ensemble 3"):
+        load_config(path, ["model.ensemble=3"], env={})
+    with pytest.raises(ConfigError, match="model type 'dense' needs features.mode 'pooled'"):
+        load_config(path, ["model.member_types=[lstm,dense]"], env={})
+
+
 def test_extends_merges_and_overrides(tmp_path):
     write(tmp_path, "train:\n  epochs: 7\n  batch_size: 8\n", "parent.yaml")
     child = write(tmp_path, "extends: parent.yaml\ntrain:\n  epochs: 3\n")

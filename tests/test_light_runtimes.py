@@ -105,6 +105,36 @@ def test_a_trained_lstm_with_the_pooling_options_runs_on_onnx_and_equals_keras(
         assert keras_and_light_differ_by(run, runtime, generated_clips()) <= PARITY
 
 
+def test_an_ensemble_across_model_types_averages_its_members_and_serves_on_onnx(
+    tmp_path_factory,
+) -> None:
+    """``model.member_types: [lstm, tcn]``: member 0 an LSTM, member 1 a TCN, each saved
+    in its own folder with its type; the run's model is their probabilities averaged,
+    served on ONNX Runtime by default, and both light runtimes give Keras's probabilities."""
+    import keras
+
+    run = tiny_run(
+        tmp_path_factory,
+        "lstm",
+        ensemble=2,
+        variant="with-tcn",
+        **{"model.member_types": "[lstm,tcn]"},
+    )
+    summary = json.loads((run / runs.SUMMARY).read_text())
+    assert summary["model"] == "lstm+tcn"
+    assert [m["type"] for m in summary["members"]] == ["lstm", "tcn"]
+    onnx = Predictor.load(run)
+    assert onnx.runtime == "onnx"
+    for runtime in ("onnx", "numpy"):
+        assert keras_and_light_differ_by(run, runtime, generated_clips()) <= PARITY
+    inputs = [x for wave in generated_clips() for x in onnx.prepare_clip(wave).inputs]
+    batch = onnx.pad_batch(inputs)
+    members = [keras.models.load_model(runs.member_dir(run, k, 2) / runs.MODEL) for k in (0, 1)]
+    assert {m.name.split("_")[0] for m in members} == {"lstm", "tcn"}
+    expected = np.mean([np.asarray(m(batch, training=False)) for m in members], axis=0)
+    assert np.max(np.abs(onnx.predict_batch(batch) - expected)) <= PARITY
+
+
 def test_every_model_type_equals_keras_on_real_clips(any_run) -> None:
     assert keras_and_light_differ_by(any_run, "onnx", corpus_clips()) <= PARITY
 

@@ -191,7 +191,7 @@ def model_info(predictor: Predictor, settings: ServingSettings) -> ModelInfoOut:
     return ModelInfoOut(
         model_id=predictor.model_id,
         run=predictor.run_dir.name,
-        model_type=cfg.model.type,
+        model_type=cfg.model.label,
         parameters=predictor.parameters,
         labels=list(predictor.labels),
         window_seconds=predictor.window_seconds,
@@ -735,7 +735,7 @@ def _lifespan(
             speech_check=settings.speech_check,
             speech_thresholds=settings.speech_thresholds,
         )
-        metrics.describe_model(loaded.model_id, loaded.cfg.model.type, loaded.runtime)
+        metrics.describe_model(loaded.model_id, loaded.cfg.model.label, loaded.runtime)
         engine = InferenceEngine(loaded, settings.max_batch_windows, metrics.observe_model_batch)
         engine.start(warm_up=warm_batch_sizes(settings.max_batch_windows))
         info = model_info(loaded, settings)
