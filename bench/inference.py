@@ -50,7 +50,7 @@ def main() -> None:
     features, total = [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        x = predictor.input_from_wave(wave)
+        predictor.input_from_wave(wave)
         t1 = time.perf_counter()
         predictor.predict_wave(wave)
         t2 = time.perf_counter()

@@ -4,9 +4,9 @@ run's own model (a distilled student, or the average itself), fold by fold.
     python docs/generators/ensemble_members.py checkpoints/cv/<study>/<config>
 
 Each member of ``model.ensemble`` is a single network of the same recipe with its own
-seed, so the members are single-network runs on the very folds, features and copies
-of their ensemble (or of the student distilled from them): a control measured beside
-it. Each fold's test speakers are scored from the run's saved split through
+seed (and, with ``model.member_types``, its own model type), so the members are
+single-network runs on the very folds, features and copies of their ensemble (or of the
+student distilled from them): a control measured beside it. Each fold's test speakers are scored from the run's saved split through
 ``load_run_data`` and the run's normaliser, as ``evaluate.py`` scores the run. Labels
 only score; nothing is chosen here.
 """
@@ -57,6 +57,22 @@ def score_fold(run_dir: Path) -> list[float]:
     return [ua(p) for p in probs] + [ua(np.mean(probs, axis=0)), ua(own)]
 
 
+def member_names(run_dir: Path) -> list[str]:
+    """``member k (seed +k)`` for each member of the run, with its model type when the
+    ensemble is across types (``model.member_types``; read from ``member.json``)."""
+    import json
+
+    from ser import runs
+
+    summary = json.loads((run_dir / runs.SUMMARY).read_text())
+    fits = [f for f in summary["members"] if not f.get("student")]
+    types = {f.get("type") for f in fits}
+    return [
+        f"member {k} ({f['type'] + ', ' if len(types) > 1 else ''}seed +{k})"
+        for k, f in enumerate(fits)
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config_dir", type=Path, help="checkpoints/cv/<study>/<config>")
@@ -68,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Config `{config_dir.name}`: test UA % by fold.\n")
     for corpus, folds in fold_dirs.items():
         rows = [(fold.name, score_fold(fold)) for fold in folds]
-        k = len(rows[0][1]) - 2
-        head = [f"member {i} (seed +{i})" for i in range(k)] + ["members' average", "run's model"]
+        head = member_names(folds[0]) + ["members' average", "run's model"]
         print(f"| {corpus} | " + " | ".join(head) + " |")
         print("|---|" + "---:|" * len(head))
         for name, values in rows:
