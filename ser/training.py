@@ -637,7 +637,8 @@ def _fit_members(
         member_cfg = cfg.model_copy(update={"model": cfg.model.member(k)})
         if members > 1:
             member_dir.mkdir(parents=True, exist_ok=True)
-            log(f"member {k + 1}/{members}: {member_cfg.model.type}, seed {cfg.seed + k}")
+            kind = f"{member_cfg.model.type}, " if cfg.model.member_types else ""
+            log(f"member {k + 1}/{members} ({kind}seed {cfg.seed + k})")
         fit = _fit_member(
             member_cfg,
             data,
