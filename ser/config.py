@@ -494,11 +494,6 @@ class ModelConfig(Strict):
         return getattr(self, self.type)
 
     @property
-    def types(self) -> list[str]:
-        """The model type of every trained network: ``member_types``, else ``type``."""
-        return list(self.member_types) or [self.type]
-
-    @property
     def label(self) -> str:
         """What the run's model is called in logs and reports: ``type``, or the member
         types joined by ``+`` for an ensemble across types (``lstm+tcn``)."""
