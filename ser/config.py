@@ -385,12 +385,16 @@ class LSTMConfig(Strict):
     # Max-pool the input frames over this many before the LSTMs: fewer, coarser steps
     # (4 = 40 ms at a 10 ms hop), several times faster to train. 1 = every frame.
     frame_pool: int = Field(default=1, ge=1, le=32)
+    # What each pooled step holds: [max] max-pools the frames; any other statistics
+    # (e.g. [mean, std] with frame_pool 25) make each step those functionals of its
+    # window of frames (250 ms segments), read by the LSTMs as a shorter sequence.
+    frame_pool_stats: list[FrameStatName] = Field(default=["max"], min_length=1)
     # A second branch beside the LSTMs: these statistics of the input frames over the
     # clip (computed in the model, so served exactly as trained), batch-normalised and
     # read by the head together with the pooled recurrent output. [] = no branch.
     functionals: list[FrameStatName] = []
 
-    @field_validator("functionals")
+    @field_validator("functionals", "frame_pool_stats")
     @classmethod
     def _distinct(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):

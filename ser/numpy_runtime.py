@@ -10,9 +10,10 @@ dilation; ``same``, ``valid`` or ``causal`` padding), ``BatchNormalization`` ove
 (tanh, sigmoid gates; called after ``Masking`` or with an explicit float mask),
 ``Bidirectional`` (concat), ``Average``, ``Add``, ``Concatenate``, nested functional models (the
 members of a seed ensemble), and ``ser.models.layers``' ``FrameMask``,
-``MaskedMaxPooling1D``, ``MaskedGlobalPooling`` (every statistic of ``POOLING_STATS``)
-and ``MaskedAttentionPooling``, all float32: every model type this project trains
-(dense, lstm with any pooling, frame pooling and functionals branch, cnn, crnn, tcn) and
+``MaskedMaxPooling1D``, ``MaskedGlobalPooling`` (every statistic of ``POOLING_STATS``),
+``MaskedWindowPooling1D`` and ``MaskedAttentionPooling``, all float32: every model type
+this project trains (dense, lstm with any pooling, frame pooling or window statistics and
+functionals branch, cnn, crnn, tcn) and
 their ensembles. Mixed precision, for one, is refused.
 
 Why: ``import tensorflow`` alone costs about 6 s of a command's start, and a Keras call
@@ -27,7 +28,8 @@ model type.
 
 The graph's steps (``Graph``, ``Step`` and the layer classes) are public:
 ``ser.onnx_export`` writes the same graph as ONNX. A layer with several outputs
-(``MaskedMaxPooling1D``: frames and mask) holds them under ``output_key`` names.
+(``MaskedMaxPooling1D``, ``MaskedWindowPooling1D``: frames and mask) holds them under
+``output_key`` names.
 
 Weights are found the way Keras 3 stores them: under each container, a layer's
 variables live at ``layers/<snake_case(class name)>[_<k>]/vars/<i>``, where ``k``
@@ -466,6 +468,27 @@ class MaskedMaxPool:
         return np.where(m[..., None] > 0, x, 0.0).astype(np.float32), m
 
 
+@dataclass
+class MaskedWindowStats:
+    """``ser.models.layers.MaskedWindowPooling1D``: ``MaskedStats`` of each window of
+    ``pool`` frames from frame 0 (the last one padded), one step per window; a window
+    without a real frame gives 0 and mask 0. (x, mask) -> (x, mask)."""
+
+    pool: int
+    stats: tuple[str, ...]
+
+    def __call__(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        batch, frames, channels = x.shape
+        p = self.pool
+        extra = (-frames) % p
+        x = np.pad(x, ((0, 0), (0, extra), (0, 0)))
+        m = np.pad(mask.astype(np.float32), ((0, 0), (0, extra)))
+        pooled = MaskedStats(self.stats)(x.reshape(-1, p, channels), m.reshape(-1, p))
+        pooled = pooled.reshape(batch, -1, channels * len(self.stats))
+        m = m.reshape(batch, -1, p).max(axis=2)
+        return np.where(m[..., None] > 0, pooled, 0.0).astype(np.float32), m
+
+
 # ``keras.config.epsilon()``'s default, which ``MaskedGlobalPooling``'s std adds.
 KERAS_EPSILON = 1e-7
 # Twin of ``ser.models.layers.CONSTANT_VARIANCE`` (that module imports Keras, this one
@@ -579,6 +602,9 @@ SER_LAYERS: dict[str, Callable[[dict[str, Any], list[np.ndarray]], Callable[...,
     "FrameMask": lambda cfg, variables: RealFrames(),
     "MaskedMaxPooling1D": lambda cfg, variables: MaskedMaxPool(int(cfg["pool_size"])),
     "MaskedGlobalPooling": lambda cfg, variables: MaskedStats(tuple(cfg["stats"])),
+    "MaskedWindowPooling1D": lambda cfg, variables: MaskedWindowStats(
+        int(cfg["pool_size"]), tuple(cfg["stats"])
+    ),
     "MaskedAttentionPooling": lambda cfg, v: AttentionPool(v[0], v[1], v[2]),
 }
 

@@ -8,7 +8,8 @@ a residual Add as Sum, Concatenate as Concat, Keras's LSTM and GRU (and ``Bidire
 and GRU operators (LSTM gates reordered: Keras i, f, c, o; ONNX i, o, f, c; Keras's GRU
 ``reset_after`` is ONNX's ``linear_before_reset``), and the masked layers of
 ``ser.models.layers`` from elementary operators (``MaskedGlobalPooling`` with every one
-of its statistics, in the layer's own arithmetic). Input ``features``: float32
+of its statistics, in the layer's own arithmetic, and ``MaskedWindowPooling1D`` as
+those statistics of windows folded into the batch axis). Input ``features``: float32
 ``[batch, D]`` or ``[batch, frames, D]`` (free batch and frame axes), normalised as
 ``normaliser.json`` says; output ``probabilities`` ``[batch, classes]``.
 A step it cannot write raises ``UnsupportedForONNX``.
@@ -43,6 +44,7 @@ from ser.numpy_runtime import (
     LSTMLayer,
     MaskedMaxPool,
     MaskedStats,
+    MaskedWindowStats,
     Mean,
     NotEqual,
     NumpyModel,
@@ -253,12 +255,9 @@ def _is_real(w: _Writer, mask: str, expand: bool) -> str:
     return w.op("Unsqueeze", [real, _ints(w, [-1], "axes")], "real3")[0] if expand else real
 
 
-def _masked_max_pool(w: _Writer, pool: MaskedMaxPool, x: str, mask: str) -> list[str]:
-    """``MaskedMaxPool``: pad T up to a multiple of p (with -inf; mask 0), reshape to
-    windows, take their max."""
-    p = pool.pool
-    channels = w.op("Shape", [x], "channels", start=2, end=3)[0]
-    hidden = w.op("Where", [_is_real(w, mask, True), x, _float(w, -np.inf, "ninf")], "hide")[0]
+def _padded_to_windows(w: _Writer, x: str, mask: str, p: int, fill: float) -> tuple[str, str]:
+    """x [B, T, C] and mask [B, T] right-padded to a multiple of ``p`` frames (x with
+    ``fill``, the mask with 0), as the masked window layers pad them."""
     p_const = _ints(w, [p], "p")
     extra = w.op(
         "Mod",
@@ -267,8 +266,18 @@ def _masked_max_pool(w: _Writer, pool: MaskedMaxPool, x: str, mask: str) -> list
     )[0]
     x_pads = w.op("Concat", [_ints(w, [0, 0, 0, 0]), extra, _ints(w, [0])], "x_pads", axis=0)[0]
     m_pads = w.op("Concat", [_ints(w, [0, 0, 0]), extra], "m_pads", axis=0)[0]
-    padded = w.op("Pad", [hidden, x_pads, _float(w, -np.inf, "ninf")], "padded")[0]
+    padded = w.op("Pad", [x, x_pads, _float(w, fill, "fill")], "padded")[0]
     padded_mask = w.op("Pad", [mask, m_pads, _float(w, 0.0, "zero")], "padded_mask")[0]
+    return padded, padded_mask
+
+
+def _masked_max_pool(w: _Writer, pool: MaskedMaxPool, x: str, mask: str) -> list[str]:
+    """``MaskedMaxPool``: pad T up to a multiple of p (with -inf; mask 0), reshape to
+    windows, take their max."""
+    p = pool.pool
+    channels = w.op("Shape", [x], "channels", start=2, end=3)[0]
+    hidden = w.op("Where", [_is_real(w, mask, True), x, _float(w, -np.inf, "ninf")], "hide")[0]
+    padded, padded_mask = _padded_to_windows(w, hidden, mask, p, -np.inf)
     shape = w.op("Concat", [_ints(w, [0, -1, p]), channels], "windows_shape", axis=0)[0]
     windows = w.op("Reshape", [padded, shape], "windows")[0]
     pooled = w.op("ReduceMax", [windows], "pooled", axes=[2], keepdims=0)[0]
@@ -276,6 +285,29 @@ def _masked_max_pool(w: _Writer, pool: MaskedMaxPool, x: str, mask: str) -> list
     pooled_mask = w.op("ReduceMax", [mask_windows], "pooled_mask", axes=[2], keepdims=0)[0]
     zero = _float(w, 0.0, "zero")
     x_out = w.op("Where", [_is_real(w, pooled_mask, True), pooled, zero], "pool_out")[0]
+    return [x_out, pooled_mask]
+
+
+def _masked_window_stats(w: _Writer, pool: MaskedWindowStats, x: str, mask: str) -> list[str]:
+    """``MaskedWindowStats``: pad T up to a multiple of p (zeros; mask 0), fold the
+    windows into the batch axis, take ``MaskedStats`` of each, unfold, zero the windows
+    of padding."""
+    p = pool.pool
+    batch = w.op("Shape", [x], "batch", start=0, end=1)[0]
+    channels = w.op("Shape", [x], "channels", start=2, end=3)[0]
+    padded, padded_mask = _padded_to_windows(w, x, mask, p, 0.0)
+    fold = w.op("Concat", [_ints(w, [-1, p]), channels], "fold_shape", axis=0)[0]
+    windows = w.op("Reshape", [padded, fold], "windows")[0]
+    window_frames = w.op("Reshape", [padded_mask, _ints(w, [-1, p])], "window_frames")[0]
+    pooled = _masked_stats(w, MaskedStats(pool.stats), windows, window_frames)
+    width = w.op("Mul", [channels, _ints(w, [len(pool.stats)], "k")], "width")[0]
+    unfold = w.op("Concat", [batch, _ints(w, [-1]), width], "unfold_shape", axis=0)[0]
+    pooled = w.op("Reshape", [pooled, unfold], "window_stats")[0]
+    by_window = w.op("Concat", [batch, _ints(w, [-1, p])], "mask_shape", axis=0)[0]
+    mask_windows = w.op("Reshape", [padded_mask, by_window], "mask_windows")[0]
+    pooled_mask = w.op("ReduceMax", [mask_windows], "pooled_mask", axes=[2], keepdims=0)[0]
+    zero = _float(w, 0.0, "zero")
+    x_out = w.op("Where", [_is_real(w, pooled_mask, True), pooled, zero], "window_out")[0]
     return [x_out, pooled_mask]
 
 
@@ -447,6 +479,8 @@ def _step(w: _Writer, fn, args: list[str], mask: str | None) -> str | list[str]:
         return _real_frames(w, args[0])
     if isinstance(fn, MaskedMaxPool):
         return _masked_max_pool(w, fn, *args)
+    if isinstance(fn, MaskedWindowStats):
+        return _masked_window_stats(w, fn, *args)
     if isinstance(fn, MaskedStats):
         return _masked_stats(w, fn, *args)
     if isinstance(fn, AttentionPool):

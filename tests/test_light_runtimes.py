@@ -331,6 +331,14 @@ def _custom_sequence_model(input_dim: int):
         ],
         ["model.type=lstm", "model.lstm.units=[6,5]", "model.lstm.pooling=attention"],
         [
+            "model.type=lstm",
+            "model.lstm.units=[6]",
+            "model.lstm.bidirectional=true",
+            "model.lstm.pooling=stats",
+            "model.lstm.frame_pool=4",
+            "model.lstm.frame_pool_stats=[mean,std,max]",
+        ],
+        [
             "model.type=tcn",
             "model.tcn.filters=6",
             "model.tcn.kernel_size=4",
@@ -345,6 +353,7 @@ def _custom_sequence_model(input_dim: int):
         "cnn-3-blocks",
         "bilstm-stats-pool3-functionals",
         "lstm-attention",
+        "bilstm-window-stats4",
         "tcn-even-kernel-dilations",
         "custom-layers",
     ],
@@ -413,3 +422,39 @@ def test_every_masked_statistic_equals_keras_on_both_runtimes(tmp_path) -> None:
     assert np.all(expected[:, moments] == 0.0)
     for light in (numpy_model, onnx_model):
         np.testing.assert_allclose(light(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_window_statistics_equal_keras_on_both_runtimes_and_ignore_padding(tmp_path) -> None:
+    """``MaskedWindowPooling1D`` itself: each window of 4 frames becomes its real frames'
+    statistics (a window of padding only is 0), appending padding changes no
+    real window, and NumPy and ONNX Runtime give Keras's numbers."""
+    import keras
+
+    from ser.models.layers import FrameMask, MaskedWindowPooling1D
+    from ser.onnx_export import OnnxModel
+
+    inputs = keras.Input((None, 3))
+    pooled, _ = MaskedWindowPooling1D(4, ["mean", "std", "max"])([inputs, FrameMask()(inputs)])
+    keras.Model(inputs, pooled).save(tmp_path / "model.keras")
+    keras_model = keras.models.load_model(tmp_path / "model.keras")
+    numpy_model = read_numpy_model(tmp_path / "model.keras")
+    onnx_model = OnnxModel(numpy_model, [f"s{i}" for i in range(9)])
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 10, 3)).astype(np.float32)
+    x[1, 5:] = 0.0  # padding: windows 0-3, 4-7 (frame 4 real), 8-9 (none)
+    x[2, 2] = 0.0  # an all-zero frame inside
+    expected = keras.ops.convert_to_numpy(keras_model(x))
+    assert expected.shape == (3, 3, 9)
+    np.testing.assert_allclose(expected[0, 0, :3], x[0, :4].mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(expected[0, 2, 3:6], x[0, 8:].std(axis=0), atol=1e-3)
+    np.testing.assert_allclose(expected[1, 1, :3], x[1, 4], atol=1e-6)  # one real frame
+    assert np.all(expected[1, 2] == 0.0)  # padding only: zeros
+    real = [0, 1, 3]  # frame 2 is masked in clip 2
+    np.testing.assert_allclose(expected[2, 0, 6:9], x[2, real].max(axis=0), atol=1e-6)
+    longer = np.concatenate([x, np.zeros((3, 7, 3), np.float32)], axis=1)
+    padded = keras.ops.convert_to_numpy(keras_model(longer))
+    np.testing.assert_allclose(padded[:, :3], expected, atol=1e-6)
+    assert np.all(padded[:, 3:] == 0.0)
+    for light in (numpy_model, onnx_model):
+        np.testing.assert_allclose(light(x), expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(light(longer), padded, rtol=1e-5, atol=1e-5)

@@ -113,40 +113,11 @@ class MaskedGlobalPooling(ExplicitMaskLayer):
 
     def __init__(self, stats: Sequence[str] = ("mean", "max"), **kwargs):
         super().__init__(**kwargs)
-        stats = tuple(stats)
-        unknown = [s for s in stats if s not in POOLING_STATS]
-        if not stats or unknown or len(set(stats)) != len(stats):
-            raise ValueError(
-                f"stats must be distinct names from {POOLING_STATS}, got {list(stats)}"
-            )
-        self.stats = stats
+        self.stats = _checked_stats(stats)
 
     def call(self, inputs):
         x, mask = inputs
-        weights = ops.expand_dims(ops.cast(mask, x.dtype), axis=-1)  # [B, T, 1]
-        count = ops.sum(weights, axis=1)  # [B, 1]
-        safe_count = ops.maximum(count, 1.0)
-        mean = ops.sum(x * weights, axis=1) / safe_count
-        centred = (x - ops.expand_dims(mean, axis=1)) * weights
-        variance = ops.sum(ops.square(centred), axis=1) / safe_count
-        pooled = []
-        for stat in self.stats:
-            if stat == "mean":
-                pooled.append(mean)
-            elif stat == "std":
-                # The epsilon keeps the gradient of sqrt finite for constant channels.
-                pooled.append(ops.sqrt(variance + keras.config.epsilon()))
-            elif stat in ("max", "min"):
-                sign = 1.0 if stat == "max" else -1.0
-                peak = ops.max(ops.where(weights > 0, sign * x, float("-inf")), axis=1)
-                pooled.append(ops.where(count > 0, sign * peak, 0.0))
-            elif stat in ("skew", "kurtosis"):
-                pooled.append(_standard_moment(centred, variance, safe_count, stat))
-            elif stat == "slope":
-                pooled.append(_slope(centred, count))
-            else:
-                pooled.append(_mean_change(x, weights, count))
-        return pooled[0] if len(pooled) == 1 else ops.concatenate(pooled, axis=-1)
+        return masked_statistics(x, mask, self.stats)
 
     def compute_output_shape(self, input_shape):
         x_shape, _ = input_shape
@@ -155,6 +126,88 @@ class MaskedGlobalPooling(ExplicitMaskLayer):
 
     def get_config(self):
         return {**super().get_config(), "stats": list(self.stats)}
+
+
+def _checked_stats(stats: Sequence[str]) -> tuple[str, ...]:
+    """``stats`` as a tuple; ``ValueError`` unless they are distinct ``POOLING_STATS``."""
+    stats = tuple(stats)
+    unknown = [s for s in stats if s not in POOLING_STATS]
+    if not stats or unknown or len(set(stats)) != len(stats):
+        raise ValueError(f"stats must be distinct names from {POOLING_STATS}, got {list(stats)}")
+    return stats
+
+
+def masked_statistics(x, mask, stats: Sequence[str]):
+    """``stats`` of ``x`` [B, T, C] over its real frames (``mask`` [B, T], 1 = real),
+    concatenated in order: [B, C * len(stats)]; a sequence without a real frame gives
+    zeros (its std the square root of Keras's epsilon)."""
+    weights = ops.expand_dims(ops.cast(mask, x.dtype), axis=-1)  # [B, T, 1]
+    count = ops.sum(weights, axis=1)  # [B, 1]
+    safe_count = ops.maximum(count, 1.0)
+    mean = ops.sum(x * weights, axis=1) / safe_count
+    centred = (x - ops.expand_dims(mean, axis=1)) * weights
+    variance = ops.sum(ops.square(centred), axis=1) / safe_count
+    pooled = []
+    for stat in stats:
+        if stat == "mean":
+            pooled.append(mean)
+        elif stat == "std":
+            # The epsilon keeps the gradient of sqrt finite for constant channels.
+            pooled.append(ops.sqrt(variance + keras.config.epsilon()))
+        elif stat in ("max", "min"):
+            sign = 1.0 if stat == "max" else -1.0
+            peak = ops.max(ops.where(weights > 0, sign * x, float("-inf")), axis=1)
+            pooled.append(ops.where(count > 0, sign * peak, 0.0))
+        elif stat in ("skew", "kurtosis"):
+            pooled.append(_standard_moment(centred, variance, safe_count, stat))
+        elif stat == "slope":
+            pooled.append(_slope(centred, count))
+        else:
+            pooled.append(_mean_change(x, weights, count))
+    return pooled[0] if len(pooled) == 1 else ops.concatenate(pooled, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="ser")
+class MaskedWindowPooling1D(ExplicitMaskLayer):
+    """Statistics of frames over non-overlapping windows: each window of ``pool_size``
+    frames becomes one step holding ``stats`` (``POOLING_STATS``, as
+    ``MaskedGlobalPooling`` computes them) of its real frames, so a sequence model reads
+    short-segment functionals (e.g. mean and std over 250 ms) instead of frames.
+
+    ``[x [B, T, C], mask [B, T]] -> [x [B, ceil(T/p), C * len(stats)], mask [B, ceil(T/p)]]``.
+    Windows start at frame 0 (the sequence right-padded to a multiple of ``p``); a window
+    is real if it holds a real frame, and a window of padding only is exactly 0, so
+    appending padding never changes the real outputs.
+    """
+
+    def __init__(self, pool_size: int, stats: Sequence[str] = ("mean", "std"), **kwargs):
+        super().__init__(**kwargs)
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be >= 1, got {pool_size}")
+        self.pool_size = int(pool_size)
+        self.stats = _checked_stats(stats)
+
+    def call(self, inputs):
+        x, mask = inputs
+        p, channels = self.pool_size, x.shape[-1]
+        batch, extra = ops.shape(x)[0], (-ops.shape(x)[1]) % p
+        x = ops.pad(x, [[0, 0], [0, extra], [0, 0]])
+        mask = ops.pad(ops.cast(mask, x.dtype), [[0, 0], [0, extra]])
+        pooled = masked_statistics(
+            ops.reshape(x, (-1, p, channels)), ops.reshape(mask, (-1, p)), self.stats
+        )
+        pooled = ops.reshape(pooled, (batch, -1, channels * len(self.stats)))
+        window_mask = ops.max(ops.reshape(mask, (batch, -1, p)), axis=-1)
+        return ops.where(ops.expand_dims(window_mask > 0, -1), pooled, 0.0), window_mask
+
+    def compute_output_shape(self, input_shape):
+        x_shape, _ = input_shape
+        steps, channels = x_shape[1], x_shape[2]
+        steps = None if steps is None else -(-steps // self.pool_size)
+        return (x_shape[0], steps, channels * len(self.stats)), (x_shape[0], steps)
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size, "stats": list(self.stats)}
 
 
 def _standard_moment(centred, variance, count, stat: str):

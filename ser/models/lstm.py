@@ -13,6 +13,7 @@ from ser.models.layers import (
     MaskedAttentionPooling,
     MaskedGlobalPooling,
     MaskedMaxPooling1D,
+    MaskedWindowPooling1D,
     dense_stack,
     emotion_output,
 )
@@ -25,7 +26,9 @@ def build_lstm(params: LSTMConfig, input_dim: int, num_classes: int) -> keras.Mo
     """``[B, T, input_dim]`` zero-padded frames -> ``[B, num_classes]`` probabilities.
 
     All-zero frames are padding. ``frame_pool`` > 1 first max-pools the frames (and
-    their mask) over that many frames, so the LSTMs take fewer steps. The LSTMs skip
+    their mask) over that many frames, so the LSTMs take fewer steps; with
+    ``frame_pool_stats`` other than ``[max]`` each window of frames becomes those
+    statistics of its real frames instead (``MaskedWindowPooling1D``). The LSTMs skip
     padded frames; ``pooling`` turns their outputs into one vector: ``last`` the state
     at each sequence's final real frame, ``stats`` the mean and standard deviation of
     the outputs over the real frames, ``attention`` an attention-weighted sum of them.
@@ -34,11 +37,15 @@ def build_lstm(params: LSTMConfig, input_dim: int, num_classes: int) -> keras.Mo
     branches side by side.
     """
     inputs = keras.Input(shape=(None, input_dim), name="features")
-    if params.pooling == "last" and params.frame_pool == 1 and not params.functionals:
+    plain = params.frame_pool == 1 and params.frame_pool_stats == ["max"]
+    if params.pooling == "last" and plain and not params.functionals:
         return _last_state_lstm(params, inputs, num_classes)
     mask = FrameMask(name="frame_mask")(inputs)
     x, steps = inputs, mask
-    if params.frame_pool > 1:
+    if params.frame_pool_stats != ["max"]:
+        pool = MaskedWindowPooling1D(params.frame_pool, params.frame_pool_stats, name="frame_pool")
+        x, steps = pool([x, steps])
+    elif params.frame_pool > 1:
         x, steps = MaskedMaxPooling1D(params.frame_pool, name="frame_pool")([x, steps])
     x = _lstm_stack(x, params, last_state=params.pooling == "last", mask=steps)
     if params.pooling == "stats":
