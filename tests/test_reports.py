@@ -767,3 +767,30 @@ def test_ensemble_members_scores_each_member_and_the_runs_own_model(tmp_path_fac
     assert (
         len(values) == 4 and values[2] == values[3] and 0.0 <= min(values) <= max(values) <= 100.0
     )
+
+
+def test_early_stopping_patience_replays_a_history_as_training_stops(tmp_path, capsys):
+    """``early_stopping_patience.py``: the epoch each patience keeps and the epochs it
+    trains, as Keras's EarlyStopping and ``EpochReport`` would (first best on ties)."""
+    import importlib.util
+
+    generators = Path(__file__).resolve().parents[1] / "docs" / "generators"
+    spec = importlib.util.spec_from_file_location(
+        "early_stopping_patience", generators / "early_stopping_patience.py"
+    )
+    patience = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(patience)
+    # Best at epoch 3, a tie at 5, a later best at 7; trained with patience 5 to epoch 12.
+    ua = [0.5, 0.6, 0.7, 0.6, 0.7, 0.65, 0.72, 0.7, 0.7, 0.7, 0.7, 0.7]
+    assert patience.stop(ua, 5) == (7, 12)
+    assert patience.stop(ua, 3) == (3, 6)  # stops after epoch 6, before the later best
+    assert patience.stop(ua, 20) == (7, 12)  # the history ends first
+    run = tmp_path / "study" / "cfg" / "emodb" / "fold0"
+    run.mkdir(parents=True)
+    rows = ["epoch,val_ua"] + [f"{i},{u}" for i, u in enumerate(ua)]
+    (run / "history.csv").write_text("\n".join(rows) + "\n")
+    runs = patience.histories(run.parents[1], member=0)
+    assert runs == [("emodb/fold0", ua)]
+    table = patience.render(runs, trained_with=5, patience=[3, 5])
+    assert "| emodb/fold0 | 12 | 7 | **3** / 6 | 7 / 12 |" in table
+    assert "patience 3: the run's own epoch kept on 0 of 1 folds; 6 epochs fewer" in table
