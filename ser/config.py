@@ -401,6 +401,15 @@ class LSTMConfig(Strict):
             raise ValueError(f"lists a statistic twice: {value}")
         return value
 
+    @model_validator(mode="after")
+    def _windows_to_pool(self) -> LSTMConfig:
+        if self.frame_pool_stats != ["max"] and self.frame_pool == 1:
+            raise ValueError(
+                f"frame_pool_stats {self.frame_pool_stats} are statistics of windows of "
+                "frames: set frame_pool above 1 (e.g. 25 for 250 ms)"
+            )
+        return self
+
 
 class CNNConfig(Strict):
     filters: list[int] = Field(default=[64, 128, 128], min_length=1)

@@ -370,3 +370,14 @@ def test_lstm_model_uses_the_hoisted_loop_and_numpy_runtime_reads_it(tmp_path):
     np.testing.assert_allclose(predict(loaded, x), predict(model, x), atol=1e-6)
     numpy_model = read_numpy_model(tmp_path / "m.keras")
     np.testing.assert_allclose(numpy_model(x), predict(model, x), atol=1e-5)
+
+
+def test_window_statistics_need_a_window_and_distinct_names():
+    with pytest.raises(ValueError, match="set frame_pool above 1"):
+        LSTMConfig(frame_pool_stats=["mean", "std"])
+    with pytest.raises(ValueError, match="lists a statistic twice"):
+        LSTMConfig(frame_pool=4, frame_pool_stats=["mean", "mean"])
+    assert LSTMConfig(frame_pool=4, frame_pool_stats=["mean", "std"]).frame_pool_stats == [
+        "mean",
+        "std",
+    ]
