@@ -771,7 +771,8 @@ def test_ensemble_members_scores_each_member_and_the_runs_own_model(tmp_path_fac
 
 def test_early_stopping_patience_replays_a_history_as_training_stops(tmp_path, capsys):
     """``early_stopping_patience.py``: the epoch each patience keeps and the epochs it
-    trains, as Keras's EarlyStopping and ``EpochReport`` would (first best on ties)."""
+    trains, as ``EpochReport`` (float64, first best on ties) and Keras's EarlyStopping
+    (float32) decide them."""
     import importlib.util
 
     generators = Path(__file__).resolve().parents[1] / "docs" / "generators"
@@ -785,6 +786,10 @@ def test_early_stopping_patience_replays_a_history_as_training_stops(tmp_path, c
     assert patience.stop(ua, 5) == (7, 12)
     assert patience.stop(ua, 3) == (3, 6)  # stops after epoch 6, before the later best
     assert patience.stop(ua, 20) == (7, 12)  # the history ends first
+    # Two UAs equal in float32 but not in float64 (as two confusion matrices can give):
+    # the checkpoint moves to the later one, early stopping counts from the earlier.
+    tied = [0.5, 0.6510416666666666, 0.6, 0.6510416666666667, 0.6, 0.6, 0.6]
+    assert patience.stop(tied, 4) == (4, 6)
     run = tmp_path / "study" / "cfg" / "emodb" / "fold0"
     run.mkdir(parents=True)
     rows = ["epoch,val_ua"] + [f"{i},{u}" for i, u in enumerate(ua)]

@@ -20,17 +20,32 @@ import argparse
 import csv
 from pathlib import Path
 
+import numpy as np
+
 
 def stop(val_ua: list[float], patience: int) -> tuple[int, int]:
-    """(kept epoch, epochs trained), 1-based, for a run stopping ``patience`` epochs
-    after its best validation UA so far (the first best on ties, as training keeps it)."""
-    best, kept = float("-inf"), 0
+    """(kept epoch, epochs trained) of ``_replay``; the history's length where it ends first."""
+    kept, trained, _ = _replay(val_ua, patience)
+    return kept, trained
+
+
+def _replay(val_ua: list[float], patience: int) -> tuple[int, int, bool]:
+    """(kept epoch, epochs trained, whether it stopped within the history), 1-based, as
+    training decides them: ``EpochReport``
+    keeps the epoch of the best validation UA (a strictly higher float64 value; the first
+    best on ties), and Keras's ``EarlyStopping`` stops ``patience`` epochs after its own
+    last improvement, which it judges on the value as a float32 (two UAs that differ only
+    in float64 rounding are a tie to it, so it can stop before the kept epoch + patience)."""
+    kept_value, kept = float("-inf"), 0
+    stopping_value, last_improvement = np.float32(-np.inf), 0
     for epoch, ua in enumerate(val_ua):
-        if ua > best:
-            best, kept = ua, epoch
-        if epoch - kept >= patience:
-            return kept + 1, epoch + 1
-    return kept + 1, len(val_ua)
+        if ua > kept_value:
+            kept_value, kept = ua, epoch
+        if np.float32(ua) > stopping_value:
+            stopping_value, last_improvement = np.float32(ua), epoch
+        if epoch - last_improvement >= patience:
+            return kept + 1, epoch + 1, True
+    return kept + 1, len(val_ua), False
 
 
 def histories(config_dir: Path, member: int) -> list[tuple[str, list[float]]]:
@@ -60,20 +75,27 @@ def render(runs: list[tuple[str, list[float]]], trained_with: int, patience: lis
     ]
     same = dict.fromkeys(patience, 0)
     saved = dict.fromkeys(patience, 0)
+    unknown = dict.fromkeys(patience, 0)
     for name, ua in runs:
         kept, trained = stop(ua, trained_with)
         cells = []
         for p in patience:
-            k, t = stop(ua, p)
+            k, t, stopped = _replay(ua, p)
+            if not stopped and p > trained_with:  # it would train on past the history
+                cells.append(f"? / > {t}")
+                unknown[p] += 1
+                continue
             same[p] += k == kept
             saved[p] += trained - t
             cells.append(f"{k} / {t}" if k == kept else f"**{k}** / {t}")
         lines.append(f"| {name} | {trained} | {kept} | " + " | ".join(cells) + " |")
     lines.append("")
     for p in patience:
+        beyond = f" ({unknown[p]} would train past their history: unknown)" if unknown[p] else ""
+        known = len(runs) - unknown[p]
         lines.append(
-            f"- patience {p}: the run's own epoch kept on {same[p]} of {len(runs)} folds; "
-            f"{saved[p]} epochs fewer in all ({saved[p] / max(len(runs), 1):.1f} a fold)"
+            f"- patience {p}: the run's own epoch kept on {same[p]} of {known} folds{beyond}; "
+            f"{saved[p]} epochs fewer in all ({saved[p] / max(known, 1):.1f} a fold)"
         )
     return "\n".join(lines)
 
