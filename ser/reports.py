@@ -743,17 +743,41 @@ def _corpus_title(corpus: str, groups: Sequence[dict[str, Any]]) -> str:
     return f"{title}: {len(classes)} classes ({', '.join(classes)}), {speakers} speakers"
 
 
-def render_results_markdown(result: dict[str, Any], command: str) -> str:
+def render_results_markdown(
+    result: dict[str, Any], command: str, conditions: str | None = None
+) -> str:
     """A cross-validation's detail page (``evaluate.py --cv --results FILE``), every number
     from a ``cross_validate`` result: the command, protocol, a table per corpus, the
-    speaker-dependent gap and every fold. The hand-written summary ``docs/RESULTS.md``
-    links to these pages (``docs/results/``) rather than repeating them."""
+    speaker-dependent gap, the recording conditions (``conditions``: the table
+    ``ser.condition_evaluation.render_conditions`` makes of ``--perturb``'s scores) and
+    every fold. The hand-written summary ``docs/RESULTS.md`` links to these pages
+    (``docs/results/``) rather than repeating them."""
     out = _results_heading(result, command)
     out += _results_protocol(result)
     out += _corpus_sections(result["groups"])
     out += _speaker_dependent_gap(result["groups"])
+    out += _conditions_section(conditions)
     out += _per_fold_sections(result["folds"])
     return "\n".join(out) + "\n"
+
+
+def _conditions_section(table: str | None) -> list[str]:
+    """``--perturb``'s table, with how to read it; nothing without one."""
+    if not table:
+        return []
+    return [
+        "## Recording conditions",
+        "",
+        "Every fold's test clips scored again in each condition of `--perturb` "
+        "(`ser.perturb`, seeded), by the same fold runs: `alone`, each clip normalised as "
+        "a served lone clip is; `speaker`, all of its speaker's clips at once, as the "
+        "tables above. UA % mean ± std over folds; Δ: the mean over folds of the points "
+        "lost against the same fold's clean clips. Every fold's figures are in the "
+        "cross-validation's `conditions.json`.",
+        "",
+        table,
+        "",
+    ]
 
 
 def _results_heading(result: dict[str, Any], command: str) -> list[str]:

@@ -709,7 +709,9 @@ def test_checked_in_detail_pages_have_the_shape_the_results_page_renders():
     docs = Path(__file__).resolve().parents[1] / "docs"
     summary = (docs / "RESULTS.md").read_text(encoding="utf-8")
     assert len(summary.splitlines()) <= 200
-    rendered = reports.render_results_markdown(cv_result(resumed=True), "python evaluate.py --cv")
+    rendered = reports.render_results_markdown(
+        cv_result(resumed=True), "python evaluate.py --cv", conditions="| condition |"
+    )
     every_section = _sections(rendered)
     pages = sorted((docs / "results").glob("*.md"))
     assert pages
@@ -799,3 +801,14 @@ def test_early_stopping_patience_replays_a_history_as_training_stops(tmp_path, c
     table = patience.render(runs, trained_with=5, patience=[3, 5])
     assert "| emodb/fold0 | 12 | 7 | **3** / 6 | 7 / 12 |" in table
     assert "patience 3: the run's own epoch kept on 0 of 1 folds; 6 epochs fewer" in table
+
+
+def test_the_results_page_carries_the_recording_conditions_table_when_given():
+    """``--cv --perturb --results``: the conditions table is on the page, after the
+    speaker-dependent gap and before the folds; without ``--perturb`` there is none."""
+    table = "| condition | mode | emodb UA % | Δ |\n|---|---|---:|---:|\n| clean | alone | 60.0 ± 1.0 |  |"
+    page = reports.render_results_markdown(cv_result(resumed=False), "cmd", conditions=table)
+    assert "## Recording conditions" in page and table in page
+    assert page.index("## Recording conditions") < page.index("## Per fold")
+    plain = reports.render_results_markdown(cv_result(resumed=False), "cmd")
+    assert "## Recording conditions" not in plain

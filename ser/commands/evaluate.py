@@ -168,18 +168,19 @@ def _cross_validate(args: argparse.Namespace) -> int:
         resume=bool(args.resume),
         command=_command_line(args),
     )
-    if args.perturb:
-        _score_conditions(result["out_dir"], args)
+    conditions = _score_conditions(result["out_dir"], args) if args.perturb else None
     if args.results:
         path = Path(args.results)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_results_markdown(result, result["command"]), encoding="utf-8")
+        page = render_results_markdown(result, result["command"], conditions)
+        path.write_text(page, encoding="utf-8")
         print(f"results: {path}")
     return 0
 
 
-def _score_conditions(where: str, args: argparse.Namespace) -> None:
-    """``--perturb``: score a run, or every fold of a cross-validation, in the conditions."""
+def _score_conditions(where: str, args: argparse.Namespace) -> str:
+    """``--perturb``: score a run, or every fold of a cross-validation, in the conditions;
+    prints the table and returns it."""
     from ser.condition_evaluation import (
         evaluate_cv_conditions,
         evaluate_run_conditions,
@@ -194,7 +195,9 @@ def _score_conditions(where: str, args: argparse.Namespace) -> None:
     else:
         one = evaluate_run_conditions(where, args.perturb, data_root=args.data_root)
         result = {"conditions": list(one["conditions"]), "corpora": {"test": [one]}}
-    print(render_conditions(result))
+    table = render_conditions(result)
+    print(table)
+    return table
 
 
 def run(args: argparse.Namespace) -> int:
