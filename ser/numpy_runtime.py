@@ -448,6 +448,16 @@ class RealFrames:
         return np.any(x != 0, axis=-1).astype(np.float32)
 
 
+def _padded_to_windows(
+    x: np.ndarray, mask: np.ndarray, p: int, fill: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """x [B, T, C] and mask [B, T] right-padded to a multiple of ``p`` frames (x with
+    ``fill``, the mask, as float32, with 0), as the masked window layers pad them."""
+    extra = (-x.shape[1]) % p
+    x = np.pad(x, ((0, 0), (0, extra), (0, 0)), constant_values=fill)
+    return x, np.pad(mask.astype(np.float32), ((0, 0), (0, extra)))
+
+
 @dataclass
 class MaskedMaxPool:
     """``ser.models.layers.MaskedMaxPooling1D``: max over real frames in windows of
@@ -457,12 +467,9 @@ class MaskedMaxPool:
     pool: int
 
     def __call__(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        batch, frames, channels = x.shape
+        batch, _, channels = x.shape
         p = self.pool
-        extra = (-frames) % p
-        x = np.where(mask[..., None] > 0, x, -np.inf)
-        x = np.pad(x, ((0, 0), (0, extra), (0, 0)), constant_values=-np.inf)
-        m = np.pad(mask.astype(np.float32), ((0, 0), (0, extra)))
+        x, m = _padded_to_windows(np.where(mask[..., None] > 0, x, -np.inf), mask, p, -np.inf)
         x = x.reshape(batch, -1, p, channels).max(axis=2)
         m = m.reshape(batch, -1, p).max(axis=2)
         return np.where(m[..., None] > 0, x, 0.0).astype(np.float32), m
@@ -478,11 +485,9 @@ class MaskedWindowStats:
     stats: tuple[str, ...]
 
     def __call__(self, x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        batch, frames, channels = x.shape
+        batch, _, channels = x.shape
         p = self.pool
-        extra = (-frames) % p
-        x = np.pad(x, ((0, 0), (0, extra), (0, 0)))
-        m = np.pad(mask.astype(np.float32), ((0, 0), (0, extra)))
+        x, m = _padded_to_windows(x, mask, p, 0.0)
         pooled = MaskedStats(self.stats)(x.reshape(-1, p, channels), m.reshape(-1, p))
         pooled = pooled.reshape(batch, -1, channels * len(self.stats))
         m = m.reshape(batch, -1, p).max(axis=2)

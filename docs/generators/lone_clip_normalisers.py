@@ -33,29 +33,18 @@ sys.path.insert(0, str(ROOT))
 NEAREST = (1, 3, 5)
 
 
-def speaker_statistics(raw: dict, rows: list) -> tuple[np.ndarray, np.ndarray]:
+def training_speaker_statistics(raw: dict, rows: list) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of every frame of each training speaker's clean clips: [S, D] each."""
+    from ser.data.pipeline import speaker_statistics
     from ser.data.prepare import CONDITION_MARK
 
-    clips: dict[str, list[np.ndarray]] = {}
-    for r in rows:
-        if CONDITION_MARK not in r.path and r.path in raw:
-            clips.setdefault(r.speaker, []).append(raw[r.path].astype(np.float64))
-    frames = [np.concatenate(c) for c in clips.values()]
-    return np.stack([f.mean(axis=0) for f in frames]), np.stack([f.std(axis=0) for f in frames])
-
-
-def _normaliser(means: np.ndarray, stds: np.ndarray):
-    from ser.data.pipeline import Normaliser
-
-    std = stds.mean(axis=0)
-    return Normaliser(
-        means.mean(axis=0).astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32)
-    )
+    clean = [r for r in rows if CONDITION_MARK not in r.path and r.path in raw]
+    return speaker_statistics([raw[r.path] for r in clean], [r.speaker for r in clean])
 
 
 def replay_fold(run_dir: Path) -> dict[str, dict[str, float]]:
     """UA % of the fold's validation and test clips alone under each normaliser."""
+    from ser.data.pipeline import average_speaker
     from ser.data.prepare import prepare_data
     from ser.evaluation import read_run_data
     from ser.features.extractors import feature_names
@@ -79,7 +68,7 @@ def replay_fold(run_dir: Path) -> dict[str, dict[str, float]]:
         keep_features=True,
     )
     raw = data.raw_features
-    means, stds = speaker_statistics(raw, data.rows["train"])
+    means, stds = training_speaker_statistics(raw, data.rows["train"])
     scale = stds.mean(axis=0)
     f0 = feature_names(cfg.features).index("log_f0")
 
@@ -90,7 +79,7 @@ def replay_fold(run_dir: Path) -> dict[str, dict[str, float]]:
         def normalise(x: np.ndarray) -> np.ndarray:
             distance = np.square((means - x.mean(axis=0)) / scale)[:, dims].sum(axis=1)
             chosen = np.argsort(distance, kind="stable")[:k]
-            return _normaliser(means[chosen], stds[chosen]).apply(x)
+            return average_speaker(means[chosen], stds[chosen]).apply(x)
 
         return normalise
 
@@ -103,7 +92,7 @@ def replay_fold(run_dir: Path) -> dict[str, dict[str, float]]:
             ways[f"f0 nearest {k}"] = probabilities(clips, nearest(k, [f0]))
         ways["mixture"] = np.mean(
             [
-                probabilities(clips, _normaliser(means[[s]], stds[[s]]).apply)
+                probabilities(clips, average_speaker(means[[s]], stds[[s]]).apply)
                 for s in range(len(means))
             ],
             axis=0,

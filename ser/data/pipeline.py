@@ -123,14 +123,26 @@ def speaker_normalise_vectors(
 def speaker_prior(vectors: Sequence[np.ndarray], speakers: Sequence[str]) -> Normaliser:
     """The average speaker: mean over speakers of each speaker's mean and std, over
     their pooled vectors [D] or over all frames of their clips (each [T, D])."""
+    return average_speaker(*speaker_statistics(vectors, speakers))
+
+
+def speaker_statistics(
+    vectors: Sequence[np.ndarray], speakers: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each speaker's mean and std (float64, [S, D] each, speakers in order of first
+    appearance) over their pooled vectors [D] or over all frames of their clips ([T, D])."""
     groups: dict[str, list[np.ndarray]] = {}
     for x, speaker in zip(vectors, speakers, strict=True):
         groups.setdefault(speaker, []).append(np.atleast_2d(np.asarray(x, np.float64)))
     if not groups:
         raise ValueError("no training vectors to fit a speaker prior on")
     stacked = [np.concatenate(g, axis=0) for g in groups.values()]
-    means = np.stack([g.mean(axis=0) for g in stacked])
-    stds = np.stack([g.std(axis=0) for g in stacked])
+    return np.stack([g.mean(axis=0) for g in stacked]), np.stack([g.std(axis=0) for g in stacked])
+
+
+def average_speaker(means: np.ndarray, stds: np.ndarray) -> Normaliser:
+    """The normaliser of the speakers whose statistics are ``means`` and ``stds`` ([S, D]):
+    the mean of their means and of their stds (a constant dimension's std taken as 1)."""
     std = stds.mean(axis=0)
     return Normaliser(
         means.mean(axis=0).astype(np.float32), np.where(std < 1e-8, 1.0, std).astype(np.float32)
